@@ -1,0 +1,1 @@
+"""FML core: the vertical-agnostic federated meta-learning engine (no dataset file I/O here)."""

@@ -1,0 +1,83 @@
+"""The tiny algorithm API: a pure client update ``(loss_fn, meta, episode, cfg) -> (direction, metrics)``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from core.registry import Registry
+from core.types import Episode, LossFn, Params
+
+#: Prefix of extra meta-parameters that are per-parameter inner step sizes (Meta-SGD).
+LR_PREFIX = "inner_lr/"
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """Inner-loop hyper-parameters shared by all algorithms.
+
+    Args:
+        steps: inner gradient steps on the support set (local steps for FedAvg).
+        lr: inner step size.
+        weight_decay: L2 regularization of the adapted weights.
+        proximal: pull of the adapted weights toward the initialization.
+    """
+
+    steps: int = 5
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    proximal: float = 0.0
+
+    def adapt_kwargs(self) -> dict:
+        return {"weight_decay": self.weight_decay, "proximal": self.proximal}
+
+
+#: ``client_update(loss_fn, meta, episode, cfg) -> (direction, metrics)``; pure and vmap-able when
+#: ``Algorithm.vectorizable``. ``direction`` is keyed like ``meta`` and is applied by the server
+#: optimizer as a gradient (``meta -= server_lr * direction``).
+ClientUpdateFn = Callable[[LossFn, Params, Episode, InnerConfig], tuple[Params, dict[str, torch.Tensor]]]
+
+
+def no_extra(params: Params, cfg: InnerConfig) -> Params:
+    return {}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A registered federated (meta-)learning algorithm.
+
+    Args:
+        name: registry name.
+        client_update: the pure client computation.
+        init_extra: extra meta-parameters it learns beside the model's (Meta-SGD's step sizes).
+        is_meta: whether it meta-learns (FedAvg does not: its server default is SGD lr 1).
+        vectorizable: whether clients of a round may run in one ``vmap`` call.
+        supports_rollouts: whether it accepts episodes whose query is produced from adapted weights.
+    """
+
+    name: str
+    client_update: ClientUpdateFn
+    summary: str
+    init_extra: Callable[[Params, InnerConfig], Params] = no_extra
+    is_meta: bool = True
+    vectorizable: bool = True
+    supports_rollouts: bool = True
+
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+
+
+def get_algorithm(name: str) -> Algorithm:
+    return ALGORITHMS.get(name)
+
+
+def split_meta(meta: Params) -> tuple[Params, Params | None]:
+    """Split meta-parameters into model parameters and per-parameter inner step sizes (or None)."""
+    params = {k: v for k, v in meta.items() if not k.startswith(LR_PREFIX)}
+    lrs = {k[len(LR_PREFIX):]: v for k, v in meta.items() if k.startswith(LR_PREFIX)}
+    return params, (lrs or None)
+
+
+def concat_batches(a: tuple, b: tuple) -> tuple:
+    return tuple(torch.cat([u, v], dim=0) for u, v in zip(a, b))

@@ -1,0 +1,24 @@
+"""FedAvg (McMahan et al. 2017): local SGD on all the client's labelled data; the direction is the model delta.
+
+With the server optimizer SGD at lr 1 this is textbook FedAvg: ``w <- w - (w - mean(w_local))``.
+"""
+from __future__ import annotations
+
+from core.adapt import adapt
+from core.algorithms.base import ALGORITHMS, Algorithm, InnerConfig, concat_batches
+from core.types import Episode, LossFn, Params
+
+
+def fedavg_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig):
+    data = concat_batches(episode.support, episode.query)
+    trained = adapt(loss_fn, meta, data, cfg.steps, cfg.lr, first_order=True, **cfg.adapt_kwargs())
+    direction = {k: meta[k] - trained[k] for k in meta}
+    return direction, {"train/loss_before": loss_fn(meta, data), "train/loss_after": loss_fn(trained, data)}
+
+
+ALGORITHMS.register(
+    "fedavg",
+    # supports_rollouts: it trains on the episode's FIXED support + query and never calls ``query_fn``, so
+    # rollout tasks that also supply a fixed query (robotics: current-policy rollouts) serve it as they are.
+    Algorithm("fedavg", fedavg_update, "FedAvg baseline: local SGD, returns init - local weights", is_meta=False),
+)

@@ -1,0 +1,41 @@
+"""MAML (Finn et al. 2017, "Model-Agnostic Meta-Learning") and its first-order variant as one flag.
+
+The direction is the meta-gradient of the query loss after adapting on the support set:
+second order differentiates through the inner loop; first order (FO-MAML) takes the query gradient
+at the adapted weights.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from torch.func import grad
+
+from core.adapt import adapt
+from core.algorithms.base import ALGORITHMS, Algorithm, InnerConfig
+from core.types import Episode, LossFn, Params
+
+
+def maml_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *, first_order: bool):
+    if first_order:
+        adapted = adapt(loss_fn, meta, episode.support, cfg.steps, cfg.lr, first_order=True, **cfg.adapt_kwargs())
+        query = episode.query_for(adapted)
+        direction = grad(loss_fn)(adapted, query)
+        query_loss = loss_fn(adapted, query)
+    else:
+        def meta_loss(p: Params):
+            adapted = adapt(loss_fn, p, episode.support, cfg.steps, cfg.lr, **cfg.adapt_kwargs())
+            loss = loss_fn(adapted, episode.query)
+            return loss, loss
+
+        direction, query_loss = grad(meta_loss, has_aux=True)(meta)
+    return direction, {"train/support_loss_before": loss_fn(meta, episode.support), "train/query_loss": query_loss}
+
+
+ALGORITHMS.register(
+    "maml",
+    Algorithm("maml", partial(maml_update, first_order=False), "MAML, second-order meta-gradient",
+              supports_rollouts=False),
+)
+ALGORITHMS.register(
+    "fomaml", Algorithm("fomaml", partial(maml_update, first_order=True), "First-order MAML")
+)

@@ -1,0 +1,119 @@
+"""Typed run configuration: dataclasses with a docstring per field; the CLI is generated from them
+(tyro) and YAML presets are merged into them (OmegaConf)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from core.algorithms.base import InnerConfig
+
+@dataclass
+class ServerConfig:
+    """Server optimizer applied to the aggregated client direction."""
+
+    optimizer: str = "adam"
+    """sgd (FedAvg, lr 1 = textbook), adam (FedAdam), adagrad (FedAdagrad) or yogi (FedYogi)."""
+    lr: float = 1e-3
+    """Server learning rate."""
+
+
+@dataclass
+class FederatedConfig:
+    """The federated rounds."""
+
+    rounds: int = 500
+    """Federated rounds of meta-training (one Lightning training step each)."""
+    clients_per_round: int = 10
+    """Training sites sampled per round."""
+    sampler: str = "uniform"
+    """Client sampling: uniform or size (weighted by site size)."""
+    dropout: float = 0.0
+    """Simulated probability that a sampled client does not answer."""
+    weighting: str = "uniform"
+    """Aggregation weights: uniform or num_examples."""
+    aggregation: str = "mean"
+    """Aggregation rule: mean, median or trimmed_mean."""
+    vectorize: bool = True
+    """Run a round's clients in one vmap call when their episode shapes agree."""
+    val_every: int = 50
+    """Rounds between validation-site adaptation checks (ModelCheckpoint keeps the best)."""
+    early_stopping_patience: int = 0
+    """Validation checks without improvement before stopping (0 = never stop early)."""
+    train_shots: int = 5
+    """Support size of training episodes (per class, rows or units: the vertical decides)."""
+    train_query: int = 15
+    """Query size of training episodes, in the same unit."""
+
+
+@dataclass
+class EvalConfig:
+    """The held-out-site evaluation protocol."""
+
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    """Shots grid (per class for classification, units/rows for regression)."""
+    steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
+    """Adaptation-steps grid."""
+    draws: int = 10
+    """Random support draws per (site, shots); every method sees the same draws."""
+    lr_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    """Adaptation step sizes searched on VALIDATION sites for every method (and the trained inner lr)."""
+    select_shots: Optional[int] = None
+    """Shots used for the validation lr/steps search (default: middle of the shots grid)."""
+    select_draws: int = 5
+    """Draws per validation site in the lr/steps search."""
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking and registry."""
+
+    experiment: Optional[str] = None
+    """MLflow experiment (default: fml-<vertical>)."""
+    register: bool = True
+    """Register the best meta-initialization as fml-<vertical>."""
+    model_name: Optional[str] = None
+    """Registered model name (default: fml-<vertical>)."""
+
+
+@dataclass
+class RunConfig:
+    """A full pipeline run: meta-train -> evaluate on held-out sites -> log -> register."""
+
+    data: Any
+    """Vertical-specific data options."""
+    seed: int = 0
+    """Seed of everything: site roles, sampling, episodes, initialization."""
+    algorithms: list[str] = field(default_factory=lambda: ["fomaml", "reptile"])
+    """FML algorithms to meta-train and compare (fedavg is always trained as the baseline)."""
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    """Inner loop of meta-training (also FedAvg's local steps and lr)."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Server optimizer of the FML algorithms."""
+    baseline_server: ServerConfig = field(default_factory=lambda: ServerConfig("sgd", 1.0))
+    """Server optimizer of the FedAvg baseline (SGD lr 1 = textbook FedAvg)."""
+    fed: FederatedConfig = field(default_factory=FederatedConfig)
+    """Federated rounds."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow."""
+    output_dir: str = "fml-output"
+    """Local folder for tables, plots and checkpoints (also logged to MLflow)."""
+
+
+def to_plain(cfg: Any) -> dict:
+    """The resolved config as plain dict (for YAML and MLflow params)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,126 @@
+"""Which site a Flower node serves, and that site's data, loaded once per process.
+
+The SuperNode's node config names the site (``flower-supernode --node-config "site-id='clinic-7'
+data-path='/data/clinic7.csv'"``); the server's instructions name the vertical, its data options and the
+seed. A loader supplied by the pipeline layer reads the data through the vertical's adapter (core never
+imports verticals). In Flower's simulation engine a node has only a ``partition-id``: it serves the
+``partition-id``-th site of the vertical's federation (training sites first, then validation, then test).
+
+Node config keys:
+    site-id: the site this node serves (required in deployment).
+    data-path: the site's data file/folder (sets the vertical's path option); optional.
+    mode: ``federation`` (default: build the vertical's federation with ``spec.prepare`` and serve one
+        site of it) or ``site`` (read ONLY this site's data with ``spec.load_new_site``).
+    role: role of the site in ``site`` mode (default ``train``).
+    preprocessing: path of a JSON file with the saved preprocessing (``site`` mode).
+    vertical: pins the vertical; a run of another vertical is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from core.problem import Problem
+    from core.tasks import Site
+    from core.types import LossFn
+
+
+class NodeConfigError(ValueError):
+    """The node config cannot serve the requested run (names the key and what to fix)."""
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """Everything that determines a node's data (the cache key)."""
+
+    vertical: str
+    data_json: str
+    seed: int
+    site_id: Optional[str] = None
+    partition_id: Optional[int] = None
+    data_path: Optional[str] = None
+    mode: str = "federation"
+    role: Optional[str] = None
+    preprocessing_path: Optional[str] = None
+
+
+@dataclass
+class LoadedSite:
+    """What a loader returns: the problem (model, loss, episodes, few-shot tasks), the node's site, its
+    role and its position among the federation's training sites (-1 if unknown)."""
+
+    problem: "Problem"
+    site: "Site"
+    role: str
+    order: int = -1
+
+
+#: ``loader(request) -> LoadedSite``; reads data through the vertical (supplied by ``pipelines``).
+SiteLoader = Callable[[NodeRequest], LoadedSite]
+
+
+@dataclass
+class NodeData:
+    """A node's loaded site plus a model shell and its pure loss (built once)."""
+
+    loaded: LoadedSite
+    model: "nn.Module"
+    loss_fn: "LossFn"
+
+    @property
+    def site_id(self) -> str:
+        return self.loaded.site.site_id
+
+    @property
+    def problem(self) -> "Problem":
+        return self.loaded.problem
+
+
+_CACHE: dict[NodeRequest, NodeData] = {}
+
+
+def make_request(node_config: Mapping[str, Any], vertical: str, data_json: str, seed: int) -> NodeRequest:
+    """The request of a node for a run, from its node config and the server's instructions."""
+    pinned = node_config.get("vertical")
+    if pinned and pinned != vertical:
+        raise NodeConfigError(f"this node serves vertical {pinned!r} (node config 'vertical'), "
+                              f"but the run is for {vertical!r}; start the node for the right vertical")
+    site_id = node_config.get("site-id")
+    partition = node_config.get("partition-id")
+    if site_id is None and partition is None:
+        raise NodeConfigError("node config has no 'site-id': start the SuperNode with "
+                              "--node-config \"site-id='<your site id>'\"")
+    mode = str(node_config.get("mode", "federation"))
+    if mode not in ("federation", "site"):
+        raise NodeConfigError(f"node config 'mode' is {mode!r}; use 'federation' or 'site'")
+    return NodeRequest(
+        vertical=vertical, data_json=data_json, seed=int(seed),
+        site_id=str(site_id) if site_id is not None else None,
+        partition_id=int(partition) if partition is not None and site_id is None else None,
+        data_path=str(node_config["data-path"]) if node_config.get("data-path") else None,
+        mode=mode, role=str(node_config["role"]) if node_config.get("role") else None,
+        preprocessing_path=str(node_config["preprocessing"]) if node_config.get("preprocessing") else None,
+    )
+
+
+def load_node(request: NodeRequest, loader: SiteLoader) -> NodeData:
+    """The node's data for ``request``: loaded on first use, then reused by every message this process
+    handles (Flower's simulation engine keeps one process per actor; the deployment engine starts a
+    process per message, so there the cost is paid per message: keep the vertical's import light)."""
+    hit = _CACHE.get(request)
+    if hit is not None:
+        return hit
+    loaded = loader(request)
+    model = loaded.problem.make_model()
+    data = NodeData(loaded, model, loaded.problem.loss_fn(model))
+    _CACHE.clear()  # one run at a time per process: keep memory bounded
+    _CACHE[request] = data
+    return data
+
+
+def simulation_site_order(federation) -> list[str]:
+    """Site ids in the order simulation partitions map to them: train, validation, test."""
+    return [sid for role in ("train", "validation", "test") for sid in federation.roles.get(role, [])]

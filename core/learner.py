@@ -1,0 +1,168 @@
+"""``MetaLearner``: a thin Lightning shell in which one training step is one federated round.
+
+The server optimizer is the Lightning optimizer (manual optimization); validation adapts on
+validation sites and logs ``val/<metric>`` for ``ModelCheckpoint``/``EarlyStopping``. Episodes of a
+round depend only on (seed, round index), and the optimizer state lives in the checkpoint, so a
+resumed run reproduces an uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core.aggregation import aggregate, client_weights
+from core.algorithms.base import InnerConfig, get_algorithm
+from core.config import FederatedConfig, ServerConfig
+from core.problem import Problem
+from core.rounds import client_updates
+from core.sampling import sample_clients
+from core.server import make_server_optimizer, set_direction_as_grad
+from core.tasks import round_generator, site_generator
+from core.types import Params
+
+ValidateFn = Callable[[nn.Module, Params], dict[str, float]]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class MetaLearner(pl.LightningModule):
+    """Federated meta-training of ``problem``'s model with ``algorithm``.
+
+    Args:
+        problem: the loaded vertical.
+        algorithm: registered algorithm name (``fedavg``, ``maml``, ``fomaml``, ``reptile``, ...).
+        inner: inner-loop settings.
+        fed: rounds, sampling, aggregation.
+        server: server optimizer.
+        seed: seeds the initialization and every round's sampling.
+        validate: ``validate(model, meta) -> metrics`` on validation sites (keys without prefix).
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        algorithm: str,
+        inner: InnerConfig,
+        fed: FederatedConfig,
+        server: ServerConfig,
+        seed: int,
+        validate: Optional[ValidateFn] = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.problem, self.inner, self.fed, self.server, self.seed = problem, inner, fed, server, seed
+        self.algorithm = get_algorithm(algorithm)
+        self.validate_fn = validate
+        torch.manual_seed(seed)
+        self.model = problem.make_model()
+        self.loss_fn = problem.loss_fn(self.model)
+        base = {k: v.detach() for k, v in self.model.named_parameters()}
+        self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})
+        self._train_ids = problem.train_site_ids()
+        self._sizes = [problem.site_size(s) for s in self._train_ids]
+
+    def named_meta_parameters(self) -> dict[str, nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        named.update({k.replace("__", "."): p for k, p in self.extra.items()})
+        return named
+
+    def meta_params(self) -> Params:
+        return {k: p.detach() for k, p in self.named_meta_parameters().items()}
+
+    def configure_optimizers(self):
+        return make_server_optimizer(self.server.optimizer, self.named_meta_parameters().values(), self.server.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(range(self.fed.val_every), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader([0], batch_size=None)
+
+    def run_round(self, round_index: int) -> dict[str, float]:
+        """Sample clients, compute their updates, aggregate, and step the server optimizer."""
+        gen = round_generator(self.seed, round_index)
+        ids = sample_clients(self._train_ids, self._sizes, self.fed.clients_per_round, gen,
+                             self.fed.sampler, self.fed.dropout)
+        meta = self.meta_params()
+        episodes = [self.problem.train_episode(sid, meta, site_generator(self.seed, round_index, sid)) for sid in ids]
+        result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize)
+        weights = client_weights(result.num_examples, self.fed.weighting)
+        direction = aggregate(result.directions, weights, self.fed.aggregation)
+        opt = self.optimizers()
+        opt.zero_grad()
+        set_direction_as_grad(self.named_meta_parameters(), direction)
+        opt.step()
+        logs = {k: float(v.float().mean()) for k, v in result.metrics.items()}
+        logs["fed/clients"] = float(len(ids))
+        return logs
+
+    def training_step(self, batch, batch_idx):
+        logs = self.run_round(self.global_step)
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
+        if any(not torch.isfinite(p).all() for p in self.named_meta_parameters().values()):
+            raise FloatingPointError(
+                f"meta-parameters became NaN/inf at round {self.global_step} ({self.algorithm.name}); "
+                "lower the server or inner learning rate"
+            )
+
+    def validation_step(self, batch, batch_idx):
+        if self.validate_fn is None:
+            return
+        with torch.enable_grad():
+            metrics = self.validate_fn(self.model, self.meta_params())
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True, batch_size=1)
+
+
+def fit_meta_learner(
+    learner: MetaLearner,
+    *,
+    logger=False,
+    checkpoint_dir: Optional[str] = None,
+    monitor: Optional[str] = None,
+    mode: str = "max",
+    resume_from: Optional[str] = None,
+    progress: bool = True,
+    extra_callbacks: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
+    """One ``Trainer.fit`` for the whole meta-training run; restores the best validation checkpoint."""
+    callbacks: list[pl.Callback] = list(extra_callbacks)
+    ckpt_cb = None
+    if checkpoint_dir is not None:
+        ckpt_cb = pl.callbacks.ModelCheckpoint(
+            dirpath=checkpoint_dir, monitor=monitor, mode=mode, save_top_k=1 if monitor else -1,
+            save_last=True, filename="round{step}",
+        )
+        callbacks.append(ckpt_cb)
+    if monitor and learner.fed.early_stopping_patience > 0:
+        callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                                    patience=learner.fed.early_stopping_patience))
+    if progress:
+        callbacks.append(pl.callbacks.RichProgressBar(leave=True))
+    trainer = pl.Trainer(
+        max_steps=learner.fed.rounds,
+        max_epochs=-1,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=ckpt_cb is not None,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=1,
+        limit_val_batches=1 if learner.validate_fn is not None else 0,
+        log_every_n_steps=max(1, min(50, learner.fed.val_every)),
+    )
+    trainer.fit(learner, ckpt_path=resume_from)
+    if ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
+        state = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        learner.load_state_dict(state)
+    return trainer
+
+

@@ -1,0 +1,154 @@
+"""What a vertical hands the engine once its data is loaded: a :class:`Problem`.
+
+The engine never reads dataset files; it asks the problem for a model, a loss, training episodes and
+few-shot evaluation tasks. :class:`SupervisedProblem` serves every row-based vertical; a vertical whose
+clients produce their own data (robotics) subclasses :class:`Problem`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from core.tasks import EpisodeSpec, Federation, Site, sample_episode, split_indices
+from core.types import Batch, Episode, LossFn, Params
+
+MetricFn = Callable[[Tensor, Tensor], dict[str, float]]
+
+
+class FewShotTask(ABC):
+    """One (site, shots, draw) of the evaluation protocol: the support each method adapts on and the
+    held-out data it is scored on. Every method sees the same draw."""
+
+    site_id: str
+    shots: int
+
+    @abstractmethod
+    def support(self, params: Params) -> Batch:
+        """The support batch (supervised: fixed rows; RL: rollouts of ``params``)."""
+
+    @abstractmethod
+    def score(self, params: Params) -> dict[str, float]:
+        """Metrics of ``params`` on the held-out part of the site."""
+
+
+class Problem(ABC):
+    """A loaded vertical: federation, model factory, loss, episodes, metrics.
+
+    Attributes:
+        federation: the sites and their roles.
+        headline: the metric that ranks models and picks adaptation settings.
+        higher_is_better: direction of ``headline``.
+        preprocessing: JSON-serializable state saved with the model (scalers, vocabularies ...).
+    """
+
+    federation: Federation
+    headline: str
+    higher_is_better: bool = True
+    preprocessing: dict[str, Any]
+
+    @abstractmethod
+    def make_model(self) -> nn.Module:
+        """A fresh model (seed with ``torch.manual_seed`` before calling)."""
+
+    @abstractmethod
+    def loss_fn(self, model: nn.Module) -> LossFn:
+        """Pure loss ``(params, batch) -> scalar`` for ``model``."""
+
+    @abstractmethod
+    def train_episode(self, site_id: str, meta: Params, gen: torch.Generator) -> Episode:
+        """A meta-training episode of site ``site_id``."""
+
+    @abstractmethod
+    def few_shot_task(self, model: nn.Module, site: Site, shots: int, gen: torch.Generator) -> FewShotTask:
+        """A seeded evaluation draw on ``site`` with ``shots`` labelled examples (per class / units)."""
+
+    @abstractmethod
+    def input_example(self) -> Tensor:
+        """A small batch of model inputs (for the MLflow signature)."""
+
+    def site_size(self, site_id: str) -> int:
+        return len(self.federation.sites[site_id])
+
+    def train_site_ids(self) -> list[str]:
+        return list(self.federation.roles["train"])
+
+
+def supervised_loss(model: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]) -> LossFn:
+    def loss_fn(params: Params, batch: Batch) -> Tensor:
+        return criterion(functional_call(model, params, (batch[0],)), batch[1])
+
+    return loss_fn
+
+
+@dataclass
+class SupervisedFewShotTask(FewShotTask):
+    model: nn.Module
+    site_id: str
+    shots: int
+    support_batch: Batch
+    heldout: Batch
+    metrics: MetricFn
+    eval_batch_size: int = 4096
+
+    def support(self, params: Params) -> Batch:
+        return self.support_batch
+
+    @torch.no_grad()
+    def score(self, params: Params) -> dict[str, float]:
+        x, y = self.heldout[0], self.heldout[1]
+        outs = [functional_call(self.model, params, (x[i : i + self.eval_batch_size],))
+                for i in range(0, x.shape[0], self.eval_batch_size)]
+        return self.metrics(torch.cat(outs), y)
+
+
+@dataclass
+class SupervisedProblem(Problem):
+    """A row-based vertical: classification (episodes by class) or regression (by row or group).
+
+    Args:
+        federation: sites with ``x``/``y`` tensors.
+        model_factory: builds a fresh model.
+        criterion: ``criterion(outputs, targets) -> scalar``.
+        metrics: ``metrics(outputs, targets) -> {name: value}``, containing ``headline``.
+        headline: metric ranking models.
+        train_spec: the episode drawn from training sites each round.
+        eval_by: episode unit at evaluation (``class`` | ``row`` | ``group``).
+        num_classes: for classification.
+        higher_is_better: direction of ``headline``.
+        preprocessing: JSON-serializable state saved with the model.
+    """
+
+    federation: Federation
+    model_factory: Callable[[], nn.Module]
+    criterion: Callable[[Tensor, Tensor], Tensor]
+    metrics: MetricFn
+    headline: str
+    train_spec: EpisodeSpec
+    eval_by: str = "class"
+    num_classes: Optional[int] = None
+    higher_is_better: bool = True
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def make_model(self) -> nn.Module:
+        return self.model_factory()
+
+    def loss_fn(self, model: nn.Module) -> LossFn:
+        return supervised_loss(model, self.criterion)
+
+    def train_episode(self, site_id: str, meta: Params, gen: torch.Generator) -> Episode:
+        return sample_episode(self.federation.sites[site_id], self.train_spec, gen)
+
+    def few_shot_task(self, model: nn.Module, site: Site, shots: int, gen: torch.Generator) -> FewShotTask:
+        spec = EpisodeSpec(shots=shots, query=None, by=self.eval_by, num_classes=self.num_classes)  # type: ignore[arg-type]
+        sup, rest = split_indices(site, spec, gen)
+        return SupervisedFewShotTask(model, site.site_id, shots, (site.x[sup], site.y[sup]),
+                                     (site.x[rest], site.y[rest]), self.metrics)
+
+    def input_example(self) -> Tensor:
+        site = next(iter(self.federation.sites.values()))
+        return site.x[:2]

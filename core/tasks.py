@@ -1,0 +1,218 @@
+"""Sites, federations and the few-shot episode sampler.
+
+A :class:`Federation` splits SITES (never rows) into train / validation / test roles, so a site's
+rows never cross roles. The sampler draws k labelled examples per class (classification), k rows or
+k groups such as engines (regression) as the support set; the query is a fixed number per class /
+rows, or all the site's remaining rows.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from core.types import Episode
+
+ROLES = ("train", "validation", "test")
+
+
+class SiteDataError(ValueError):
+    """A site cannot serve the requested episode (too few samples, unknown id, ...)."""
+
+
+@dataclass
+class Site:
+    """One participant's private data.
+
+    Args:
+        site_id: unique id of the site (a hospital, a bank, a fleet ...).
+        x: inputs, shape ``[n, ...]``.
+        y: targets, shape ``[n]`` (class ids) or ``[n, ...]`` (regression).
+        groups: optional group id per row, shape ``[n]`` (e.g. engine unit); regression
+            episodes by group draw whole groups so a unit never straddles support and query.
+        metadata: free-form facts about the site (e.g. its simulated scanner profile).
+    """
+
+    site_id: str
+    x: Tensor
+    y: Tensor
+    groups: Optional[Tensor] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise SiteDataError(f"site {self.site_id!r}: {self.x.shape[0]} inputs but {self.y.shape[0]} targets")
+        if self.groups is not None and self.groups.shape[0] != self.x.shape[0]:
+            raise SiteDataError(f"site {self.site_id!r}: groups has {self.groups.shape[0]} rows, x has {self.x.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class Federation:
+    """Sites and their roles. Build with :meth:`split` (seeded) or by naming roles."""
+
+    sites: dict[str, Site]
+    roles: dict[str, list[str]]
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for role, ids in self.roles.items():
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+            for sid in ids:
+                if sid not in self.sites:
+                    raise SiteDataError(f"role {role!r} names unknown site {sid!r}; known sites: {sorted(self.sites)}")
+                if sid in seen:
+                    raise SiteDataError(f"site {sid!r} is in both {seen[sid]!r} and {role!r}")
+                seen[sid] = role
+        for role in ROLES:
+            self.roles.setdefault(role, [])
+
+    @classmethod
+    def split(
+        cls,
+        sites: Sequence[Site],
+        *,
+        validation: int,
+        test: int,
+        seed: int,
+        test_ids: Sequence[str] = (),
+        validation_ids: Sequence[str] = (),
+    ) -> "Federation":
+        """Assign whole sites to roles: named ids first, the rest drawn with ``seed``."""
+        by_id = {s.site_id: s for s in sites}
+        if len(by_id) != len(sites):
+            raise SiteDataError("site ids must be unique")
+        for sid in (*test_ids, *validation_ids):
+            if sid not in by_id:
+                raise SiteDataError(f"unknown site id {sid!r}; known sites: {sorted(by_id)}")
+        fixed = set(test_ids) | set(validation_ids)
+        rest = [sid for sid in sorted(by_id) if sid not in fixed]
+        gen = torch.Generator().manual_seed(seed)
+        order = [rest[i] for i in torch.randperm(len(rest), generator=gen).tolist()]
+        n_test = max(test - len(test_ids), 0)
+        n_val = max(validation - len(validation_ids), 0)
+        if n_test + n_val >= len(order):
+            raise SiteDataError(
+                f"{len(by_id)} sites cannot give {test} test and {validation} validation sites and still leave training sites"
+            )
+        test_role = list(test_ids) + order[:n_test]
+        val_role = list(validation_ids) + order[n_test : n_test + n_val]
+        train_role = order[n_test + n_val :]
+        return cls(sites=by_id, roles={"train": train_role, "validation": val_role, "test": test_role})
+
+    def role(self, name: str) -> list[Site]:
+        return [self.sites[sid] for sid in self.roles[name]]
+
+    def role_of(self, site_id: str) -> str:
+        for role, ids in self.roles.items():
+            if site_id in ids:
+                return role
+        raise SiteDataError(f"unknown site {site_id!r}; known sites: {sorted(self.sites)}")
+
+    def describe(self) -> dict[str, Any]:
+        return {role: {sid: len(self.sites[sid]) for sid in ids} for role, ids in self.roles.items()}
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """How to draw an episode from a site.
+
+    Args:
+        shots: support size: examples per class (``by="class"``), rows (``"row"``) or groups (``"group"``).
+        query: query size in the same unit; ``None`` takes all the site's remaining rows.
+        by: ``"class"`` for classification, ``"row"`` or ``"group"`` for regression.
+        num_classes: classes of the task (``by="class"``); each must have ``shots`` (+ ``query``) rows.
+    """
+
+    shots: int
+    query: Optional[int] = None
+    by: Literal["class", "row", "group"] = "class"
+    num_classes: Optional[int] = None
+
+
+def _take(gen: torch.Generator, idx: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    perm = idx[torch.randperm(idx.numel(), generator=gen)]
+    return perm[:n], perm[n:]
+
+
+def split_indices(site: Site, spec: EpisodeSpec, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Row indices of the support and query sets of one episode of ``site``."""
+    if spec.shots < 0:
+        raise ValueError(f"shots must be >= 0, got {spec.shots}")
+    n = len(site)
+    if spec.by == "class":
+        classes = range(spec.num_classes) if spec.num_classes is not None else torch.unique(site.y).tolist()
+        sup, qry = [], []
+        need = spec.shots + (spec.query or 0)
+        for c in classes:
+            idx = torch.nonzero(site.y == c).flatten()
+            if idx.numel() < need + (1 if spec.query is None else 0):
+                raise SiteDataError(
+                    f"site {site.site_id!r} has {idx.numel()} samples of class {c}, but the episode needs "
+                    f"{spec.shots} shots" + (f" + {spec.query} query" if spec.query else " + at least 1 to score")
+                    + "; lower the shots or move this site out of the role"
+                )
+            s, rest = _take(gen, idx, spec.shots)
+            sup.append(s)
+            qry.append(rest[: spec.query] if spec.query is not None else rest)
+        return torch.cat(sup), torch.cat(qry)
+    if spec.by == "row":
+        need = spec.shots + (spec.query or 1)
+        if n < need:
+            raise SiteDataError(f"site {site.site_id!r} has {n} rows; the episode needs {need}")
+        s, rest = _take(gen, torch.arange(n), spec.shots)
+        return s, rest[: spec.query] if spec.query is not None else rest
+    if spec.by == "group":
+        if site.groups is None:
+            raise SiteDataError(f"site {site.site_id!r} has no groups; use by='row' or give the site groups")
+        units = torch.unique(site.groups)
+        need = spec.shots + (spec.query or 1)
+        if units.numel() < need:
+            raise SiteDataError(f"site {site.site_id!r} has {units.numel()} groups; the episode needs {need}")
+        s_units, rest_units = _take(gen, units, spec.shots)
+        q_units = rest_units[: spec.query] if spec.query is not None else rest_units
+        sup = torch.nonzero(torch.isin(site.groups, s_units)).flatten()
+        qry = torch.nonzero(torch.isin(site.groups, q_units)).flatten()
+        return sup, qry
+    raise ValueError(f"unknown episode kind {spec.by!r}; choose class, row or group")
+
+
+def sample_episode(site: Site, spec: EpisodeSpec, gen: torch.Generator) -> Episode:
+    """Draw one support/query episode from ``site`` with the generator ``gen``."""
+    sup, qry = split_indices(site, spec, gen)
+    return Episode(support=(site.x[sup], site.y[sup]), query=(site.x[qry], site.y[qry]), site_id=site.site_id)
+
+
+def stack_episodes(episodes: Sequence[Episode]) -> Optional[Episode]:
+    """Stack episodes along a new leading client axis, or ``None`` if their shapes differ."""
+    if not episodes or any(e.query_fn is not None for e in episodes):
+        return None
+    first = episodes[0]
+    for e in episodes[1:]:
+        for a, b in zip((*first.support, *first.query), (*e.support, *e.query)):
+            if a.shape != b.shape or a.dtype != b.dtype:
+                return None
+    support = tuple(torch.stack([e.support[i] for e in episodes]) for i in range(len(first.support)))
+    query = tuple(torch.stack([e.query[i] for e in episodes]) for i in range(len(first.query)))
+    return Episode(support=support, query=query, site_id="stacked")
+
+
+def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, round, salt): resuming a run redraws the same episodes."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + round_index * 7919 + salt) % (2**63 - 1))
+
+
+def site_generator(seed: int, round_index: int, site_id: str) -> torch.Generator:
+    """The generator of ONE site's episode in one round, a function of (seed, round, site id) only.
+
+    Every site draws its episode from its own stream, so the in-process engine and a site's own
+    Flower node (which sees no other site) draw the same episode.
+    """
+    digest = hashlib.blake2b(f"{seed}/{round_index}/{site_id}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") % (2**63 - 1))

@@ -1,0 +1,201 @@
+"""MLflow: the one place the engine talks to tracking and the Model Registry.
+
+Embedded default (no server): tracking and registry in ``sqlite:///$FML_HOME/mlflow.db`` with
+artifacts under ``$FML_HOME/artifacts`` (``FML_HOME`` defaults to ``~/.fml``). ``MLFLOW_TRACKING_URI``
+overrides it (e.g. a team server started with ``mlflow/serve.sh``).
+
+A meta-initialization is an ``mlflow.pytorch`` model with signature and input example, plus
+``extra_files/fml.json`` (vertical, algorithm, chosen adaptation settings, preprocessing) and, for
+Meta-SGD, ``extra_files/inner_lrs.pt``. Loading needs only the registry.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from core.types import Params
+
+META_FILE = "fml.json"
+LRS_FILE = "inner_lrs.pt"
+
+
+class RegistryError(RuntimeError):
+    """A registry lookup failed (unknown model, alias, or unreachable server)."""
+
+
+def fml_home() -> Path:
+    return Path(os.environ.get("FML_HOME", Path.home() / ".fml")).expanduser()
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = fml_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def setup_tracking() -> str:
+    """Point MLflow (tracking + registry) at the configured store; returns the URI."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """Experiment id of ``name``, created with a predictable artifact folder for the embedded store."""
+    client = MlflowClient()
+    try:
+        exp = client.get_experiment_by_name(name)
+    except MlflowException as err:
+        raise RegistryError(f"MLflow tracking store {tracking_uri()} is unreachable: {err}") from err
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (fml_home() / "artifacts" / name).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def log_meta_init(model: nn.Module, meta: Params, info: dict[str, Any], input_example: torch.Tensor,
+                  name: str = "meta_init") -> str:
+    """Log ``model`` carrying ``meta`` as an MLflow model in the active run; returns its model URI."""
+    model = _with_params(model, meta)
+    with torch.no_grad():
+        out = model(input_example)
+    signature = infer_signature(input_example.numpy(), out.numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [Path(tmp) / META_FILE]
+        files[0].write_text(json.dumps(info, indent=2, default=str))
+        lrs = {k[len("inner_lr/"):]: v for k, v in meta.items() if k.startswith("inner_lr/")}
+        if lrs:
+            torch.save(lrs, Path(tmp) / LRS_FILE)
+            files.append(Path(tmp) / LRS_FILE)
+        model_info = mlflow.pytorch.log_model(
+            model, name=name, signature=signature, input_example=input_example.numpy(),
+            extra_files=[str(f) for f in files],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    return model_info.model_uri
+
+
+def _with_params(model: nn.Module, meta: Params) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model)
+    state = {k: v for k, v in meta.items() if not k.startswith("inner_lr/")}
+    clone.load_state_dict({**clone.state_dict(), **state})
+    return clone.eval()
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    meta: Params
+    info: dict[str, Any]
+    name: Optional[str]
+    version: Optional[str]
+    uri: str
+
+
+def resolve_version(uri: str) -> tuple[Optional[str], Optional[str]]:
+    """(name, version) of a ``models:/name@alias`` or ``models:/name/version`` URI; errors are readable."""
+    if not uri.startswith("models:/"):
+        return None, None
+    rest = uri[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return name, client.get_model_version_by_alias(name, alias).version
+        name, _, version = rest.partition("/")
+        if not version:
+            raise RegistryError(f"model URI {uri!r} needs an alias or version: models:/{name}@champion")
+        return name, client.get_model_version(name, version).version
+    except MlflowException as err:
+        msg = str(err).splitlines()[0]
+        raise RegistryError(
+            f"cannot resolve {uri!r} in the registry at {tracking_uri()}: {msg}. "
+            "Run `fml models` to list registered models, or `fml run <vertical>` to create one."
+        ) from None
+
+
+def load_meta_init(uri: str) -> LoadedModel:
+    """Download a logged meta-initialization (or personalized model) with its FML metadata."""
+    name, version = resolve_version(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as err:
+        raise RegistryError(f"cannot download {uri!r} from {tracking_uri()}: {str(err).splitlines()[0]}") from None
+    model = mlflow.pytorch.load_model(str(local), map_location="cpu")
+    info = json.loads((local / "extra_files" / META_FILE).read_text())
+    meta: Params = {k: v.detach() for k, v in model.named_parameters()}
+    lrs_path = local / "extra_files" / LRS_FILE
+    if lrs_path.exists():
+        meta.update({f"inner_lr/{k}": v for k, v in torch.load(lrs_path, weights_only=True).items()})
+    return LoadedModel(model, meta, info, name, version, uri)
+
+
+def register(model_uri: str, name: str, tags: dict[str, Any], headline: str, value: float,
+             higher_is_better: bool) -> tuple[str, str, str]:
+    """Register ``model_uri`` as a new version of ``name``; alias ``champion`` if it beats the current
+    champion's held-out headline, else ``challenger``. Returns (version, alias, reason). A failure after the
+    version was created deletes it, so no partial version remains."""
+    client = MlflowClient()
+    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    try:
+        client.set_model_version_tag(name, mv.version, "headline_metric", headline)
+        client.set_model_version_tag(name, mv.version, "headline_value", repr(float(value)))
+        client.set_model_version_tag(name, mv.version, "higher_is_better", str(higher_is_better))
+        alias, reason = decide_alias(client, name, value, higher_is_better)
+        client.set_registered_model_alias(name, alias, mv.version)
+        client.set_model_version_tag(name, mv.version, "alias_decision", reason)
+        return mv.version, alias, reason
+    except Exception:
+        client.delete_model_version(name, mv.version)
+        raise
+
+
+def decide_alias(client: MlflowClient, name: str, value: float, higher_is_better: bool) -> tuple[str, str]:
+    try:
+        champ = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return "champion", "first version with a held-out score"
+    best = float(champ.tags.get("headline_value", "nan"))
+    if math.isnan(best):
+        return "champion", f"current champion v{champ.version} has no held-out score"
+    better = value > best if higher_is_better else value < best
+    verdict = "beats" if better else "does not beat"
+    return ("champion" if better else "challenger"), f"{value:.4f} {verdict} champion v{champ.version} ({best:.4f})"
+
+
+def list_models(prefix: str = "fml-") -> list[dict[str, Any]]:
+    client = MlflowClient()
+    try:
+        models = client.search_registered_models()
+    except MlflowException as err:
+        raise RegistryError(f"registry at {tracking_uri()} is unreachable: {str(err).splitlines()[0]}") from None
+    out = []
+    for rm in models:
+        if not rm.name.startswith(prefix):
+            continue
+        aliases = {v: a for a, v in (rm.aliases or {}).items()}
+        for mv in client.search_model_versions(f"name='{rm.name}'"):
+            out.append({"name": rm.name, "version": mv.version, "alias": aliases.get(mv.version, ""),
+                        "algorithm": mv.tags.get("algorithm", ""), "metric": mv.tags.get("headline_metric", ""),
+                        "value": mv.tags.get("headline_value", ""), "site": mv.tags.get("site_id", "")})
+    return sorted(out, key=lambda r: (r["name"], -int(r["version"])))

@@ -1,0 +1,1 @@
+"""Readers that turn raw data into a :class:`core.tasks.Federation` of sites."""

@@ -1,0 +1,1 @@
+"""End-to-end runs, onboarding and the ``fml`` command line."""

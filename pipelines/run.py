@@ -1,0 +1,220 @@
+"""``fml run <vertical>``: meta-train -> evaluate on held-out sites -> log to MLflow -> register.
+
+Stages: 1 load and validate data, 2 site-shift report, 3 train FedAvg and each FML algorithm
+(one Lightning ``Trainer.fit`` each), 4 choose adaptation settings on validation sites, 5 score test
+sites, 6 tables and plots, 7 register the best meta-initialization (chosen on VALIDATION sites).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+import pandas as pd
+import torch
+import yaml
+from pytorch_lightning.loggers import MLFlowLogger
+
+from core import tracking
+from core.algorithms.base import get_algorithm
+from core.config import flatten, to_plain
+from core.evaluation import (Method, evaluate_sites, paired_differences, select_adaptation, summarize,
+                             validation_fn)
+from core.learner import MetaLearner, fit_meta_learner
+from core.plots import plot_vs_shots, plot_vs_steps
+from core.problem import Problem
+from core.shift import site_shift_report
+from core.vertical import VerticalSpec
+from pipelines.console import console, print_frame, progress_bar
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    selection: pd.DataFrame
+    registered: Optional[dict[str, Any]]
+    train_seconds: dict[str, float]
+    output_dir: Path
+    best_algorithm: str
+
+
+def dataset_fingerprint(problem: Problem) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    rows = 0
+    for sid in sorted(problem.federation.sites):
+        site = problem.federation.sites[sid]
+        digest.update(sid.encode())
+        for t in (site.x, site.y):
+            digest.update(t.detach().contiguous().numpy().tobytes())
+        rows += len(site)
+    return {"sha256": digest.hexdigest(), "rows": rows, "sites": len(problem.federation.sites),
+            "roles": problem.federation.roles}
+
+
+def environment_info() -> dict[str, str]:
+    import pytorch_lightning as pl
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__,
+            "mlflow": mlflow.__version__}
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = "unknown"
+    return info
+
+
+def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path, progress: bool) -> MetaLearner:
+    """Meta-train one algorithm (FedAvg included) with validation-site checkpoint selection."""
+    is_meta = get_algorithm(algorithm).is_meta
+    val_sites = problem.federation.role("validation")
+    select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
+    validate = None
+    if val_sites:
+        validate = validation_fn(problem, val_sites, shots=select_shots, steps=cfg.inner.steps, lr=cfg.inner.lr,
+                                 draws=2, seed=cfg.seed, inner=cfg.inner)
+    learner = MetaLearner(problem, algorithm, cfg.inner, cfg.fed, cfg.server if is_meta else cfg.baseline_server,
+                          cfg.seed, validate)
+    logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
+    monitor = f"val/{problem.headline}" if validate else None
+    fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
+                     mode="max" if problem.higher_is_better else "min", progress=progress)
+    return learner
+
+
+def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunResult:
+    """Run the vertical end to end; nothing is registered unless every stage succeeded."""
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # 1. data (validated before any MLflow run exists)
+    console.rule(f"[bold]fml run {spec.name}")
+    problem = spec.prepare(cfg.data, cfg.seed)
+    tracking.setup_tracking()
+    experiment = cfg.tracking.experiment or f"fml-{spec.name}"
+    exp_id = tracking.ensure_experiment(experiment)
+    algorithms = list(dict.fromkeys(a for a in cfg.algorithms if a != "fedavg"))
+    for name in algorithms:
+        get_algorithm(name)
+    run_name = f"{spec.name}-{'+'.join(algorithms)}-seed{cfg.seed}"
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+        run_id = run.info.run_id
+        plain = to_plain(cfg)
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(plain).items()})
+        mlflow.log_dict(plain, "config.yaml")
+        mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
+        mlflow.set_tags({"vertical": spec.name, **{f"env.{k}": v for k, v in environment_info().items()}})
+        # 2. site-shift report
+        if spec.rows_based:
+            shift = site_shift_report(problem.federation, seed=cfg.seed)
+            print_frame(shift, "Site-shift report (domain_auroc 0.5 = indistinguishable from training sites)")
+            shift.to_csv(out / "site_shift.csv", index=False)
+            mlflow.log_table(shift, "site_shift.json")
+        # 3. meta-training
+        learners: dict[str, MetaLearner] = {}
+        train_seconds: dict[str, float] = {}
+        for name in ["fedavg", *algorithms]:
+            console.print(f"[bold cyan]meta-training {name}[/] ({cfg.fed.rounds} rounds)")
+            start = time.perf_counter()
+            learners[name] = train_one(problem, name, cfg, run_id, out, progress)
+            train_seconds[name] = time.perf_counter() - start
+        mlflow.log_metrics({f"time/train_seconds_{k}": v for k, v in train_seconds.items()})
+        # 4. adaptation settings on validation sites
+        model = learners["fedavg"].model
+        torch.manual_seed(cfg.seed + 1)
+        local_init = {k: v.detach() for k, v in problem.make_model().named_parameters()}
+        methods = [
+            Method("local", local_init, trained_lr=cfg.inner.lr),
+            Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
+            Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=cfg.inner.lr),
+            *[Method(a, learners[a].meta_params(), trained_lr=cfg.inner.lr) for a in algorithms],
+        ]
+        select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
+        val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
+        selection = select_adaptation(problem, model, methods, val_sites, shots=select_shots,
+                                      steps_grid=cfg.eval.steps, lr_grid=cfg.eval.lr_grid,
+                                      draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner)
+        selection.to_csv(out / "adaptation_selection.csv", index=False)
+        if not selection.empty:
+            mlflow.log_table(selection, "adaptation_selection.json")
+        # 5. held-out test sites
+        test_sites = problem.federation.role("test")
+        total = len(test_sites) * len(cfg.eval.shots) * cfg.eval.draws
+        with progress_bar(progress) as bar:
+            task = bar.add_task("held-out evaluation", total=total)
+            rows = evaluate_sites(problem, model, methods, test_sites, shots_grid=cfg.eval.shots,
+                                  steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
+                                  inner=cfg.inner, progress=lambda: bar.advance(task))
+        if spec.reference_baselines is not None:
+            rows = pd.concat([rows, spec.reference_baselines(problem, cfg, test_sites)], ignore_index=True)
+        # 6. tables and plots
+        summary = summarize(rows)
+        paired = paired_differences(rows, problem.headline)
+        rows.to_parquet(out / "evaluation_rows.parquet", index=False)
+        summary.to_csv(out / "evaluation_summary.csv", index=False)
+        summary.to_parquet(out / "evaluation_summary.parquet", index=False)
+        paired.to_csv(out / "paired_differences.csv", index=False)
+        mlflow.log_table(summary, "evaluation_summary.json")
+        if not paired.empty:
+            mlflow.log_table(paired, "paired_differences.json")
+        best_steps = max(cfg.eval.steps)
+        plots = [plot_vs_steps(summary, problem.headline, out / "adaptation_vs_steps.png"),
+                 plot_vs_shots(summary, problem.headline, best_steps, out / "adaptation_vs_shots.png")]
+        for f in [out / "evaluation_summary.csv", out / "paired_differences.csv", *plots]:
+            mlflow.log_artifact(str(f), "evaluation")
+        headline_cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
+        mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
+                            float(r["mean"]) for _, r in headline_cells.iterrows()})
+        # 7. log and register the meta-initialization chosen on validation sites
+        fml_methods = [m for m in methods if m.name in algorithms]
+        sign = 1 if problem.higher_is_better else -1
+        best = max(fml_methods, key=lambda m: sign * m.selection_score) if fml_methods else methods[2]
+        held = headline_cells[(headline_cells["method"] == best.name) & (headline_cells["shots"] == select_shots)
+                              & (headline_cells["steps"] == best.best_steps)]
+        held_value = float(held["mean"].iloc[0]) if not held.empty else float("nan")
+        info = {"vertical": spec.name, "algorithm": best.name, "adapt_lr": best.best_lr,
+                "adapt_steps": best.best_steps, "shots": select_shots, "headline": problem.headline,
+                "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
+                "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
+                "data": to_plain(cfg.data)}
+        model_uri = tracking.log_meta_init(learners[best.name].model, best.meta, info, problem.input_example())
+        mlflow.set_tags({"best_algorithm": best.name, "meta_init_uri": model_uri})
+        registered = None
+        if cfg.tracking.register:
+            name = cfg.tracking.model_name or f"fml-{spec.name}"
+            tags = {"algorithm": best.name, "shots": select_shots, "adapt_lr": best.best_lr,
+                    "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name}
+            version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
+                                                       problem.higher_is_better)
+            mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
+            registered = {"name": name, "version": version, "alias": alias, "reason": reason}
+        _print_closing(summary, paired, problem, best, registered, select_shots)
+        return RunResult(run_id, summary, paired, selection, registered, train_seconds, out, best.name)
+
+
+def _metric_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-. " else "-" for c in name.replace("+", "-"))
+
+
+def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, problem: Problem, best: Method,
+                   registered: Optional[dict], shots: int) -> None:
+    cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)].copy()
+    cells["cell"] = cells.apply(lambda r: f"{r['mean']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]", axis=1)
+    table = cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").fillna("-")
+    print_frame(table.reset_index(), f"Held-out {problem.headline} (mean [95% CI]) by adaptation steps")
+    if not paired.empty:
+        p = paired[paired["site"] == "ALL"].copy()
+        p["diff"] = p.apply(lambda r: f"{r['mean_diff']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}]", axis=1)
+        print_frame(p.pivot_table(index=["method", "shots"], columns="steps", values="diff", aggfunc="first")
+                    .fillna("-").reset_index(), "Paired difference vs fedavg+ft (same draws)")
+    console.print(f"best on validation sites: [bold]{best.name}[/] (adapt {best.best_steps} steps at lr {best.best_lr})")
+    if registered:
+        console.print(f"registered [bold]{registered['name']}[/] v{registered['version']} as "
+                      f"@{registered['alias']}: {registered['reason']}")

@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests run single-threaded torch: CPU oversubscription (parallel helpers, Flower
+subprocesses) makes multi-threaded OpenMP kernels spin and run 10x slower."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("FML_TEST_THREADS", "1")))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """Real datasets: ``$FML_DATA_DIR`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("FML_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def fml_home(tmp_path, monkeypatch) -> Path:
+    """An isolated embedded MLflow store for one test."""
+    home = tmp_path / "fml-home"
+    monkeypatch.setenv("FML_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home

@@ -1,0 +1,128 @@
+"""End to end: `fml run` -> registry -> `fml onboard` in a separate process, on the embedded store and
+on a real MLflow tracking server started on a loopback port."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO_ROOT
+
+TINY = ["--data.train-sites", "16", "--data.validation-sites", "3", "--data.test-sites", "3",
+        "--fed.rounds", "20", "--fed.val-every", "10", "--fed.clients-per-round", "4",
+        "--eval.shots", "1", "5", "--eval.steps", "0", "1", "5", "--eval.draws", "2",
+        "--eval.select-draws", "1", "--eval.lr-grid", "0.1", "0.3", "--algorithms", "fomaml", "reptile"]
+
+
+def _env(home: Path, tracking_uri: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "FML_HOME": str(home), "PYTHONPATH": str(REPO_ROOT), "FML_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def fml(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _run_and_onboard(tmp_path: Path, env: dict[str, str]) -> MlflowClient:
+    run = fml(["run", "digits", "--preset", "quick", *TINY, "--output-dir", str(tmp_path / "out")], env, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "registered fml-digits v1 as @champion" in run.stdout
+    out = tmp_path / "out"
+    for name in ["evaluation_summary.csv", "paired_differences.csv", "adaptation_vs_steps.png",
+                 "adaptation_vs_shots.png", "site_shift.csv"]:
+        assert (out / name).stat().st_size > 0, name
+    onboard = fml(["onboard", "digits", "--site", "clinic-x", "--register"], env, tmp_path)
+    assert onboard.returncode == 0, onboard.stdout[-3000:] + onboard.stderr[-3000:]
+    assert "after adaptation" in onboard.stdout
+    return MlflowClient(tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['FML_HOME']) / 'mlflow.db'}")
+
+
+def _check_registry(client: MlflowClient) -> None:
+    champion = client.get_model_version_by_alias("fml-digits", "champion")
+    assert champion.version == "1"
+    assert champion.tags["algorithm"] in {"fomaml", "reptile"}
+    assert float(champion.tags["headline_value"]) > 0.2  # better than chance on 5-way tasks
+    assert int(champion.tags["adapt_steps"]) in {1, 5}
+    site_model = client.get_model_version_by_alias("fml-digits-site-clinic-x", "champion")
+    assert site_model.tags["source_model"] == "fml-digits"
+    assert site_model.tags["source_version"] == "1"
+    assert site_model.tags["site_id"] == "clinic-x"
+    run = client.get_run(champion.run_id if champion.run_id else champion.tags["run_id"])
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "dataset_fingerprint.json", "evaluation"} <= arts
+    assert any(k.startswith("fomaml-train/") for k in run.data.metrics)
+    assert any(k.startswith("fedavg-val/") for k in run.data.metrics)
+
+
+def test_run_then_onboard_embedded_store(tmp_path):
+    env = _env(tmp_path / "home")
+    client = _run_and_onboard(tmp_path, env)
+    _check_registry(client)
+    assert (tmp_path / "home" / "mlflow.db").exists()
+    models = fml(["models"], env, tmp_path)
+    assert models.returncode == 0 and "fml-digits" in models.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "FML_HOME": str(tmp_path / "server-home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["bash", str(REPO_ROOT / "mlflow" / "serve.sh"), str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("mlflow server exited during start-up")
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start in 120 s")
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_run_then_onboard_real_tracking_server(tmp_path, mlflow_server):
+    env = _env(tmp_path / "client-home", tracking_uri=mlflow_server)
+    client = _run_and_onboard(tmp_path, env)
+    _check_registry(client)
+    # artifacts were served by the server, not written into the client's folder
+    assert not (tmp_path / "client-home" / "artifacts").exists()
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    env = _env(tmp_path / "home")
+    r = fml(["run", "no-such-vertical"], env, tmp_path)
+    assert r.returncode == 1 and "unknown vertical 'no-such-vertical'" in r.stderr and "digits" in r.stderr
+    r = fml(["onboard", "digits", "--model", "models:/fml-digits@champion"], env, tmp_path)
+    assert r.returncode == 1 and "cannot resolve 'models:/fml-digits@champion'" in r.stderr
+    r = fml(["onboard", "digits", "--data", str(tmp_path / "missing.csv")], env, tmp_path)
+    assert r.returncode == 1 and "error" in r.stderr
+    r = fml(["run", "digits", "--preset", "nope"], env, tmp_path)
+    assert r.returncode == 1 and "no preset 'nope'" in r.stderr
+    r = fml(["run", "digits", "--algorithms", "nosuch", "--fed.rounds", "1"], env, tmp_path)
+    assert r.returncode == 1 and "unknown algorithm 'nosuch'" in r.stderr
+    assert not (tmp_path / "home" / "mlflow.db").exists() or "fml-digits" not in fml(["models"], env, tmp_path).stdout
