@@ -6,7 +6,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 
 
@@ -28,5 +27,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     m = float(a.mean())
     if a.size < 2 or float(a.std()) == 0.0:
         return m, m, m
+    from scipy import stats  # lazy: scipy costs ~1 s of start-up in every Flower ClientApp process
+
     half = float(stats.t.ppf(0.975, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
     return m, m - half, m + half

@@ -183,6 +183,13 @@ def decide_alias(client: MlflowClient, name: str, value: float, higher_is_better
     return ("champion" if better else "challenger"), f"{value:.4f} {verdict} champion v{champ.version} ({best:.4f})"
 
 
+def _short(value: str) -> str:
+    try:
+        return f"{float(value):.4f}"
+    except ValueError:
+        return value
+
+
 def list_models(prefix: str = "fml-") -> list[dict[str, Any]]:
     client = MlflowClient()
     try:
@@ -197,5 +204,5 @@ def list_models(prefix: str = "fml-") -> list[dict[str, Any]]:
         for mv in client.search_model_versions(f"name='{rm.name}'"):
             out.append({"name": rm.name, "version": mv.version, "alias": aliases.get(mv.version, ""),
                         "algorithm": mv.tags.get("algorithm", ""), "metric": mv.tags.get("headline_metric", ""),
-                        "value": mv.tags.get("headline_value", ""), "site": mv.tags.get("site_id", "")})
+                        "value": _short(mv.tags.get("headline_value", "")), "site": mv.tags.get("site_id", "")})
     return sorted(out, key=lambda r: (r["name"], -int(r["version"])))

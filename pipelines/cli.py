@@ -26,6 +26,9 @@ def _setup_quiet() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # an unreachable tracking server should fail in seconds, not after minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import pytorch_lightning  # noqa: F401  (configures its loggers on import; quiet them after)
 
     for name in ("lightning", "pytorch_lightning", "lightning.pytorch", "mlflow", "alembic"):
@@ -132,6 +135,12 @@ def cmd_models(argv: Sequence[str]) -> int:
     return 0
 
 
+def _uri() -> str:
+    from core.tracking import tracking_uri
+
+    return tracking_uri()
+
+
 COMMANDS = {"verticals": cmd_verticals, "run": cmd_run, "evaluate": lambda a: cmd_run(a, register=False),
             "onboard": cmd_onboard, "models": cmd_models}
 
@@ -146,6 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fml: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     _setup_quiet()
+    from mlflow.exceptions import MlflowException
+
     from core.registry import UnknownNameError
     from core.tracking import RegistryError
     from pipelines.config import ConfigError
@@ -154,6 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[command](rest)
     except (UnknownNameError, RegistryError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"fml {command}: error: {err}", file=sys.stderr)
+        return 1
+    except MlflowException as err:
+        print(f"fml {command}: error: MLflow at {_uri()}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fml: interrupted", file=sys.stderr)

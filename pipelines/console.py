@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterator
 
 import pandas as pd
@@ -9,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+# Not a terminal (CI logs, pipes): wide enough that tables keep whole names.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def print_frame(df: pd.DataFrame, title: str, max_rows: int = 40) -> None:

@@ -65,6 +65,18 @@ def data_config(spec: Any, overrides: Mapping[str, Any]) -> Any:
     return OmegaConf.to_object(merged)
 
 
+_PREPARED: dict[tuple, Any] = {}
+
+
+def _prepared(spec: Any, cfg: Any, *key: Any) -> Any:
+    """``spec.prepare`` once per (vertical, data options, path, seed) in this process: a simulation actor
+    serves many sites of the same federation."""
+    if key not in _PREPARED:
+        _PREPARED.clear()
+        _PREPARED[key] = spec.prepare(cfg, key[-1])
+    return _PREPARED[key]
+
+
 def load_site(request: NodeRequest) -> LoadedSite:
     """Read the node's site through its vertical (``spec.prepare`` or ``spec.load_new_site``)."""
     from core.federation.records import data_from_config
@@ -83,7 +95,7 @@ def load_site(request: NodeRequest) -> LoadedSite:
             preprocessing = json.loads(Path(request.preprocessing_path).read_text())
         problem, site = spec.load_new_site(cfg, preprocessing, request.site_id)
         return LoadedSite(problem, site, request.role or "train", -1)
-    problem = spec.prepare(cfg, request.seed)
+    problem = _prepared(spec, cfg, request.vertical, request.data_json, request.data_path, request.seed)
     federation = problem.federation
     site_id = request.site_id
     if site_id is None:  # simulation: the partition-id-th site
@@ -305,9 +317,10 @@ def superlink_command(address: str, tls: list[str], database: Optional[str] = No
 
 def supernode_command(superlink: str, site: str, tls: list[str], clientappio: str, data: Optional[str] = None,
                       mode: Optional[str] = None, vertical: Optional[str] = None, role: Optional[str] = None,
-                      extra_config: Sequence[str] = ()) -> list[str]:
+                      cache_dir: Optional[str] = None, extra_config: Sequence[str] = ()) -> list[str]:
     config = [f"site-id={json.dumps(site)}"]
-    for key, value in (("data-path", data), ("mode", mode), ("vertical", vertical), ("role", role)):
+    for key, value in (("data-path", data), ("mode", mode), ("vertical", vertical), ("role", role),
+                       ("cache-dir", cache_dir)):
         if value:
             config.append(f"{key}={json.dumps(value)}")
     config += list(extra_config)
@@ -378,6 +391,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--vertical", help="refuse runs of any other vertical")
     p.add_argument("--role", help="role of the site in site mode (default train)")
     p.add_argument("--clientappio", default="127.0.0.1:9094", help="local ClientAppIo address (one per node)")
+    p.add_argument("--cache-dir", help="keep the prepared site here between messages (default: "
+                                       "$FML_HOME/node-cache/<site>; 'none' disables)")
     p.add_argument("--certificates", help="folder with ca.crt (the SuperLink's CA)")
     p.add_argument("--insecure", action="store_true")
     for name, helptext in (("run", "launch a federated run on a SuperLink"),
@@ -406,8 +421,11 @@ def main(argv: Sequence[str]) -> int:
         ports = tuple(int(x) for x in args.ports.split(","))
         return subprocess.call(superlink_command(args.address, _tls_args(args, True), args.database, ports), env=_env())
     if args.command == "supernode":
+        cache = args.cache_dir or str(Path(os.environ.get("FML_HOME", Path.home() / ".fml")).expanduser()
+                                      / "node-cache" / args.site)
         return subprocess.call(supernode_command(args.superlink, args.site, _tls_args(args, False), args.clientappio,
-                                                 args.data, args.mode, args.vertical, args.role), env=_env())
+                                                 args.data, args.mode, args.vertical, args.role,
+                                                 None if cache == "none" else cache), env=_env())
     if args.command == "run":
         env = _env()
         env["FLWR_HOME"] = flower_home(args.superlink, args.insecure,
@@ -426,3 +444,7 @@ def main(argv: Sequence[str]) -> int:
                       "last_round": last, "evaluation": result.evaluations.get(len(result.rounds), {}),
                       "registered": (result.finish or {}).get("registered")}, default=str))
     return 0
+
+
+if __name__ == "__main__":  # ``python -m pipelines.federate ...`` (= ``fml federate ...``)
+    sys.exit(main(sys.argv[1:]))

@@ -82,7 +82,8 @@ class LocalFederation:
     def start_node(self, site: str) -> subprocess.Popen:
         extra = [f"{k}={json.dumps(v)}" for k, v in self.node_config.get(site, {}).items()]
         cmd = supernode_command(f"127.0.0.1:{self.ports['fleet']}", site, ["--insecure"],
-                                f"127.0.0.1:{free_port()}", extra_config=extra)
+                                f"127.0.0.1:{free_port()}", cache_dir=str(self.workdir / "node-cache" / site),
+                                extra_config=extra)
         return self._start(f"supernode-{site}", cmd)
 
     def kill_node(self, site: str, sig: int = signal.SIGKILL) -> None:

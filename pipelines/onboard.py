@@ -73,6 +73,7 @@ def onboard(
         raise ValueError(f"unknown data option(s) {sorted(unknown)} for vertical {spec.name!r}")
     data_cfg = dataclasses.replace(data_cfg, **changes)
     problem, site = spec.load_new_site(data_cfg, info.get("preprocessing", {}), site_id)
+    _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))
     steps = steps if steps is not None else int(info.get("adapt_steps", 5))
     lr = lr if lr is not None else float(info.get("adapt_lr", 0.05))
@@ -109,6 +110,19 @@ def onboard(
     result = OnboardResult(site.site_id, before, after, uri, run.info.run_id, registered, seconds)
     _print(result, lineage)
     return result
+
+
+def _check_labels_known(model: torch.nn.Module, problem, site) -> None:
+    """Integer class labels must be outputs the model has (a new class cannot be few-shot adapted in)."""
+    if torch.is_floating_point(site.y) or site.y.numel() == 0:
+        return
+    with torch.no_grad():
+        n_out = model(problem.input_example()).shape[-1]
+    n_out = max(n_out, 2)  # a single logit serves binary labels 0/1
+    unseen = sorted(set(torch.unique(site.y).tolist()) - set(range(n_out)))
+    if unseen:
+        raise SiteDataError(f"site {site.site_id!r} has labels {unseen} the model has never seen (it predicts "
+                            f"classes 0..{n_out - 1}); map them to the model's classes or meta-train with them")
 
 
 def _print(result: OnboardResult, lineage: dict) -> None:

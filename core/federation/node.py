@@ -14,6 +14,8 @@ Node config keys:
     role: role of the site in ``site`` mode (default ``train``).
     preprocessing: path of a JSON file with the saved preprocessing (``site`` mode).
     vertical: pins the vertical; a run of another vertical is refused.
+    cache-dir: folder where the prepared site is kept between messages (the deployment engine starts a
+        fresh ClientApp process for every message); delete it after changing the vertical's code.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class NodeRequest:
     mode: str = "federation"
     role: Optional[str] = None
     preprocessing_path: Optional[str] = None
+    cache_dir: Optional[str] = None
 
 
 @dataclass
@@ -80,6 +83,7 @@ class NodeData:
 
 
 _CACHE: dict[NodeRequest, NodeData] = {}
+_CACHE_SIZE = 4096
 
 
 def make_request(node_config: Mapping[str, Any], vertical: str, data_json: str, seed: int) -> NodeRequest:
@@ -103,20 +107,26 @@ def make_request(node_config: Mapping[str, Any], vertical: str, data_json: str, 
         data_path=str(node_config["data-path"]) if node_config.get("data-path") else None,
         mode=mode, role=str(node_config["role"]) if node_config.get("role") else None,
         preprocessing_path=str(node_config["preprocessing"]) if node_config.get("preprocessing") else None,
+        cache_dir=str(node_config["cache-dir"]) if node_config.get("cache-dir") else None,
     )
 
 
 def load_node(request: NodeRequest, loader: SiteLoader) -> NodeData:
     """The node's data for ``request``: loaded on first use, then reused by every message this process
-    handles (Flower's simulation engine keeps one process per actor; the deployment engine starts a
-    process per message, so there the cost is paid per message: keep the vertical's import light)."""
+    handles (Flower's simulation engine keeps one process per actor, serving many sites). The deployment
+    engine starts a process per message: with the node config's ``cache-dir`` the prepared site is read
+    back from disk instead of being prepared again."""
     hit = _CACHE.get(request)
     if hit is not None:
         return hit
-    loaded = loader(request)
+    loaded = _read_disk(request)
+    if loaded is None:
+        loaded = loader(request)
+        _write_disk(request, loaded)
     model = loaded.problem.make_model()
     data = NodeData(loaded, model, loaded.problem.loss_fn(model))
-    _CACHE.clear()  # one run at a time per process: keep memory bounded
+    if len(_CACHE) >= _CACHE_SIZE:  # one simulation actor serves many sites; keep memory bounded
+        _CACHE.pop(next(iter(_CACHE)))
     _CACHE[request] = data
     return data
 
@@ -124,3 +134,67 @@ def load_node(request: NodeRequest, loader: SiteLoader) -> NodeData:
 def simulation_site_order(federation) -> list[str]:
     """Site ids in the order simulation partitions map to them: train, validation, test."""
     return [sid for role in ("train", "validation", "test") for sid in federation.roles.get(role, [])]
+
+
+# ------------------------------------------------------------------------------------------------ disk cache
+def _cache_file(request: NodeRequest):
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    fields = {k: v for k, v in request.__dict__.items() if k != "cache_dir"}
+    for key in ("data_path", "preprocessing_path"):  # a changed file is a new cache entry
+        path = fields.get(key)
+        if path and os.path.exists(path):
+            stat = os.stat(path)
+            fields[key + "_stat"] = [stat.st_size, stat.st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return Path(str(request.cache_dir)) / f"site-{digest}.pkl"
+
+
+def _one_site(loaded: LoadedSite) -> LoadedSite:
+    """The loaded site with a problem that keeps only this site (what the node needs; small to store)."""
+    import copy
+
+    from core.tasks import Federation
+
+    problem = copy.copy(loaded.problem)
+    if getattr(problem, "federation", None) is not None:
+        sid = loaded.site.site_id
+        problem.federation = Federation({sid: loaded.site}, {loaded.role if loaded.role in ("train", "validation", "test")
+                                                             else "train": [sid]})
+    return LoadedSite(problem, loaded.site, loaded.role, loaded.order)
+
+
+def _read_disk(request: NodeRequest) -> Optional[LoadedSite]:
+    if not request.cache_dir:
+        return None
+    path = _cache_file(request)
+    if not path.exists():
+        return None
+    try:
+        import cloudpickle
+
+        with path.open("rb") as fh:
+            value = cloudpickle.load(fh)
+        return value if isinstance(value, LoadedSite) else None
+    except Exception:  # a stale or truncated entry is rebuilt, never trusted
+        return None
+
+
+def _write_disk(request: NodeRequest, loaded: LoadedSite) -> None:
+    if not request.cache_dir:
+        return
+    try:
+        import os
+
+        import cloudpickle
+    except ImportError:
+        return
+    path = _cache_file(request)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        cloudpickle.dump(_one_site(loaded), fh)
+    os.replace(tmp, path)

@@ -1,0 +1,53 @@
+"""Registry conventions: champion/challenger decisions, metadata round trip, readable errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import mlflow
+from core import tracking
+
+
+def _log(value_model: torch.nn.Module, meta, info):
+    with mlflow.start_run():
+        return tracking.log_meta_init(value_model, meta, info, torch.zeros(2, 3))
+
+
+def test_champion_challenger_and_round_trip(fml_home):
+    uri = tracking.setup_tracking()
+    assert uri == f"sqlite:///{fml_home / 'mlflow.db'}"
+    exp = tracking.ensure_experiment("fml-test")
+    mlflow.set_experiment(experiment_id=exp)
+    model = torch.nn.Linear(3, 2)
+    meta = {k: v.detach() + 1.0 for k, v in model.named_parameters()}
+    meta["inner_lr/weight"] = torch.full((2, 3), 0.07)
+    meta["inner_lr/bias"] = torch.full((2,), 0.07)
+    info = {"vertical": "x", "algorithm": "metasgd", "preprocessing": {"mean": [1.0, 2.0]}}
+    decisions = []
+    for value in (0.5, 0.4, 0.6):
+        model_uri = _log(model, meta, info)
+        decisions.append(tracking.register(model_uri, "fml-x", {"algorithm": "metasgd"}, "auc", value, True))
+    assert [d[1] for d in decisions] == ["champion", "challenger", "champion"]
+    assert "does not beat champion v1" in decisions[1][2]
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("fml-x", "champion").version) == "3"
+    assert str(client.get_model_version_by_alias("fml-x", "challenger").version) == "2"
+    loaded = tracking.load_meta_init("models:/fml-x@champion")
+    assert loaded.info["preprocessing"] == {"mean": [1.0, 2.0]}
+    assert torch.allclose(loaded.meta["weight"], meta["weight"])
+    assert torch.allclose(loaded.meta["inner_lr/weight"], meta["inner_lr/weight"])
+    assert str(loaded.version) == "3"
+    # lower-is-better metrics compare the other way
+    model_uri = _log(model, meta, info)
+    assert tracking.register(model_uri, "fml-y", {}, "rmse", 20.0, False)[1] == "champion"
+    model_uri = _log(model, meta, info)
+    assert tracking.register(model_uri, "fml-y", {}, "rmse", 25.0, False)[1] == "challenger"
+    rows = tracking.list_models()
+    assert {(r["name"], str(r["version"])) for r in rows} >= {("fml-x", "1"), ("fml-x", "3"), ("fml-y", "2")}
+
+
+def test_unknown_model_or_alias_is_a_readable_error(fml_home):
+    tracking.setup_tracking()
+    with pytest.raises(tracking.RegistryError, match="cannot resolve 'models:/fml-none@champion'.*fml models"):
+        tracking.load_meta_init("models:/fml-none@champion")
