@@ -14,7 +14,7 @@ if [ ! -f "$FML_VENV/.complete" ]; then
   # (on this machine kind both come from local wheels; elsewhere pip downloads them).
   "$FML_VENV/bin/pip" install -q "torch==2.14.1" "torchvision==0.29.1" \
     || echo "[fml] torch 2.14.1/torchvision 0.29.1 unavailable here; letting pip choose a matching pair" >&2
-  "$FML_VENV/bin/pip" install -q -e "$FML_ROOT[dev]"
+  "$FML_VENV/bin/pip" install -q -e "$FML_ROOT[dev,mujoco]"
   touch "$FML_VENV/.complete"
 fi
 export PATH="$FML_VENV/bin:$PATH"

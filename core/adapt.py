@@ -71,5 +71,9 @@ def adapt(
         grads = grad(objective)(current)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        current = {k: current[k] - (lrs[k] if lrs is not None else lr) * grads[k] for k in current}
+        if lrs is None and not isinstance(lr, torch.Tensor):
+            # one fused op per tensor (``p - lr * g`` allocates twice): ~20% of a vmapped FO round
+            current = {k: torch.sub(current[k], grads[k], alpha=lr) for k in current}
+        else:
+            current = {k: current[k] - (lrs[k] if lrs is not None else lr) * grads[k] for k in current}
     return current

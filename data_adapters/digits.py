@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from sklearn.datasets import load_digits
 
 from core.tasks import Federation, Site
 
@@ -36,6 +35,8 @@ class DigitsData:
 
 
 def load_digit_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits  # lazy: sklearn costs ~1 s of start-up per ClientApp process
+
     x, y = load_digits(return_X_y=True)
     return torch.tensor(x, dtype=torch.float32) / 16.0, torch.tensor(y, dtype=torch.long)
 

@@ -5,6 +5,7 @@
     fml evaluate <vertical> ...           the same protocol, without registering
     fml onboard <vertical> --data PATH    adapt the registered meta-init to a new site
     fml models                            registered models, versions, aliases, headline metrics
+    fml federate <superlink|supernode|run|simulate|app> ...   the same rounds on Flower (real sites)
 """
 from __future__ import annotations
 
@@ -135,6 +136,12 @@ def cmd_models(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_federate(argv: Sequence[str]) -> int:
+    from pipelines.federate import main as federate_main
+
+    return int(federate_main(list(argv)) or 0)
+
+
 def _uri() -> str:
     from core.tracking import tracking_uri
 
@@ -142,7 +149,7 @@ def _uri() -> str:
 
 
 COMMANDS = {"verticals": cmd_verticals, "run": cmd_run, "evaluate": lambda a: cmd_run(a, register=False),
-            "onboard": cmd_onboard, "models": cmd_models}
+            "onboard": cmd_onboard, "models": cmd_models, "federate": cmd_federate}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

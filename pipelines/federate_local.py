@@ -56,6 +56,8 @@ class LocalFederation:
         self.node_config = {k: dict(v) for k, v in (node_config or {}).items()}
         self.env = _env()
         self.env.update(env or {})
+        if env and "FML_HOME" in env and "MLFLOW_TRACKING_URI" not in env:
+            self.env.pop("MLFLOW_TRACKING_URI", None)  # the run's store is $FML_HOME/mlflow.db
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.env["FLWR_HOME"] = str(self.workdir / "flwr-home")
         self.procs: dict[str, subprocess.Popen] = {}

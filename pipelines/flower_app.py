@@ -1,6 +1,6 @@
 """The Flower app objects named in ``pipelines/flwr_app/pyproject.toml``.
 
-``client``: the FML ClientApp reading its site through the vertical (``pipelines.federate.load_site``).
+``client``: the FML ClientApp reading its site through the vertical (``pipelines.federate_node.load_site``).
 ``server``: the FML ServerApp; the run config is resolved with the vertical's typed config and the run
 ends with the held-out evaluation and registration of ``fml run`` (``finish_federated_run``).
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from core.federation.client import make_client_app
 from core.federation.server import make_server_app
-from pipelines.federate import finish_federated_run, load_site, resolve_run
+from pipelines.federate_node import load_site
+from pipelines.federate_server import finish_federated_run, resolve_run
 
 client = make_client_app(load_site)
 server = make_server_app(lambda context: resolve_run(dict(context.run_config)), finish_federated_run)

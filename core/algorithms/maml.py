@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch.func import grad
+from torch.func import grad, grad_and_value
 
 from core.adapt import adapt
 from core.algorithms.base import ALGORITHMS, Algorithm, InnerConfig
@@ -19,8 +19,7 @@ def maml_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfi
     if first_order:
         adapted = adapt(loss_fn, meta, episode.support, cfg.steps, cfg.lr, first_order=True, **cfg.adapt_kwargs())
         query = episode.query_for(adapted)
-        direction = grad(loss_fn)(adapted, query)
-        query_loss = loss_fn(adapted, query)
+        direction, query_loss = grad_and_value(loss_fn)(adapted, query)  # one forward for both
     else:
         def meta_loss(p: Params):
             adapted = adapt(loss_fn, p, episode.support, cfg.steps, cfg.lr, **cfg.adapt_kwargs())

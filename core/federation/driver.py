@@ -69,7 +69,7 @@ class FederationDriver:
         self._on_round = on_round or (lambda r, m: None)
         self._on_event = on_event
         self.events: list[dict[str, Any]] = []
-        self.roster = Roster()
+        self.roster = Roster(silent_retry=max(30.0, 2 * run.flower.round_timeout))
         self.rule: Any = None
 
     # ----------------------------------------------------------------------------------------- events
@@ -85,7 +85,7 @@ class FederationDriver:
     def base_config(self) -> dict[str, Any]:
         run = self.run
         return {R.VERTICAL: run.vertical, R.DATA: R.data_to_config(run.data), R.SEED: int(run.seed),
-                R.ALGORITHM: run.algorithm, R.WEIGHTING: run.fed.weighting, "fml.vectorize": bool(run.fed.vectorize),
+                R.ALGORITHM: run.algorithm, R.WEIGHTING: run.fed.weighting,
                 **R.inner_to_config(run.inner)}
 
     # ----------------------------------------------------------------------------------------- start
@@ -96,8 +96,8 @@ class FederationDriver:
         deadline = time.monotonic() + s.connect_timeout
         init = None
         while True:
-            got = self.roster.describe_new(self.grid, base, min(s.connect_timeout, max(s.round_timeout, 10.0)),
-                                           s.poll_interval, want_init=init is None, on_event=self.event)
+            got = self.roster.describe_new(self.grid, base, s.round_timeout, s.poll_interval, want_init=init is None,
+                                           on_event=self.event)
             init = init if init is not None else got
             pool = self.roster.pool("train", 0)
             if init is None and self.roster.nodes:
@@ -126,7 +126,7 @@ class FederationDriver:
 
         s, fed = self.settings, self.run.fed
         pool = self.roster.wait_for(self.grid, "train", s.min_available_clients, server_round, s.connect_timeout,
-                                    s.poll_interval, self.base_config(), self.event)
+                                    s.round_timeout, s.poll_interval, self.base_config(), self.event)
         pool = self.roster.pool("train", server_round, s.lost_node_retry) or pool
         gen = round_generator(self.run.seed, server_round - 1)
         ids = sample_clients([n.site_id for n in pool], [n.size for n in pool], fed.clients_per_round, gen,

@@ -32,6 +32,9 @@ class Roster:
     nodes: dict[int, NodeInfo] = field(default_factory=dict)
     lost: dict[int, int] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)
+    silent: dict[int, float] = field(default_factory=dict)
+    silent_retry: float = 120.0
+    """Seconds before a node that did not answer its description request is asked again."""
 
     def describe_new(self, grid: Any, base_config: dict[str, Any], timeout: float, poll: float,
                      want_init: bool = False, on_event: Callable[..., None] = lambda **kw: None):
@@ -39,7 +42,9 @@ class Roster:
         from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
         connected = sorted(int(n) for n in grid.get_node_ids())
-        new = [n for n in connected if n not in self.nodes and n not in self.refused and n not in self.lost]
+        now = time.monotonic()
+        new = [n for n in connected if n not in self.nodes and n not in self.refused and n not in self.lost
+               and now - self.silent.get(n, -1e18) >= self.silent_retry]
         if not new:
             return None
         messages = []
@@ -67,7 +72,9 @@ class Roster:
             self.refused[node_id] = reason
             on_event(kind="node_refused", node=node_id, reason=reason)
         for node_id in result.unanswered:
-            on_event(kind="node_silent", node=node_id, reason=f"no description within {timeout:.0f}s")
+            self.silent[node_id] = time.monotonic()
+            on_event(kind="node_silent", node=node_id, reason=f"no description within {timeout:.0f}s; "
+                                                               f"asked again in {self.silent_retry:.0f}s")
         if want_init and init is None and new:
             # the node asked for the init failed: ask a described one
             return self._init_from_any(grid, base_config, timeout, poll)
@@ -108,12 +115,12 @@ class Roster:
             return sorted(alive, key=lambda n: (n.order, n.site_id))
         return sorted(alive, key=lambda n: n.site_id)
 
-    def wait_for(self, grid: Any, role: str, minimum: int, server_round: int, timeout: float, poll: float,
-                 base_config: dict[str, Any], on_event: Callable[..., None]) -> list[NodeInfo]:
+    def wait_for(self, grid: Any, role: str, minimum: int, server_round: int, timeout: float, reply_timeout: float,
+                 poll: float, base_config: dict[str, Any], on_event: Callable[..., None]) -> list[NodeInfo]:
         """Block until ``minimum`` alive nodes of ``role`` are known (describing newcomers), or raise."""
         deadline = time.monotonic() + timeout
         while True:
-            self.describe_new(grid, base_config, min(timeout, 60.0), poll, on_event=on_event)
+            self.describe_new(grid, base_config, reply_timeout, poll, on_event=on_event)
             self.sync(grid, server_round, on_event)
             pool = self.pool(role, server_round)
             if len(pool) >= minimum:

@@ -1,0 +1,195 @@
+"""Maintenance held-out-operator benchmark: ``fml run maintenance`` end to end, then onboarding of a new fleet.
+
+Prints, for every test operator and for all of them pooled, the held-out last-window RUL RMSE (mean
+and 95% interval over support draws; lower is better) by method, shots (labelled units) and
+adaptation steps; the paired differences against the tuned ``fedavg+ft`` baseline on the same draws;
+the adaptation settings chosen on validation operators; RMSE over all windows and the NASA score;
+and the wall times of meta-training and of onboarding one new fleet (adapt + score, and the whole
+``onboard`` call). The LAST line is the JSON of BENCHMARKS.md's vertical format (each row also names
+its ``site``; ``ALL`` pools the test operators).
+
+Onboarding reads the subset's official ``test_FD00x.txt`` + ``RUL_FD00x.txt`` (engines the run never
+saw, unless ``include_test_file`` put them into operators; then a held-out TEST operator's rows are
+exported to a temporary CSV instead). Without the real files, the GENERATED stand-in is used for both.
+
+MLflow goes to a temporary store unless ``--store`` names one, so the benchmark never moves the
+``champion`` alias of a real registry.
+
+    PYTHONPATH=. python benchmarks/maintenance_heldout.py --preset full
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import tyro
+
+HEADLINE = "rmse_last"
+
+
+@dataclass
+class BenchConfig:
+    """Maintenance held-out benchmark."""
+
+    preset: str = "full"
+    """Preset of verticals/maintenance/presets (quick or full)."""
+    seed: int = 0
+    """Seed of the whole run (operators, roles, rounds, draws)."""
+    rounds: Optional[int] = None
+    """Override the preset's federated rounds."""
+    draws: Optional[int] = None
+    """Override the preset's support draws per (site, shots)."""
+    store: Optional[str] = None
+    """MLflow tracking URI (default: a temporary SQLite store, deleted afterwards)."""
+    output_dir: str = "fml-output/bench-maintenance"
+    """Tables, plots and checkpoints of the run."""
+    onboard_shots: Optional[int] = None
+    """Labelled units the onboarded fleet adapts on (default: the registered setting)."""
+    threads: int = 1
+    """torch threads (the model is small: one thread is fastest, and robust on a shared machine)."""
+
+
+def summarize(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean and 95% interval per (site, method, shots, steps), ``site = ALL`` pooling the test sites."""
+    from core.metrics import mean_ci95
+
+    sub = rows[rows["metric"] == metric]
+    out = []
+    for site, part in [("ALL", sub), *sub.groupby("site")]:
+        for (method, shots, steps), grp in part.groupby(["method", "shots", "steps"]):
+            m, lo, hi = mean_ci95(grp["value"].dropna().tolist() or [float("nan")])
+            out.append({"site": site, "method": method, "shots": int(shots), "steps": int(steps),
+                        "mean": m, "ci95": [lo, hi], "n": len(grp)})
+    return pd.DataFrame.from_records(out)
+
+
+def cell_table(frame: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    fmt = f"{{:.{digits}f}} [{{:.{digits}f}}, {{:.{digits}f}}]"
+    cells = frame.assign(cell=frame.apply(lambda r: fmt.format(r["mean"], *r["ci95"]), axis=1))
+    return cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").reset_index()
+
+
+def onboarding_files(data_cfg, seed: int, test_sites: list[str], folder: Path) -> tuple[Path, Optional[Path], str]:
+    """``(data, rul, what)``: the official test file + RUL file, or a held-out test operator as a CSV table."""
+    from data_adapters.cmapss import default_data_dir, operator_frames
+    from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
+
+    src = Path(data_cfg.data_dir) if data_cfg.data_dir else default_data_dir()
+    if not data_cfg.include_test_file and data_cfg.path is None:
+        test, rul = src / f"test_{data_cfg.subset}.txt", src / f"RUL_{data_cfg.subset}.txt"
+        if test.is_file() and rul.is_file():
+            return test, rul, f"official {test.name} + {rul.name} (engines never trained on)"
+        _, gen_test, gen_rul = generate_cmapss(100, 100, seed=12345)
+        write_cmapss_files(folder, "GEN", None, gen_test, gen_rul)
+        return folder / "test_GEN.txt", folder / "RUL_GEN.txt", "GENERATED test file (real files absent)"
+    site = test_sites[0]
+    frame = in_service_view(operator_frames(data_cfg, seed)[site], data_cfg.window, seed)
+    path = folder / f"{site}.csv"
+    frame.rename(columns={"cycle": "time"}).to_csv(path, index=False)
+    return path, None, f"held-out test operator {site} exported as a table (units cut in service)"
+
+
+def in_service_view(frame: pd.DataFrame, window: int, seed: int) -> pd.DataFrame:
+    """Cut each run-to-failure unit at a seeded random cycle (>= ``window``), as C-MAPSS's test set does;
+    the table keeps the exact RUL column. Settings and bookkeeping columns are dropped."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, unit in frame.groupby("unit", sort=False):
+        keep = len(unit) if bool(unit.get("truncated", pd.Series([False])).iloc[0]) else \
+            int(rng.integers(min(window, len(unit)), len(unit) + 1))
+        parts.append(unit.iloc[:keep])
+    out = pd.concat(parts, ignore_index=True)
+    return out.drop(columns=[c for c in out.columns if c.startswith("setting") or c == "truncated"])
+
+
+def main(cfg: BenchConfig) -> dict:
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    tmp = tempfile.TemporaryDirectory(prefix="fml-bench-maintenance-")
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.store or f"sqlite:///{Path(tmp.name) / 'mlflow.db'}"
+    os.environ.setdefault("FML_HOME", tmp.name)
+    import verticals
+    from core.evaluation import paired_differences
+    from core.vertical import VERTICALS
+    from pipelines.config import load_preset
+    from pipelines.onboard import onboard
+    from pipelines.run import run_pipeline
+
+    # 1. the pipeline, end to end
+    verticals.load_all()
+    spec = VERTICALS.get("maintenance")
+    run_cfg = load_preset(spec, cfg.preset)
+    run_cfg.seed, run_cfg.output_dir = cfg.seed, cfg.output_dir
+    if cfg.rounds is not None:
+        run_cfg.fed.rounds = cfg.rounds
+    if cfg.draws is not None:
+        run_cfg.eval.draws = cfg.draws
+    run_cfg.tracking.experiment = "fml-maintenance-benchmark"
+    start = time.perf_counter()
+    result = run_pipeline(spec, run_cfg, progress=False)
+    pipeline_seconds = time.perf_counter() - start
+    rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
+    # 2. onboarding one new fleet from the registered meta-initialization
+    data, rul, what = onboarding_files(run_cfg.data, cfg.seed, sorted(set(rows["site"])), Path(tmp.name))
+    start = time.perf_counter()
+    overrides = {"rul_path": str(rul)} if rul else {"site_column": "site", "unit_column": "unit",
+                                                    "time_column": "time", "target_column": "rul"}
+    onboarded = onboard(spec, data=str(data), site_id=None, seed=cfg.seed, shots=cfg.onboard_shots,
+                        overrides=overrides)
+    onboard_call_seconds = time.perf_counter() - start
+    # 3. tables
+    summary = summarize(rows, HEADLINE)
+    pd.set_option("display.width", 220)
+    pd.set_option("display.max_columns", 20)
+    for site in ["ALL", *sorted(set(rows["site"]))]:
+        print(f"\nHeld-out last-window RUL RMSE [95% CI] by adaptation steps: {site} "
+              f"(preset {cfg.preset}, seed {cfg.seed}; lower is better)")
+        print(cell_table(summary[summary["site"] == site]).to_string(index=False))
+    paired = paired_differences(rows, HEADLINE)
+    if not paired.empty:
+        paired["diff"] = paired.apply(lambda r: f"{r['mean_diff']:+.2f} [{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}]",
+                                      axis=1)
+        print("\nPaired RMSE difference vs tuned fedavg+ft (same draws; negative = better than fedavg+ft)")
+        print(paired.pivot_table(index=["site", "method", "shots"], columns="steps", values="diff",
+                                 aggfunc="first").reset_index().to_string(index=False))
+    chosen = result.selection[result.selection["chosen"]] if not result.selection.empty else result.selection
+    print("\nAdaptation settings chosen on validation operators")
+    print(chosen.to_string(index=False))
+    for metric in ("rmse_all", "nasa_per_unit"):
+        other = summarize(rows, metric)
+        print(f"\n{metric} [95% CI], all test operators")
+        print(cell_table(other[other["site"] == "ALL"]).to_string(index=False))
+    train = {k: round(v, 2) for k, v in result.train_seconds.items()}
+    print(f"\nonboarding: {what}: {onboarded.site_id}, before {onboarded.before[HEADLINE]:.2f} -> after "
+          f"{onboarded.after[HEADLINE]:.2f} last-window RMSE on {int(onboarded.after['units'])} units")
+    print(f"wall times: meta-training {train} s; whole pipeline {pipeline_seconds:.1f} s; onboarding "
+          f"(adapt + score) {onboarded.seconds:.3f} s, whole onboard call {onboard_call_seconds:.1f} s; "
+          f"best on validation: {result.best_algorithm}")
+    out = {"vertical": "maintenance", "preset": cfg.preset, "train_seconds": round(sum(train.values()), 2),
+           "train_seconds_by_algorithm": train, "pipeline_seconds": round(pipeline_seconds, 2),
+           "onboard_seconds": round(onboarded.seconds, 3), "onboard_call_seconds": round(onboard_call_seconds, 2),
+           "onboard": {"data": what, "before": round(onboarded.before[HEADLINE], 3),
+                       "after": round(onboarded.after[HEADLINE], 3)},
+           "headline_metric": HEADLINE,
+           "rows": [{"method": r["method"], "shots": r["shots"], "steps": r["steps"], "site": r["site"],
+                     "mean": round(r["mean"], 3), "ci95": [round(r["ci95"][0], 3), round(r["ci95"][1], 3)]}
+                    for _, r in summary.iterrows()],
+           "paired_vs_fedavg_ft": [{"method": r["method"], "shots": int(r["shots"]), "steps": int(r["steps"]),
+                                    "site": r["site"], "mean_diff": round(r["mean_diff"], 3),
+                                    "ci95": [round(r["ci95_low"], 3), round(r["ci95_high"], 3)]}
+                                   for _, r in paired.iterrows()] if not paired.empty else []}
+    tmp.cleanup()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(tyro.cli(BenchConfig))))

@@ -1,0 +1,275 @@
+"""Generic tabular adapter: a CSV/TSV/Parquet file with one row per example, a site column and a binary
+label becomes a :class:`~core.tasks.Federation` of sites, with FEDERATED preprocessing.
+
+Flow (:func:`build_tabular_federation`):
+
+1. read and validate the file (:mod:`data_adapters.tabular_io`): content matches the extension,
+   column names non-empty and unique, the named columns exist, binary label, no NaN/inf;
+2. decide column types: those given in the config, the rest inferred (numbers -> numeric,
+   anything else -> categorical); the site, label, id and dropped columns are never features;
+3. assign whole sites to roles: test/validation sites by name (then drawn at random with the seed);
+   a site with too few labelled positives for training episodes gets no training role (logged);
+4. fit the preprocessing from the TRAINING sites' aggregates only
+   (:mod:`data_adapters.tabular_preprocessing`) and apply it to every site.
+
+Onboarding (:func:`load_tabular_site`) reads one new site's file and applies the SAVED preprocessing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.tasks import Federation, Site, SiteDataError
+from data_adapters.tabular_io import (
+    TabularDataError,
+    binary_labels,
+    category_strings,
+    numeric_column,
+    read_table,
+    require_columns,
+)
+from data_adapters.tabular_preprocessing import merge_statistics, site_statistics, transform
+
+log = logging.getLogger(__name__)
+
+PREPROCESSING_FORMAT = "fml-tabular-v1"
+
+
+@dataclass
+class TabularData:
+    """Options of the generic tabular adapter (any CSV/TSV/Parquet with a site and a binary label column)."""
+
+    path: Optional[str] = None
+    """Data file (.csv, .csv.gz, .tsv, .parquet, .pq)."""
+    site_column: str = "site"
+    """Column whose value names the site (institution) of a row; sites are split by it, never rows."""
+    label_column: str = "label"
+    """Binary label column (0/1, true/false, or two values with positive_label)."""
+    positive_label: Optional[str] = None
+    """Value of the label column that means positive, for labels that are not 0/1 or true/false."""
+    id_columns: list[str] = field(default_factory=list)
+    """Identifier columns: checked to exist, then dropped (never features)."""
+    drop_columns: list[str] = field(default_factory=list)
+    """Other columns to ignore (need not exist)."""
+    categorical_columns: Optional[list[str]] = None
+    """Columns to one-hot encode; columns not listed in either type list are inferred."""
+    numeric_columns: Optional[list[str]] = None
+    """Columns to standardize; columns not listed in either type list are inferred."""
+    allow_missing: bool = True
+    """Encode missing feature values (mean fill + indicator; categorical <missing>); False = error."""
+    max_categories: int = 200
+    """A categorical column whose union vocabulary is larger is hashed instead of one-hot encoded."""
+    hash_buckets: int = 64
+    """Buckets of a hashed categorical column."""
+    test_sites: list[str] = field(default_factory=list)
+    """Held-out test sites by name (site-column values); more are drawn at random up to num_test."""
+    validation_sites: list[str] = field(default_factory=list)
+    """Validation sites by name; more are drawn at random up to num_validation."""
+    num_test: int = 3
+    """Total test sites (named ones count)."""
+    num_validation: int = 1
+    """Total validation sites (named ones count)."""
+    train_shots: int = 5
+    """Positives (and negatives) in the support set of a meta-training episode."""
+    train_query: int = 10
+    """Positives (and negatives) in the query set of a meta-training episode."""
+    min_eval_positives: int = 2
+    """Fewest labelled positives a test/validation site may have (1 shot + 1 to score)."""
+
+
+def infer_column_types(df: pd.DataFrame, cfg: TabularData, source: str) -> tuple[list[str], list[str]]:
+    """Numeric and categorical feature columns: given ones first, the rest inferred.
+
+    A column is inferred numeric when its dtype is numeric (not boolean) or every present value parses
+    as a number; otherwise categorical.
+    """
+    special = {cfg.site_column, cfg.label_column, *cfg.id_columns, *cfg.drop_columns}
+    given_num, given_cat = list(cfg.numeric_columns or []), list(cfg.categorical_columns or [])
+    require_columns(df, given_num, source, role="numeric")
+    require_columns(df, given_cat, source, role="categorical")
+    both = sorted(set(given_num) & set(given_cat))
+    if both:
+        raise TabularDataError(f"{source}: column(s) {both} are declared both numeric and categorical; pick one")
+    numeric, categorical = [], []
+    for col in df.columns:
+        if col in special:
+            continue
+        if col in given_num:
+            numeric.append(col)
+        elif col in given_cat:
+            categorical.append(col)
+        elif pd.api.types.is_bool_dtype(df[col]):
+            categorical.append(col)
+        elif pd.api.types.is_numeric_dtype(df[col]):
+            numeric.append(col)
+        else:
+            parsed = pd.to_numeric(df[col], errors="coerce")
+            all_numbers = bool((parsed.notna() == df[col].notna()).all() and df[col].notna().any())
+            (numeric if all_numbers else categorical).append(col)
+    if not numeric and not categorical:
+        raise TabularDataError(f"{source}: no feature columns left after removing {sorted(special)}")
+    return numeric, categorical
+
+
+def load_frame(cfg: TabularData, source: str | Path | pd.DataFrame,
+               name: str = "") -> tuple[pd.DataFrame, np.ndarray, list[str], list[str]]:
+    """Read and validate a whole file (or an in-memory frame, e.g. generated data, labelled ``name``):
+    ``(frame, labels 0/1, numeric columns, categorical columns)``."""
+    if isinstance(source, pd.DataFrame):
+        df, source = source, name or "<frame>"
+    else:
+        df, source = read_table(source), str(source)
+    require_columns(df, [cfg.site_column, cfg.label_column], source)
+    require_columns(df, cfg.id_columns, source, role="id")
+    y = binary_labels(df[cfg.label_column], source, cfg.positive_label)
+    sites = df[cfg.site_column]
+    if sites.isna().any():
+        raise TabularDataError(
+            f"{source}: site column {cfg.site_column!r} has {int(sites.isna().sum())} missing value(s); every row "
+            "needs a site"
+        )
+    numeric, categorical = infer_column_types(df, cfg, source)
+    for col in numeric:  # row numbers in errors refer to the whole file
+        numeric_column(df[col], source, cfg.allow_missing)
+    if not cfg.allow_missing:
+        for col in categorical:
+            if df[col].isna().any():
+                raise TabularDataError(f"{source}: categorical column {col!r} has {int(df[col].isna().sum())} "
+                                       "missing value(s); fill them or set allow_missing")
+    return df, y, numeric, categorical
+
+
+def site_ids_of(df: pd.DataFrame, site_column: str) -> pd.Series:
+    return category_strings(df[site_column])
+
+
+def assign_roles(positives: dict[str, int], negatives: dict[str, int], cfg: TabularData,
+                 seed: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Roles by site: named sites, then random draws among sites large enough to train on.
+
+    Returns:
+        ``(roles, excluded)``: roles ``train/validation/test`` -> site ids, and ``{site: reason}`` for
+        sites that got no role.
+    """
+    known = sorted(positives)
+    desc = ", ".join(f"{s} ({positives[s]} pos / {negatives[s]} neg)" for s in known)
+    named = {"test": list(cfg.test_sites), "validation": list(cfg.validation_sites)}
+    for role, ids in named.items():
+        for sid in ids:
+            if sid not in positives:
+                raise SiteDataError(f"{role} site {sid!r} is not a value of column {cfg.site_column!r}; "
+                                    f"sites: {desc}")
+            low = min(positives[sid], negatives[sid])
+            if low < cfg.min_eval_positives:
+                raise SiteDataError(
+                    f"{role} site {sid!r} has {positives[sid]} labelled positive(s) and {negatives[sid]} "
+                    f"negative(s) in {cfg.label_column!r}; few-shot evaluation needs at least "
+                    f"{cfg.min_eval_positives} of each (1 shot + 1 to score); choose another site. Sites: {desc}"
+                )
+    overlap = sorted(set(named["test"]) & set(named["validation"]))
+    if overlap:
+        raise SiteDataError(f"site(s) {overlap} named as both test and validation sites")
+    need = cfg.train_shots + cfg.train_query
+    fixed = set(named["test"]) | set(named["validation"])
+    trainable = [s for s in known if s not in fixed and min(positives[s], negatives[s]) >= need]
+    gen = torch.Generator().manual_seed(seed)
+    order = [trainable[i] for i in torch.randperm(len(trainable), generator=gen).tolist()]
+    n_test = max(cfg.num_test - len(named["test"]), 0)
+    n_val = max(cfg.num_validation - len(named["validation"]), 0)
+    roles = {"test": named["test"] + order[:n_test],
+             "validation": named["validation"] + order[n_test:n_test + n_val],
+             "train": sorted(order[n_test + n_val:])}
+    if not roles["train"]:
+        raise SiteDataError(
+            f"no site is left for training: a training site needs {need} positives and {need} negatives "
+            f"(train_shots {cfg.train_shots} + train_query {cfg.train_query}); lower them or name fewer "
+            f"test/validation sites. Sites: {desc}"
+        )
+    placed = {s for ids in roles.values() for s in ids}
+    excluded = {
+        s: f"{positives[s]} positive(s) / {negatives[s]} negative(s) < {need} needed for a training episode "
+           f"({cfg.train_shots} shots + {cfg.train_query} query per class)"
+        for s in known if s not in placed
+    }
+    for sid, reason in excluded.items():
+        log.warning("site %r gets no role: %s", sid, reason)
+    return roles, excluded
+
+
+def make_site(site_id: str, frame: pd.DataFrame, y: np.ndarray, prep: dict[str, Any], source: str) -> Site:
+    x = transform(frame, prep, f"{source} (site {site_id!r})")
+    pos = int(y.sum())
+    return Site(site_id, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)),
+                metadata={"rows": int(len(y)), "positives": pos, "base_rate": pos / max(len(y), 1)})
+
+
+def fit_preprocessing(frames: dict[str, pd.DataFrame], numeric: Sequence[str], categorical: Sequence[str],
+                      cfg: TabularData, source: str) -> dict[str, Any]:
+    """Fit from the given (training) sites' aggregates; each site's statistics are computed on its own rows."""
+    stats = [site_statistics(f, numeric, categorical, f"{source} (site {sid!r})", cfg.allow_missing)
+             for sid, f in frames.items()]
+    prep = merge_statistics(stats, numeric, categorical, max_categories=cfg.max_categories,
+                            hash_buckets=cfg.hash_buckets)
+    prep.update({"format": PREPROCESSING_FORMAT, "label_column": cfg.label_column,
+                 "positive_label": cfg.positive_label, "site_column": cfg.site_column,
+                 "id_columns": list(cfg.id_columns), "training_sites": sorted(frames)})
+    return prep
+
+
+def build_tabular_federation(cfg: TabularData, data: str | Path | pd.DataFrame, seed: int,
+                             name: str = "") -> tuple[Federation, dict[str, Any], dict[str, str]]:
+    """The federation of the sites in ``data`` (a file, or a frame labelled ``name``) with preprocessing
+    fitted on its training sites.
+
+    Returns:
+        ``(federation, preprocessing, excluded)`` where ``excluded`` maps site ids without a role to the reason.
+    """
+    source = name or str(data)
+    df, y, numeric, categorical = load_frame(cfg, data, source)
+    ids = site_ids_of(df, cfg.site_column)
+    groups = {sid: np.flatnonzero((ids == sid).to_numpy()) for sid in sorted(ids.unique())}
+    pos = {sid: int(y[rows].sum()) for sid, rows in groups.items()}
+    neg = {sid: int(len(rows) - y[rows].sum()) for sid, rows in groups.items()}
+    roles, excluded = assign_roles(pos, neg, cfg, seed)
+    frames = {sid: df.iloc[rows] for sid, rows in groups.items()}
+    prep = fit_preprocessing({s: frames[s] for s in roles["train"]}, numeric, categorical, cfg, source)
+    sites = {sid: make_site(sid, frames[sid], y[groups[sid]], prep, source)
+             for ids_ in roles.values() for sid in ids_}
+    return Federation(sites, roles), prep, excluded
+
+
+def load_tabular_site(data: str | Path | pd.DataFrame, prep: dict[str, Any], site_id: Optional[str],
+                      name: str = "") -> Site:
+    """One NEW site's labelled rows, transformed with the SAVED preprocessing (onboarding).
+
+    When the file (or frame labelled ``name``) has the site column: with ``site_id`` only that site's
+    rows are kept; without it the file must hold exactly one site. Without the site column the whole
+    file is the site (id: ``site_id`` or the file name).
+    """
+    if isinstance(data, pd.DataFrame):
+        df, source = data, name or "<frame>"
+    else:
+        df, source = read_table(data), str(data)
+    label, site_col = prep["label_column"], prep["site_column"]
+    require_columns(df, [label], source, role="label")
+    if site_col in df.columns:
+        ids = site_ids_of(df, site_col)
+        present = sorted(ids.dropna().unique().tolist())
+        if site_id is None:
+            if len(present) != 1:
+                raise SiteDataError(f"{source}: column {site_col!r} holds {len(present)} sites {present[:10]}; "
+                                    "name the one to onboard (site id)")
+            site_id = present[0]
+        keep = (ids == site_id).to_numpy()
+        if not keep.any():
+            raise SiteDataError(f"{source}: no row of site {site_id!r} in column {site_col!r}; sites: {present[:20]}")
+        df = df.loc[keep]
+    sid = site_id or Path(source).name.split(".")[0]
+    y = binary_labels(df[label], source, prep.get("positive_label"))
+    return make_site(sid, df, y, prep, source)

@@ -1,0 +1,93 @@
+"""The FML round on Flower's simulation engine gives the in-process engine's meta-initialization.
+
+R1 (``verticals/digits``), FO-MAML, fixed seed, 3 rounds: Flower simulation (Ray, one ClientApp per
+site) vs ``MetaLearner.run_round``. Also: Flower's own FedAvg strategy on ``init - direction`` replies is
+the core FedAvg (server SGD at lr 1), and the update checks that keep bad updates out.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+
+from core.federation import records as R  # noqa: E402
+from core.federation.settings import FlowerSettings  # noqa: E402
+from core.learner import MetaLearner  # noqa: E402
+from pipelines.federate_node import data_config, vertical_spec  # noqa: E402
+from pipelines.federate_server import resolve_run, simulate  # noqa: E402
+
+DATA = {"train_sites": 12, "validation_sites": 1, "test_sites": 1}
+SEED = 3
+
+
+def in_process(config: dict, rounds: int, vectorize: bool = True) -> dict[str, torch.Tensor]:
+    """``rounds`` rounds of ``MetaLearner.run_round`` (the in-process engine) with the same settings."""
+    run = resolve_run(config)
+    spec = vertical_spec("digits")
+    problem = spec.prepare(data_config(spec, DATA), run.seed)
+    learner = MetaLearner(problem, run.algorithm, run.inner, dataclasses.replace(run.fed, vectorize=vectorize),
+                          run.server, run.seed)
+    optimizer = learner.configure_optimizers()
+    learner.optimizers = lambda *a, **k: optimizer  # run_round outside a Trainer
+    for r in range(rounds):
+        learner.run_round(r)
+    return learner.meta_params()
+
+
+@pytest.fixture()
+def tracking(tmp_path, monkeypatch):
+    """MLflow store and artifacts in tmp_path (the ServerApp logs each run)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("FML_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_three_fomaml_rounds_on_flower_simulation_equal_in_process(tracking):
+    config = {"vertical": "digits", "preset": "quick", "algorithm": "fomaml", "data": DATA, "seed": SEED,
+              "fed.rounds": 3, "fed.clients_per_round": 5, "flower.finish": False, "flower.eval_roles": "validation",
+              "flower.eval_draws": 1}
+    result = simulate(config, num_nodes=13)  # 12 training sites + 1 validation site
+    reference = in_process(config, rounds=3)
+    assert result.meta.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(result.meta[name], reference[name], rtol=1e-5, atol=1e-6)
+    assert [len(r.accepted) for r in result.rounds] == [5, 5, 5]
+    assert all(r.applied and not r.rejected and not r.lost for r in result.rounds)
+    assert any(float((result.meta[k] - in_process(config, rounds=0)[k]).abs().max()) > 0 for k in reference)
+    assert "val/accuracy/steps5" in result.evaluations[3]  # the validation node adapted and scored
+
+
+def test_flower_fedavg_strategy_equals_core_fedavg(tracking):
+    config = {"vertical": "digits", "preset": "quick", "algorithm": "fedavg", "data": DATA, "seed": SEED,
+              "fed.rounds": 2, "fed.clients_per_round": 4, "flower.finish": False, "flower.eval_roles": ",",
+              "flower.strategy": "fedavg"}
+    result = simulate(config, num_nodes=12)
+    reference = in_process(config, rounds=2)  # fedavg's server: SGD at lr 1 (baseline_server)
+    for name in reference:
+        torch.testing.assert_close(result.meta[name], reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_update_checks_name_the_problem():
+    from flwr.app import ArrayRecord
+
+    meta = {"w": torch.zeros(2, 3), "b": torch.zeros(2)}
+    expected = R.shapes_of(meta)
+    assert R.check_update(ArrayRecord(meta), expected) is None
+    assert "NaN" in R.check_update(ArrayRecord({"w": torch.full((2, 3), float("nan")), "b": torch.zeros(2)}), expected)
+    assert "shape [3, 2]" in R.check_update(ArrayRecord({"w": torch.zeros(3, 2), "b": torch.zeros(2)}), expected)
+    assert "missing ['b']" in R.check_update(ArrayRecord({"w": torch.zeros(2, 3)}), expected)
+    assert "dtype" in R.check_update(ArrayRecord({"w": torch.zeros(2, 3, dtype=torch.float64),
+                                                  "b": torch.zeros(2)}), expected)
+    assert R.check_metrics({"weight": 0.0}) is not None and R.check_metrics({"weight": 2.0}) is None
+
+
+def test_flower_settings_from_run_config():
+    s = FlowerSettings.from_flat({"flower.secagg": "true", "flower.round-timeout": "30", "fed.rounds": 3})
+    assert s.secagg is True and s.round_timeout == 30.0
+    with pytest.raises(ValueError, match="flower.min_available_clients"):
+        FlowerSettings.from_flat({"flower.min_available": 2})

@@ -1,0 +1,163 @@
+"""Maintenance vertical: registration, episodes (fixed shapes, vmap == loop), few-shot tasks, metrics,
+a short MetaLearner run, onboarding, and (when the files exist) the real FD001 federation."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import core.algorithms  # noqa: F401  (registers the algorithms)
+from core.algorithms.base import InnerConfig, get_algorithm
+from core.config import FederatedConfig, ServerConfig
+from core.learner import MetaLearner, fit_meta_learner
+from core.rounds import client_updates
+from core.vertical import VERTICALS
+from data_adapters.cmapss import default_data_dir
+from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
+from verticals.maintenance import MaintenanceData, load_new_site, prepare
+from verticals.maintenance.metrics import nasa_score, rul_metrics
+from verticals.maintenance.problem import eval_mask
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cmapss")
+    train, test, rul = generate_cmapss(24, 8, seed=11, min_life=45, max_life=80)
+    write_cmapss_files(folder, "FD001", train, test, rul)
+    return folder
+
+
+def small_cfg(folder: Path, **kw) -> MaintenanceData:
+    base = dict(path=str(folder / "train_FD001.txt"), units_per_site=4, window=12, stride=2, validation_sites=1,
+                test_sites=1, train_units=2, query_units=1, windows_per_unit=8, support_windows=8, channels=4,
+                hidden=8)
+    base.update(kw)
+    return MaintenanceData(**base)
+
+
+@pytest.fixture(scope="module")
+def problem(small_dir: Path):
+    return prepare(small_cfg(small_dir), seed=0)
+
+
+def test_registered_with_onboard_flag_and_presets() -> None:
+    spec = VERTICALS.get("maintenance")
+    assert spec.onboard_flags == {"rul": "rul_path"}
+    assert spec.preset_path("quick").is_file() and spec.preset_path("full").is_file()
+
+
+def test_presets_resolve_against_the_config_schema() -> None:
+    from pipelines.config import load_preset
+
+    spec = VERTICALS.get("maintenance")
+    for preset in ("quick", "full"):
+        cfg = load_preset(spec, preset)
+        assert isinstance(cfg.data, MaintenanceData) and cfg.data.units_per_site == 10 and cfg.data.window == 30
+
+
+def test_problem_shapes_and_preprocessing_is_json(problem) -> None:
+    import json
+
+    json.dumps(problem.preprocessing)
+    assert problem.headline == "rmse_last" and not problem.higher_is_better
+    x = problem.input_example()
+    model = problem.make_model()
+    assert model(x).shape == (2,)
+    assert len(problem.federation.roles["train"]) == 4
+
+
+def test_training_episodes_have_equal_shapes_and_vmap_equals_loop(problem) -> None:
+    model = problem.make_model()
+    meta = {k: v.detach() for k, v in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    episodes = [problem.train_episode(s, meta, gen) for s in problem.train_site_ids()]
+    assert len({(e.support[0].shape, e.query[0].shape) for e in episodes}) == 1
+    assert episodes[0].support[0].shape == (2 * 8, 12, model.conv[0].in_channels)
+    loss_fn = problem.loss_fn(model)
+    for alg in ("fomaml", "reptile"):
+        vec = client_updates(get_algorithm(alg), loss_fn, meta, episodes, InnerConfig(3, 0.05), vectorize=True)
+        loop = client_updates(get_algorithm(alg), loss_fn, meta, episodes, InnerConfig(3, 0.05), vectorize=False)
+        assert vec.vectorized and not loop.vectorized
+        for k in vec.directions:
+            torch.testing.assert_close(vec.directions[k], loop.directions[k], atol=1e-5, rtol=1e-4)
+
+
+def test_few_shot_task_support_units_disjoint_from_scored_units(problem) -> None:
+    site = problem.federation.role("test")[0]
+    model = problem.make_model()
+    task = problem.few_shot_task(model, site, 2, torch.Generator().manual_seed(1))
+    assert task.support_batch[0].shape[0] == 2 * 8  # support_windows per unit
+    assert int(task.last_eval.sum()) == len(site.metadata["units"]) - 2  # one evaluation window per other unit
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    scores = task.score(params)
+    assert {"rmse_last", "rmse_all", "nasa_score", "nasa_per_unit"} <= set(scores)
+    sup_x = task.support_batch[0]
+    assert not any(torch.equal(sup_x[0], task.x_eval[i]) for i in range(task.x_eval.shape[0]))
+    with pytest.raises(ValueError, match="leave none to score"):
+        problem.few_shot_task(model, site, 4, torch.Generator().manual_seed(1))
+
+
+def test_eval_mask_one_window_per_unit(problem) -> None:
+    site = problem.federation.role("train")[0]
+    mask = eval_mask(site)
+    assert int(mask.sum()) == len(torch.unique(site.groups))
+
+
+def test_metrics_known_values() -> None:
+    pred, true = torch.tensor([10.0, 20.0, 30.0]), torch.tensor([20.0, 10.0, 30.0])
+    np.testing.assert_allclose(nasa_score(pred, true).numpy(), [math.exp(10 / 13) - 1, math.exp(1.0) - 1, 0.0],
+                               rtol=1e-6)
+    m = rul_metrics(pred, true, torch.tensor([True, True, False]))
+    assert m["rmse_last"] == pytest.approx(10.0) and m["rmse_all"] == pytest.approx(math.sqrt(200 / 3))
+    assert m["nasa_score"] == pytest.approx(math.exp(10 / 13) + math.exp(1.0) - 2, rel=1e-6)
+    assert m["units"] == 2
+
+
+def test_short_meta_learner_run_improves_training_loss(problem) -> None:
+    fed = FederatedConfig(rounds=12, clients_per_round=3, val_every=12)
+    learner = MetaLearner(problem, "reptile", InnerConfig(3, 0.1), fed, ServerConfig("sgd", 1.0), seed=0)
+    before = {k: v.clone() for k, v in learner.meta_params().items()}
+    fit_meta_learner(learner, progress=False)
+    after = learner.meta_params()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    site = problem.federation.role("validation")[0]
+    task = problem.few_shot_task(learner.model, site, 1, torch.Generator().manual_seed(0))
+    assert task.score(after)["rmse_last"] < task.score(before)["rmse_last"]
+
+
+def test_gru_model_runs_in_a_vectorized_round(small_dir: Path) -> None:
+    prob = prepare(small_cfg(small_dir, model="gru"), seed=0)
+    model = prob.make_model()
+    meta = {k: v.detach() for k, v in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    eps = [prob.train_episode(s, meta, gen) for s in prob.train_site_ids()[:2]]
+    res = client_updates(get_algorithm("fomaml"), prob.loss_fn(model), meta, eps, InnerConfig(1, 0.05))
+    assert res.vectorized and all(torch.isfinite(v).all() for v in res.directions.values())
+
+
+def test_load_new_site_from_test_and_rul_files(small_dir: Path, problem) -> None:
+    cfg = small_cfg(small_dir, path=str(small_dir / "test_FD001.txt"), rul_path=str(small_dir / "RUL_FD001.txt"),
+                    short_units="pad")
+    prob, site = load_new_site(cfg, problem.preprocessing, "new-fleet")
+    assert site.site_id == "new-fleet" and prob.federation.roles["test"] == ["new-fleet"]
+    model = prob.make_model()
+    task = prob.few_shot_task(model, site, 2, torch.Generator().manual_seed(0))
+    assert int(task.last_eval.sum()) == 6
+    rul = np.loadtxt(small_dir / "RUL_FD001.txt")
+    np.testing.assert_allclose(sorted(site.y[site.metadata["cut_rows"]].tolist()), sorted(np.minimum(rul, 125)))
+
+
+def test_real_fd001_quick_federation_if_present() -> None:
+    folder = default_data_dir()
+    if not (folder / "train_FD001.txt").is_file():
+        pytest.skip(f"C-MAPSS FD001 not found in {folder} (set FML_CMAPSS_DIR); the vertical logic is tested "
+                    "on generated files")
+    prob = prepare(MaintenanceData(data_dir=str(folder)), seed=0)
+    assert len(prob.federation.sites) == 10 and prob.preprocessing["model"]["sensors"] == 14
+    assert not prob.preprocessing["generated"]
+    test_units = sum(len(s.metadata["units"]) for s in prob.federation.role("test"))
+    assert test_units == 20

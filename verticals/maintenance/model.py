@@ -1,0 +1,78 @@
+"""Small CPU-friendly RUL regressors over sensor windows ``[batch, window, sensors]`` -> RUL ``[batch]``.
+
+Both are plain ``nn.Module``s without normalization-layer state, so ``torch.func.functional_call``
+and ``vmap`` carry them (see ``STYLE.md``). Outputs are in cycles: the network predicts
+``RUL / rul_cap`` and the module multiplies by the fixed ``rul_cap`` (a Python float, not a parameter).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from core.registry import Registry
+
+
+class RulCNN(nn.Module):
+    """1D-CNN: two ``Conv1d`` layers over time (channels = sensors), then a small MLP on the flattened maps.
+
+    Args:
+        sensors: input channels. window: window length. channels: conv channels. hidden: MLP width.
+        kernel: temporal kernel size. rul_cap: output scale (cycles).
+    """
+
+    def __init__(self, sensors: int, window: int, channels: int = 16, hidden: int = 32, kernel: int = 5,
+                 rul_cap: float = 125.0) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(sensors, channels, kernel, padding=kernel // 2), nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel, padding=kernel // 2), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * window, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.rul_cap = float(rul_cap)
+        with torch.no_grad():
+            self.head[-1].bias.fill_(0.6)  # start near the mean capped RUL instead of 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [batch, window, sensors]`` -> RUL ``[batch]`` (cycles)."""
+        return self.head(self.conv(x.transpose(1, 2))).squeeze(-1) * self.rul_cap
+
+
+class RulGRU(nn.Module):
+    """One-layer GRU written with ``nn.Linear`` gates (vmap-friendly, unlike cuDNN/ATen ``nn.GRU``); last state -> RUL.
+
+    Args:
+        sensors: input features. window: unused (any length). hidden: state size. rul_cap: output scale.
+    """
+
+    def __init__(self, sensors: int, window: int, hidden: int = 32, rul_cap: float = 125.0, **_: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(sensors, 3 * hidden)
+        self.rec = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.out = nn.Linear(hidden, 1)
+        self.hidden = hidden
+        self.rul_cap = float(rul_cap)
+        with torch.no_grad():
+            self.out.bias.fill_(0.6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gates_x = self.inp(x)  # [b, T, 3h]
+        h = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            xr, xz, xn = gates_x[:, t].chunk(3, dim=-1)
+            hr, hz, hn = self.rec(h).chunk(3, dim=-1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        return self.out(h).squeeze(-1) * self.rul_cap
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("maintenance model")
+MODELS.register("cnn", RulCNN)
+MODELS.register("gru", RulGRU)
+
+
+def build_model(spec: dict) -> nn.Module:
+    """A model from the JSON-able spec saved in ``preprocessing['model']``."""
+    kwargs = {k: v for k, v in spec.items() if k != "kind"}
+    return MODELS.get(spec["kind"])(**kwargs)

@@ -1,0 +1,158 @@
+"""The maintenance :class:`~core.problem.Problem`: episodes of k units (engines), scored per unit.
+
+Training episodes draw ``train_units`` support and ``query_units`` query units of a site and a FIXED
+number of windows per unit (``windows_per_unit``, uniformly with replacement), so every client of a
+round has the same shapes and the round runs in one ``vmap`` call. Evaluation (the held-out
+protocol and onboarding) uses ``shots`` whole units of a site as support and scores every other unit
+of the site: its evaluation window (``site.metadata['cut_rows']``; the last window by default) for
+the headline ``rmse_last``, and all its windows for ``rmse_all``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from core.problem import FewShotTask, Problem
+from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
+from core.types import Batch, Episode, LossFn, Params
+from verticals.maintenance.metrics import rul_metrics
+from verticals.maintenance.model import build_model
+
+
+def unit_rows(site: Site) -> list[Tensor]:
+    """Row indices of each unit (group) of ``site``, in group order."""
+    if site.groups is None:
+        raise SiteDataError(f"site {site.site_id!r} has no unit ids (groups); maintenance sites need them")
+    return [torch.nonzero(site.groups == g).flatten() for g in torch.unique(site.groups)]
+
+
+def eval_mask(site: Site) -> Tensor:
+    """Boolean ``[n]``: the evaluation window of every unit (``metadata['cut_rows']``, else each unit's last row)."""
+    mask = torch.zeros(len(site), dtype=torch.bool)
+    cut = site.metadata.get("cut_rows")
+    if cut is None:
+        cut = [int(rows[-1]) for rows in unit_rows(site)]
+    mask[torch.as_tensor(cut, dtype=torch.long)] = True
+    return mask
+
+
+def spaced(rows: Tensor, n: int) -> Tensor:
+    """At most ``n`` rows of ``rows`` evenly spaced, always including the last (0 = all)."""
+    if n <= 0 or rows.numel() <= n:
+        return rows
+    pick = torch.linspace(0, rows.numel() - 1, n).round().long()
+    return rows[pick]
+
+
+@dataclass
+class UnitFewShotTask(FewShotTask):
+    """Support = all (or ``support_windows`` evenly spaced) windows of ``shots`` units; score on the other units."""
+
+    model: nn.Module
+    site_id: str
+    shots: int
+    support_batch: Batch
+    x_eval: Tensor
+    y_eval: Tensor
+    last_eval: Tensor
+    eval_batch_size: int = 4096
+
+    def support(self, params: Params) -> Batch:
+        return self.support_batch
+
+    @torch.no_grad()
+    def score(self, params: Params) -> dict[str, float]:
+        preds = [functional_call(self.model, params, (self.x_eval[i: i + self.eval_batch_size],))
+                 for i in range(0, self.x_eval.shape[0], self.eval_batch_size)]
+        return rul_metrics(torch.cat(preds), self.y_eval, self.last_eval)
+
+
+@dataclass
+class MaintenanceProblem(Problem):
+    """RUL regression over sensor windows, episodes by unit.
+
+    Args:
+        federation: sites from :func:`data_adapters.cmapss.build_cmapss_federation`.
+        preprocessing: the saved preprocessing, including ``model`` (the model spec) and ``rul_cap``.
+        train_units: support units per training episode.
+        query_units: query units per training episode.
+        windows_per_unit: windows drawn per unit in a training episode (fixed shapes -> vmap).
+        support_windows: windows per support unit at evaluation, evenly spaced (0 = all).
+    """
+
+    federation: Federation
+    preprocessing: dict[str, Any]
+    train_units: int = 2
+    query_units: int = 2
+    windows_per_unit: int = 32
+    support_windows: int = 0
+    headline: str = "rmse_last"
+    higher_is_better: bool = False
+    _units: dict[str, list[Tensor]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        need = self.train_units + self.query_units
+        for sid in self.federation.roles["train"]:
+            n = len(self.units_of(sid))
+            if n < need:
+                raise SiteDataError(
+                    f"training site {sid!r} has {n} units; a training episode needs {self.train_units} support + "
+                    f"{self.query_units} query units: lower data.train_units/query_units or raise units_per_site"
+                )
+
+    @property
+    def train_spec(self) -> EpisodeSpec:
+        return EpisodeSpec(shots=self.train_units, query=self.query_units, by="group")
+
+    def units_of(self, site_id: str) -> list[Tensor]:
+        if site_id not in self._units:
+            self._units[site_id] = unit_rows(self.federation.sites[site_id])
+        return self._units[site_id]
+
+    def make_model(self) -> nn.Module:
+        return build_model(self.preprocessing["model"])
+
+    def loss_fn(self, model: nn.Module) -> LossFn:
+        scale = float(self.preprocessing["rul_cap"])
+
+        def loss(params: Params, batch: Batch) -> Tensor:
+            pred = functional_call(model, params, (batch[0],))
+            return torch.mean(((pred - batch[1]) / scale) ** 2)
+
+        return loss
+
+    def _draw(self, site: Site, units: list[Tensor], gen: torch.Generator) -> Batch:
+        rows = torch.cat([u[torch.randint(u.numel(), (self.windows_per_unit,), generator=gen)] for u in units])
+        return site.x[rows], site.y[rows]
+
+    def train_episode(self, site_id: str, meta: Params, gen: torch.Generator) -> Episode:
+        site, units = self.federation.sites[site_id], self.units_of(site_id)
+        order = torch.randperm(len(units), generator=gen).tolist()
+        sup = [units[i] for i in order[: self.train_units]]
+        qry = [units[i] for i in order[self.train_units: self.train_units + self.query_units]]
+        return Episode(support=self._draw(site, sup, gen), query=self._draw(site, qry, gen), site_id=site_id)
+
+    def few_shot_task(self, model: nn.Module, site: Site, shots: int, gen: torch.Generator) -> FewShotTask:
+        units = unit_rows(site) if site.site_id not in self.federation.sites else self.units_of(site.site_id)
+        if shots < 0 or len(units) <= shots:
+            raise SiteDataError(
+                f"site {site.site_id!r} has {len(units)} units; {shots} support units leave none to score: "
+                "lower the shots or give the site more units"
+            )
+        order = torch.randperm(len(units), generator=gen).tolist()
+        if shots:
+            sup = torch.cat([spaced(units[i], self.support_windows) for i in order[:shots]])
+        else:
+            sup = torch.zeros(0, dtype=torch.long)
+        rest = torch.cat([units[i] for i in order[shots:]])
+        mask = eval_mask(site)
+        return UnitFewShotTask(model, site.site_id, shots, (site.x[sup], site.y[sup]),
+                               site.x[rest], site.y[rest], mask[rest])
+
+    def input_example(self) -> Tensor:
+        site = next(iter(self.federation.sites.values()))
+        return site.x[:2]
