@@ -110,13 +110,32 @@ def in_service_view(frame: pd.DataFrame, window: int, seed: int) -> pd.DataFrame
     return out.drop(columns=[c for c in out.columns if c.startswith("setting") or c == "truncated"])
 
 
+def precreate_experiments(home: Path) -> None:
+    """Create the benchmark's experiments with artifact folders under ``home``: ``mlflow.set_tracking_uri``
+    exports ``MLFLOW_TRACKING_URI``, after which ``core.tracking.ensure_experiment`` leaves the artifact
+    location to MLflow's default, ``./mlruns`` in the working directory."""
+    from mlflow.tracking import MlflowClient
+
+    from core import tracking
+
+    tracking.setup_tracking()
+    client = MlflowClient()
+    for name in ("fml-maintenance-benchmark", "fml-maintenance-onboarding"):
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=(home / "artifacts" / name).resolve().as_uri())
+
+
 def main(cfg: BenchConfig) -> dict:
     import torch
 
     torch.set_num_threads(cfg.threads)
     tmp = tempfile.TemporaryDirectory(prefix="fml-bench-maintenance-")
-    os.environ["MLFLOW_TRACKING_URI"] = cfg.store or f"sqlite:///{Path(tmp.name) / 'mlflow.db'}"
-    os.environ.setdefault("FML_HOME", tmp.name)
+    if cfg.store:
+        os.environ["MLFLOW_TRACKING_URI"] = cfg.store
+    else:  # an embedded store (database AND artifacts) inside the temporary folder
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ["FML_HOME"] = tmp.name
+        precreate_experiments(Path(tmp.name))
     import verticals
     from core.evaluation import paired_differences
     from core.vertical import VERTICALS

@@ -88,12 +88,14 @@ def time_rounds(problem: Problem, algorithm: str, vectorize: bool, clients: int,
 
 
 def main(cfg: Config) -> dict:
+    if cfg.clock not in ("wall", "cpu"):
+        raise ValueError(f"--clock must be wall or cpu, got {cfg.clock!r}")
+    if cfg.rounds < 1 or cfg.warmup < 0:
+        raise ValueError(f"--rounds must be >= 1 and --warmup >= 0, got {cfg.rounds} and {cfg.warmup}")
+
     # 1. the R1 federation: 100 training sites, each its own 5-way task
     torch.set_num_threads(cfg.threads)
     problem = r1_problem(cfg.seed, test_tasks=0)
-
-    if cfg.clock not in ("wall", "cpu"):
-        raise ValueError(f"--clock must be wall or cpu, got {cfg.clock!r}")
     base_rss = peak_rss_mb()
 
     # 2. time every (clients, mode)

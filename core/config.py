@@ -39,10 +39,6 @@ class FederatedConfig:
     """Rounds between validation-site adaptation checks (ModelCheckpoint keeps the best)."""
     early_stopping_patience: int = 0
     """Validation checks without improvement before stopping (0 = never stop early)."""
-    train_shots: int = 5
-    """Support size of training episodes (per class, rows or units: the vertical decides)."""
-    train_query: int = 15
-    """Query size of training episodes, in the same unit."""
 
 
 @dataclass

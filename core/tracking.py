@@ -39,13 +39,16 @@ def fml_home() -> Path:
     return Path(os.environ.get("FML_HOME", Path.home() / ".fml")).expanduser()
 
 
+def embedded_uri() -> str:
+    return f"sqlite:///{fml_home() / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    home = fml_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}"
+    fml_home().mkdir(parents=True, exist_ok=True)
+    return embedded_uri()
 
 
 def setup_tracking() -> str:
@@ -66,7 +69,8 @@ def ensure_experiment(name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare with the embedded address itself
+    if tracking_uri() == embedded_uri():
         location = (fml_home() / "artifacts" / name).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 

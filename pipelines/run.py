@@ -72,6 +72,15 @@ def environment_info() -> dict[str, str]:
     return info
 
 
+def preflight_shots(problem: Problem, cfg: Any) -> None:
+    """Fail before training, not after it, when a validation/test site cannot serve the shots grid."""
+    model = problem.make_model()
+    gen = torch.Generator().manual_seed(0)
+    for site in problem.federation.role("validation") + problem.federation.role("test"):
+        for k in cfg.eval.shots:
+            problem.few_shot_task(model, site, k, gen)
+
+
 def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path, progress: bool) -> MetaLearner:
     """Meta-train one algorithm (FedAvg included) with validation-site checkpoint selection."""
     is_meta = get_algorithm(algorithm).is_meta
@@ -97,6 +106,8 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     # 1. data (validated before any MLflow run exists)
     console.rule(f"[bold]fml run {spec.name}")
     problem = spec.prepare(cfg.data, cfg.seed)
+    if spec.rows_based:
+        preflight_shots(problem, cfg)
     tracking.setup_tracking()
     experiment = cfg.tracking.experiment or f"fml-{spec.name}"
     exp_id = tracking.ensure_experiment(experiment)

@@ -161,3 +161,15 @@ def test_real_fd001_quick_federation_if_present() -> None:
     assert not prob.preprocessing["generated"]
     test_units = sum(len(s.metadata["units"]) for s in prob.federation.role("test"))
     assert test_units == 20
+
+
+def test_default_config_runs_on_a_fresh_clone_with_generated_data(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FML_CMAPSS_DIR", str(tmp_path / "absent"))
+    with pytest.warns(UserWarning, match="GENERATED"):
+        prob = prepare(MaintenanceData(), seed=0)
+    assert prob.preprocessing["generated"] and len(prob.federation.sites) == 10
+    model = prob.make_model()
+    meta = {k: v.detach() for k, v in model.named_parameters()}
+    ep = prob.train_episode(prob.train_site_ids()[0], meta, torch.Generator().manual_seed(0))
+    assert torch.isfinite(prob.loss_fn(model)(meta, ep.support))

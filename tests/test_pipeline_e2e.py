@@ -45,7 +45,8 @@ def _run_and_onboard(tmp_path: Path, env: dict[str, str]) -> MlflowClient:
     onboard = fml(["onboard", "digits", "--site", "clinic-x", "--register"], env, tmp_path)
     assert onboard.returncode == 0, onboard.stdout[-3000:] + onboard.stderr[-3000:]
     assert "after adaptation" in onboard.stdout
-    return MlflowClient(tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['FML_HOME']) / 'mlflow.db'}")
+    uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['FML_HOME']) / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)  # explicit: other tests set global URIs
 
 
 def _check_registry(client: MlflowClient) -> None:

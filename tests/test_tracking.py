@@ -18,6 +18,8 @@ def test_champion_challenger_and_round_trip(fml_home):
     uri = tracking.setup_tracking()
     assert uri == f"sqlite:///{fml_home / 'mlflow.db'}"
     exp = tracking.ensure_experiment("fml-test")
+    # artifacts of the embedded store live under FML_HOME, never in the working directory
+    assert str(fml_home.resolve()) in MlflowClient().get_experiment(exp).artifact_location
     mlflow.set_experiment(experiment_id=exp)
     model = torch.nn.Linear(3, 2)
     meta = {k: v.detach() + 1.0 for k, v in model.named_parameters()}
