@@ -87,6 +87,8 @@ class RunConfig:
     """Server optimizer of the FML algorithms."""
     baseline_server: ServerConfig = field(default_factory=lambda: ServerConfig("sgd", 1.0))
     """Server optimizer of the FedAvg baseline (SGD lr 1 = textbook FedAvg)."""
+    baseline_lr: Optional[float] = None
+    """FedAvg's local SGD step size (default: inner.lr); tune the baseline as carefully as FML."""
     fed: FederatedConfig = field(default_factory=FederatedConfig)
     """Federated rounds."""
     eval: EvalConfig = field(default_factory=EvalConfig)

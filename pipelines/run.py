@@ -6,6 +6,7 @@ sites, 6 tables and plots, 7 register the best meta-initialization (chosen on VA
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -84,13 +85,14 @@ def preflight_shots(problem: Problem, cfg: Any) -> None:
 def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path, progress: bool) -> MetaLearner:
     """Meta-train one algorithm (FedAvg included) with validation-site checkpoint selection."""
     is_meta = get_algorithm(algorithm).is_meta
+    inner = cfg.inner if is_meta or cfg.baseline_lr is None else dataclasses.replace(cfg.inner, lr=cfg.baseline_lr)
     val_sites = problem.federation.role("validation")
     select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
     validate = None
     if val_sites:
-        validate = validation_fn(problem, val_sites, shots=select_shots, steps=cfg.inner.steps, lr=cfg.inner.lr,
-                                 draws=2, seed=cfg.seed, inner=cfg.inner)
-    learner = MetaLearner(problem, algorithm, cfg.inner, cfg.fed, cfg.server if is_meta else cfg.baseline_server,
+        validate = validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
+                                 draws=2, seed=cfg.seed, inner=inner)
+    learner = MetaLearner(problem, algorithm, inner, cfg.fed, cfg.server if is_meta else cfg.baseline_server,
                           cfg.seed, validate)
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
     monitor = f"val/{problem.headline}" if validate else None
@@ -144,7 +146,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         methods = [
             Method("local", local_init, trained_lr=cfg.inner.lr),
             Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
-            Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=cfg.inner.lr),
+            Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=cfg.baseline_lr or cfg.inner.lr),
             *[Method(a, learners[a].meta_params(), trained_lr=cfg.inner.lr) for a in algorithms],
         ]
         select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
