@@ -93,7 +93,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     from core.config import to_plain
     from core.evaluation import Method, evaluate_sites, paired_differences, select_adaptation, summarize
     from core.plots import plot_vs_shots, plot_vs_steps
-    from pipelines.run import dataset_fingerprint, environment_info
+    from pipelines.run import _metric_safe, dataset_fingerprint, environment_info
 
     cfg = run.extra
     spec = vertical_spec(run.vertical)
@@ -130,8 +130,8 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
         for f in [out / "evaluation_summary.csv", *plots]:
             mlflow.log_artifact(str(f), "evaluation")
     cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
-    for _, r in cells.iterrows():
-        mlflow.log_metric(f"test/{problem.headline}/{r['method']}/shots{r['shots']}_steps{r['steps']}", r["mean"])
+    mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
+                        float(r["mean"]) for _, r in cells.iterrows()})  # '+' (fedavg+ft) is not a valid key
     best = methods[-1]
     held = cells[(cells["method"] == best.name) & (cells["shots"] == select_shots) & (cells["steps"] == best.best_steps)]
     held_value = float(held["mean"].iloc[0]) if not held.empty else float("nan")
