@@ -18,6 +18,7 @@ MLflow goes to a temporary store unless ``--store`` names one, so the benchmark 
 from __future__ import annotations
 
 import json
+import sys
 import os
 import tempfile
 import time
@@ -27,6 +28,9 @@ from typing import Optional
 
 import pandas as pd
 import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout_tables import cell_table, summarize  # noqa: E402
 
 HEADLINE = "average_precision"
 
@@ -51,26 +55,6 @@ class BenchConfig:
     """Institution whose rows are onboarded after the run (read from the run's data source)."""
     threads: int = 1
     """torch threads (the MLP is tiny: one thread is fastest, and robust on a shared machine)."""
-
-
-def summarize(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean and 95% interval per (site, method, shots, steps), ``site = ALL`` pooling the test sites."""
-    from core.metrics import mean_ci95
-
-    sub = rows[rows["metric"] == metric]
-    out = []
-    for site, part in [("ALL", sub), *sub.groupby("site")]:
-        for (method, shots, steps), grp in part.groupby(["method", "shots", "steps"]):
-            m, lo, hi = mean_ci95(grp["value"].dropna().tolist() or [float("nan")])
-            out.append({"site": site, "method": method, "shots": int(shots), "steps": int(steps),
-                        "mean": m, "ci95": [lo, hi], "n": len(grp)})
-    return pd.DataFrame.from_records(out)
-
-
-def cell_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    fmt = f"{{:.{digits}f}} [{{:.{digits}f}}, {{:.{digits}f}}]"
-    cells = frame.assign(cell=frame.apply(lambda r: fmt.format(r["mean"], *r["ci95"]), axis=1))
-    return cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").reset_index()
 
 
 def base_rates(rows: pd.DataFrame) -> pd.DataFrame:

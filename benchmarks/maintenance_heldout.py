@@ -20,6 +20,7 @@ MLflow goes to a temporary store unless ``--store`` names one, so the benchmark 
 from __future__ import annotations
 
 import json
+import sys
 import os
 import tempfile
 import time
@@ -29,6 +30,9 @@ from typing import Optional
 
 import pandas as pd
 import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout_tables import cell_table, summarize  # noqa: E402
 
 HEADLINE = "rmse_last"
 
@@ -53,26 +57,6 @@ class BenchConfig:
     """Labelled units the onboarded fleet adapts on (default: the registered setting)."""
     threads: int = 1
     """torch threads (the model is small: one thread is fastest, and robust on a shared machine)."""
-
-
-def summarize(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean and 95% interval per (site, method, shots, steps), ``site = ALL`` pooling the test sites."""
-    from core.metrics import mean_ci95
-
-    sub = rows[rows["metric"] == metric]
-    out = []
-    for site, part in [("ALL", sub), *sub.groupby("site")]:
-        for (method, shots, steps), grp in part.groupby(["method", "shots", "steps"]):
-            m, lo, hi = mean_ci95(grp["value"].dropna().tolist() or [float("nan")])
-            out.append({"site": site, "method": method, "shots": int(shots), "steps": int(steps),
-                        "mean": m, "ci95": [lo, hi], "n": len(grp)})
-    return pd.DataFrame.from_records(out)
-
-
-def cell_table(frame: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    fmt = f"{{:.{digits}f}} [{{:.{digits}f}}, {{:.{digits}f}}]"
-    cells = frame.assign(cell=frame.apply(lambda r: fmt.format(r["mean"], *r["ci95"]), axis=1))
-    return cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").reset_index()
 
 
 def onboarding_files(data_cfg, seed: int, test_sites: list[str], folder: Path) -> tuple[Path, Optional[Path], str]:
@@ -172,7 +156,7 @@ def main(cfg: BenchConfig) -> dict:
     for site in ["ALL", *sorted(set(rows["site"]))]:
         print(f"\nHeld-out last-window RUL RMSE [95% CI] by adaptation steps: {site} "
               f"(preset {cfg.preset}, seed {cfg.seed}; lower is better)")
-        print(cell_table(summary[summary["site"] == site]).to_string(index=False))
+        print(cell_table(summary[summary["site"] == site], digits=2).to_string(index=False))
     paired = paired_differences(rows, HEADLINE)
     if not paired.empty:
         paired["diff"] = paired.apply(lambda r: f"{r['mean_diff']:+.2f} [{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}]",
@@ -186,7 +170,7 @@ def main(cfg: BenchConfig) -> dict:
     for metric in ("rmse_all", "nasa_per_unit"):
         other = summarize(rows, metric)
         print(f"\n{metric} [95% CI], all test operators")
-        print(cell_table(other[other["site"] == "ALL"]).to_string(index=False))
+        print(cell_table(other[other["site"] == "ALL"], digits=2).to_string(index=False))
     train = {k: round(v, 2) for k, v in result.train_seconds.items()}
     print(f"\nonboarding: {what}: {onboarded.site_id}, before {onboarded.before[HEADLINE]:.2f} -> after "
           f"{onboarded.after[HEADLINE]:.2f} last-window RMSE on {int(onboarded.after['units'])} units")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("FML_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("FML_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +17,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def shared_data_dir() -> Path:
     """Real datasets: ``$FML_DATA_DIR`` or ``../shared/data`` beside the repository."""
     return Path(os.environ.get("FML_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _pinned_threads():
+    """Every test starts with TEST_THREADS torch threads, whatever an earlier test set (a vertical's
+    prepare() may set threads process-wide)."""
+    torch.set_num_threads(TEST_THREADS)
+    yield
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture

@@ -15,16 +15,6 @@ from data_adapters.sine import SineData
 from verticals.sine import prepare
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and on a shared, loaded CPU two threads spin-wait
-    on each other (measured 24x slower wall time for a 200-round MAML run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 N = 6  # rounds before the interruption; resumed to 2N
 
 

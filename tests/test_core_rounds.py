@@ -12,16 +12,6 @@ from core.tasks import stack_episodes
 from core.types import Episode, Params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and on a shared, loaded CPU two threads spin-wait
-    on each other (measured 24x slower wall time for a 200-round MAML run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 WAYS = 3
 
 
