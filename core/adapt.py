@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.func import grad
 
+from core.autodiff import grad
 from core.types import Batch, LossFn, Params
 
 

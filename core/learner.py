@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from core.aggregation import aggregate, client_weights
 from core.algorithms.base import InnerConfig, get_algorithm
 from core.config import FederatedConfig, ServerConfig
+from core.initialization import initial_model
 from core.problem import Problem
 from core.rounds import client_updates
 from core.sampling import sample_clients
@@ -59,8 +60,7 @@ class MetaLearner(pl.LightningModule):
         self.problem, self.inner, self.fed, self.server, self.seed = problem, inner, fed, server, seed
         self.algorithm = get_algorithm(algorithm)
         self.validate_fn = validate
-        torch.manual_seed(seed)
-        self.model = problem.make_model()
+        self.model = initial_model(problem, self.algorithm, seed)
         self.loss_fn = problem.loss_fn(self.model)
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})

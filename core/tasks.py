@@ -51,6 +51,13 @@ class Site:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def rows_of_class(self, c: int) -> Tensor:
+        """Row indices whose target is ``c`` (cached: episodes are drawn every round)."""
+        cache = self.__dict__.setdefault("_rows_of_class", {})
+        if c not in cache:
+            cache[c] = torch.nonzero(self.y == c).flatten()
+        return cache[c]
+
 
 @dataclass
 class Federation:
@@ -151,7 +158,7 @@ def split_indices(site: Site, spec: EpisodeSpec, gen: torch.Generator) -> tuple[
         sup, qry = [], []
         need = spec.shots + (spec.query or 0)
         for c in classes:
-            idx = torch.nonzero(site.y == c).flatten()
+            idx = site.rows_of_class(c)
             if idx.numel() < need + (1 if spec.query is None else 0):
                 raise SiteDataError(
                     f"site {site.site_id!r} has {idx.numel()} samples of class {c}, but the episode needs "

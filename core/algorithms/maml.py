@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch.func import grad, grad_and_value
-
 from core.adapt import adapt
 from core.algorithms.base import ALGORITHMS, Algorithm, InnerConfig
+from core.autodiff import grad, grad_and_value
 from core.types import Episode, LossFn, Params
 
 

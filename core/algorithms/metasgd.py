@@ -6,10 +6,10 @@ initialization by differentiating the query loss through the inner loop (second 
 from __future__ import annotations
 
 import torch
-from torch.func import grad
 
 from core.adapt import adapt
 from core.algorithms.base import ALGORITHMS, LR_PREFIX, Algorithm, InnerConfig, split_meta
+from core.autodiff import grad
 from core.types import Episode, LossFn, Params
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch.func import grad, grad_and_value, jvp
+from torch.func import jvp
 
 from core.adapt import adapt, regularized_loss
 from core.algorithms.base import ALGORITHMS, Algorithm, InnerConfig
+from core.autodiff import grad, grad_and_value
 from core.types import Episode, LossFn, Params
 
 

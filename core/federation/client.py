@@ -45,15 +45,10 @@ def _node(config: Any, context: Context, loader: SiteLoader) -> NodeData:
 
 def initial_meta(node: NodeData, algorithm: str, inner: Any, seed: int):
     """The seeded meta-initialization, exactly as ``MetaLearner`` builds it."""
-    import torch
-
     from core.algorithms.base import get_algorithm
+    from core.initialization import initial_meta as seeded_meta
 
-    torch.manual_seed(seed)
-    model = node.problem.make_model()
-    meta = {k: v.detach() for k, v in model.named_parameters()}
-    meta.update({k: v.detach() for k, v in get_algorithm(algorithm).init_extra(meta, inner).items()})
-    return meta
+    return seeded_meta(node.problem, get_algorithm(algorithm), inner, seed)
 
 
 def describe(msg: Message, context: Context, loader: SiteLoader) -> Message:

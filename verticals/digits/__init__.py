@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from core.losses import cross_entropy
 from core.metrics import accuracy_metrics
 from core.problem import SupervisedProblem
 from core.tasks import EpisodeSpec, Federation, Site
@@ -17,12 +18,6 @@ from data_adapters.digits import DigitsData, build_digits_federation, load_digit
 def make_mlp(ways: int) -> nn.Module:
     """The R1 model: MLP 64-128-128-ways with ReLU."""
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, ways))
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy written with ``gather``: the same value as ``F.cross_entropy``, but about 10%
-    faster per vmapped round (``F.cross_entropy`` goes through a slow decomposition under ``vmap``)."""
-    return -logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).mean()
 
 
 def problem_for(federation: Federation, cfg: DigitsData, shots: int = 5, query: int = 15) -> SupervisedProblem:
@@ -36,6 +31,7 @@ def problem_for(federation: Federation, cfg: DigitsData, shots: int = 5, query: 
         eval_by="class",
         num_classes=cfg.ways,
         preprocessing={"ways": cfg.ways, "scale": 16.0},
+        site_specific=("4.weight", "4.bias"),  # the head: every site has its own label mapping
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from core.losses import cross_entropy
 from core.registry import Registry
 from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
 from core.vertical import VerticalSpec, register_vertical
@@ -203,7 +204,7 @@ def problem_for(federation: Federation, preprocessing: dict, cfg: ImagingData) -
         return build_model(spec)
 
     return ImagingProblem(
-        federation=federation, model_factory=factory, criterion=nn.functional.cross_entropy,
+        federation=federation, model_factory=factory, criterion=cross_entropy,
         metrics=imaging_metrics, headline="auroc",
         train_spec=EpisodeSpec(shots=cfg.train_shots, query=cfg.train_query, by="class", num_classes=k),
         eval_by="class", num_classes=k, higher_is_better=True, preprocessing=preprocessing,
