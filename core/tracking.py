@@ -117,10 +117,15 @@ class LoadedModel:
 
 
 def resolve_version(uri: str) -> tuple[Optional[str], Optional[str]]:
-    """(name, version) of a ``models:/name@alias`` or ``models:/name/version`` URI; errors are readable."""
+    """(name, version) of a ``models:/name@alias`` or ``models:/name/version`` URI; errors are readable.
+
+    A logged model's own URI (``models:/m-<id>``, the run's ``meta_init_uri`` tag) is not a registry entry:
+    ``(None, None)``."""
     if not uri.startswith("models:/"):
         return None, None
     rest = uri[len("models:/"):]
+    if "/" not in rest and "@" not in rest and rest.startswith("m-"):
+        return None, None
     client = MlflowClient()
     try:
         if "@" in rest:

@@ -77,23 +77,16 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
 
 
 def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Optional[dict[str, Any]]:
-    """After the last round, inside the run's MLflow run: the held-out protocol of ``fml run`` (adaptation
-    settings chosen on validation sites, test sites scored over the shots x steps grid for ``local`` and the
-    federated meta-init -- plus ``fedavg``/``fedavg+ft`` when the federated algorithm is FedAvg), tables,
-    the meta-init logged with its preprocessing, and registration as ``fml-<vertical>``.
-
-    The held-out sites are read on the ServerApp's machine through the vertical (``spec.prepare``).
-    It mirrors stages 4-7 of ``pipelines.run.run_pipeline`` with the same core functions; once those stages
-    are one shared function, this hook should call it.
-    """
+    """After the last round, inside the run's MLflow run: the held-out protocol of ``fml run``
+    (``pipelines.run.evaluate_and_register``) for ``local`` and the federated meta-init -- ``fedavg`` and
+    ``fedavg+ft`` when the federated algorithm is FedAvg -- then the meta-init logged with its
+    preprocessing and registered as ``fml-<vertical>``. The held-out sites are read on the ServerApp's
+    machine through the vertical (``spec.prepare``)."""
     import mlflow
     import torch
 
-    from core import tracking
-    from core.config import to_plain
-    from core.evaluation import Method, evaluate_sites, paired_differences, select_adaptation, summarize
-    from core.plots import plot_vs_shots, plot_vs_steps
-    from pipelines.run import _metric_safe, dataset_fingerprint, environment_info
+    from core.evaluation import Method
+    from pipelines.run import dataset_fingerprint, environment_info, evaluate_and_register
 
     cfg = run.extra
     spec = vertical_spec(run.vertical)
@@ -107,51 +100,14 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
         methods += [Method("fedavg", meta, adapts=False), Method("fedavg+ft", meta, trained_lr=cfg.inner.lr)]
     else:
         methods += [Method(run.algorithm, meta, trained_lr=cfg.inner.lr)]
-    select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
-    val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
-    selection = select_adaptation(problem, model, methods, val_sites, shots=select_shots, steps_grid=cfg.eval.steps,
-                                  lr_grid=cfg.eval.lr_grid, draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner)
-    rows = evaluate_sites(problem, model, methods, problem.federation.role("test"), shots_grid=cfg.eval.shots,
-                          steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed, inner=cfg.inner)
-    summary = summarize(rows)
-    paired = paired_differences(rows, problem.headline)
     mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
     mlflow.set_tags({f"env.{k}": v for k, v in environment_info().items()})
-    if not selection.empty:
-        mlflow.log_table(selection, "adaptation_selection.json")
-    mlflow.log_table(summary, "evaluation_summary.json")
-    if not paired.empty:
-        mlflow.log_table(paired, "paired_differences.json")
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        summary.to_csv(out / "evaluation_summary.csv", index=False)
-        plots = [plot_vs_steps(summary, problem.headline, out / "adaptation_vs_steps.png"),
-                 plot_vs_shots(summary, problem.headline, max(cfg.eval.steps), out / "adaptation_vs_shots.png")]
-        for f in [out / "evaluation_summary.csv", *plots]:
-            mlflow.log_artifact(str(f), "evaluation")
-    cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
-    mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
-                        float(r["mean"]) for _, r in cells.iterrows()})  # '+' (fedavg+ft) is not a valid key
-    best = methods[-1]
-    held = cells[(cells["method"] == best.name) & (cells["shots"] == select_shots) & (cells["steps"] == best.best_steps)]
-    held_value = float(held["mean"].iloc[0]) if not held.empty else float("nan")
-    name = "fedavg" if run.algorithm == "fedavg" else run.algorithm
-    info = {"vertical": spec.name, "algorithm": name, "adapt_lr": best.best_lr, "adapt_steps": best.best_steps,
-            "shots": select_shots, "headline": problem.headline, "higher_is_better": problem.higher_is_better,
-            "heldout_value": held_value, "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing,
-            "run_id": tracker.run_id, "data": to_plain(cfg.data), "engine": "flower"}
-    model_uri = tracking.log_meta_init(model, meta, info, problem.input_example())
-    mlflow.set_tags({"best_algorithm": name, "meta_init_uri": model_uri})
-    registered = None
-    if cfg.tracking.register:
-        model_name = cfg.tracking.model_name or f"fml-{spec.name}"
-        tags = {"algorithm": name, "shots": select_shots, "adapt_lr": best.best_lr, "adapt_steps": best.best_steps,
-                "run_id": tracker.run_id, "vertical": spec.name, "engine": "flower"}
-        version, alias, reason = tracking.register(model_uri, model_name, tags, problem.headline, held_value,
-                                                   problem.higher_is_better)
-        mlflow.set_tags({"registered_model": model_name, "registered_version": version, "alias_decision": reason})
-        registered = {"name": model_name, "version": version, "alias": alias, "reason": reason}
-    return {"model_uri": model_uri, "registered": registered, "heldout": held_value, "summary": summary}
+        report = evaluate_and_register(spec, problem, cfg, model, methods, candidates=[methods[-1].name],
+                                       run_id=tracker.run_id, out=Path(tmp), progress=False,
+                                       extra_tags={"engine": "flower"})
+    return {"model_uri": report.model_uri, "registered": report.registered, "heldout": report.heldout_value,
+            "summary": report.summary}
 
 
 # --------------------------------------------------------------------------------------------- simulation

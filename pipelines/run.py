@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import platform
 import subprocess
 import time
@@ -19,7 +18,6 @@ from typing import Any, Optional
 import mlflow
 import pandas as pd
 import torch
-import yaml
 from pytorch_lightning.loggers import MLFlowLogger
 
 from core import tracking
@@ -139,8 +137,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             learners[name] = train_one(problem, name, cfg, run_id, out, progress)
             train_seconds[name] = time.perf_counter() - start
         mlflow.log_metrics({f"time/train_seconds_{k}": v for k, v in train_seconds.items()})
-        # 4. adaptation settings on validation sites
-        model = learners["fedavg"].model
+        # 4-7. adaptation settings, held-out sites, tables, registration
         torch.manual_seed(cfg.seed + 1)
         local_init = {k: v.detach() for k, v in problem.make_model().named_parameters()}
         methods = [
@@ -149,67 +146,92 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=cfg.baseline_lr or cfg.inner.lr),
             *[Method(a, learners[a].meta_params(), trained_lr=cfg.inner.lr) for a in algorithms],
         ]
-        select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
-        val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
-        selection = select_adaptation(problem, model, methods, val_sites, shots=select_shots,
-                                      steps_grid=cfg.eval.steps, lr_grid=cfg.eval.lr_grid,
-                                      draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner)
-        selection.to_csv(out / "adaptation_selection.csv", index=False)
-        if not selection.empty:
-            mlflow.log_table(selection, "adaptation_selection.json")
-        # 5. held-out test sites
-        test_sites = problem.federation.role("test")
-        total = len(test_sites) * len(cfg.eval.shots) * cfg.eval.draws
-        with progress_bar(progress) as bar:
-            task = bar.add_task("held-out evaluation", total=total)
-            rows = evaluate_sites(problem, model, methods, test_sites, shots_grid=cfg.eval.shots,
-                                  steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
-                                  inner=cfg.inner, progress=lambda: bar.advance(task))
-        if spec.reference_baselines is not None:
-            rows = pd.concat([rows, spec.reference_baselines(problem, cfg, test_sites)], ignore_index=True)
-        # 6. tables and plots
-        summary = summarize(rows)
-        paired = paired_differences(rows, problem.headline)
-        rows.to_parquet(out / "evaluation_rows.parquet", index=False)
-        summary.to_csv(out / "evaluation_summary.csv", index=False)
-        summary.to_parquet(out / "evaluation_summary.parquet", index=False)
-        paired.to_csv(out / "paired_differences.csv", index=False)
-        mlflow.log_table(summary, "evaluation_summary.json")
-        if not paired.empty:
-            mlflow.log_table(paired, "paired_differences.json")
-        best_steps = max(cfg.eval.steps)
-        plots = [plot_vs_steps(summary, problem.headline, out / "adaptation_vs_steps.png"),
-                 plot_vs_shots(summary, problem.headline, best_steps, out / "adaptation_vs_shots.png")]
-        for f in [out / "evaluation_summary.csv", out / "paired_differences.csv", *plots]:
-            mlflow.log_artifact(str(f), "evaluation")
-        headline_cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
-        mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
-                            float(r["mean"]) for _, r in headline_cells.iterrows()})
-        # 7. log and register the meta-initialization chosen on validation sites
-        fml_methods = [m for m in methods if m.name in algorithms]
-        sign = 1 if problem.higher_is_better else -1
-        best = max(fml_methods, key=lambda m: sign * m.selection_score) if fml_methods else methods[2]
-        held = headline_cells[(headline_cells["method"] == best.name) & (headline_cells["shots"] == select_shots)
-                              & (headline_cells["steps"] == best.best_steps)]
-        held_value = float(held["mean"].iloc[0]) if not held.empty else float("nan")
-        info = {"vertical": spec.name, "algorithm": best.name, "adapt_lr": best.best_lr,
-                "adapt_steps": best.best_steps, "shots": select_shots, "headline": problem.headline,
-                "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
-                "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
-                "data": to_plain(cfg.data)}
-        model_uri = tracking.log_meta_init(learners[best.name].model, best.meta, info, problem.input_example())
-        mlflow.set_tags({"best_algorithm": best.name, "meta_init_uri": model_uri})
-        registered = None
-        if cfg.tracking.register:
-            name = cfg.tracking.model_name or f"fml-{spec.name}"
-            tags = {"algorithm": best.name, "shots": select_shots, "adapt_lr": best.best_lr,
-                    "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name}
-            version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
-                                                       problem.higher_is_better)
-            mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
-            registered = {"name": name, "version": version, "alias": alias, "reason": reason}
-        _print_closing(summary, paired, problem, best, registered, select_shots)
-        return RunResult(run_id, summary, paired, selection, registered, train_seconds, out, best.name)
+        report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods,
+                                       candidates=algorithms or ["fedavg+ft"], run_id=run_id, out=out,
+                                       progress=progress)
+        return RunResult(run_id, report.summary, report.paired, report.selection, report.registered, train_seconds,
+                         out, report.best.name)
+
+
+@dataclass
+class HeldoutReport:
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    selection: pd.DataFrame
+    best: Method
+    heldout_value: float
+    model_uri: str
+    registered: Optional[dict[str, Any]]
+
+
+def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model: torch.nn.Module,
+                          methods: list[Method], *, candidates: list[str], run_id: str, out: Path,
+                          progress: bool = True, extra_tags: Optional[dict[str, str]] = None) -> HeldoutReport:
+    """Stages 4-7 of a run, inside its active MLflow run, shared by ``fml run`` and the Flower engine's
+    finish hook: choose adaptation settings of every method on validation sites, score the test sites over
+    the shots x steps grid, write and log tables and plots, log the best of ``candidates`` (chosen on
+    VALIDATION sites) as the meta-initialization and register it. ``model`` gives the architecture."""
+    # 4. adaptation settings on validation sites
+    select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
+    val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
+    selection = select_adaptation(problem, model, methods, val_sites, shots=select_shots,
+                                  steps_grid=cfg.eval.steps, lr_grid=cfg.eval.lr_grid,
+                                  draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner)
+    selection.to_csv(out / "adaptation_selection.csv", index=False)
+    if not selection.empty:
+        mlflow.log_table(selection, "adaptation_selection.json")
+    # 5. held-out test sites
+    test_sites = problem.federation.role("test")
+    total = len(test_sites) * len(cfg.eval.shots) * cfg.eval.draws
+    with progress_bar(progress) as bar:
+        task = bar.add_task("held-out evaluation", total=total)
+        rows = evaluate_sites(problem, model, methods, test_sites, shots_grid=cfg.eval.shots,
+                              steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
+                              inner=cfg.inner, progress=lambda: bar.advance(task))
+    if spec.reference_baselines is not None:
+        rows = pd.concat([rows, spec.reference_baselines(problem, cfg, test_sites)], ignore_index=True)
+    # 6. tables and plots
+    summary = summarize(rows)
+    paired = paired_differences(rows, problem.headline)
+    rows.to_parquet(out / "evaluation_rows.parquet", index=False)
+    summary.to_csv(out / "evaluation_summary.csv", index=False)
+    summary.to_parquet(out / "evaluation_summary.parquet", index=False)
+    paired.to_csv(out / "paired_differences.csv", index=False)
+    mlflow.log_table(summary, "evaluation_summary.json")
+    if not paired.empty:
+        mlflow.log_table(paired, "paired_differences.json")
+    plots = [plot_vs_steps(summary, problem.headline, out / "adaptation_vs_steps.png"),
+             plot_vs_shots(summary, problem.headline, max(cfg.eval.steps), out / "adaptation_vs_shots.png")]
+    for f in [out / "evaluation_summary.csv", out / "paired_differences.csv", *plots]:
+        mlflow.log_artifact(str(f), "evaluation")
+    headline_cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
+    mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
+                        float(r["mean"]) for _, r in headline_cells.iterrows()})
+    # 7. log and register the meta-initialization chosen on validation sites
+    sign = 1 if problem.higher_is_better else -1
+    best = max((m for m in methods if m.name in candidates), key=lambda m: sign * m.selection_score)
+    held = headline_cells[(headline_cells["method"] == best.name) & (headline_cells["shots"] == select_shots)
+                          & (headline_cells["steps"] == best.best_steps)]
+    held_value = float(held["mean"].iloc[0]) if not held.empty else float("nan")
+    extra_tags = extra_tags or {}
+    info = {"vertical": spec.name, "algorithm": best.name, "adapt_lr": best.best_lr,
+            "adapt_steps": best.best_steps, "shots": select_shots, "headline": problem.headline,
+            "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
+            "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
+            "data": to_plain(cfg.data), **extra_tags}
+    model_uri = tracking.log_meta_init(model, best.meta, info, problem.input_example())
+    mlflow.set_tags({"best_algorithm": best.name, "meta_init_uri": model_uri})
+    registered = None
+    if cfg.tracking.register:
+        name = cfg.tracking.model_name or f"fml-{spec.name}"
+        tags = {"algorithm": best.name, "shots": select_shots, "adapt_lr": best.best_lr,
+                "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **extra_tags}
+        version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
+                                                   problem.higher_is_better)
+        mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
+        registered = {"name": name, "version": version, "alias": alias, "reason": reason}
+    _print_closing(summary, paired, problem, best, registered, select_shots)
+    return HeldoutReport(summary, paired, selection, best, held_value, model_uri, registered)
 
 
 def _metric_safe(name: str) -> str:

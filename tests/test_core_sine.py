@@ -2,7 +2,6 @@
 ONE step beat FedAvg + one fine-tune step by a wide margin (issue 3, test 5). Seeded; about 20 s of CPU."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from core.adapt import adapt

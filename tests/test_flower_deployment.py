@@ -176,10 +176,13 @@ def test_secagg_plus_aggregate_equals_the_plain_one(cluster):
     a, b = final_meta(cluster.uri, plain_run.info.run_id), final_meta(cluster.uri, secure_run.info.run_id)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)  # quantization: 16 / 2**22 per entry
-    from verticals.digits import make_mlp
+    from core.algorithms import InnerConfig, get_algorithm
+    from core.initialization import initial_meta
+    from data_adapters.digits import DigitsData
+    from verticals.digits import prepare
 
-    torch.manual_seed(0)  # the runs' seed: the same seeded init the nodes sent
-    init = {k: v.detach() for k, v in make_mlp(5).named_parameters()}
+    digits = prepare(DigitsData(train_sites=3, validation_sites=0, test_sites=1), seed=0)
+    init = initial_meta(digits, get_algorithm("fomaml"), InnerConfig(), seed=0)  # the init the nodes sent
     assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-4  # the rounds really moved the model
 
 

@@ -91,3 +91,32 @@ def test_flower_settings_from_run_config():
     assert s.secagg is True and s.round_timeout == 30.0
     with pytest.raises(ValueError, match="flower.min_available_clients"):
         FlowerSettings.from_flat({"flower.min_available": 2})
+
+
+def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):
+    """The Flower finish hook shares ``fml run``'s stages 4-7: for FedAvg it scores fedavg and fedavg+ft
+    (an MLflow-safe key), logs the tables and registers the fine-tuned FedAvg model."""
+    import types
+
+    import mlflow
+
+    from core import tracking as fml_tracking
+    from pipelines.federate_server import finish_federated_run
+
+    config = {"vertical": "digits", "preset": "quick", "algorithm": "fedavg", "data": DATA, "seed": SEED,
+              "fed.rounds": 2, "eval.shots": [1], "eval.steps": [0, 1], "eval.draws": 1, "eval.select_draws": 1}
+    run = resolve_run(config)
+    meta = in_process(config, rounds=2)
+    fml_tracking.setup_tracking()
+    with mlflow.start_run(experiment_id=fml_tracking.ensure_experiment("flower-finish")) as active:
+        out = finish_federated_run(run, types.SimpleNamespace(meta=meta), types.SimpleNamespace(run_id=active.info.run_id))
+    logged = mlflow.get_run(active.info.run_id)
+    assert "test/accuracy/fedavg-ft/shots1_steps1" in logged.data.metrics
+    assert "test/accuracy/fedavg/shots1_steps0" in logged.data.metrics
+    assert set(out["summary"]["method"]) >= {"local", "fedavg", "fedavg+ft"}
+    assert logged.data.tags["best_algorithm"] == "fedavg+ft"
+    assert out["registered"]["name"] == "fml-digits" and out["registered"]["alias"] == "champion"
+    loaded = fml_tracking.load_meta_init(out["model_uri"])
+    assert loaded.info["engine"] == "flower" and loaded.info["algorithm"] == "fedavg+ft"
+    for name, value in meta.items():
+        torch.testing.assert_close(loaded.meta[name], value)

@@ -15,7 +15,6 @@ from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import Tensor, nn
 from torch.nn import functional as F
