@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from core.algorithms.base import InnerConfig
+from core.server import SERVER_OPTIMIZERS
 
 @dataclass
 class ServerConfig:
@@ -89,6 +90,13 @@ class RunConfig:
     """Server optimizer of the FedAvg baseline (SGD lr 1 = textbook FedAvg)."""
     baseline_lr: Optional[float] = None
     """FedAvg's local SGD step size (default: inner.lr); tune the baseline as carefully as FML."""
+    algorithm_overrides: list[str] = field(default_factory=list)
+    """Settings of one algorithm that differ from inner/server (FedAvg: baseline_server), as
+    ALGORITHM:KEY=VALUE with KEY under inner. or server., e.g. reptile:server.optimizer=sgd
+    reptile:server.lr=0.5 reptile:inner.steps=10."""
+    warm_start: bool = False
+    """Start every FML algorithm from the trained FedAvg model instead of a random initialization
+    (site-specific parameters such as a per-site label head still start at zero)."""
     fed: FederatedConfig = field(default_factory=FederatedConfig)
     """Federated rounds."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -97,6 +105,59 @@ class RunConfig:
     """MLflow."""
     output_dir: str = "fml-output"
     """Local folder for tables, plots and checkpoints (also logged to MLflow)."""
+
+
+@dataclass
+class AlgorithmSettings:
+    """The inner loop and server optimizer one algorithm is trained with."""
+
+    inner: InnerConfig
+    server: ServerConfig
+
+
+def parse_algorithm_overrides(overrides: list[str]) -> dict[str, list[str]]:
+    """``["reptile:server.lr=0.5", ...]`` -> ``{"reptile": ["server.lr=0.5"], ...}``; malformed items are errors."""
+    by_algorithm: dict[str, list[str]] = {}
+    for item in overrides:
+        name, sep, setting = item.partition(":")
+        key = setting.partition("=")[0]
+        if not sep or "=" not in setting or not key.startswith(("inner.", "server.")):
+            raise ValueError(f"algorithm override {item!r} must read ALGORITHM:KEY=VALUE with KEY under inner. or "
+                             "server., e.g. reptile:server.optimizer=sgd")
+        by_algorithm.setdefault(name.strip(), []).append(setting.strip())
+    return by_algorithm
+
+
+def algorithm_settings(cfg: Any, algorithm: str) -> AlgorithmSettings:
+    """What ``algorithm`` trains with: the run's ``inner``/``server`` (FedAvg: ``baseline_server`` and
+    ``baseline_lr``), then its entries of ``algorithm_overrides``."""
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from core.algorithms.base import get_algorithm
+
+    is_meta = get_algorithm(algorithm).is_meta
+    inner = cfg.inner if is_meta or cfg.baseline_lr is None else replace(cfg.inner, lr=cfg.baseline_lr)
+    settings = AlgorithmSettings(inner, cfg.server if is_meta else cfg.baseline_server)
+    dotlist = parse_algorithm_overrides(cfg.algorithm_overrides).get(algorithm)
+    if not dotlist:
+        return settings
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(settings), OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as err:
+        raise ValueError(f"algorithm override for {algorithm!r} ({', '.join(dotlist)}): "
+                         f"{str(err).splitlines()[0]}") from None
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def check_algorithm_overrides(cfg: Any, trained: list[str]) -> None:
+    """Fail before training when an override names an algorithm the run does not train, or a bad key."""
+    for name in parse_algorithm_overrides(cfg.algorithm_overrides):
+        if name not in trained:
+            raise ValueError(f"algorithm override for {name!r}, but this run trains {', '.join(trained)}")
+        SERVER_OPTIMIZERS.get(algorithm_settings(cfg, name).server.optimizer)
 
 
 def to_plain(cfg: Any) -> dict:

@@ -37,6 +37,7 @@ class Method:
         adapts: whether it is adapted (``fedavg`` is scored as is).
         lr_by_steps: adaptation step size per steps count (filled by :func:`select_adaptation`).
         trained_lr: the inner lr it was meta-trained with (added to the search grid).
+        inner: its own inner-loop regularization (weight decay, proximal) if it differs from the run's.
     """
 
     name: str
@@ -44,6 +45,7 @@ class Method:
     adapts: bool = True
     lr_by_steps: dict[int, float] = field(default_factory=dict)
     trained_lr: Optional[float] = None
+    inner: Optional[InnerConfig] = None
     best_steps: int = 0
     best_lr: float = 0.0
     selection_score: float = float("nan")
@@ -70,7 +72,7 @@ def adapt_along(
     init, lrs = method.params, method.lrs
     current, done = init, 0
     for s in sorted(set(steps_grid)):
-        current = adapt(loss_fn, current, support, s - done, lr, lrs=lrs, anchor=init, **inner.adapt_kwargs())
+        current = adapt(loss_fn, current, support, s - done, lr, lrs=lrs, anchor=init, **(method.inner or inner).adapt_kwargs())
         current = {k: v.detach() for k, v in current.items()}
         out[s], done = current, s
     return out

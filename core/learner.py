@@ -43,6 +43,7 @@ class MetaLearner(pl.LightningModule):
         server: server optimizer.
         seed: seeds the initialization and every round's sampling.
         validate: ``validate(model, meta) -> metrics`` on validation sites (keys without prefix).
+        start: model parameters to start from instead of the seeded initialization (warm start).
     """
 
     def __init__(
@@ -54,13 +55,14 @@ class MetaLearner(pl.LightningModule):
         server: ServerConfig,
         seed: int,
         validate: Optional[ValidateFn] = None,
+        start: Optional[Params] = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.problem, self.inner, self.fed, self.server, self.seed = problem, inner, fed, server, seed
         self.algorithm = get_algorithm(algorithm)
         self.validate_fn = validate
-        self.model = initial_model(problem, self.algorithm, seed)
+        self.model = initial_model(problem, self.algorithm, seed, start)
         self.loss_fn = problem.loss_fn(self.model)
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})

@@ -96,6 +96,12 @@ def supervised_loss(model: nn.Module, criterion: Callable[[Tensor, Tensor], Tens
     return loss_fn
 
 
+@torch.no_grad()
+def predict_batched(model: nn.Module, params: Params, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """``model`` with ``params`` on ``x`` in chunks of ``batch_size`` rows (bounded memory for big sites)."""
+    return torch.cat([functional_call(model, params, (x[i : i + batch_size],)) for i in range(0, x.shape[0], batch_size)])
+
+
 @dataclass
 class SupervisedFewShotTask(FewShotTask):
     model: nn.Module
@@ -109,12 +115,8 @@ class SupervisedFewShotTask(FewShotTask):
     def support(self, params: Params) -> Batch:
         return self.support_batch
 
-    @torch.no_grad()
     def score(self, params: Params) -> dict[str, float]:
-        x, y = self.heldout[0], self.heldout[1]
-        outs = [functional_call(self.model, params, (x[i : i + self.eval_batch_size],))
-                for i in range(0, x.shape[0], self.eval_batch_size)]
-        return self.metrics(torch.cat(outs), y)
+        return self.metrics(predict_batched(self.model, params, self.heldout[0], self.eval_batch_size), self.heldout[1])
 
 
 @dataclass

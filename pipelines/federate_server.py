@@ -43,8 +43,7 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from core.algorithms.base import get_algorithm
-    from core.config import to_plain
+    from core.config import algorithm_settings, check_algorithm_overrides, to_plain
     from pipelines.config import ConfigError, load_preset
 
     if "vertical" not in config:
@@ -64,12 +63,16 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     except OmegaConfBaseException as err:
         raise ConfigError(f"run config: {str(err).splitlines()[0]}") from None
     algorithm = str(config.get("algorithm") or next((a for a in cfg.algorithms if a != "fedavg"), "fedavg"))
-    is_meta = get_algorithm(algorithm).is_meta
+    try:
+        check_algorithm_overrides(cfg, list(dict.fromkeys(["fedavg", *cfg.algorithms, algorithm])))
+        settings = algorithm_settings(cfg, algorithm)
+    except ValueError as err:
+        raise ConfigError(f"run config: {err}") from None
     flower = FlowerSettings.from_flat(config)
     seed = int(cfg.seed)
     return FederatedRun(
-        vertical=spec.name, data=to_plain(cfg.data), seed=seed, algorithm=algorithm, inner=cfg.inner, fed=cfg.fed,
-        server=cfg.server if is_meta else cfg.baseline_server, flower=flower,
+        vertical=spec.name, data=to_plain(cfg.data), seed=seed, algorithm=algorithm, inner=settings.inner, fed=cfg.fed,
+        server=settings.server, flower=flower,
         experiment=str(config.get("experiment") or cfg.tracking.experiment or f"fml-{spec.name}"),
         run_name=str(config.get("run-name") or config.get("run_name") or f"{spec.name}-{algorithm}-seed{seed}-flower"),
         extra=cfg,
@@ -97,9 +100,10 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     meta = {k: v.detach() for k, v in result.meta.items()}
     methods = [Method("local", local_init, trained_lr=cfg.inner.lr)]
     if run.algorithm == "fedavg":
-        methods += [Method("fedavg", meta, adapts=False), Method("fedavg+ft", meta, trained_lr=cfg.inner.lr)]
+        methods += [Method("fedavg", meta, adapts=False),
+                    Method("fedavg+ft", meta, trained_lr=run.inner.lr, inner=run.inner)]
     else:
-        methods += [Method(run.algorithm, meta, trained_lr=cfg.inner.lr)]
+        methods += [Method(run.algorithm, meta, trained_lr=run.inner.lr, inner=run.inner)]
     mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
     mlflow.set_tags({f"env.{k}": v for k, v in environment_info().items()})
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,13 +22,14 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from core import tracking
 from core.algorithms.base import get_algorithm
-from core.config import flatten, to_plain
+from core.config import algorithm_settings, check_algorithm_overrides, flatten, to_plain
 from core.evaluation import (Method, evaluate_sites, paired_differences, select_adaptation, summarize,
                              validation_fn)
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
 from core.shift import site_shift_report
+from core.types import Params
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame, progress_bar
 
@@ -80,18 +81,18 @@ def preflight_shots(problem: Problem, cfg: Any) -> None:
             problem.few_shot_task(model, site, k, gen)
 
 
-def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path, progress: bool) -> MetaLearner:
+def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path, progress: bool,
+              start: Optional[Params] = None) -> MetaLearner:
     """Meta-train one algorithm (FedAvg included) with validation-site checkpoint selection."""
-    is_meta = get_algorithm(algorithm).is_meta
-    inner = cfg.inner if is_meta or cfg.baseline_lr is None else dataclasses.replace(cfg.inner, lr=cfg.baseline_lr)
+    settings = algorithm_settings(cfg, algorithm)
+    inner = settings.inner
     val_sites = problem.federation.role("validation")
     select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
     validate = None
     if val_sites:
         validate = validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
                                  draws=2, seed=cfg.seed, inner=inner)
-    learner = MetaLearner(problem, algorithm, inner, cfg.fed, cfg.server if is_meta else cfg.baseline_server,
-                          cfg.seed, validate)
+    learner = MetaLearner(problem, algorithm, inner, cfg.fed, settings.server, cfg.seed, validate, start=start)
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
     monitor = f"val/{problem.headline}" if validate else None
     fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
@@ -114,6 +115,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     algorithms = list(dict.fromkeys(a for a in cfg.algorithms if a != "fedavg"))
     for name in algorithms:
         get_algorithm(name)
+    check_algorithm_overrides(cfg, ["fedavg", *algorithms])
     run_name = f"{spec.name}-{'+'.join(algorithms)}-seed{cfg.seed}"
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
         run_id = run.info.run_id
@@ -134,17 +136,20 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         for name in ["fedavg", *algorithms]:
             console.print(f"[bold cyan]meta-training {name}[/] ({cfg.fed.rounds} rounds)")
             start = time.perf_counter()
-            learners[name] = train_one(problem, name, cfg, run_id, out, progress)
+            warm = learners["fedavg"].meta_params() if cfg.warm_start and name != "fedavg" else None
+            learners[name] = train_one(problem, name, cfg, run_id, out, progress, warm)
             train_seconds[name] = time.perf_counter() - start
         mlflow.log_metrics({f"time/train_seconds_{k}": v for k, v in train_seconds.items()})
         # 4-7. adaptation settings, held-out sites, tables, registration
         torch.manual_seed(cfg.seed + 1)
         local_init = {k: v.detach() for k, v in problem.make_model().named_parameters()}
+        fedavg_inner = algorithm_settings(cfg, "fedavg").inner
         methods = [
             Method("local", local_init, trained_lr=cfg.inner.lr),
             Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
-            Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=cfg.baseline_lr or cfg.inner.lr),
-            *[Method(a, learners[a].meta_params(), trained_lr=cfg.inner.lr) for a in algorithms],
+            Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=fedavg_inner.lr, inner=fedavg_inner),
+            *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner)
+              for a in algorithms],
         ]
         report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods,
                                        candidates=algorithms or ["fedavg+ft"], run_id=run_id, out=out,

@@ -17,7 +17,8 @@ from tests.conftest import REPO_ROOT
 TINY = ["--data.train-sites", "16", "--data.validation-sites", "3", "--data.test-sites", "3",
         "--fed.rounds", "20", "--fed.val-every", "10", "--fed.clients-per-round", "4",
         "--eval.shots", "1", "5", "--eval.steps", "0", "1", "5", "--eval.draws", "2",
-        "--eval.select-draws", "1", "--eval.lr-grid", "0.1", "0.3", "--algorithms", "fomaml", "reptile"]
+        "--eval.select-draws", "1", "--eval.lr-grid", "0.1", "0.3", "--algorithms", "fomaml", "reptile",
+        "--algorithm-overrides", "reptile:server.optimizer=sgd", "reptile:server.lr=0.5", "--warm-start"]
 
 
 def _env(home: Path, tracking_uri: str | None = None) -> dict[str, str]:
@@ -39,6 +40,13 @@ def _run_and_onboard(tmp_path: Path, env: dict[str, str]) -> MlflowClient:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "registered fml-digits v1 as @champion" in run.stdout
     out = tmp_path / "out"
+    import torch
+
+    # reptile trained with its own server optimizer (the override), fomaml with the run's (Adam)
+    optimizers = {a: torch.load(out / "checkpoints" / a / "last.ckpt", weights_only=False)["optimizer_states"][0]
+                  for a in ("reptile", "fomaml")}
+    assert "momentum" in optimizers["reptile"]["param_groups"][0] and optimizers["reptile"]["param_groups"][0]["lr"] == 0.5
+    assert "betas" in optimizers["fomaml"]["param_groups"][0]
     for name in ["evaluation_summary.csv", "paired_differences.csv", "adaptation_vs_steps.png",
                  "adaptation_vs_shots.png", "site_shift.csv"]:
         assert (out / name).stat().st_size > 0, name
@@ -126,4 +134,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert r.returncode == 1 and "no preset 'nope'" in r.stderr
     r = fml(["run", "digits", "--algorithms", "nosuch", "--fed.rounds", "1"], env, tmp_path)
     assert r.returncode == 1 and "unknown algorithm 'nosuch'" in r.stderr
+    r = fml(["run", "digits", "--algorithms", "fomaml", "--algorithm-overrides", "maml:server.lr=1"], env, tmp_path)
+    assert r.returncode == 1 and "algorithm override for 'maml', but this run trains fedavg, fomaml" in r.stderr
     assert not (tmp_path / "home" / "mlflow.db").exists() or "fml-digits" not in fml(["models"], env, tmp_path).stdout

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from core.problem import FewShotTask, Problem
+from core.problem import FewShotTask, Problem, predict_batched
 from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
 from core.types import Batch, Episode, LossFn, Params
 from verticals.maintenance.metrics import rul_metrics
@@ -64,11 +64,9 @@ class UnitFewShotTask(FewShotTask):
     def support(self, params: Params) -> Batch:
         return self.support_batch
 
-    @torch.no_grad()
     def score(self, params: Params) -> dict[str, float]:
-        preds = [functional_call(self.model, params, (self.x_eval[i: i + self.eval_batch_size],))
-                 for i in range(0, self.x_eval.shape[0], self.eval_batch_size)]
-        return rul_metrics(torch.cat(preds), self.y_eval, self.last_eval)
+        return rul_metrics(predict_batched(self.model, params, self.x_eval, self.eval_batch_size), self.y_eval,
+                           self.last_eval)
 
 
 @dataclass
