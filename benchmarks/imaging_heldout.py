@@ -18,9 +18,7 @@ MLflow goes to a temporary store unless ``--store`` names one, so the benchmark 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import time
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,76 +27,32 @@ import numpy as np
 import pandas as pd
 import tyro
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout_common import ShortenableFlags, run_heldout_pipeline, temporary_store, timed_onboard  # noqa: E402
+from heldout_tables import (by_steps, cell_table, diff_cells, json_paired, json_rows,  # noqa: E402
+                            paired_by_pool, summarize)
+
 UNSEEN = ("-inverted", "-low_dose")
-
-
-@dataclass
-class BenchConfig:
-    """Imaging held-out benchmark."""
-
-    preset: str = "quick"
-    """Preset of verticals/medical_imaging/presets (quick or full)."""
-    seed: int = 0
-    """Seed of the whole run (clinics, rounds, draws)."""
-    store: Optional[str] = None
-    """MLflow tracking URI (default: a temporary SQLite store, deleted afterwards)."""
-    output_dir: str = "fml-output/bench-imaging"
-    """Tables, plots and checkpoints of the run."""
-    onboard_site: Optional[str] = None
-    """Test clinic onboarded after the run (default: the last test clinic, the unseen-protocol one)."""
-    threads: int = 2
-    """torch threads (BENCHMARKS.md figures use 2; use 1 on a machine shared with other jobs)."""
-    rounds: Optional[int] = None
-    """Override the preset's federated rounds (None: the preset's)."""
-    draws: Optional[int] = None
-    """Override the preset's support draws per (clinic, shots) (None: the preset's)."""
 
 
 def group_of(site: str) -> str:
     return "unseen-protocol" if site.endswith(UNSEEN) else "seen-protocol"
 
 
-def pooled(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean and 95% interval per (clinics, method, shots, steps): all, by protocol group, and per clinic."""
-    from core.metrics import mean_ci95
-
-    sub = rows[rows["metric"] == metric].copy()
-    sub["group"] = sub["site"].map(group_of)
-    parts = [("all", sub), *sub.groupby("group"), *sub.groupby("site")]
-    out = []
-    for clinics, part in parts:
-        for (method, shots, steps), grp in part.groupby(["method", "shots", "steps"]):
-            m, lo, hi = mean_ci95(grp["value"].tolist())
-            out.append({"clinics": clinics, "method": method, "shots": int(shots), "steps": int(steps),
-                        "mean": m, "ci95": [lo, hi], "n": len(grp)})
-    return pd.DataFrame.from_records(out)
+# the tables pool all test clinics, each protocol group and each clinic
+POOLS = {"pool_column": "clinics", "everything": "all", "group_of": group_of, "per_site": True}
+TABLE_INDEX = ("clinics", "method", "shots")
 
 
-def paired(rows: pd.DataFrame, metric: str, baseline: str = "fedavg+ft") -> pd.DataFrame:
-    """Each FML algorithm minus the tuned baseline on the SAME draws: pooled, by group, per clinic."""
-    from core.metrics import mean_ci95
+@dataclass
+class BenchConfig(ShortenableFlags):
+    """Imaging held-out benchmark."""
 
-    sub = rows[rows["metric"] == metric]
-    keys = ["site", "shots", "steps", "draw"]
-    base = sub[sub["method"] == baseline].set_index(keys)["value"]
-    out = []
-    for method in sorted(set(sub["method"]) - {baseline, "fedavg", "local"}):
-        diff = (sub[sub["method"] == method].set_index(keys)["value"] - base).dropna().reset_index()
-        diff["group"] = diff["site"].map(group_of)
-        for clinics, part in [("all", diff), *diff.groupby("group"), *diff.groupby("site")]:
-            for (shots, steps), grp in part.groupby(["shots", "steps"]):
-                m, lo, hi = mean_ci95(grp["value"].tolist())
-                out.append({"clinics": clinics, "method": method, "shots": int(shots), "steps": int(steps),
-                            "mean_diff": m, "ci95": [lo, hi],
-                            "diff": f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if lo > 0 or hi < 0 else "")})
-    return pd.DataFrame.from_records(out)
-
-
-def table(frame: pd.DataFrame) -> pd.DataFrame:
-    cells = frame.assign(cell=frame.apply(lambda r: f"{r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
-                                          axis=1))
-    return cells.pivot_table(index=["clinics", "method", "shots"], columns="steps", values="cell",
-                             aggfunc="first").reset_index()
+    output_dir: str = "fml-output/bench-imaging"
+    onboard_site: Optional[str] = None
+    """Test clinic onboarded after the run (default: the last test clinic, the unseen-protocol one)."""
+    threads: int = 2
+    """torch threads (BENCHMARKS.md figures use 2; use 1 on a machine shared with other jobs)."""
 
 
 def export_clinic(site, path: Path) -> Path:
@@ -110,73 +64,44 @@ def export_clinic(site, path: Path) -> Path:
 
 
 def main(cfg: BenchConfig) -> dict:
-    import torch
-
-    torch.set_num_threads(cfg.threads)
-    tmp = tempfile.TemporaryDirectory(prefix="fml-bench-imaging-")
-    os.environ["MLFLOW_TRACKING_URI"] = cfg.store or f"sqlite:///{Path(tmp.name) / 'mlflow.db'}"
-    os.environ.setdefault("FML_HOME", tmp.name)
-    import verticals
-    from core.vertical import VERTICALS
-    from pipelines.config import load_preset
-    from pipelines.onboard import onboard
-    from pipelines.run import run_pipeline
-
+    tmp = temporary_store("imaging", cfg.store)
     # 1. the pipeline, end to end
-    verticals.load_all()
-    spec = VERTICALS.get("medical_imaging")
-    run_cfg = load_preset(spec, cfg.preset)
-    run_cfg.seed, run_cfg.output_dir = cfg.seed, cfg.output_dir
-    run_cfg.tracking.experiment = "fml-medical_imaging-benchmark"
-    if cfg.rounds is not None:
-        run_cfg.fed.rounds = cfg.rounds
-    if cfg.draws is not None:
-        run_cfg.eval.draws = cfg.draws
-    start = time.perf_counter()
-    result = run_pipeline(spec, run_cfg, progress=False)
-    pipeline_seconds = time.perf_counter() - start
+    run = run_heldout_pipeline("medical_imaging", cfg)
     # 2. onboarding one held-out clinic from the registered meta-initialization
-    problem = spec.prepare(run_cfg.data, run_cfg.seed)
+    problem = run.spec.prepare(run.run_cfg.data, run.run_cfg.seed)
     site_id = cfg.onboard_site or problem.federation.roles["test"][-1]
     npz = export_clinic(problem.federation.sites[site_id], Path(tmp.name) / f"{site_id}.npz")
-    start = time.perf_counter()
-    onboarded = onboard(spec, data=str(npz), site_id=site_id, seed=cfg.seed, overrides={"splits": ["train"]})
-    onboard_call_seconds = time.perf_counter() - start
-    # 3. tables
-    rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
-    summary = pooled(rows, "auroc")
+    onboarded, onboard_call_seconds = timed_onboard(run.spec, data=str(npz), site_id=site_id, seed=cfg.seed,
+                                                    overrides={"splits": ["train"]})
+    # 3. tables (a missing AUROC, e.g. a one-class query set, keeps its pool's cell NaN: skip_nan=False)
+    rows = run.rows
+    summary = summarize(rows, "auroc", **POOLS, skip_nan=False)
     pd.set_option("display.width", 220)
     pd.set_option("display.max_columns", 20)
     pd.set_option("display.max_rows", 500)
     print(f"\nHeld-out AUROC [95% CI] by adaptation steps (preset {cfg.preset}, seed {cfg.seed})")
-    print(table(summary).to_string(index=False))
-    diffs = paired(rows, "auroc")
+    print(cell_table(summary, index=TABLE_INDEX).to_string(index=False))
+    diffs = paired_by_pool(rows, "auroc", **POOLS)
     if not diffs.empty:
+        diffs["diff"] = diff_cells(diffs, digits=3, star=True)
         print("\nPaired AUROC difference vs tuned fedavg+ft (same draws; * = interval excludes 0)")
-        print(diffs.pivot_table(index=["clinics", "method", "shots"], columns="steps", values="diff",
-                                aggfunc="first").reset_index().to_string(index=False))
-    bacc = pooled(rows, "balanced_accuracy")
+        print(by_steps(diffs, TABLE_INDEX, "diff").to_string(index=False))
+    bacc = summarize(rows, "balanced_accuracy", **POOLS, skip_nan=False)
     print("\nBalanced accuracy (threshold chosen on the support set) [95% CI]")
-    print(table(bacc[bacc["clinics"].isin(["all", "seen-protocol", "unseen-protocol"])]).to_string(index=False))
+    print(cell_table(bacc[bacc["clinics"].isin(["all", "seen-protocol", "unseen-protocol"])],
+                     index=TABLE_INDEX).to_string(index=False))
     print("\nAdaptation settings chosen on validation clinics")
-    chosen = result.selection[result.selection["chosen"]] if not result.selection.empty else result.selection
-    print(chosen.to_string(index=False))
-    train = {k: round(v, 2) for k, v in result.train_seconds.items()}
-    print(f"\nwall times: meta-training {train} s; whole pipeline {pipeline_seconds:.1f} s; onboarding clinic "
+    print(run.chosen.to_string(index=False))
+    train = run.train_seconds
+    print(f"\nwall times: meta-training {train} s; whole pipeline {run.seconds:.1f} s; onboarding clinic "
           f"{site_id} (adapt + score) {onboarded.seconds:.2f} s, whole onboard call (registry load, data, "
           f"logging) {onboard_call_seconds:.1f} s; onboarding AUROC {onboarded.before.get('auroc', float('nan')):.3f}"
-          f" -> {onboarded.after.get('auroc', float('nan')):.3f}; best on validation: {result.best_algorithm}")
-    out = {"vertical": "medical_imaging", "preset": cfg.preset, "rounds": run_cfg.fed.rounds,
-           "draws": run_cfg.eval.draws, "train_seconds": train,
-           "pipeline_seconds": round(pipeline_seconds, 2), "onboard_seconds": round(onboarded.seconds, 3),
-           "headline_metric": "auroc",
-           "rows": [{"method": r["method"], "shots": r["shots"], "steps": r["steps"], "clinics": r["clinics"],
-                     "mean": round(r["mean"], 4), "ci95": [round(r["ci95"][0], 4), round(r["ci95"][1], 4)]}
-                    for _, r in summary.iterrows()],
-           "paired_vs_fedavg_ft": [{"method": r["method"], "shots": r["shots"], "steps": r["steps"],
-                                    "clinics": r["clinics"], "mean_diff": round(r["mean_diff"], 4),
-                                    "ci95": [round(r["ci95"][0], 4), round(r["ci95"][1], 4)]}
-                                   for _, r in diffs.iterrows()] if not diffs.empty else []}
+          f" -> {onboarded.after.get('auroc', float('nan')):.3f}; best on validation: {run.result.best_algorithm}")
+    out = {"vertical": "medical_imaging", "preset": cfg.preset, "rounds": run.run_cfg.fed.rounds,
+           "draws": run.run_cfg.eval.draws, "train_seconds": train,
+           "pipeline_seconds": round(run.seconds, 2), "onboard_seconds": round(onboarded.seconds, 3),
+           "headline_metric": "auroc", "rows": json_rows(summary, "clinics", digits=4),
+           "paired_vs_fedavg_ft": json_paired(diffs, "clinics", digits=4)}
     tmp.cleanup()
     return out
 

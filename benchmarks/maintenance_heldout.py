@@ -20,10 +20,9 @@ MLflow goes to a temporary store unless ``--store`` names one, so the benchmark 
 from __future__ import annotations
 
 import json
-import sys
 import os
+import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -32,31 +31,20 @@ import pandas as pd
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_tables import cell_table, summarize  # noqa: E402
+from heldout_common import ShortenableFlags, run_heldout_pipeline, timed_onboard, timing_json  # noqa: E402
+from heldout_tables import json_paired, json_rows, print_site_report  # noqa: E402
 
 HEADLINE = "rmse_last"
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(ShortenableFlags):
     """Maintenance held-out benchmark."""
 
     preset: str = "full"
-    """Preset of verticals/maintenance/presets (quick or full)."""
-    seed: int = 0
-    """Seed of the whole run (operators, roles, rounds, draws)."""
-    rounds: Optional[int] = None
-    """Override the preset's federated rounds."""
-    draws: Optional[int] = None
-    """Override the preset's support draws per (site, shots)."""
-    store: Optional[str] = None
-    """MLflow tracking URI (default: a temporary SQLite store, deleted afterwards)."""
     output_dir: str = "fml-output/bench-maintenance"
-    """Tables, plots and checkpoints of the run."""
     onboard_shots: Optional[int] = None
     """Labelled units the onboarded fleet adapts on (default: the registered setting)."""
-    threads: int = 1
-    """torch threads (the model is small: one thread is fastest, and robust on a shared machine)."""
 
 
 def onboarding_files(data_cfg, seed: int, test_sites: list[str], folder: Path) -> tuple[Path, Optional[Path], str]:
@@ -110,86 +98,43 @@ def precreate_experiments(home: Path) -> None:
 
 
 def main(cfg: BenchConfig) -> dict:
-    import torch
-
-    torch.set_num_threads(cfg.threads)
     tmp = tempfile.TemporaryDirectory(prefix="fml-bench-maintenance-")
+    # not heldout_common.temporary_store: the default store here is an embedded one whose ARTIFACTS also
+    # stay in the temporary folder, rather than in ./mlruns (see precreate_experiments)
     if cfg.store:
         os.environ["MLFLOW_TRACKING_URI"] = cfg.store
     else:  # an embedded store (database AND artifacts) inside the temporary folder
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         os.environ["FML_HOME"] = tmp.name
         precreate_experiments(Path(tmp.name))
-    import verticals
-    from core.evaluation import paired_differences
-    from core.vertical import VERTICALS
-    from pipelines.config import load_preset
-    from pipelines.onboard import onboard
-    from pipelines.run import run_pipeline
-
     # 1. the pipeline, end to end
-    verticals.load_all()
-    spec = VERTICALS.get("maintenance")
-    run_cfg = load_preset(spec, cfg.preset)
-    run_cfg.seed, run_cfg.output_dir = cfg.seed, cfg.output_dir
-    if cfg.rounds is not None:
-        run_cfg.fed.rounds = cfg.rounds
-    if cfg.draws is not None:
-        run_cfg.eval.draws = cfg.draws
-    run_cfg.tracking.experiment = "fml-maintenance-benchmark"
-    start = time.perf_counter()
-    result = run_pipeline(spec, run_cfg, progress=False)
-    pipeline_seconds = time.perf_counter() - start
-    rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
+    run = run_heldout_pipeline("maintenance", cfg)
+    rows = run.rows
     # 2. onboarding one new fleet from the registered meta-initialization
-    data, rul, what = onboarding_files(run_cfg.data, cfg.seed, sorted(set(rows["site"])), Path(tmp.name))
-    start = time.perf_counter()
+    data, rul, what = onboarding_files(run.run_cfg.data, cfg.seed, sorted(set(rows["site"])), Path(tmp.name))
     overrides = {"rul_path": str(rul)} if rul else {"site_column": "site", "unit_column": "unit",
                                                     "time_column": "time", "target_column": "rul"}
-    onboarded = onboard(spec, data=str(data), site_id=None, seed=cfg.seed, shots=cfg.onboard_shots,
-                        overrides=overrides)
-    onboard_call_seconds = time.perf_counter() - start
+    onboarded, onboard_call_seconds = timed_onboard(run.spec, data=str(data), site_id=None, seed=cfg.seed,
+                                                    shots=cfg.onboard_shots, overrides=overrides)
     # 3. tables
-    summary = summarize(rows, HEADLINE)
     pd.set_option("display.width", 220)
     pd.set_option("display.max_columns", 20)
-    for site in ["ALL", *sorted(set(rows["site"]))]:
-        print(f"\nHeld-out last-window RUL RMSE [95% CI] by adaptation steps: {site} "
-              f"(preset {cfg.preset}, seed {cfg.seed}; lower is better)")
-        print(cell_table(summary[summary["site"] == site], digits=2).to_string(index=False))
-    paired = paired_differences(rows, HEADLINE)
-    if not paired.empty:
-        paired["diff"] = paired.apply(lambda r: f"{r['mean_diff']:+.2f} [{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}]",
-                                      axis=1)
-        print("\nPaired RMSE difference vs tuned fedavg+ft (same draws; negative = better than fedavg+ft)")
-        print(paired.pivot_table(index=["site", "method", "shots"], columns="steps", values="diff",
-                                 aggfunc="first").reset_index().to_string(index=False))
-    chosen = result.selection[result.selection["chosen"]] if not result.selection.empty else result.selection
-    print("\nAdaptation settings chosen on validation operators")
-    print(chosen.to_string(index=False))
-    for metric in ("rmse_all", "nasa_per_unit"):
-        other = summarize(rows, metric)
-        print(f"\n{metric} [95% CI], all test operators")
-        print(cell_table(other[other["site"] == "ALL"], digits=2).to_string(index=False))
-    train = {k: round(v, 2) for k, v in result.train_seconds.items()}
+    summary, paired = print_site_report(
+        rows, run.chosen, HEADLINE, digits=2, sites="operators", others=("rmse_all", "nasa_per_unit"),
+        heading=lambda site: f"Held-out last-window RUL RMSE [95% CI] by adaptation steps: {site} "
+                             f"(preset {cfg.preset}, seed {cfg.seed}; lower is better)",
+        paired_heading="Paired RMSE difference vs tuned fedavg+ft (same draws; negative = better than fedavg+ft)")
+    train = run.train_seconds
     print(f"\nonboarding: {what}: {onboarded.site_id}, before {onboarded.before[HEADLINE]:.2f} -> after "
           f"{onboarded.after[HEADLINE]:.2f} last-window RMSE on {int(onboarded.after['units'])} units")
-    print(f"wall times: meta-training {train} s; whole pipeline {pipeline_seconds:.1f} s; onboarding "
+    print(f"wall times: meta-training {train} s; whole pipeline {run.seconds:.1f} s; onboarding "
           f"(adapt + score) {onboarded.seconds:.3f} s, whole onboard call {onboard_call_seconds:.1f} s; "
-          f"best on validation: {result.best_algorithm}")
-    out = {"vertical": "maintenance", "preset": cfg.preset, "train_seconds": round(sum(train.values()), 2),
-           "train_seconds_by_algorithm": train, "pipeline_seconds": round(pipeline_seconds, 2),
-           "onboard_seconds": round(onboarded.seconds, 3), "onboard_call_seconds": round(onboard_call_seconds, 2),
+          f"best on validation: {run.result.best_algorithm}")
+    out = {"vertical": "maintenance", "preset": cfg.preset, **timing_json(run, onboarded, onboard_call_seconds),
            "onboard": {"data": what, "before": round(onboarded.before[HEADLINE], 3),
                        "after": round(onboarded.after[HEADLINE], 3)},
-           "headline_metric": HEADLINE,
-           "rows": [{"method": r["method"], "shots": r["shots"], "steps": r["steps"], "site": r["site"],
-                     "mean": round(r["mean"], 3), "ci95": [round(r["ci95"][0], 3), round(r["ci95"][1], 3)]}
-                    for _, r in summary.iterrows()],
-           "paired_vs_fedavg_ft": [{"method": r["method"], "shots": int(r["shots"]), "steps": int(r["steps"]),
-                                    "site": r["site"], "mean_diff": round(r["mean_diff"], 3),
-                                    "ci95": [round(r["ci95_low"], 3), round(r["ci95_high"], 3)]}
-                                   for _, r in paired.iterrows()] if not paired.empty else []}
+           "headline_metric": HEADLINE, "rows": json_rows(summary, "site", digits=3),
+           "paired_vs_fedavg_ft": json_paired(paired, "site", digits=3)}
     tmp.cleanup()
     return out
 

@@ -6,7 +6,6 @@ sites, 6 tables and plots, 7 register the best meta-initialization (chosen on VA
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import platform
 import subprocess

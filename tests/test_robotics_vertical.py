@@ -25,14 +25,6 @@ SMALL = dict(train_robots=20, validation_robots=2, test_robots=4, extrapolation_
              train_rollouts=10, eval_rollouts=10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def restore_threads():
-    """``prepare`` sets torch's thread count (``RoboticsData.torch_threads``); leave other tests' as it was."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def problem() -> RoboticsProblem:
     return prepare(RoboticsData(**SMALL), seed=0)

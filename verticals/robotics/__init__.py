@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.robot_envs import (Simulator, build_robot_federation, example_robot, get_family, parse_robot,
@@ -42,16 +40,8 @@ def problem_for(federation: Federation, pre: dict[str, Any]) -> RoboticsProblem:
     return RoboticsProblem(federation, Simulator(pre["family"], int(pre["horizon"])), settings, pre)
 
 
-def set_threads(cfg: RoboticsData) -> None:
-    """Rollouts and policy updates are chains of tiny ops: extra intra-op threads only add overhead
-    (measured 6-9x more CPU time per round with 2 threads than with 1 on a busy 2-core machine)."""
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-
-
 def prepare(cfg: RoboticsData, seed: int) -> RoboticsProblem:
     """Draw the fleet (seeded) and build the problem."""
-    set_threads(cfg)
     pre = preprocessing_for(cfg)
     fed = build_robot_federation(cfg.family, train=cfg.train_robots, validation=cfg.validation_robots,
                                  test=cfg.test_robots, extrapolation=cfg.extrapolation_robots, vary=pre["vary"],
@@ -61,7 +51,6 @@ def prepare(cfg: RoboticsData, seed: int) -> RoboticsProblem:
 
 def load_new_site(cfg: RoboticsData, preprocessing: dict, site_id: Optional[str]) -> tuple[RoboticsProblem, Site]:
     """A new robot from ``--robot 'goal=0.3,-0.2;gain=1.5'`` with the SAVED family and policy settings."""
-    set_threads(cfg)
     pre = dict(preprocessing) if preprocessing else preprocessing_for(cfg)
     fam = get_family(pre["family"])
     sid = site_id or "new-robot"

@@ -37,8 +37,6 @@ class RoboticsData:
     """Hidden widths of the Gaussian MLP policy."""
     init_log_std: float = -0.5
     """Initial log standard deviation of the policy's actions (actions live in [-1, 1])."""
-    torch_threads: int = 1
-    """torch intra-op threads set while this vertical runs (its ops are tiny: 1 is fastest; 0 = leave as is)."""
     robot: Optional[str] = None
     """Onboarding only (fml onboard robotics --robot ...): the new robot, e.g. 'goal=0.3,-0.2;gain=1.5;rotation=20';
     parameters left out take the family's defaults."""

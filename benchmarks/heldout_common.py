@@ -1,0 +1,128 @@
+"""The skeleton shared by the vertical held-out benchmarks: their common flags, a throwaway MLflow store,
+and ``fml run <vertical>`` end to end with the benchmark's overrides.
+
+core/, pipelines/ and verticals/ are imported inside the functions, never at module level: the scripts
+must point MLflow at the temporary store (environment variables) BEFORE those modules read it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from core.vertical import VerticalSpec
+    from pipelines.onboard import OnboardResult
+    from pipelines.run import RunResult
+
+
+@dataclass
+class HeldoutFlags:
+    """Flags of every held-out benchmark (each script sets its own defaults and adds its onboarding flags)."""
+
+    preset: str = "quick"
+    """Preset of verticals/<vertical>/presets (quick or full)."""
+    seed: int = 0
+    """Seed of the whole run (sites, roles, rounds, draws)."""
+    store: Optional[str] = None
+    """MLflow tracking URI (default: a temporary SQLite store, deleted afterwards)."""
+    output_dir: str = "fml-output/bench"
+    """Tables, plots and checkpoints of the run."""
+    threads: int = 1
+    """torch threads (the models are small: one thread is fastest, and robust on a shared machine)."""
+
+
+@dataclass
+class ShortenableFlags(HeldoutFlags):
+    """Flags of the benchmarks whose runs can be shortened."""
+
+    rounds: Optional[int] = None
+    """Override the preset's federated rounds."""
+    draws: Optional[int] = None
+    """Override the preset's support draws per (site, shots)."""
+
+
+def temporary_store(name: str, store: Optional[str]) -> tempfile.TemporaryDirectory:
+    """A temporary folder holding MLflow's SQLite store (unless ``store`` names one) and, unless set,
+    ``FML_HOME``: the benchmark must never move the ``champion`` alias of a real registry."""
+    tmp = tempfile.TemporaryDirectory(prefix=f"fml-bench-{name}-")
+    os.environ["MLFLOW_TRACKING_URI"] = store or f"sqlite:///{Path(tmp.name) / 'mlflow.db'}"
+    os.environ.setdefault("FML_HOME", tmp.name)
+    return tmp
+
+
+@dataclass
+class HeldoutRun:
+    """A finished ``fml run``: what the benchmark onboards from and prints."""
+
+    spec: VerticalSpec
+    run_cfg: Any
+    """The run's configuration (preset plus the benchmark's overrides)."""
+    result: RunResult
+    rows: pd.DataFrame
+    """The run's ``evaluation_rows.parquet`` (site, method, shots, steps, draw, metric, value)."""
+    seconds: float
+    """Wall time of the whole pipeline."""
+
+    @property
+    def train_seconds(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.result.train_seconds.items()}
+
+    @property
+    def chosen(self) -> pd.DataFrame:
+        """The adaptation settings chosen on the validation sites."""
+        selection = self.result.selection
+        return selection[selection["chosen"]] if not selection.empty else selection
+
+
+def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
+    """``fml run <vertical>`` with the benchmark's seed, output folder, torch threads and experiment (and,
+    for ``ShortenableFlags``, its rounds and draws overrides), timed."""
+    import torch
+
+    import verticals
+    from core.vertical import VERTICALS
+    from pipelines.config import load_preset
+    from pipelines.run import run_pipeline
+
+    verticals.load_all()
+    spec = VERTICALS.get(vertical)
+    run_cfg = load_preset(spec, flags.preset)
+    run_cfg.seed, run_cfg.output_dir = flags.seed, flags.output_dir
+    torch.set_num_threads(flags.threads)
+    if isinstance(flags, ShortenableFlags):  # the others keep the preset's run length
+        if flags.rounds is not None:
+            run_cfg.fed.rounds = flags.rounds
+        if flags.draws is not None:
+            run_cfg.eval.draws = flags.draws
+    run_cfg.tracking.experiment = f"fml-{vertical}-benchmark"
+    start = time.perf_counter()
+    result = run_pipeline(spec, run_cfg, progress=False)
+    seconds = time.perf_counter() - start
+    rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
+    return HeldoutRun(spec, run_cfg, result, rows, seconds)
+
+
+
+def timed_onboard(spec: VerticalSpec, **kwargs: Any) -> tuple[OnboardResult, float]:
+    """``pipelines.onboard.onboard(spec, **kwargs)`` and the wall time of the whole call (registry load,
+    data, adaptation, logging); ``OnboardResult.seconds`` times adapt + score only."""
+    from pipelines.onboard import onboard
+
+    start = time.perf_counter()
+    onboarded = onboard(spec, **kwargs)
+    return onboarded, time.perf_counter() - start
+
+
+def timing_json(run: HeldoutRun, onboarded: OnboardResult, onboard_call_seconds: float) -> dict[str, Any]:
+    """The wall-time fields of the fraud and maintenance JSON, in their order (``train_seconds`` sums the
+    algorithms; imaging and robotics report the per-algorithm dict under that key instead)."""
+    train = run.train_seconds
+    return {"train_seconds": round(sum(train.values()), 2), "train_seconds_by_algorithm": train,
+            "pipeline_seconds": round(run.seconds, 2), "onboard_seconds": round(onboarded.seconds, 3),
+            "onboard_call_seconds": round(onboard_call_seconds, 2)}
