@@ -40,6 +40,19 @@ class FederatedConfig:
     """Rounds between validation-site adaptation checks (ModelCheckpoint keeps the best)."""
     early_stopping_patience: int = 0
     """Validation checks without improvement before stopping (0 = never stop early)."""
+    dp_clip: float = 0.0
+    """Site-level DP-FedAvg: L2 bound of each site's direction per round (0 = no clipping, no DP)."""
+    dp_noise: float = 0.0
+    """Site-level DP-FedAvg: Gaussian noise multiplier (std = dp_noise * dp_clip / clients_per_round); 0 = off."""
+    dp_delta: float = 1e-5
+    """The delta of the (epsilon, delta) guarantee the run reports."""
+
+    def __post_init__(self) -> None:
+        if self.dp_noise > 0 and self.dp_clip <= 0:
+            raise ValueError(f"fed.dp_noise={self.dp_noise} needs fed.dp_clip > 0 (the noise is scaled to the clip)")
+        if self.dp_clip > 0 and (self.aggregation != "mean" or self.weighting != "uniform"):
+            raise ValueError("fed.dp_clip (DP-FedAvg) needs fed.aggregation=mean and fed.weighting=uniform, got "
+                             f"{self.aggregation} and {self.weighting}")
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """``fml federate``: the FML round on Flower, across real machines or in Flower's simulation engine.
 
-    fml federate superlink [--address 0.0.0.0] [--certificates DIR | --insecure]
+    fml federate superlink [--address 0.0.0.0] [--port 9092] [--certificates DIR | --insecure]
     fml federate supernode --site SITE [--superlink HOST:9092] [--data PATH] [--mode federation|site] ...
-    fml federate run <vertical> [--superlink HOST:9093] [--preset quick] [--algorithm fomaml] [--set K=V ...]
+    fml federate run <vertical> [--superlink HOST:9092] [--preset quick] [--algorithm fomaml] [--set K=V ...]
     fml federate simulate <vertical> [--nodes N] [--preset quick] [--algorithm fomaml] [--set K=V ...]
     fml federate app                      where the Flower app (pyproject [tool.flwr.app]) lives
 
@@ -32,14 +32,33 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------------------------- deployment CLI
 def flower_bin(name: str) -> str:
-    """Path of a Flower executable (next to this Python first, then PATH)."""
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
+    """Path of the Flower executable ``name``: in :func:`flower_dir`, else on PATH."""
+    home = flower_dir()
+    if home is not None and (home / name).is_file():
+        return str(home / name)
     found = shutil.which(name)
     if not found:
         raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH; install flwr")
     return found
+
+
+def flower_dir() -> Optional[Path]:
+    """The folder of the console scripts of the ``flwr`` this Python imports: next to this Python or on
+    PATH, the first whose scripts start this flwr's entry points. A venv's scripts of another Flower version
+    (shadowed by a newer flwr on PYTHONPATH) are skipped: they import modules that moved."""
+    from importlib import metadata
+
+    try:
+        points = {ep.name: "from {} import {}".format(*(x.strip() for x in ep.value.split(":")))
+                  for ep in metadata.distribution("flwr").entry_points if ep.group == "console_scripts"}
+    except metadata.PackageNotFoundError:
+        return None
+    dirs = [Path(sys.executable).parent, *(Path(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d)]
+    for folder in dirs:
+        present = [n for n in points if (folder / n).is_file()]
+        if present and all(points[n] in (folder / n).read_text(errors="replace") for n in present):
+            return folder
+    return None
 
 
 def _tls_args(args: argparse.Namespace, server: bool) -> list[str]:
@@ -57,30 +76,33 @@ def _tls_args(args: argparse.Namespace, server: bool) -> list[str]:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # the SuperLink and SuperNode start flower-superexec, flwr-serverapp and flwr-clientapp from PATH
+    home = flower_dir()
+    dirs = ([str(home)] if home is not None else []) + [str(Path(sys.executable).parent)]
+    env["PATH"] = os.pathsep.join([*dirs, env.get("PATH", "")])
     return env
 
 
-def superlink_command(address: str, tls: list[str], database: Optional[str] = None,
-                      ports: tuple[int, int, int] = (9091, 9092, 9093)) -> list[str]:
-    serverappio, fleet, control = ports
-    cmd = [flower_bin("flower-superlink"), *tls, "--fleet-api-address", f"{address}:{fleet}",
-           "--serverappio-api-address", f"127.0.0.1:{serverappio}", "--control-api-address", f"{address}:{control}",
+def superlink_command(address: str, tls: list[str], database: Optional[str] = None, port: int = 9092) -> list[str]:
+    """``flower-superlink`` serving its Fleet (SuperNodes), Control (``flwr run``) and Runtime (ServerApp)
+    HTTP APIs on ONE port, ``address:port`` (Flower >= 1.42)."""
+    cmd = [flower_bin("flower-superlink"), *tls, "--host", address, "--port", str(port),
            "--disable-runtime-dependency-installation"]
     return cmd + (["--database", database] if database else [])
 
 
-def supernode_command(superlink: str, site: str, tls: list[str], clientappio: str, data: Optional[str] = None,
+def supernode_command(superlink: str, site: str, tls: list[str], runtime_port: int = 9094, data: Optional[str] = None,
                       mode: Optional[str] = None, vertical: Optional[str] = None, role: Optional[str] = None,
                       cache_dir: Optional[str] = None, extra_config: Sequence[str] = ()) -> list[str]:
+    """``flower-supernode`` for ``site``; ``runtime_port``: its local Runtime API (127.0.0.1, one per node)."""
     config = [f"site-id={json.dumps(site)}"]
     for key, value in (("data-path", data), ("mode", mode), ("vertical", vertical), ("role", role),
                        ("cache-dir", cache_dir)):
         if value:
             config.append(f"{key}={json.dumps(value)}")
     config += list(extra_config)
-    return [flower_bin("flower-supernode"), *tls, "--superlink", superlink, "--clientappio-api-address", clientappio,
-            "--node-config", " ".join(config)]
+    return [flower_bin("flower-supernode"), *tls, "--superlink", superlink, "--host", "127.0.0.1",
+            "--port", str(runtime_port), "--node-config", " ".join(config)]
 
 
 def run_config_items(vertical: str, preset: Optional[str], algorithm: Optional[str], sets: Sequence[str]) -> dict:
@@ -133,8 +155,8 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="fml federate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("superlink", help="start a Flower SuperLink (the coordinator's rendezvous)")
-    p.add_argument("--address", default="0.0.0.0", help="interface of the Fleet and Control APIs")
-    p.add_argument("--ports", default="9091,9092,9093", help="ServerAppIo,Fleet,Control ports")
+    p.add_argument("--address", default="0.0.0.0", help="interface of the SuperLink's API (Fleet, Control, Runtime)")
+    p.add_argument("--port", type=int, default=9092, help="the SuperLink's one port (SuperNodes and flwr run)")
     p.add_argument("--database", help="SQLite file for the SuperLink state (default: in memory)")
     p.add_argument("--certificates", help="folder with ca.crt, server.pem, server.key (TLS)")
     p.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
@@ -145,7 +167,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--mode", choices=["federation", "site"], help="federation (default) or site (own data only)")
     p.add_argument("--vertical", help="refuse runs of any other vertical")
     p.add_argument("--role", help="role of the site in site mode (default train)")
-    p.add_argument("--clientappio", default="127.0.0.1:9094", help="local ClientAppIo address (one per node)")
+    p.add_argument("--runtime-port", type=int, default=9094, help="local Runtime API port (one per node)")
     p.add_argument("--cache-dir", help="keep the prepared site here between messages (default: "
                                        "$FML_HOME/node-cache/<site>; 'none' disables)")
     p.add_argument("--certificates", help="folder with ca.crt (the SuperLink's CA)")
@@ -159,7 +181,7 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="run option, e.g. fed.rounds=20, flower.secagg=true (repeatable)")
         if name == "run":
-            p.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink Control API HOST:PORT")
+            p.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink HOST:PORT")
             p.add_argument("--certificates", help="folder with ca.crt")
             p.add_argument("--insecure", action="store_true")
             p.add_argument("--no-stream", action="store_true", help="return once the run is submitted")
@@ -173,12 +195,12 @@ def main(argv: Sequence[str]) -> int:
         print((APP_DIR / "pyproject.toml").read_text())
         return 0
     if args.command == "superlink":
-        ports = tuple(int(x) for x in args.ports.split(","))
-        return subprocess.call(superlink_command(args.address, _tls_args(args, True), args.database, ports), env=_env())
+        return subprocess.call(superlink_command(args.address, _tls_args(args, True), args.database, args.port),
+                               env=_env())
     if args.command == "supernode":
         cache = args.cache_dir or str(Path(os.environ.get("FML_HOME", Path.home() / ".fml")).expanduser()
                                       / "node-cache" / args.site)
-        return subprocess.call(supernode_command(args.superlink, args.site, _tls_args(args, False), args.clientappio,
+        return subprocess.call(supernode_command(args.superlink, args.site, _tls_args(args, False), args.runtime_port,
                                                  args.data, args.mode, args.vertical, args.role,
                                                  None if cache == "none" else cache), env=_env())
     if args.command == "run":

@@ -61,7 +61,7 @@ class LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.env["FLWR_HOME"] = str(self.workdir / "flwr-home")
         self.procs: dict[str, subprocess.Popen] = {}
-        self.ports = {"serverappio": free_port(), "fleet": free_port(), "control": free_port()}
+        self.port = free_port()  # the SuperLink's one port: Fleet, Control and Runtime APIs
 
     # ------------------------------------------------------------------------------------------ processes
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
@@ -72,19 +72,17 @@ class LocalFederation:
         return proc
 
     def start(self) -> "LocalFederation":
-        flower_home(f"127.0.0.1:{self.ports['control']}", True, None, home=self.env["FLWR_HOME"])
-        ports = (self.ports["serverappio"], self.ports["fleet"], self.ports["control"])
-        self._start("superlink", superlink_command("127.0.0.1", ["--insecure"], None, ports))
-        wait_port(self.ports["fleet"], 60)
-        wait_port(self.ports["control"], 60)
+        flower_home(f"127.0.0.1:{self.port}", True, None, home=self.env["FLWR_HOME"])
+        self._start("superlink", superlink_command("127.0.0.1", ["--insecure"], None, self.port))
+        wait_port(self.port, 60)
         for site in self.sites:
             self.start_node(site)
         return self
 
     def start_node(self, site: str) -> subprocess.Popen:
         extra = [f"{k}={json.dumps(v)}" for k, v in self.node_config.get(site, {}).items()]
-        cmd = supernode_command(f"127.0.0.1:{self.ports['fleet']}", site, ["--insecure"],
-                                f"127.0.0.1:{free_port()}", cache_dir=str(self.workdir / "node-cache" / site),
+        cmd = supernode_command(f"127.0.0.1:{self.port}", site, ["--insecure"],
+                                free_port(), cache_dir=str(self.workdir / "node-cache" / site),
                                 extra_config=extra)
         return self._start(f"supernode-{site}", cmd)
 

@@ -27,6 +27,7 @@ from core.evaluation import (Method, evaluate_sites, paired_differences, select_
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
+from core.privacy import epsilon
 from core.shift import site_shift_report
 from core.types import Params
 from core.vertical import VerticalSpec
@@ -139,6 +140,11 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             learners[name] = train_one(problem, name, cfg, run_id, out, progress, warm)
             train_seconds[name] = time.perf_counter() - start
         mlflow.log_metrics({f"time/train_seconds_{k}": v for k, v in train_seconds.items()})
+        privacy = privacy_spent(problem, cfg.fed, learners)
+        if privacy:
+            mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
+            console.print("site-level DP (delta " + f"{cfg.fed.dp_delta:g}): " +
+                          ", ".join(f"{k} epsilon {v:.2f}" for k, v in privacy.items()))
         # 4-7. adaptation settings, held-out sites, tables, registration
         torch.manual_seed(cfg.seed + 1)
         local_init = {k: v.detach() for k, v in problem.make_model().named_parameters()}
@@ -152,9 +158,18 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         ]
         report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods,
                                        candidates=algorithms or ["fedavg+ft"], run_id=run_id, out=out,
-                                       progress=progress)
+                                       progress=progress, privacy=privacy)
         return RunResult(run_id, report.summary, report.paired, report.selection, report.registered, train_seconds,
                          out, report.best.name)
+
+
+def privacy_spent(problem: Problem, fed: Any, learners: dict[str, MetaLearner]) -> dict[str, float]:
+    """Site-level epsilon of each trained model (every round it ran counts, not only up to the kept
+    checkpoint); empty without DP noise."""
+    if fed.dp_noise <= 0:
+        return {}
+    rate = fed.clients_per_round / len(problem.train_site_ids())
+    return {name: epsilon(learner.global_step, rate, fed.dp_noise, fed.dp_delta) for name, learner in learners.items()}
 
 
 @dataclass
@@ -170,11 +185,13 @@ class HeldoutReport:
 
 def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model: torch.nn.Module,
                           methods: list[Method], *, candidates: list[str], run_id: str, out: Path,
-                          progress: bool = True, extra_tags: Optional[dict[str, str]] = None) -> HeldoutReport:
+                          progress: bool = True, extra_tags: Optional[dict[str, str]] = None,
+                          privacy: Optional[dict[str, float]] = None) -> HeldoutReport:
     """Stages 4-7 of a run, inside its active MLflow run, shared by ``fml run`` and the Flower engine's
     finish hook: choose adaptation settings of every method on validation sites, score the test sites over
     the shots x steps grid, write and log tables and plots, log the best of ``candidates`` (chosen on
-    VALIDATION sites) as the meta-initialization and register it. ``model`` gives the architecture."""
+    VALIDATION sites) as the meta-initialization and register it. ``model`` gives the architecture;
+    ``privacy`` (method -> site-level epsilon) is recorded with the registered model."""
     # 4. adaptation settings on validation sites
     select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
     val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
@@ -223,6 +240,10 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), **extra_tags}
+    if privacy:
+        info["privacy"] = {"epsilon": privacy[_trained_name(best.name)], "delta": cfg.fed.dp_delta,
+                           "clip": cfg.fed.dp_clip, "noise_multiplier": cfg.fed.dp_noise, "unit": "site"}
+        extra_tags = {**extra_tags, "dp_epsilon": f"{info['privacy']['epsilon']:.3f}"}
     model_uri = tracking.log_meta_init(model, best.meta, info, problem.input_example())
     mlflow.set_tags({"best_algorithm": best.name, "meta_init_uri": model_uri})
     registered = None
@@ -236,6 +257,10 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         registered = {"name": name, "version": version, "alias": alias, "reason": reason}
     _print_closing(summary, paired, problem, best, registered, select_shots)
     return HeldoutReport(summary, paired, selection, best, held_value, model_uri, registered)
+
+
+def _trained_name(method: str) -> str:
+    return "fedavg" if method == "fedavg+ft" else method
 
 
 def _metric_safe(name: str) -> str:

@@ -42,18 +42,19 @@ def make_learner(problem: SupervisedProblem, algorithm: str, rounds: int, server
                        seed=3, validate=validate_on(problem))
 
 
-@pytest.mark.parametrize("algorithm,server", [("fomaml", "adam"), ("metasgd", "yogi")])
-def test_resumed_run_equals_uninterrupted_run(problem, tmp_path: Path, algorithm: str, server: str) -> None:
-    full = make_learner(problem, algorithm, 2 * N, server)
+@pytest.mark.parametrize("algorithm,server,dp", [("fomaml", "adam", {}), ("metasgd", "yogi", {}),
+                                                  ("fomaml", "adam", {"dp_clip": 0.5, "dp_noise": 0.8})])
+def test_resumed_run_equals_uninterrupted_run(problem, tmp_path: Path, algorithm: str, server: str, dp: dict) -> None:
+    full = make_learner(problem, algorithm, 2 * N, server, **dp)
     fit_meta_learner(full, progress=False)
 
-    first = make_learner(problem, algorithm, N, server)
+    first = make_learner(problem, algorithm, N, server, **dp)
     fit_meta_learner(first, progress=False, checkpoint_dir=str(tmp_path))
     last = tmp_path / "last.ckpt"
     assert last.exists(), sorted(p.name for p in tmp_path.iterdir())
-    resumed = make_learner(problem, algorithm, 2 * N, server)
+    resumed = make_learner(problem, algorithm, 2 * N, server, **dp)
     trainer = fit_meta_learner(resumed, progress=False, resume_from=str(last))
-    assert trainer.global_step == 2 * N
+    assert trainer.global_step == 2 * N  # also the round count the DP accountant charges
 
     a, b, mid = full.meta_params(), resumed.meta_params(), first.meta_params()
     assert a.keys() == b.keys()

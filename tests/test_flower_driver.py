@@ -58,6 +58,18 @@ class MemoryGrid:
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
+@pytest.fixture(autouse=True)
+def server_identity():
+    """Flower sets the identity of the ServerApp process (run, node, task) before ``main`` runs; the
+    in-memory grid plays that part, so ``Message(...)`` can fill in its metadata."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
 def make_run(**overrides):
     config = {"vertical": "digits", "preset": "quick", "algorithm": "fomaml", "data": DATA, "seed": 5,
               "fed.rounds": 2, "fed.clients_per_round": 3, "flower.finish": False, "flower.eval_roles": ",",

@@ -18,7 +18,8 @@ TINY = ["--data.train-sites", "16", "--data.validation-sites", "3", "--data.test
         "--fed.rounds", "20", "--fed.val-every", "10", "--fed.clients-per-round", "4",
         "--eval.shots", "1", "5", "--eval.steps", "0", "1", "5", "--eval.draws", "2",
         "--eval.select-draws", "1", "--eval.lr-grid", "0.1", "0.3", "--algorithms", "fomaml", "reptile",
-        "--algorithm-overrides", "reptile:server.optimizer=sgd", "reptile:server.lr=0.5", "--warm-start"]
+        "--algorithm-overrides", "reptile:server.optimizer=sgd", "reptile:server.lr=0.5", "--warm-start",
+        "--fed.dp-clip", "10", "--fed.dp-noise", "0.01"]
 
 
 def _env(home: Path, tracking_uri: str | None = None) -> dict[str, str]:
@@ -72,6 +73,9 @@ def _check_registry(client: MlflowClient) -> None:
     assert {"config.yaml", "dataset_fingerprint.json", "evaluation"} <= arts
     assert any(k.startswith("fomaml-train/") for k in run.data.metrics)
     assert any(k.startswith("fedavg-val/") for k in run.data.metrics)
+    epsilons = {k: v for k, v in run.data.metrics.items() if k.startswith("privacy/epsilon_")}
+    assert set(epsilons) == {"privacy/epsilon_fedavg", "privacy/epsilon_fomaml", "privacy/epsilon_reptile"}
+    assert float(champion.tags["dp_epsilon"]) == pytest.approx(epsilons[f"privacy/epsilon_{champion.tags['algorithm']}"], rel=1e-3)
 
 
 def test_run_then_onboard_embedded_store(tmp_path):
