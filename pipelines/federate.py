@@ -32,33 +32,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------------------------- deployment CLI
 def flower_bin(name: str) -> str:
-    """Path of the Flower executable ``name``: in :func:`flower_dir`, else on PATH."""
-    home = flower_dir()
-    if home is not None and (home / name).is_file():
-        return str(home / name)
+    """Path of a Flower executable (next to this Python first, then PATH)."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
     found = shutil.which(name)
     if not found:
         raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH; install flwr")
     return found
-
-
-def flower_dir() -> Optional[Path]:
-    """The folder of the console scripts of the ``flwr`` this Python imports: next to this Python or on
-    PATH, the first whose scripts start this flwr's entry points. A venv's scripts of another Flower version
-    (shadowed by a newer flwr on PYTHONPATH) are skipped: they import modules that moved."""
-    from importlib import metadata
-
-    try:
-        points = {ep.name: "from {} import {}".format(*(x.strip() for x in ep.value.split(":")))
-                  for ep in metadata.distribution("flwr").entry_points if ep.group == "console_scripts"}
-    except metadata.PackageNotFoundError:
-        return None
-    dirs = [Path(sys.executable).parent, *(Path(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d)]
-    for folder in dirs:
-        present = [n for n in points if (folder / n).is_file()]
-        if present and all(points[n] in (folder / n).read_text(errors="replace") for n in present):
-            return folder
-    return None
 
 
 def _tls_args(args: argparse.Namespace, server: bool) -> list[str]:
@@ -77,9 +58,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     # the SuperLink and SuperNode start flower-superexec, flwr-serverapp and flwr-clientapp from PATH
-    home = flower_dir()
-    dirs = ([str(home)] if home is not None else []) + [str(Path(sys.executable).parent)]
-    env["PATH"] = os.pathsep.join([*dirs, env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 

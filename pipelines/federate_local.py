@@ -28,12 +28,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float) -> None:
+def wait_port(port: int, timeout: float, proc: Optional[subprocess.Popen] = None) -> None:
+    """Wait until something listens on ``port``; fail at once if ``proc`` (the server) exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} before listening on port {port}")
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
@@ -73,8 +76,11 @@ class LocalFederation:
 
     def start(self) -> "LocalFederation":
         flower_home(f"127.0.0.1:{self.port}", True, None, home=self.env["FLWR_HOME"])
-        self._start("superlink", superlink_command("127.0.0.1", ["--insecure"], None, self.port))
-        wait_port(self.port, 60)
+        superlink = self._start("superlink", superlink_command("127.0.0.1", ["--insecure"], None, self.port))
+        try:
+            wait_port(self.port, 60, superlink)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}\n{self.logs()}") from None
         for site in self.sites:
             self.start_node(site)
         return self

@@ -69,6 +69,10 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     except ValueError as err:
         raise ConfigError(f"run config: {err}") from None
     flower = FlowerSettings.from_flat(config)
+    if cfg.fed.dp_clip > 0 and (flower.secagg or flower.strategy != "core"):
+        raise ConfigError("fed.dp_clip (DP-FedAvg) clips each site's update on the server: it needs "
+                          "flower.strategy=core without flower.secagg; with a Flower strategy use flower.dp_noise "
+                          "and flower.dp_clip")
     seed = int(cfg.seed)
     return FederatedRun(
         vertical=spec.name, data=to_plain(cfg.data), seed=seed, algorithm=algorithm, inner=settings.inner, fed=cfg.fed,
@@ -89,6 +93,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     import torch
 
     from core.evaluation import Method
+    from core.privacy import epsilon
     from pipelines.run import dataset_fingerprint, environment_info, evaluate_and_register
 
     cfg = run.extra
@@ -106,10 +111,16 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
         methods += [Method(run.algorithm, meta, trained_lr=run.inner.lr, inner=run.inner)]
     mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
     mlflow.set_tags({f"env.{k}": v for k, v in environment_info().items()})
+    privacy = {}
+    if cfg.fed.dp_noise > 0:  # every applied round spends privacy
+        rounds = sum(1 for r in result.rounds if r.applied)
+        privacy = {run.algorithm: epsilon(rounds, cfg.fed.clients_per_round / len(problem.train_site_ids()),
+                                          cfg.fed.dp_noise, cfg.fed.dp_delta)}
+        mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate_and_register(spec, problem, cfg, model, methods, candidates=[methods[-1].name],
                                        run_id=tracker.run_id, out=Path(tmp), progress=False,
-                                       extra_tags={"engine": "flower"})
+                                       extra_tags={"engine": "flower"}, privacy=privacy)
     return {"model_uri": report.model_uri, "registered": report.registered, "heldout": report.heldout_value,
             "summary": report.summary}
 

@@ -60,12 +60,13 @@ class MemoryGrid:
 
 @pytest.fixture(autouse=True)
 def server_identity():
-    """Flower sets the identity of the ServerApp process (run, node, task) before ``main`` runs; the
-    in-memory grid plays that part, so ``Message(...)`` can fill in its metadata."""
+    """Flower (>= 1.42) sets the identity of a ServerApp process (run, node, task) before ``main`` runs and
+    ``Message(...)`` reads it for the metadata of an instruction; in-process, the test plays that part."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 

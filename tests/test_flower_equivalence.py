@@ -72,6 +72,28 @@ def test_flower_fedavg_strategy_equals_core_fedavg(tracking):
         torch.testing.assert_close(result.meta[name], reference[name], rtol=1e-5, atol=1e-6)
 
 
+def test_dp_fedavg_rounds_on_flower_equal_in_process(tracking):
+    """DP-FedAvg (fed.dp_clip / fed.dp_noise) clips and noises on the Flower server exactly as in-process."""
+    config = {"vertical": "digits", "preset": "quick", "algorithm": "fomaml", "data": DATA, "seed": SEED,
+              "fed.rounds": 2, "fed.clients_per_round": 4, "fed.dp_clip": 0.5, "fed.dp_noise": 0.7,
+              "flower.finish": False, "flower.eval_roles": ","}
+    result = simulate(config, num_nodes=13)
+    reference = in_process(config, rounds=2)
+    for name in reference:
+        torch.testing.assert_close(result.meta[name], reference[name], rtol=1e-5, atol=1e-6)
+    plain = in_process({**config, "fed.dp_noise": 0.0}, rounds=2)
+    assert any(not torch.allclose(plain[k], reference[k]) for k in reference)  # the noise is really there
+
+
+def test_dp_fedavg_needs_the_core_rule_without_secagg():
+    from pipelines.config import ConfigError
+
+    config = {"vertical": "digits", "preset": "quick", "data": DATA, "fed.dp_clip": 0.5, "fed.dp_noise": 1.0}
+    for flower in ({"flower.secagg": True}, {"flower.strategy": "fedavg"}):
+        with pytest.raises(ConfigError, match="needs flower.strategy=core without flower.secagg"):
+            resolve_run({**config, **flower})
+
+
 def test_update_checks_name_the_problem():
     from flwr.app import ArrayRecord
 
@@ -104,12 +126,15 @@ def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):
     from pipelines.federate_server import finish_federated_run
 
     config = {"vertical": "digits", "preset": "quick", "algorithm": "fedavg", "data": DATA, "seed": SEED,
-              "fed.rounds": 2, "eval.shots": [1], "eval.steps": [0, 1], "eval.draws": 1, "eval.select_draws": 1}
+              "fed.rounds": 2, "eval.shots": [1], "eval.steps": [0, 1], "eval.draws": 1, "eval.select_draws": 1,
+              "fed.dp_clip": 5.0, "fed.dp_noise": 1.0}
     run = resolve_run(config)
     meta = in_process(config, rounds=2)
+    rounds = [types.SimpleNamespace(applied=True), types.SimpleNamespace(applied=True)]
     fml_tracking.setup_tracking()
     with mlflow.start_run(experiment_id=fml_tracking.ensure_experiment("flower-finish")) as active:
-        out = finish_federated_run(run, types.SimpleNamespace(meta=meta), types.SimpleNamespace(run_id=active.info.run_id))
+        out = finish_federated_run(run, types.SimpleNamespace(meta=meta, rounds=rounds),
+                                   types.SimpleNamespace(run_id=active.info.run_id))
     logged = mlflow.get_run(active.info.run_id)
     assert "test/accuracy/fedavg-ft/shots1_steps1" in logged.data.metrics
     assert "test/accuracy/fedavg/shots1_steps0" in logged.data.metrics
@@ -118,5 +143,7 @@ def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):
     assert out["registered"]["name"] == "fml-digits" and out["registered"]["alias"] == "champion"
     loaded = fml_tracking.load_meta_init(out["model_uri"])
     assert loaded.info["engine"] == "flower" and loaded.info["algorithm"] == "fedavg+ft"
+    epsilon = logged.data.metrics["privacy/epsilon_fedavg"]  # 2 DP rounds of 10 sites out of 12
+    assert 0 < epsilon < float("inf") and loaded.info["privacy"]["epsilon"] == pytest.approx(epsilon)
     for name, value in meta.items():
         torch.testing.assert_close(loaded.meta[name], value)

@@ -113,7 +113,8 @@ class FederationDriver:
             time.sleep(1.0)
         meta = R.record_to_params(init)
         self.expected = R.shapes_of(meta)
-        self.rule = CoreRule(meta, self.run.fed, self.run.server) if self.settings.secagg else make_rule(self.run, meta)
+        self.rule = (CoreRule(meta, self.run.fed, self.run.server, self.run.seed) if self.settings.secagg
+                     else make_rule(self.run, meta))
         self.event(kind="run_started", nodes=len(self.roster.nodes), train_nodes=len(pool),
                    strategy=self.settings.strategy, secagg=self.settings.secagg)
         return meta

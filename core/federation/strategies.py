@@ -34,28 +34,34 @@ class CoreRule:
 
     reply = "direction"
 
-    def __init__(self, meta, fed: Any, server: Any) -> None:
+    def __init__(self, meta, fed: Any, server: Any, seed: int) -> None:
         import torch
         from torch import nn
 
         from core.server import make_server_optimizer
 
-        self.fed = fed
+        self.fed, self.seed = fed, seed
         self.params = {k: nn.Parameter(v.detach().clone()) for k, v in meta.items()}
         self.optimizer: torch.optim.Optimizer = make_server_optimizer(server.optimizer, self.params.values(), server.lr)
 
     def meta(self):
         return {k: p.detach().clone() for k, p in self.params.items()}
 
-    def aggregate(self, accepted: Sequence[Accepted]):
-        """The aggregated direction of ``accepted`` (in the order given: keep the sampled order)."""
+    def aggregate(self, server_round: int, accepted: Sequence[Accepted]):
+        """The aggregated direction of ``accepted`` (in the order given: keep the sampled order); with
+        ``fed.dp_clip`` the DP-FedAvg mean of ``MetaLearner.run_round`` (same clip, same seeded noise)."""
         import torch
 
         from core.aggregation import aggregate, client_weights
         from core.federation.records import NUM_EXAMPLES, record_to_params
+        from core.privacy import clip_by_norm, noisy_mean
+        from core.tasks import round_generator
 
         directions = [record_to_params(a.record) for a in accepted]
         stacked = {k: torch.stack([d[k] for d in directions]) for k in directions[0]}
+        if self.fed.dp_clip > 0:
+            return noisy_mean(clip_by_norm(stacked, self.fed.dp_clip), self.fed.clients_per_round, self.fed.dp_noise,
+                              self.fed.dp_clip, round_generator(self.seed, server_round - 1, salt=2))
         sizes = [int(a.metrics[NUM_EXAMPLES]) for a in accepted]
         return aggregate(stacked, client_weights(sizes, self.fed.weighting), self.fed.aggregation)
 
@@ -68,7 +74,7 @@ class CoreRule:
         self.optimizer.step()
 
     def apply(self, server_round: int, accepted: Sequence[Accepted]) -> None:
-        self.step(self.aggregate(accepted))
+        self.step(self.aggregate(server_round, accepted))
 
 
 class _FixedNodes:
@@ -139,7 +145,7 @@ def make_rule(run: Any, meta) -> CoreRule | FlowerRule:
     """The server rule of ``run.flower.strategy`` (``core`` or a registered Flower strategy)."""
     name = run.flower.strategy
     if name == "core":
-        return CoreRule(meta, run.fed, run.server)
+        return CoreRule(meta, run.fed, run.server, run.seed)
     if not FLOWER_STRATEGIES.names():
         _register_flower_strategies()
     if name not in FLOWER_STRATEGIES:
