@@ -5,7 +5,7 @@ pure functions registered by name; robust and private rules plug in here.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -72,3 +72,17 @@ def stack_updates(updates: Sequence[ClientUpdate]) -> tuple[Params, Tensor]:
             raise ValueError(f"client {u.client_id!r} sent parameters {sorted(u.direction)}; expected {sorted(keys)}")
     stacked = {k: torch.stack([u.direction[k] for u in updates]) for k in keys}
     return stacked, torch.tensor([u.num_examples for u in updates])
+
+
+def aggregate_round(stacked: Params, num_examples: Sequence[int] | Tensor, fed: Any, seed: int,
+                    round_index: int) -> Params:
+    """The server direction of round ``round_index`` under ``fed`` (a ``FederatedConfig``), shared by the
+    in-process learner and the Flower core rule: DP-FedAvg's clipped, noised mean (noise seeded by
+    (seed, round)) when ``fed.dp_clip`` is set, else ``fed.aggregation`` with ``fed.weighting``."""
+    if fed.dp_clip > 0:
+        from core.privacy import clip_by_norm, noisy_mean
+        from core.tasks import round_generator
+
+        return noisy_mean(clip_by_norm(stacked, fed.dp_clip), fed.clients_per_round, fed.dp_noise, fed.dp_clip,
+                          round_generator(seed, round_index, salt=2))
+    return aggregate(stacked, client_weights(num_examples, fed.weighting), fed.aggregation)

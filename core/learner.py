@@ -14,11 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.aggregation import aggregate, client_weights
+from core.aggregation import aggregate_round
 from core.algorithms.base import InnerConfig, get_algorithm
 from core.config import FederatedConfig, ServerConfig
 from core.initialization import initial_model
-from core.privacy import clip_by_norm, noisy_mean
 from core.problem import Problem
 from core.rounds import client_updates
 from core.sampling import sample_clients
@@ -95,12 +94,7 @@ class MetaLearner(pl.LightningModule):
         meta = self.meta_params()
         episodes = [self.problem.train_episode(sid, meta, site_generator(self.seed, round_index, sid)) for sid in ids]
         result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize)
-        if self.fed.dp_clip > 0:  # DP-FedAvg: fixed denominator, noise seeded by (seed, round)
-            direction = noisy_mean(clip_by_norm(result.directions, self.fed.dp_clip), self.fed.clients_per_round,
-                                   self.fed.dp_noise, self.fed.dp_clip, round_generator(self.seed, round_index, salt=2))
-        else:
-            weights = client_weights(result.num_examples, self.fed.weighting)
-            direction = aggregate(result.directions, weights, self.fed.aggregation)
+        direction = aggregate_round(result.directions, result.num_examples, self.fed, self.seed, round_index)
         opt = self.optimizers()
         opt.zero_grad()
         set_direction_as_grad(self.named_meta_parameters(), direction)

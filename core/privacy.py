@@ -9,6 +9,7 @@ added to that mean. A site is the privacy unit: the guarantee covers everything 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -28,6 +29,12 @@ def noisy_mean(clipped: Params, clients_per_round: int, noise_multiplier: float,
     std = noise_multiplier * clip / clients_per_round
     return {k: v.sum(0) / clients_per_round + std * torch.randn(v.shape[1:], generator=gen, dtype=v.dtype)
             for k, v in clipped.items()}
+
+
+def run_epsilon(fed: Any, num_train_sites: int, rounds: int) -> float:
+    """Site-level epsilon after ``rounds`` rounds of a run with ``fed`` (a ``FederatedConfig``): sites
+    sampled at rate ``clients_per_round / num_train_sites``; ``inf`` without noise."""
+    return epsilon(rounds, fed.clients_per_round / num_train_sites, fed.dp_noise, fed.dp_delta)
 
 
 def epsilon(rounds: int, sampling_rate: float, noise_multiplier: float, delta: float) -> float:

@@ -93,7 +93,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     import torch
 
     from core.evaluation import Method
-    from core.privacy import epsilon
+    from core.privacy import run_epsilon
     from pipelines.run import dataset_fingerprint, environment_info, evaluate_and_register
 
     cfg = run.extra
@@ -114,9 +114,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     privacy = {}
     if cfg.fed.dp_noise > 0:  # every applied round spends privacy
         rounds = sum(1 for r in result.rounds if r.applied)
-        privacy = {run.algorithm: epsilon(rounds, cfg.fed.clients_per_round / len(problem.train_site_ids()),
-                                          cfg.fed.dp_noise, cfg.fed.dp_delta)}
-        mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
+        privacy = {run.algorithm: run_epsilon(cfg.fed, len(problem.train_site_ids()), rounds)}
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate_and_register(spec, problem, cfg, model, methods, candidates=[methods[-1].name],
                                        run_id=tracker.run_id, out=Path(tmp), progress=False,

@@ -27,7 +27,7 @@ from core.evaluation import (Method, evaluate_sites, paired_differences, select_
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
-from core.privacy import epsilon
+from core.privacy import run_epsilon
 from core.shift import site_shift_report
 from core.types import Params
 from core.vertical import VerticalSpec
@@ -142,7 +142,6 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         mlflow.log_metrics({f"time/train_seconds_{k}": v for k, v in train_seconds.items()})
         privacy = privacy_spent(problem, cfg.fed, learners)
         if privacy:
-            mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
             console.print("site-level DP (delta " + f"{cfg.fed.dp_delta:g}): " +
                           ", ".join(f"{k} epsilon {v:.2f}" for k, v in privacy.items()))
         # 4-7. adaptation settings, held-out sites, tables, registration
@@ -168,8 +167,8 @@ def privacy_spent(problem: Problem, fed: Any, learners: dict[str, MetaLearner]) 
     checkpoint); empty without DP noise."""
     if fed.dp_noise <= 0:
         return {}
-    rate = fed.clients_per_round / len(problem.train_site_ids())
-    return {name: epsilon(learner.global_step, rate, fed.dp_noise, fed.dp_delta) for name, learner in learners.items()}
+    sites = len(problem.train_site_ids())
+    return {name: run_epsilon(fed, sites, learner.global_step) for name, learner in learners.items()}
 
 
 @dataclass
@@ -241,6 +240,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), **extra_tags}
     if privacy:
+        mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
         info["privacy"] = {"epsilon": privacy[_trained_name(best.name)], "delta": cfg.fed.dp_delta,
                            "clip": cfg.fed.dp_clip, "noise_multiplier": cfg.fed.dp_noise, "unit": "site"}
         extra_tags = {**extra_tags, "dp_epsilon": f"{info['privacy']['epsilon']:.3f}"}

@@ -52,18 +52,13 @@ class CoreRule:
         ``fed.dp_clip`` the DP-FedAvg mean of ``MetaLearner.run_round`` (same clip, same seeded noise)."""
         import torch
 
-        from core.aggregation import aggregate, client_weights
+        from core.aggregation import aggregate_round
         from core.federation.records import NUM_EXAMPLES, record_to_params
-        from core.privacy import clip_by_norm, noisy_mean
-        from core.tasks import round_generator
 
         directions = [record_to_params(a.record) for a in accepted]
         stacked = {k: torch.stack([d[k] for d in directions]) for k in directions[0]}
-        if self.fed.dp_clip > 0:
-            return noisy_mean(clip_by_norm(stacked, self.fed.dp_clip), self.fed.clients_per_round, self.fed.dp_noise,
-                              self.fed.dp_clip, round_generator(self.seed, server_round - 1, salt=2))
         sizes = [int(a.metrics[NUM_EXAMPLES]) for a in accepted]
-        return aggregate(stacked, client_weights(sizes, self.fed.weighting), self.fed.aggregation)
+        return aggregate_round(stacked, sizes, self.fed, self.seed, server_round - 1)  # Flower rounds count from 1
 
     def step(self, direction) -> None:
         """Apply an aggregated direction as the meta-gradient (``set_direction_as_grad`` + optimizer step)."""
