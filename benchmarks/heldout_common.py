@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -27,14 +28,17 @@ class HeldoutFlags:
 
     preset: str = "quick"
     """Preset of verticals/<vertical>/presets (quick or full)."""
-    seed: int = 0
-    """Seed of the whole run (sites, roles, rounds, draws)."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    """Training seeds, one whole run each (roles, init, sampling, draws); tables pool seeds x draws, and the
+    last seed's registered model is onboarded."""
     store: Optional[str] = None
     """MLflow tracking URI (default: a temporary SQLite store, deleted afterwards)."""
     output_dir: str = "fml-output/bench"
     """Tables, plots and checkpoints of the run."""
     threads: int = 1
     """torch threads (the models are small: one thread is fastest, and robust on a shared machine)."""
+    json_out: Optional[str] = None
+    """Also write the closing JSON line to this file (``benchmarks/where_fml_helps.py`` reads such files)."""
 
 
 @dataclass
@@ -56,18 +60,27 @@ def temporary_store(name: str, store: Optional[str]) -> tempfile.TemporaryDirect
     return tmp
 
 
+#: A pooled draw number is ``seed * DRAWS_PER_SEED + draw``: pairing on (site, shots, steps, draw) then pairs
+#: the same draw of the same seed, and intervals run over seeds x draws.
+DRAWS_PER_SEED = 10_000
+
+
 @dataclass
 class HeldoutRun:
-    """A finished ``fml run``: what the benchmark onboards from and prints."""
+    """Finished ``fml run``s, one per seed: what the benchmark onboards from (the last) and prints (all)."""
 
     spec: VerticalSpec
     run_cfg: Any
-    """The run's configuration (preset plus the benchmark's overrides)."""
+    """The last run's configuration (preset plus the benchmark's overrides)."""
     result: RunResult
+    """The last seed's run."""
     rows: pd.DataFrame
-    """The run's ``evaluation_rows.parquet`` (site, method, shots, steps, draw, metric, value)."""
+    """Every run's ``evaluation_rows.parquet`` (site, method, shots, steps, draw, metric, value), with a
+    ``seed`` column and draws renumbered per seed (``DRAWS_PER_SEED``)."""
     seconds: float
-    """Wall time of the whole pipeline."""
+    """Wall time of the last pipeline."""
+    best_by_seed: dict[int, str] = dataclasses.field(default_factory=dict)
+    """The default each seed's run registered."""
 
     @property
     def train_seconds(self) -> dict[str, float]:
@@ -81,8 +94,8 @@ class HeldoutRun:
 
 
 def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
-    """``fml run <vertical>`` with the benchmark's seed, output folder, torch threads and experiment (and,
-    for ``ShortenableFlags``, its rounds and draws overrides), timed."""
+    """``fml run <vertical>`` once per seed of ``flags.seeds`` with the benchmark's output folder, torch
+    threads and experiment (and, for ``ShortenableFlags``, its rounds and draws overrides), timed."""
     import torch
 
     import verticals
@@ -92,26 +105,29 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
 
     verticals.load_all()
     spec = VERTICALS.get(vertical)
-    run_cfg = load_preset(spec, flags.preset)
-    run_cfg.seed, run_cfg.output_dir = flags.seed, flags.output_dir
     torch.set_num_threads(flags.threads)
-    if isinstance(flags, ShortenableFlags):  # the others keep the preset's run length
-        if flags.rounds is not None:
-            run_cfg.fed.rounds = flags.rounds
-        if flags.draws is not None:
-            run_cfg.eval.draws = flags.draws
-    run_cfg.tracking.experiment = f"fml-{vertical}-benchmark"
-    start = time.perf_counter()
-    result = run_pipeline(spec, run_cfg, progress=False)
-    seconds = time.perf_counter() - start
-    rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
-    return HeldoutRun(spec, run_cfg, result, rows, seconds)
-
+    parts, best = [], {}
+    for seed in flags.seeds:
+        run_cfg = load_preset(spec, flags.preset)
+        run_cfg.seed, run_cfg.output_dir = seed, str(Path(flags.output_dir) / f"seed{seed}")
+        if isinstance(flags, ShortenableFlags):  # the others keep the preset's run length
+            if flags.rounds is not None:
+                run_cfg.fed.rounds = flags.rounds
+            if flags.draws is not None:
+                run_cfg.eval.draws = flags.draws
+        run_cfg.tracking.experiment = f"fml-{vertical}-benchmark"
+        start = time.perf_counter()
+        result = run_pipeline(spec, run_cfg, progress=False)
+        seconds = time.perf_counter() - start
+        rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
+        parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
+        best[seed] = result.best_algorithm
+    return HeldoutRun(spec, run_cfg, result, pd.concat(parts, ignore_index=True), seconds, best)
 
 
 def timed_onboard(spec: VerticalSpec, **kwargs: Any) -> tuple[OnboardResult, float]:
     """``pipelines.onboard.onboard(spec, **kwargs)`` and the wall time of the whole call (registry load,
-    data, adaptation, logging); ``OnboardResult.seconds`` times adapt + score only."""
+    data, adaptation, logging); ``OnboardResult.seconds`` times the choice, adaptation and scoring only."""
     from pipelines.onboard import onboard
 
     start = time.perf_counter()
@@ -126,3 +142,23 @@ def timing_json(run: HeldoutRun, onboarded: OnboardResult, onboard_call_seconds:
     return {"train_seconds": round(sum(train.values()), 2), "train_seconds_by_algorithm": train,
             "pipeline_seconds": round(run.seconds, 2), "onboard_seconds": round(onboarded.seconds, 3),
             "onboard_call_seconds": round(onboard_call_seconds, 2)}
+
+
+def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
+    """The multi-seed fields of every vertical JSON: the seeds, each seed's registered default and how often
+    the ``auto`` row chose each candidate (all seeds, sites, shots and steps)."""
+    picks = run.rows[run.rows["method"] == "auto"].drop_duplicates(["site", "shots", "steps", "draw"])
+    counts = picks["choice"].value_counts().to_dict() if "choice" in picks else {}
+    return {"seeds": list(flags.seeds), "registered_default": {str(k): v for k, v in run.best_by_seed.items()},
+            "auto_choices": {str(k): int(v) for k, v in counts.items()}}
+
+
+def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:
+    """Print the closing JSON line (and write it to ``flags.json_out``)."""
+    import json
+
+    line = json.dumps(out)
+    if flags.json_out:
+        Path(flags.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(flags.json_out).write_text(line + "\n")
+    print(line)

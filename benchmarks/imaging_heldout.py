@@ -17,7 +17,6 @@ MLflow goes to a temporary store unless ``--store`` names one, so the benchmark 
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import pandas as pd
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import ShortenableFlags, run_heldout_pipeline, temporary_store, timed_onboard  # noqa: E402
+from heldout_common import ShortenableFlags, emit, run_heldout_pipeline, seeds_json, temporary_store, timed_onboard  # noqa: E402
 from heldout_tables import (by_steps, cell_table, diff_cells, json_paired, json_rows,  # noqa: E402
                             paired_by_pool, summarize)
 
@@ -51,6 +50,8 @@ class BenchConfig(ShortenableFlags):
     output_dir: str = "fml-output/bench-imaging"
     onboard_site: Optional[str] = None
     """Test clinic onboarded after the run (default: the last test clinic, the unseen-protocol one)."""
+    onboard_shots: int = 10
+    """Images per class the onboarded clinic adapts on (and chooses its starting point with)."""
     threads: int = 2
     """torch threads (BENCHMARKS.md figures use 2; use 1 on a machine shared with other jobs)."""
 
@@ -71,15 +72,15 @@ def main(cfg: BenchConfig) -> dict:
     problem = run.spec.prepare(run.run_cfg.data, run.run_cfg.seed)
     site_id = cfg.onboard_site or problem.federation.roles["test"][-1]
     npz = export_clinic(problem.federation.sites[site_id], Path(tmp.name) / f"{site_id}.npz")
-    onboarded, onboard_call_seconds = timed_onboard(run.spec, data=str(npz), site_id=site_id, seed=cfg.seed,
-                                                    overrides={"splits": ["train"]})
+    onboarded, onboard_call_seconds = timed_onboard(run.spec, data=str(npz), site_id=site_id, seed=cfg.seeds[-1],
+                                                    shots=cfg.onboard_shots, overrides={"splits": ["train"]})
     # 3. tables (a missing AUROC, e.g. a one-class query set, keeps its pool's cell NaN: skip_nan=False)
     rows = run.rows
     summary = summarize(rows, "auroc", **POOLS, skip_nan=False)
     pd.set_option("display.width", 220)
     pd.set_option("display.max_columns", 20)
     pd.set_option("display.max_rows", 500)
-    print(f"\nHeld-out AUROC [95% CI] by adaptation steps (preset {cfg.preset}, seed {cfg.seed})")
+    print(f"\nHeld-out AUROC [95% CI] by adaptation steps (preset {cfg.preset}, seeds {cfg.seeds})")
     print(cell_table(summary, index=TABLE_INDEX).to_string(index=False))
     diffs = paired_by_pool(rows, "auroc", **POOLS)
     if not diffs.empty:
@@ -94,10 +95,10 @@ def main(cfg: BenchConfig) -> dict:
     print(run.chosen.to_string(index=False))
     train = run.train_seconds
     print(f"\nwall times: meta-training {train} s; whole pipeline {run.seconds:.1f} s; onboarding clinic "
-          f"{site_id} (adapt + score) {onboarded.seconds:.2f} s, whole onboard call (registry load, data, "
+          f"{site_id} with {cfg.onboard_shots} shots (choice + adapt + score) {onboarded.seconds:.2f} s, whole onboard call (registry load, data, "
           f"logging) {onboard_call_seconds:.1f} s; onboarding AUROC {onboarded.before.get('auroc', float('nan')):.3f}"
-          f" -> {onboarded.after.get('auroc', float('nan')):.3f}; best on validation: {run.result.best_algorithm}")
-    out = {"vertical": "medical_imaging", "preset": cfg.preset, "rounds": run.run_cfg.fed.rounds,
+          f" -> {onboarded.after.get('auroc', float('nan')):.3f}; registered default by seed: {run.best_by_seed}")
+    out = {"vertical": "medical_imaging", "preset": cfg.preset, **seeds_json(run, cfg), "rounds": run.run_cfg.fed.rounds,
            "draws": run.run_cfg.eval.draws, "train_seconds": train,
            "pipeline_seconds": round(run.seconds, 2), "onboard_seconds": round(onboarded.seconds, 3),
            "headline_metric": "auroc", "rows": json_rows(summary, "clinics", digits=4),
@@ -107,4 +108,5 @@ def main(cfg: BenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(tyro.cli(BenchConfig))))
+    flags = tyro.cli(BenchConfig)
+    emit(main(flags), flags)

@@ -14,7 +14,6 @@ and extra threads only add overhead).
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ import pandas as pd
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import HeldoutFlags, run_heldout_pipeline, temporary_store, timed_onboard  # noqa: E402
-from heldout_tables import by_steps, cell_table, diff_cells, json_rows, paired_by_pool, summarize  # noqa: E402
+from heldout_common import HeldoutFlags, emit, run_heldout_pipeline, seeds_json, temporary_store, timed_onboard  # noqa: E402
+from heldout_tables import by_steps, cell_table, diff_cells, json_paired, json_rows, paired_by_pool, summarize  # noqa: E402
 
 
 def group_of(site: str) -> str:
@@ -51,13 +50,13 @@ def main(cfg: BenchConfig) -> dict:
     run = run_heldout_pipeline("robotics", cfg)
     # 2. onboarding one new robot from the registered meta-initialization
     onboarded, _ = timed_onboard(run.spec, data=None, site_id="bench-robot",
-                                 overrides={"robot": cfg.onboard_robot}, seed=cfg.seed)
+                                 overrides={"robot": cfg.onboard_robot}, seed=cfg.seeds[-1])
     # 3. tables (skip_nan=False: a missing return keeps its pool's cell NaN)
     rows = run.rows
     summary = summarize(rows, "return", **POOLS, skip_nan=False)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 20)
-    print(f"\nHeld-out mean return [95% CI] by adaptation steps (preset {cfg.preset}, seed {cfg.seed})")
+    print(f"\nHeld-out mean return [95% CI] by adaptation steps (preset {cfg.preset}, seeds {cfg.seeds})")
     print(cell_table(summary, digits=2, index=TABLE_INDEX).to_string(index=False))
     diffs = paired_by_pool(rows, "return", **POOLS)
     if not diffs.empty:
@@ -72,13 +71,15 @@ def main(cfg: BenchConfig) -> dict:
     print(run.chosen.to_string(index=False))
     train = run.train_seconds
     print(f"\nwall times: meta-training {train} s; whole pipeline {run.seconds:.1f} s; onboarding one robot "
-          f"(rollouts + adapt + score) {onboarded.seconds:.2f} s; best on validation: {run.result.best_algorithm}")
-    out = {"vertical": "robotics", "preset": cfg.preset, "train_seconds": train,
+          f"(rollouts + choice + adapt + score) {onboarded.seconds:.2f} s; registered default by seed: {run.best_by_seed}")
+    out = {"vertical": "robotics", "preset": cfg.preset, **seeds_json(run, cfg), "train_seconds": train,
            "pipeline_seconds": round(run.seconds, 2), "onboard_seconds": round(onboarded.seconds, 3),
-           "headline_metric": "return", "rows": json_rows(summary, "robots", digits=3)}
+           "headline_metric": "return", "rows": json_rows(summary, "robots", digits=3),
+           "paired_vs_fedavg_ft": json_paired(diffs, "robots", digits=3)}
     tmp.cleanup()
     return out
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(tyro.cli(BenchConfig))))
+    flags = tyro.cli(BenchConfig)
+    emit(main(flags), flags)

@@ -1,7 +1,7 @@
 """The ONE inner loop: used inside meta-training and at onboarding, so what is optimized is what is deployed."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -77,3 +77,26 @@ def adapt(
         else:
             current = {k: current[k] - (lrs[k] if lrs is not None else lr) * grads[k] for k in current}
     return current
+
+
+def adapt_trajectory(
+    loss_fn: LossFn,
+    params: Params,
+    support: Batch,
+    steps_grid: Sequence[int],
+    lr: float,
+    *,
+    lrs: Optional[Params] = None,
+    weight_decay: float = 0.0,
+    proximal: float = 0.0,
+) -> dict[int, Params]:
+    """Detached parameters after each steps count of ``steps_grid``: one :func:`adapt` trajectory (the
+    proximal term always pulls toward ``params``), so scoring 1, 5 and 10 steps costs 10 steps."""
+    out: dict[int, Params] = {}
+    current, done = params, 0
+    for s in sorted(set(steps_grid)):
+        current = adapt(loss_fn, current, support, s - done, lr, lrs=lrs, weight_decay=weight_decay,
+                        proximal=proximal, anchor=params)
+        current = {k: v.detach() for k, v in current.items()}
+        out[s], done = current, s
+    return out

@@ -71,6 +71,8 @@ class EvalConfig:
     """Shots used for the validation lr/steps search (default: middle of the shots grid)."""
     select_draws: int = 5
     """Draws per validation site in the lr/steps search."""
+    choice_folds: int = 5
+    """Most cross-validation folds of a site's support set when choosing its starting point (``auto``)."""
 
 
 @dataclass

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from core.adapt import adapt
+from core.adapt import adapt_trajectory
+from core.choice import Candidate, choose_per_steps
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
 from core.problem import FewShotTask, Problem
@@ -25,6 +26,8 @@ from core.tasks import Site
 from core.types import Batch, Params
 
 FML_BASELINES = ("local", "fedavg", "fedavg+ft")
+#: The tuned baseline every method is paired against, and the anchor of the per-site choice.
+BASELINE = "fedavg+ft"
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Method:
     best_steps: int = 0
     best_lr: float = 0.0
     selection_score: float = float("nan")
+    selection_draws: list[float] = field(default_factory=list)
+    """The headline of each validation (site, draw), in one order for every method, at (best_steps, best_lr)."""
 
     @property
     def params(self) -> Params:
@@ -68,14 +73,8 @@ def adapt_along(
     loss_fn, method: Method, support: Batch, steps_grid: Sequence[int], lr: float, inner: InnerConfig
 ) -> dict[int, Params]:
     """Adapted parameters after each steps count of ``steps_grid`` (one trajectory, same math as ``adapt``)."""
-    out: dict[int, Params] = {}
-    init, lrs = method.params, method.lrs
-    current, done = init, 0
-    for s in sorted(set(steps_grid)):
-        current = adapt(loss_fn, current, support, s - done, lr, lrs=lrs, anchor=init, **(method.inner or inner).adapt_kwargs())
-        current = {k: v.detach() for k, v in current.items()}
-        out[s], done = current, s
-    return out
+    return adapt_trajectory(loss_fn, method.params, support, steps_grid, lr, lrs=method.lrs,
+                            **(method.inner or inner).adapt_kwargs())
 
 
 def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[int], inner: InnerConfig,
@@ -134,9 +133,31 @@ def select_adaptation(
             method.lr_by_steps[s] = best_lr
         (best_s, best_lr) = max(means, key=lambda key: sign * means[key])
         method.best_steps, method.best_lr, method.selection_score = best_s, best_lr, means[(best_s, best_lr)]
+        method.selection_draws = totals[(best_s, best_lr)]
         records += [{"method": method.name, "steps": s, "lr": lr, "val_" + problem.headline: m,
                      "chosen": method.lr_by_steps.get(s) == lr} for (s, lr), m in sorted(means.items())]
     return pd.DataFrame.from_records(records)
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """The ``auto`` row of the protocol: on each draw, the onboarding choice among ``candidates`` (method
+    names) by cross-validation on that draw's support set only (:mod:`core.choice`): a candidate must beat
+    ``anchor`` on the site's folds; ``default`` is kept when the support is too small to split."""
+
+    candidates: tuple[str, ...]
+    default: str
+    anchor: str
+    max_folds: int = 5
+
+
+def method_candidate(method: Method, inner: InnerConfig) -> Candidate:
+    """``method`` as a starting point of the per-site choice, with its validation-chosen step sizes."""
+    return Candidate(method.name, method.params, _lr_for(method), method.lrs, (method.inner or inner).adapt_kwargs())
+
+
+def _lr_for(method: Method) -> Callable[[int], float]:
+    return lambda s: method.lr_by_steps.get(s, method.best_lr or method.trained_lr or 0.0)
 
 
 def evaluate_sites(
@@ -160,13 +181,61 @@ def evaluate_sites(
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 for method in methods:
-                    lr_for = lambda s, m=method: m.lr_by_steps.get(s, m.best_lr or m.trained_lr or 0.0)  # noqa: E731
-                    for s, metrics in _score_method(loss_fn, method, task, steps_grid, inner, lr_for).items():
-                        records += [{"site": site.site_id, "method": method.name, "shots": k, "steps": s,
-                                     "draw": d, "metric": name, "value": float(v)} for name, v in metrics.items()]
+                    records += _records(site.site_id, method.name, k, d,
+                                        _score_method(loss_fn, method, task, steps_grid, inner, _lr_for(method)))
                 if progress is not None:
                     progress()
     return pd.DataFrame.from_records(records)
+
+
+def evaluate_auto(
+    problem: Problem,
+    model: nn.Module,
+    methods: Sequence[Method],
+    sites: Sequence[Site],
+    rows: pd.DataFrame,
+    auto: AutoChoice,
+    *,
+    shots_grid: Sequence[int],
+    steps_grid: Sequence[int],
+    draws: int,
+    seed: int,
+    inner: InnerConfig,
+) -> pd.DataFrame:
+    """The ``auto`` rows of the draws of :func:`evaluate_sites` (same seed and grids): on each draw the
+    choice sees ONLY that draw's support folds; ``rows`` (the scores) are read afterwards, to copy the
+    chosen candidate's metrics. Column ``choice`` names the candidate."""
+    loss_fn = problem.loss_fn(model)
+    by_name = {m.name: m for m in methods}
+    candidates = [method_candidate(by_name[c], inner) for c in auto.candidates]
+    scored = rows.set_index(["site", "method", "shots", "steps", "draw"])
+    records = []
+    for i, site in enumerate(sites):
+        for k in shots_grid:
+            for d in range(draws):
+                task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
+                choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), steps_grid,
+                                           auto.default, auto.anchor, task.choice_criterion(loss_fn))
+                for s, choice in choices.items():
+                    chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
+                    records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,
+                                 "metric": m, "value": float(v), "choice": choice.name}
+                                for m, v in zip(chosen["metric"], chosen["value"])]
+    return pd.DataFrame.from_records(records)
+
+
+def _records(site: str, method: str, shots: int, draw: int, scores: dict[int, dict[str, float]]) -> list[dict]:
+    return [{"site": site, "method": method, "shots": shots, "steps": s, "draw": draw, "metric": name,
+             "value": float(v)} for s, metrics in scores.items() for name, v in metrics.items()]
+
+
+def choice_counts(rows: pd.DataFrame) -> pd.DataFrame:
+    """How often the ``auto`` row chose each candidate, per (site, shots, steps) and pooled (``ALL``)."""
+    if "choice" not in rows:
+        return pd.DataFrame(columns=["site", "shots", "steps", "choice", "draws"])
+    picks = rows[(rows["method"] == "auto")].drop_duplicates(["site", "shots", "steps", "draw"])
+    both = pd.concat([picks, picks.assign(site="ALL")])
+    return both.groupby(["site", "shots", "steps", "choice"]).size().rename("draws").reset_index()
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:

@@ -66,6 +66,8 @@ class MetaLearner(pl.LightningModule):
         self.loss_fn = problem.loss_fn(self.model)
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})
+        self.diverged_at: Optional[int] = None
+        """The round whose update became NaN/inf (meta-training stopped there), or None."""
         self._train_ids = problem.train_site_ids()
         self._sizes = [problem.site_size(s) for s in self._train_ids]
 
@@ -104,13 +106,17 @@ class MetaLearner(pl.LightningModule):
         return logs
 
     def training_step(self, batch, batch_idx):
+        before = {k: v.clone() for k, v in self.meta_params().items()}
         logs = self.run_round(self.global_step)
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
         if any(not torch.isfinite(p).all() for p in self.named_meta_parameters().values()):
-            raise FloatingPointError(
-                f"meta-parameters became NaN/inf at round {self.global_step} ({self.algorithm.name}); "
-                "lower the server or inner learning rate"
-            )
+            # A diverged round ends meta-training with the last finite parameters (the best validation
+            # checkpoint, when there is one, is restored after fit) instead of losing the whole run.
+            with torch.no_grad():
+                for k, p in self.named_meta_parameters().items():
+                    p.copy_(before[k])
+            self.diverged_at = int(self.global_step)
+            self.trainer.should_stop = True
 
     def validation_step(self, batch, batch_idx):
         if self.validate_fn is None:

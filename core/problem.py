@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
 from core.tasks import EpisodeSpec, Federation, Site, sample_episode, split_indices
 from core.types import Batch, Episode, LossFn, Params
 
@@ -34,6 +35,16 @@ class FewShotTask(ABC):
     @abstractmethod
     def score(self, params: Params) -> dict[str, float]:
         """Metrics of ``params`` on the held-out part of the site."""
+
+    def support_folds(self, max_folds: int) -> Optional[Folds]:
+        """Cross-validation folds of the labelled support set (for the per-site choice of a starting
+        point, :mod:`core.choice`), or None when the task's support cannot be split (too few examples,
+        or a support the policy produces itself, as in RL). Never touches the scored rows."""
+        return None
+
+    def choice_criterion(self, loss_fn: LossFn) -> Criterion:
+        """How the per-site choice scores a held-out unit of the support (default: its training loss)."""
+        return unit_loss(loss_fn)
 
 
 class Problem(ABC):
@@ -111,9 +122,22 @@ class SupervisedFewShotTask(FewShotTask):
     heldout: Batch
     metrics: MetricFn
     eval_batch_size: int = 4096
+    stratified: bool = True
+    """Folds stratified by the support's class labels (classification); rows are the units."""
+    ranked: bool = False
+    """Binary task ranked by AUROC / PR-AUC: the choice compares candidates by a pairwise ranking loss."""
 
     def support(self, params: Params) -> Batch:
         return self.support_batch
+
+    def support_folds(self, max_folds: int) -> Optional[Folds]:
+        strata = self.support_batch[1] if self.stratified else None
+        return split_support(self.support_batch, None, strata, max_folds)
+
+    def choice_criterion(self, loss_fn: LossFn) -> Criterion:
+        if not self.ranked:
+            return unit_loss(loss_fn)
+        return pairwise_ranking(lambda params, x: functional_call(self.model, params, (x,)).reshape(-1))
 
     def score(self, params: Params) -> dict[str, float]:
         return self.metrics(predict_batched(self.model, params, self.heldout[0], self.eval_batch_size), self.heldout[1])
@@ -135,6 +159,7 @@ class SupervisedProblem(Problem):
         higher_is_better: direction of ``headline``.
         preprocessing: JSON-serializable state saved with the model.
         site_specific: parameters meta-learners start at zero (see :class:`Problem`).
+        ranked: binary task ranked by AUROC / PR-AUC (the per-site choice compares rankings).
     """
 
     federation: Federation
@@ -148,6 +173,8 @@ class SupervisedProblem(Problem):
     higher_is_better: bool = True
     preprocessing: dict[str, Any] = field(default_factory=dict)
     site_specific: tuple[str, ...] = ()
+    ranked: bool = False
+    """A binary task whose headline ranks (AUROC, PR-AUC): see :attr:`SupervisedFewShotTask.ranked`."""
 
     def make_model(self) -> nn.Module:
         return self.model_factory()
@@ -162,7 +189,8 @@ class SupervisedProblem(Problem):
         spec = EpisodeSpec(shots=shots, query=None, by=self.eval_by, num_classes=self.num_classes)  # type: ignore[arg-type]
         sup, rest = split_indices(site, spec, gen)
         return SupervisedFewShotTask(model, site.site_id, shots, (site.x[sup], site.y[sup]),
-                                     (site.x[rest], site.y[rest]), self.metrics)
+                                     (site.x[rest], site.y[rest]), self.metrics, stratified=self.eval_by == "class",
+                                     ranked=self.ranked)
 
     def input_example(self) -> Tensor:
         site = next(iter(self.federation.sites.values()))

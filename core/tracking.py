@@ -6,7 +6,9 @@ overrides it (e.g. a team server started with ``mlflow/serve.sh``).
 
 A meta-initialization is an ``mlflow.pytorch`` model with signature and input example, plus
 ``extra_files/fml.json`` (vertical, algorithm, chosen adaptation settings, preprocessing) and, for
-Meta-SGD, ``extra_files/inner_lrs.pt``. Loading needs only the registry.
+Meta-SGD, ``extra_files/inner_lrs.pt``. A run's model is a small BUNDLE: the model itself is the
+default candidate and ``extra_files/candidates.pt`` holds the other starting points a new site chooses
+among (their recipes are in ``fml.json``). Loading needs only the registry.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +32,7 @@ from core.types import Params
 
 META_FILE = "fml.json"
 LRS_FILE = "inner_lrs.pt"
+CANDIDATES_FILE = "candidates.pt"
 
 
 class RegistryError(RuntimeError):
@@ -76,8 +80,9 @@ def ensure_experiment(name: str) -> str:
 
 
 def log_meta_init(model: nn.Module, meta: Params, info: dict[str, Any], input_example: torch.Tensor,
-                  name: str = "meta_init") -> str:
-    """Log ``model`` carrying ``meta`` as an MLflow model in the active run; returns its model URI."""
+                  name: str = "meta_init", others: Optional[dict[str, Params]] = None) -> str:
+    """Log ``model`` carrying ``meta`` as an MLflow model in the active run; returns its model URI.
+    ``others`` (candidate name -> meta-parameters) are stored beside it as the bundle's other candidates."""
     model = _with_params(model, meta)
     with torch.no_grad():
         out = model(input_example)
@@ -89,6 +94,9 @@ def log_meta_init(model: nn.Module, meta: Params, info: dict[str, Any], input_ex
         if lrs:
             torch.save(lrs, Path(tmp) / LRS_FILE)
             files.append(Path(tmp) / LRS_FILE)
+        if others:
+            torch.save({n: {k: v.detach() for k, v in p.items()} for n, p in others.items()}, Path(tmp) / CANDIDATES_FILE)
+            files.append(Path(tmp) / CANDIDATES_FILE)
         model_info = mlflow.pytorch.log_model(
             model, name=name, signature=signature, input_example=input_example.numpy(),
             extra_files=[str(f) for f in files],
@@ -108,12 +116,18 @@ def _with_params(model: nn.Module, meta: Params) -> nn.Module:
 
 @dataclass
 class LoadedModel:
+    """A downloaded model. ``candidates`` maps every starting point of the bundle (the default
+    ``info["algorithm"]`` included) to its meta-parameters."""
+
     model: nn.Module
     meta: Params
     info: dict[str, Any]
     name: Optional[str]
     version: Optional[str]
     uri: str
+    candidates: dict[str, Params]
+    size_bytes: int
+    load_seconds: float
 
 
 def resolve_version(uri: str) -> tuple[Optional[str], Optional[str]]:
@@ -145,6 +159,7 @@ def resolve_version(uri: str) -> tuple[Optional[str], Optional[str]]:
 
 def load_meta_init(uri: str) -> LoadedModel:
     """Download a logged meta-initialization (or personalized model) with its FML metadata."""
+    start = time.perf_counter()
     name, version = resolve_version(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
@@ -156,7 +171,12 @@ def load_meta_init(uri: str) -> LoadedModel:
     lrs_path = local / "extra_files" / LRS_FILE
     if lrs_path.exists():
         meta.update({f"inner_lr/{k}": v for k, v in torch.load(lrs_path, weights_only=True).items()})
-    return LoadedModel(model, meta, info, name, version, uri)
+    candidates = {str(info.get("algorithm", "default")): meta}
+    others_path = local / "extra_files" / CANDIDATES_FILE
+    if others_path.exists():
+        candidates.update(torch.load(others_path, weights_only=True))
+    size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+    return LoadedModel(model, meta, info, name, version, uri, candidates, size, time.perf_counter() - start)
 
 
 def register(model_uri: str, name: str, tags: dict[str, Any], headline: str, value: float,
@@ -212,6 +232,8 @@ def list_models(prefix: str = "fml-") -> list[dict[str, Any]]:
         aliases = {v: a for a, v in (rm.aliases or {}).items()}
         for mv in client.search_model_versions(f"name='{rm.name}'"):
             out.append({"name": rm.name, "version": mv.version, "alias": aliases.get(mv.version, ""),
-                        "algorithm": mv.tags.get("algorithm", ""), "metric": mv.tags.get("headline_metric", ""),
-                        "value": _short(mv.tags.get("headline_value", "")), "site": mv.tags.get("site_id", "")})
+                        "algorithm": mv.tags.get("algorithm", ""), "candidates": mv.tags.get("candidates", ""),
+                        "metric": mv.tags.get("headline_metric", ""),
+                        "value": _short(mv.tags.get("headline_value", "")), "site": mv.tags.get("site_id", ""),
+                        "size_mb": mv.tags.get("bundle_mb", ""), "load_s": mv.tags.get("load_seconds", "")})
     return sorted(out, key=lambda r: (r["name"], -int(r["version"])))

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.tasks import Federation, Site, SiteDataError
+from core.tasks import Federation, Site, SiteDataError, site_seed
 from data_adapters.cmapss_features import (
     assign_conditions,
     combine_moments,
@@ -330,7 +330,7 @@ def load_new_fleet_site(cfg: CmapssConfig, preprocessing: dict, site_id: Optiona
     else:
         frame = fleet.frame
     sid = site_id or str(names[0])
-    rng = np.random.default_rng(int.from_bytes(sid.encode()[:8].ljust(8, b"\0"), "little"))  # seeded by site id
+    rng = np.random.default_rng(site_seed(sid))
     prep = {**preprocessing, "short_units": cfg.short_units}
     return frame_to_site(sid, frame, prep, where=str(cfg.path), truncated=fleet.truncated,
                          eval_cut=cfg.eval_cut, rng=rng, metadata={"source": fleet.source, "simulated": False})

@@ -92,6 +92,8 @@ def cmd_onboard(argv: Sequence[str]) -> int:
     parser.add_argument("--shots", type=int, help="labelled examples per class / units adapted on (default: recorded)")
     parser.add_argument("--steps", type=int, help="adaptation steps (default: chosen on validation sites)")
     parser.add_argument("--lr", type=float, help="adaptation step size (default: chosen on validation sites)")
+    parser.add_argument("--candidate", help="use this starting point of the registered bundle (default: chosen per "
+                                            "site by cross-validation on its support set)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the support draw")
     parser.add_argument("--register", action="store_true", help="register as fml-<vertical>-site-<id>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -111,7 +113,7 @@ def cmd_onboard(argv: Sequence[str]) -> int:
     from pipelines.onboard import onboard
 
     onboard(spec or _spec(args.vertical), data=args.data, site_id=args.site, model_uri=args.model,
-            shots=args.shots, steps=args.steps, lr=args.lr, register=args.register, seed=args.seed,
+            shots=args.shots, steps=args.steps, lr=args.lr, candidate=args.candidate, register=args.register, seed=args.seed,
             overrides=overrides)
     return 0
 

@@ -1,12 +1,15 @@
-"""``fml onboard <vertical>``: registry meta-init -> adapt on a new site's few labels -> personalized model.
+"""``fml onboard <vertical>``: registry bundle -> per-site choice -> adapt on a new site's few labels ->
+personalized model.
 
-Works in a fresh process with only the registry: the model, its preprocessing and the adaptation
-settings chosen on validation sites all come from the registered version.
+Works in a fresh process with only the registry: the candidates (the best FML initialization and the
+FedAvg model), their preprocessing and the adaptation settings chosen on validation sites all come from
+the registered version. The site's own support set chooses among the candidates (``core.choice``).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,8 @@ import torch
 from core import tracking
 from core.adapt import adapt
 from core.algorithms.base import InnerConfig, split_meta
-from core.evaluation import task_generator
+from core.choice import Candidate, SiteChoice, choose_candidate
+from core.evaluation import BASELINE, task_generator
 from core.tasks import SiteDataError
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame
@@ -33,6 +37,8 @@ class OnboardResult:
     run_id: str
     registered: Optional[dict[str, str]]
     seconds: float
+    choice: SiteChoice
+    """The candidate used, with the cross-validation estimate of every candidate."""
 
 
 def _hash_file(path: Optional[str]) -> str:
@@ -50,11 +56,13 @@ def onboard(
     shots: Optional[int] = None,
     steps: Optional[int] = None,
     lr: Optional[float] = None,
+    candidate: Optional[str] = None,
     register: bool = False,
     seed: int = 0,
     overrides: Optional[dict[str, Any]] = None,
 ) -> OnboardResult:
-    """Adapt the registered meta-initialization to one new site and log the personalized model."""
+    """Choose the new site's starting point among the registered bundle by cross-validation on its support
+    set (or take ``candidate``), adapt it, score the site's other labelled rows, log the personalized model."""
     tracking.setup_tracking()
     model_uri = model_uri or f"models:/fml-{spec.name}@champion"
     loaded = tracking.load_meta_init(model_uri)
@@ -76,28 +84,42 @@ def onboard(
     _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))
     steps = steps if steps is not None else int(info.get("adapt_steps", 5))
-    lr = lr if lr is not None else float(info.get("adapt_lr", 0.05))
     start = time.perf_counter()
     model = loaded.model
     task = problem.few_shot_task(model, site, shots, task_generator(seed, 0, shots, 0))
-    params, lrs = split_meta(loaded.meta)
-    inner = InnerConfig(**{k: v for k, v in info.get("inner", {}).items() if k in {"weight_decay", "proximal"}})
-    support = task.support(params)
+    candidates = bundle_candidates(loaded, lr)
+    default = str(info.get("algorithm", "default"))
+    if candidate is not None:
+        if candidate not in candidates:
+            raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}")
+        choice = SiteChoice(candidate, {}, 0, "forced with --candidate")
+    else:
+        anchor = BASELINE if BASELINE in candidates else default
+        loss_fn = problem.loss_fn(model)
+        choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
+                                  steps, default, anchor, task.choice_criterion(loss_fn))
+    chosen = candidates[choice.name]
+    used_lr = chosen.lr_for(steps)
+    support = task.support(chosen.params)
     with torch.enable_grad():
-        adapted = adapt(problem.loss_fn(model), params, support, steps, lr, lrs=lrs, **inner.adapt_kwargs())
+        adapted = adapt(problem.loss_fn(model), chosen.params, support, steps, used_lr, lrs=chosen.lrs,
+                        **dict(chosen.adapt_kwargs))
     adapted = {k: v.detach() for k, v in adapted.items()}
-    before, after = task.score(params), task.score(adapted)
+    before, after = task.score(chosen.params), task.score(adapted)
     seconds = time.perf_counter() - start
     # log the personalized model with its lineage
     exp_id = tracking.ensure_experiment(f"fml-{spec.name}-onboarding")
     lineage = {"source_model": loaded.name or model_uri, "source_version": loaded.version or "",
-               "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": lr,
-               "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": info.get("algorithm", "")}
+               "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": used_lr,
+               "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
+               "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
+               "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()})}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{site.site_id}") as run:
         mlflow.set_tags(lineage)
         mlflow.log_metrics({**{f"before/{k}": v for k, v in before.items()},
                             **{f"after/{k}": v for k, v in after.items()}, "time/onboard_seconds": seconds})
-        personal_info = {**info, "personalized_from": lineage, "before": before, "after": after}
+        personal_info = {**info, "algorithm": choice.name, "candidates": {}, "personalized_from": lineage,
+                         "before": before, "after": after}
         uri = tracking.log_meta_init(model, adapted, personal_info, problem.input_example(), name="personalized")
         registered = None
         if register:
@@ -107,9 +129,29 @@ def onboard(
                                                        float(after.get(headline, float("nan"))),
                                                        bool(info.get("higher_is_better", True)))
             registered = {"name": name, "version": version, "alias": alias}
-    result = OnboardResult(site.site_id, before, after, uri, run.info.run_id, registered, seconds)
+    result = OnboardResult(site.site_id, before, after, uri, run.info.run_id, registered, seconds, choice)
     _print(result, lineage)
     return result
+
+
+def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float]) -> dict[str, Candidate]:
+    """The registered bundle as candidates with their validation-chosen recipes (``lr`` overrides every
+    step size). A model registered before bundles existed is one candidate with its recorded recipe."""
+    info = loaded.info
+    recipes = info.get("candidates") or {str(info.get("algorithm", "default")): {
+        "lr_by_steps": {}, "best_lr": float(info.get("adapt_lr", 0.05)), "inner": info.get("inner", {})}}
+    out = {}
+    for name, recipe in recipes.items():
+        if name not in loaded.candidates:
+            raise tracking.RegistryError(f"{loaded.uri}: fml.json names candidate {name!r} but the bundle has no "
+                                         f"parameters for it (has {sorted(loaded.candidates)})")
+        params, lrs = split_meta(loaded.candidates[name])
+        by_steps = {int(k): float(v) for k, v in recipe.get("lr_by_steps", {}).items()}
+        best_lr = float(recipe.get("best_lr", 0.05))
+        lr_for = (lambda s, b=by_steps, d=best_lr: b.get(s, d)) if lr is None else (lambda s: float(lr))
+        inner = InnerConfig(**{k: v for k, v in recipe.get("inner", {}).items() if k in {"weight_decay", "proximal"}})
+        out[name] = Candidate(name, params, lr_for, lrs, inner.adapt_kwargs())
+    return out
 
 
 def _check_labels_known(model: torch.nn.Module, problem, site) -> None:
@@ -128,11 +170,21 @@ def _check_labels_known(model: torch.nn.Module, problem, site) -> None:
 def _print(result: OnboardResult, lineage: dict) -> None:
     import pandas as pd
 
+    choice = result.choice
+    if choice.estimates:
+        est = pd.DataFrame({"candidate": list(choice.estimates),
+                            "cross-validated loss (lower is better)": list(choice.estimates.values())})
+        est["chosen"] = est["candidate"].eq(choice.name).map({True: "<-", False: ""})
+        print_frame(est, "Starting point chosen on the site's own support")
+        console.print(f"chose {choice.name}: {choice.reason}")
+    else:
+        console.print(f"starting point: {choice.name} ({choice.reason})")
     keys = sorted(set(result.before) | set(result.after))
-    df = pd.DataFrame({"metric": keys, "before (meta-init)": [result.before.get(k) for k in keys],
+    df = pd.DataFrame({"metric": keys, "before (start)": [result.before.get(k) for k in keys],
                        "after adaptation": [result.after.get(k) for k in keys]})
-    print_frame(df, f"Site {result.site_id}: {lineage['shots']} shots, {lineage['adapt_steps']} steps at lr "
-                    f"{lineage['adapt_lr']:.3g} (from {lineage['source_model']} v{lineage['source_version']})")
+    print_frame(df, f"Site {result.site_id}: {choice.name} adapted on {lineage['shots']} shots, "
+                    f"{lineage['adapt_steps']} steps at lr {lineage['adapt_lr']:.3g} "
+                    f"(from {lineage['source_model']} v{lineage['source_version']})")
     console.print(f"personalized model: {result.model_uri} (run {result.run_id}), {result.seconds:.2f} s")
     if result.registered:
         console.print(f"registered {result.registered['name']} v{result.registered['version']}")

@@ -2,7 +2,9 @@
 
 Stages: 1 load and validate data, 2 site-shift report, 3 train FedAvg and each FML algorithm
 (one Lightning ``Trainer.fit`` each), 4 choose adaptation settings on validation sites, 5 score test
-sites, 6 tables and plots, 7 register the best meta-initialization (chosen on VALIDATION sites).
+sites (with the ``auto`` row: the onboarding choice per draw), 6 tables and plots, 7 register a bundle of
+starting points -- the tuned FedAvg baseline and the best FML algorithm -- whose default is chosen on
+VALIDATION sites; a new site chooses among them at onboarding (``core.choice``).
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from pytorch_lightning.loggers import MLFlowLogger
 from core import tracking
 from core.algorithms.base import get_algorithm
 from core.config import algorithm_settings, check_algorithm_overrides, flatten, to_plain
-from core.evaluation import (Method, evaluate_sites, paired_differences, select_adaptation, summarize,
-                             validation_fn)
+from core.choice import clearly_better
+from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
+                             paired_differences, select_adaptation, summarize, validation_fn)
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
@@ -139,6 +142,11 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             warm = learners["fedavg"].meta_params() if cfg.warm_start and name != "fedavg" else None
             learners[name] = train_one(problem, name, cfg, run_id, out, progress, warm)
             train_seconds[name] = time.perf_counter() - start
+            if learners[name].diverged_at is not None:
+                console.print(f"[bold yellow]{name}: the update of round {learners[name].diverged_at} was NaN/inf; "
+                              "meta-training stopped there and keeps the best validated (or last finite) "
+                              "parameters. Lower the server or inner learning rate.[/]")
+                mlflow.set_tag(f"diverged_round.{name}", learners[name].diverged_at)
         mlflow.log_metrics({f"time/train_seconds_{k}": v for k, v in train_seconds.items()})
         privacy = privacy_spent(problem, cfg.fed, learners)
         if privacy:
@@ -156,7 +164,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
               for a in algorithms],
         ]
         report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods,
-                                       candidates=algorithms or ["fedavg+ft"], run_id=run_id, out=out,
+                                       candidates=["fedavg+ft", *algorithms], run_id=run_id, out=out,
                                        progress=progress, privacy=privacy)
         return RunResult(run_id, report.summary, report.paired, report.selection, report.registered, train_seconds,
                          out, report.best.name)
@@ -182,15 +190,66 @@ class HeldoutReport:
     registered: Optional[dict[str, Any]]
 
 
+def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bool,
+              size: int = 3) -> tuple[list[Method], str]:
+    """The starting points a registered model carries, default first, and why that default: the tuned FedAvg
+    baseline (when it is a candidate) unless the best method on validation sites beats it there clearly
+    (one-sided 90% paired-t bound over the (site, draw) pairs, :func:`core.choice.clearly_better`); then
+    the best FML algorithm, at most ``size`` in all."""
+    sign = 1 if higher_is_better else -1
+    ranked = sorted((m for m in methods if m.name in candidates), key=lambda m: -sign * m.selection_score)
+    if not ranked:
+        raise ValueError(f"none of the candidates {candidates} is among the evaluated methods")
+    baseline = next((m for m in ranked if m.name == BASELINE), None)
+    leader, reason = ranked[0], "best on validation sites"
+    if baseline is not None and leader is not baseline:
+        gains = [sign * (a - b) for a, b in zip(leader.selection_draws, baseline.selection_draws)]
+        if clearly_better(gains):
+            reason = f"best on validation sites, clearly ahead of {BASELINE} (one-sided 90% paired t bound)"
+        else:
+            reason = (f"{leader.name} led on validation sites ({leader.selection_score:.4g} vs "
+                      f"{baseline.selection_score:.4g}) but not clearly (one-sided 90% paired t bound over "
+                      f"{len(gains)} validation draws): {BASELINE} stays the default")
+            leader = baseline
+    rest = [m for m in ranked if m is not leader]
+    keep = [leader] + [m for m in rest if m.name == BASELINE] + [m for m in rest if m.name != BASELINE][:1]
+    return keep[:size], reason
+
+
+def candidate_recipes(bundle: list[Method], inner: Any) -> dict[str, dict[str, Any]]:
+    """The recipe of each bundled candidate, as saved in ``fml.json``."""
+    return {m.name: {"lr_by_steps": {str(s): lr for s, lr in m.lr_by_steps.items()}, "best_steps": m.best_steps,
+                     "best_lr": m.best_lr, "validation_score": m.selection_score,
+                     "inner": to_plain(m.inner or inner)} for m in bundle}
+
+
+def heldout_veto(paired: pd.DataFrame, default: Method, names: list[str], shots: int, higher_is_better: bool) -> str:
+    """Why the default must give way to the baseline ('' when it need not): the run's own held-out table
+    measured it as worse than ``fedavg+ft`` at the registration shots and its steps."""
+    if default.name == BASELINE or BASELINE not in names or paired.empty:
+        return ""
+    cell = paired[(paired["site"] == "ALL") & (paired["method"] == default.name) & (paired["shots"] == shots)
+                  & (paired["steps"] == default.best_steps)]
+    if cell.empty:
+        return ""
+    diff = float(cell["mean_diff"].iloc[0])
+    worse = diff < 0 if higher_is_better else diff > 0
+    if not worse:
+        return ""
+    return (f"{default.name} led on validation sites but measured {diff:+.4f} vs {BASELINE} on the held-out sites "
+            f"({shots} shots, {default.best_steps} steps): {BASELINE} is the registered default")
+
+
 def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model: torch.nn.Module,
                           methods: list[Method], *, candidates: list[str], run_id: str, out: Path,
                           progress: bool = True, extra_tags: Optional[dict[str, str]] = None,
                           privacy: Optional[dict[str, float]] = None) -> HeldoutReport:
     """Stages 4-7 of a run, inside its active MLflow run, shared by ``fml run`` and the Flower engine's
     finish hook: choose adaptation settings of every method on validation sites, score the test sites over
-    the shots x steps grid, write and log tables and plots, log the best of ``candidates`` (chosen on
-    VALIDATION sites) as the meta-initialization and register it. ``model`` gives the architecture;
-    ``privacy`` (method -> site-level epsilon) is recorded with the registered model."""
+    the shots x steps grid (with the ``auto`` row: the per-site choice among the bundled candidates), write
+    and log tables and plots, log the bundle -- the best of ``candidates`` on VALIDATION sites as the
+    default, with the runner-ups -- and register it. ``model`` gives the architecture; ``privacy`` (method ->
+    site-level epsilon) is recorded with the registered model."""
     # 4. adaptation settings on validation sites
     select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
     val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
@@ -200,62 +259,85 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     selection.to_csv(out / "adaptation_selection.csv", index=False)
     if not selection.empty:
         mlflow.log_table(selection, "adaptation_selection.json")
-    # 5. held-out test sites
+    bundle, default_reason = bundle_of(methods, candidates, problem.higher_is_better)
+    names = [m.name for m in bundle]
+    # 5. held-out test sites (the auto row sees only each draw's support)
     test_sites = problem.federation.role("test")
     total = len(test_sites) * len(cfg.eval.shots) * cfg.eval.draws
+    grid = dict(shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
+                inner=cfg.inner)
     with progress_bar(progress) as bar:
         task = bar.add_task("held-out evaluation", total=total)
-        rows = evaluate_sites(problem, model, methods, test_sites, shots_grid=cfg.eval.shots,
-                              steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
-                              inner=cfg.inner, progress=lambda: bar.advance(task))
+        rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task), **grid)
+    if len(bundle) > 1:
+        auto = AutoChoice(tuple(names), names[0], BASELINE if BASELINE in names else names[0], cfg.eval.choice_folds)
+        rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
+                         ignore_index=True)
     if spec.reference_baselines is not None:
         rows = pd.concat([rows, spec.reference_baselines(problem, cfg, test_sites)], ignore_index=True)
     # 6. tables and plots
     summary = summarize(rows)
     paired = paired_differences(rows, problem.headline)
+    choices = choice_counts(rows)
     rows.to_parquet(out / "evaluation_rows.parquet", index=False)
     summary.to_csv(out / "evaluation_summary.csv", index=False)
     summary.to_parquet(out / "evaluation_summary.parquet", index=False)
     paired.to_csv(out / "paired_differences.csv", index=False)
+    choices.to_csv(out / "auto_choices.csv", index=False)
     mlflow.log_table(summary, "evaluation_summary.json")
     if not paired.empty:
         mlflow.log_table(paired, "paired_differences.json")
     plots = [plot_vs_steps(summary, problem.headline, out / "adaptation_vs_steps.png"),
              plot_vs_shots(summary, problem.headline, max(cfg.eval.steps), out / "adaptation_vs_shots.png")]
-    for f in [out / "evaluation_summary.csv", out / "paired_differences.csv", *plots]:
+    for f in [out / "evaluation_summary.csv", out / "paired_differences.csv", out / "auto_choices.csv", *plots]:
         mlflow.log_artifact(str(f), "evaluation")
     headline_cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
     mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
                         float(r["mean"]) for _, r in headline_cells.iterrows()})
-    # 7. log and register the meta-initialization chosen on validation sites
-    sign = 1 if problem.higher_is_better else -1
-    best = max((m for m in methods if m.name in candidates), key=lambda m: sign * m.selection_score)
-    held = headline_cells[(headline_cells["method"] == best.name) & (headline_cells["shots"] == select_shots)
-                          & (headline_cells["steps"] == best.best_steps)]
-    held_value = float(held["mean"].iloc[0]) if not held.empty else float("nan")
+    # 7. log and register the bundle; its default is the validation winner unless the held-out sites veto it
+    veto = heldout_veto(paired, bundle[0], names, select_shots, problem.higher_is_better)
+    if veto:
+        bundle = sorted(bundle, key=lambda m: m.name != BASELINE)
+    best = bundle[0]
+
+    def held(method: str, steps: int) -> float:
+        cell = headline_cells[(headline_cells["method"] == method) & (headline_cells["shots"] == select_shots)
+                              & (headline_cells["steps"] == steps)]
+        return float(cell["mean"].iloc[0]) if not cell.empty else float("nan")
+
+    held_value = held(best.name, best.best_steps)
+    baseline_won = best.name == BASELINE
     extra_tags = extra_tags or {}
     info = {"vertical": spec.name, "algorithm": best.name, "adapt_lr": best.best_lr,
             "adapt_steps": best.best_steps, "shots": select_shots, "headline": problem.headline,
             "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
+            "heldout_auto_value": held("auto", best.best_steps),
+            "candidates": candidate_recipes(bundle, cfg.inner), "choice_folds": cfg.eval.choice_folds,
+            "default_reason": veto or default_reason, "baseline_won": baseline_won,
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), **extra_tags}
     if privacy:
         mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
-        info["privacy"] = {"epsilon": privacy[_trained_name(best.name)], "delta": cfg.fed.dp_delta,
+        info["privacy"] = {"epsilon": max(privacy[_trained_name(m.name)] for m in bundle), "delta": cfg.fed.dp_delta,
                            "clip": cfg.fed.dp_clip, "noise_multiplier": cfg.fed.dp_noise, "unit": "site"}
         extra_tags = {**extra_tags, "dp_epsilon": f"{info['privacy']['epsilon']:.3f}"}
-    model_uri = tracking.log_meta_init(model, best.meta, info, problem.input_example())
-    mlflow.set_tags({"best_algorithm": best.name, "meta_init_uri": model_uri})
+    model_uri = tracking.log_meta_init(model, best.meta, info, problem.input_example(),
+                                       others={m.name: m.meta for m in bundle[1:]})
+    loaded = tracking.load_meta_init(model_uri)  # the bundle round-trips before anything is registered
+    bundle_tags = {"candidates": ",".join(m.name for m in bundle), "baseline_won": str(baseline_won).lower(),
+                   "default_reason": info["default_reason"], "bundle_mb": f"{loaded.size_bytes / 2**20:.2f}",
+                   "load_seconds": f"{loaded.load_seconds:.2f}"}
+    mlflow.set_tags({"best_algorithm": best.name, "meta_init_uri": model_uri, **bundle_tags})
     registered = None
     if cfg.tracking.register:
         name = cfg.tracking.model_name or f"fml-{spec.name}"
         tags = {"algorithm": best.name, "shots": select_shots, "adapt_lr": best.best_lr,
-                "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **extra_tags}
+                "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **bundle_tags, **extra_tags}
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
                                                    problem.higher_is_better)
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
         registered = {"name": name, "version": version, "alias": alias, "reason": reason}
-    _print_closing(summary, paired, problem, best, registered, select_shots)
+    _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots)
     return HeldoutReport(summary, paired, selection, best, held_value, model_uri, registered)
 
 
@@ -267,8 +349,8 @@ def _metric_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. " else "-" for c in name.replace("+", "-"))
 
 
-def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, problem: Problem, best: Method,
-                   registered: Optional[dict], shots: int) -> None:
+def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.DataFrame, problem: Problem,
+                   bundle: list[Method], reason: str, registered: Optional[dict], shots: int) -> None:
     cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)].copy()
     cells["cell"] = cells.apply(lambda r: f"{r['mean']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]", axis=1)
     table = cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").fillna("-")
@@ -278,7 +360,17 @@ def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, problem: Problem
         p["diff"] = p.apply(lambda r: f"{r['mean_diff']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}]", axis=1)
         print_frame(p.pivot_table(index=["method", "shots"], columns="steps", values="diff", aggfunc="first")
                     .fillna("-").reset_index(), "Paired difference vs fedavg+ft (same draws)")
-    console.print(f"best on validation sites: [bold]{best.name}[/] (adapt {best.best_steps} steps at lr {best.best_lr})")
+    if not choices.empty:
+        mine = choices[choices["site"] == "ALL"]
+        print_frame(mine.pivot_table(index=["shots", "steps"], columns="choice", values="draws", aggfunc="sum")
+                    .fillna(0).astype(int).reset_index(), "auto: candidate chosen per draw (all test sites)")
+    best = bundle[0]
+    if best.name == BASELINE:
+        console.print(f"[bold yellow]{BASELINE} (the FedAvg model, fine-tuned) is the registered default: {reason}.[/]")
+    else:
+        console.print(f"default: [bold]{best.name}[/] (adapt {best.best_steps} steps at lr {best.best_lr:.3g}): {reason}")
+    console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, lr {m.best_lr:.3g})" for m in bundle)
+                  + "; `fml onboard` chooses among them per site by cross-validation on its support set")
     if registered:
         console.print(f"registered [bold]{registered['name']}[/] v{registered['version']} as "
                       f"@{registered['alias']}: {registered['reason']}")

@@ -109,3 +109,13 @@ def test_run_round_with_fedavg_sgd1_is_average_of_local_models(problem, monkeypa
     after = learner.meta_params()
     for k in before:
         torch.testing.assert_close(after[k], sum(p[k] for p in locals_) / len(locals_), atol=1e-6, rtol=1e-5)
+
+
+def test_a_diverged_round_stops_training_with_the_last_finite_parameters(problem) -> None:
+    """A NaN/inf update (too large a server step) ends meta-training at that round instead of failing the
+    whole run; the kept parameters are the ones before the bad round."""
+    fed = FederatedConfig(rounds=40, clients_per_round=4, val_every=20)
+    learner = MetaLearner(problem, "fomaml", InnerConfig(steps=2, lr=0.01), fed, ServerConfig("sgd", 1e30), seed=3)
+    fit_meta_learner(learner, progress=False)
+    assert learner.diverged_at is not None and learner.diverged_at < 40
+    assert all(torch.isfinite(p).all() for p in learner.meta_params().values())

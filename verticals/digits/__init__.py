@@ -9,7 +9,7 @@ from torch import nn
 from core.losses import cross_entropy
 from core.metrics import accuracy_metrics
 from core.problem import SupervisedProblem
-from core.tasks import EpisodeSpec, Federation, Site
+from core.tasks import EpisodeSpec, Federation, Site, site_seed
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.digits import DigitsData, build_digits_federation, load_digit_arrays, make_task_site
 
@@ -42,7 +42,7 @@ def load_new_site(cfg: DigitsData, preprocessing: dict, site_id: Optional[str]) 
     """A new site = a fresh N-way task (seeded by ``site_id``) over the bundled digits."""
     x, y = load_digit_arrays()
     sid = site_id or "new-site"
-    seed = int.from_bytes(sid.encode()[:6].ljust(6, b"\0"), "little")
+    seed = site_seed(sid)
     site = make_task_site(sid, x, y, int(preprocessing.get("ways", cfg.ways)), seed)
     fed = Federation({sid: site}, {"test": [sid]})
     return problem_for(fed, cfg), site

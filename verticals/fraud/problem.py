@@ -79,6 +79,7 @@ def fraud_problem(federation: Federation, preprocessing: dict[str, Any], *, trai
         num_classes=2,
         higher_is_better=True,
         preprocessing=preprocessing,
+        ranked=True,
         excluded_sites=dict(excluded or {}),
         source=source,
     )

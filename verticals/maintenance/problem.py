@@ -10,12 +10,13 @@ the headline ``rmse_last``, and all its windows for ``rmse_all``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from core.choice import Folds, split_support
 from core.problem import FewShotTask, Problem, predict_batched
 from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
 from core.types import Batch, Episode, LossFn, Params
@@ -59,10 +60,15 @@ class UnitFewShotTask(FewShotTask):
     x_eval: Tensor
     y_eval: Tensor
     last_eval: Tensor
+    support_units: Optional[Tensor] = None
+    """``[n_support]`` unit of each support window: cross-validation folds hold out whole units."""
     eval_batch_size: int = 4096
 
     def support(self, params: Params) -> Batch:
         return self.support_batch
+
+    def support_folds(self, max_folds: int) -> Optional[Folds]:
+        return split_support(self.support_batch, self.support_units, None, max_folds)
 
     def score(self, params: Params) -> dict[str, float]:
         return rul_metrics(predict_batched(self.model, params, self.x_eval, self.eval_batch_size), self.y_eval,
@@ -142,14 +148,13 @@ class MaintenanceProblem(Problem):
                 "lower the shots or give the site more units"
             )
         order = torch.randperm(len(units), generator=gen).tolist()
-        if shots:
-            sup = torch.cat([spaced(units[i], self.support_windows) for i in order[:shots]])
-        else:
-            sup = torch.zeros(0, dtype=torch.long)
+        picked = [spaced(units[i], self.support_windows) for i in order[:shots]]
+        sup = torch.cat(picked) if picked else torch.zeros(0, dtype=torch.long)
+        sup_units = torch.cat([torch.full((len(p),), j) for j, p in enumerate(picked)]) if picked else sup
         rest = torch.cat([units[i] for i in order[shots:]])
         mask = eval_mask(site)
         return UnitFewShotTask(model, site.site_id, shots, (site.x[sup], site.y[sup]),
-                               site.x[rest], site.y[rest], mask[rest])
+                               site.x[rest], site.y[rest], mask[rest], sup_units)
 
     def input_example(self) -> Tensor:
         site = next(iter(self.federation.sites.values()))

@@ -20,7 +20,6 @@ Model, metrics, thresholds and augmentation: see ``models.py``, ``metrics.py``, 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import warnings
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 
 from core.losses import cross_entropy
 from core.registry import Registry
-from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
+from core.tasks import EpisodeSpec, Federation, Site, SiteDataError, site_seed
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.clinic_simulation import ClinicSimulation, apply_profile, make_profile, simulate_clinics
 from data_adapters.generated_images import GENERATED_SOURCE, generate_images
@@ -263,10 +262,6 @@ def prepare(cfg: ImagingData, seed: int) -> ImagingProblem:
     return problem
 
 
-def _site_seed(site_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(site_id.encode()).digest()[:6], "little")
-
-
 def load_new_site(cfg: ImagingData, preprocessing: dict, site_id: Optional[str]) -> tuple[ImagingProblem, Site]:
     """One new clinic's labelled images (``cfg.path``: a .npz or a manifest) with the SAVED preprocessing.
 
@@ -293,7 +288,7 @@ def load_new_site(cfg: ImagingData, preprocessing: dict, site_id: Optional[str])
         sid = site_id or path.stem
         site = pool.site(sid, torch.arange(pool.x.shape[0]))
         if cfg.onboard_protocol:
-            profile = make_profile(cfg.onboard_protocol, seed=_site_seed(sid), severity=cfg.simulation.severity)
+            profile = make_profile(cfg.onboard_protocol, seed=site_seed(sid), severity=cfg.simulation.severity)
             site = dataclasses.replace(site, x=apply_profile(site.x, profile),
                                        metadata={**site.metadata, "protocol": cfg.onboard_protocol, "simulated": True})
     check_site_counts(site, int(preprocessing["num_classes"]), 2, preprocessing.get("class_names", ()))

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
 from core.problem import FewShotTask, SupervisedProblem
 from core.tasks import EpisodeSpec, Site, SiteDataError, split_indices
-from core.types import Batch, Episode, Params
+from core.types import Batch, Episode, LossFn, Params
 from verticals.medical_imaging.augment import augment_support, draw_seed
 from verticals.medical_imaging.metrics import THRESHOLDS, imaging_metrics
 
@@ -104,6 +105,17 @@ class ImagingFewShotTask(FewShotTask):
 
     def support(self, params: Params) -> Batch:
         return self.support_batch
+
+    def support_folds(self, max_folds: int) -> Optional[Folds]:
+        # the original images: augmented copies of one image in two folds would leak
+        return split_support(self.threshold_batch, None, self.threshold_batch[1], max_folds)
+
+    def choice_criterion(self, loss_fn: LossFn) -> Criterion:
+        with torch.no_grad():
+            classes = self._logits(dict(self.model.named_parameters()), self.threshold_batch[0][:1]).shape[1]
+        if classes != 2:  # multi-class: the loss; binary (ranked by AUROC): the ranking
+            return unit_loss(loss_fn)
+        return pairwise_ranking(lambda params, x: (lambda z: z[:, 1] - z[:, 0])(self._logits(params, x)))
 
     def _logits(self, params: Params, x: Tensor) -> Tensor:
         outs = [functional_call(self.model, params, (x[i:i + self.eval_batch_size],))

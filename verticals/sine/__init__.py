@@ -9,7 +9,7 @@ from torch import nn
 
 from core.metrics import mse_metrics
 from core.problem import SupervisedProblem
-from core.tasks import EpisodeSpec, Federation, Site
+from core.tasks import EpisodeSpec, Federation, Site, site_seed
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.sine import SineData, build_sine_federation, make_sine_site
 
@@ -42,7 +42,7 @@ def prepare(cfg: SineData, seed: int) -> SupervisedProblem:
 
 def load_new_site(cfg: SineData, preprocessing: dict, site_id: Optional[str]) -> tuple[SupervisedProblem, Site]:
     sid = site_id or "new-sine"
-    gen = torch.Generator().manual_seed(int.from_bytes(sid.encode()[:6].ljust(6, b"\0"), "little"))
+    gen = torch.Generator().manual_seed(site_seed(sid))
     site = make_sine_site(sid, gen, cfg.points_per_site)
     return problem_for(Federation({sid: site}, {"test": [sid]})), site
 

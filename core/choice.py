@@ -1,0 +1,210 @@
+"""The per-site choice of a starting point: cross-validation on a new site's OWN labelled support set.
+
+A run hands a new site a few candidates (the best FML initialization and the FedAvg model, each with
+the adaptation recipe chosen on validation sites). The site splits its k labelled examples into folds
+(stratified by class; whole units such as engines never straddle folds), adapts each candidate on the
+training folds with its recipe and measures a loss for every held-out unit: the training loss, or for a
+binary task ranked by AUROC / PR-AUC a pairwise ranking loss (a smooth 1 - AUROC that ignores a shift
+of the scores, which few balanced examples would otherwise reward or punish). A candidate
+replaces the ANCHOR (the tuned FedAvg baseline when it is a candidate) only when its held-out loss is
+clearly lower: the one-sided 90% paired-t lower bound of the per-unit differences is above zero, so that
+noise on a handful of examples does not hand a site a worse start. A support too small to split (fewer than two units of
+some class) keeps the validation-chosen default. Only the support set is read: the rows a held-out
+protocol scores never reach these functions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from core.adapt import adapt_trajectory
+from core.types import Batch, LossFn, Params
+
+#: (training-fold batch, [one batch per held-out unit]) of each fold of one support set.
+Folds = list[tuple[Batch, list[Batch]]]
+#: ``criterion(params, held_units) -> one loss per held-out unit`` (lower is better).
+Criterion = Callable[[Params, list[Batch]], list[float]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A starting point with its adaptation recipe.
+
+    Args:
+        name: ``fedavg+ft`` or an FML algorithm.
+        params: the initialization's model parameters.
+        lr_for: adaptation step size for a steps count.
+        lrs: per-parameter step sizes (Meta-SGD) or None.
+        adapt_kwargs: the recipe's regularization (``weight_decay``, ``proximal``).
+    """
+
+    name: str
+    params: Params
+    lr_for: Callable[[int], float]
+    lrs: Optional[Params] = None
+    adapt_kwargs: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteChoice:
+    """What the choice saw and decided: ``estimates`` maps candidate -> mean held-out loss per unit (empty
+    when the support could not be split, ``folds`` is 0 then)."""
+
+    name: str
+    estimates: dict[str, float]
+    folds: int
+    reason: str
+
+
+def fold_units(units: Tensor, strata: Optional[Tensor], max_folds: int) -> Optional[list[tuple[Tensor, list[Tensor]]]]:
+    """Row indices ``(train, [rows of each held-out unit])`` of each fold, or None when it cannot be split.
+
+    Args:
+        units: ``[n]`` unit id of each row (a row, an engine, a patient): a unit is never split.
+        strata: ``[n]`` class of each row for stratified folds (a unit's first row gives its class), or None.
+        max_folds: at most this many folds; fewer when a stratum has fewer units (leave-one-out then).
+
+    Every stratum needs at least two units, so that each training fold keeps one of each.
+    """
+    rows_of: dict[int, list[int]] = {}
+    for row, u in enumerate(units.tolist()):
+        rows_of.setdefault(u, []).append(row)
+    by_stratum: dict[int, list[int]] = {}
+    for u, rows in rows_of.items():
+        by_stratum.setdefault(int(strata[rows[0]]) if strata is not None else 0, []).append(u)
+    smallest = min((len(v) for v in by_stratum.values()), default=0)
+    if smallest < 2 or max_folds < 2:
+        return None
+    n_folds = min(max_folds, smallest)
+    fold_of = {u: rank % n_folds for members in by_stratum.values() for rank, u in enumerate(members)}
+    folds = []
+    for f in range(n_folds):
+        train = [r for u, rows in rows_of.items() if fold_of[u] != f for r in rows]
+        held = [torch.tensor(rows) for u, rows in rows_of.items() if fold_of[u] == f]
+        folds.append((torch.tensor(sorted(train)), held))
+    return folds
+
+
+def split_support(support: Batch, units: Optional[Tensor], strata: Optional[Tensor], max_folds: int) -> Optional[Folds]:
+    """The folds of ``support`` (each row is a unit unless ``units`` groups rows), or None when too small."""
+    idx = fold_units(units if units is not None else torch.arange(support[0].shape[0]), strata, max_folds)
+    if idx is None:
+        return None
+    return [(tuple(t[tr] for t in support), [tuple(t[h] for t in support) for h in held]) for tr, held in idx]
+
+
+def unit_loss(loss_fn: LossFn) -> Criterion:
+    """The training loss of each held-out unit (non-finite counts as infinitely bad)."""
+
+    @torch.no_grad()
+    def criterion(params: Params, held: list[Batch]) -> list[float]:
+        values = [float(loss_fn(params, unit)) for unit in held]
+        return [v if math.isfinite(v) else math.inf for v in values]
+
+    return criterion
+
+
+def pairwise_ranking(scores: Callable[[Params, Tensor], Tensor]) -> Criterion:
+    """For binary labels 0/1 (one row per unit): each held-out example's mean ``softplus(-margin)`` over the
+    held-out examples of the other class, ``margin`` = its score minus theirs for a positive (theirs minus
+    its for a negative); ``scores(params, x) -> [n]``."""
+
+    @torch.no_grad()
+    def criterion(params: Params, held: list[Batch]) -> list[float]:
+        x = torch.cat([u[0] for u in held])
+        y = torch.cat([u[1] for u in held]).reshape(-1).float()
+        s = scores(params, x).reshape(-1).float()
+        if not torch.isfinite(s).all():
+            return [math.inf] * len(held)
+        margin = (s[:, None] - s[None, :]) * (2 * y[:, None] - 1)  # row i against column j
+        other = y[:, None] != y[None, :]
+        pair = torch.nn.functional.softplus(-margin) * other
+        out = pair.sum(1) / other.sum(1).clamp(min=1)
+        return out.tolist()
+
+    return criterion
+
+
+def unit_losses(criterion: Criterion, loss_fn: LossFn, candidate: Candidate, folds: Folds,
+                steps_grid: Sequence[int]) -> dict[int, list[float]]:
+    """The held-out loss of every unit of every fold after each steps count (one adaptation trajectory
+    per fold and step size, on ``loss_fn``), in the folds' order: candidates are paired unit by unit."""
+    by_lr: dict[float, list[int]] = {}
+    for s in steps_grid:
+        by_lr.setdefault(candidate.lr_for(s), []).append(s)
+    out: dict[int, list[float]] = {s: [] for s in steps_grid}
+    with torch.enable_grad():
+        for train, held in folds:
+            for lr, steps in by_lr.items():
+                for s, params in adapt_trajectory(loss_fn, candidate.params, train, steps, lr, lrs=candidate.lrs,
+                                                  **dict(candidate.adapt_kwargs)).items():
+                    out[s] += criterion(params, held)
+    return out
+
+
+def clearly_better(gains: Sequence[float], confidence: float = 0.9) -> bool:
+    """Whether paired ``gains`` (positive = better) are above zero at a one-sided paired-t ``confidence``:
+    ``mean - t(confidence, n-1) * standard error > 0``. The t quantile keeps a handful of pairs (two
+    validation draws, two engines) from passing on noise, as a plain one-standard-error rule would."""
+    from scipy.stats import t
+
+    n = len(gains)
+    if n < 2 or not all(math.isfinite(g) for g in gains):
+        return False
+    mean = _mean(gains)
+    spread = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1) / n)
+    return mean - float(t.ppf(confidence, n - 1)) * spread > 0
+
+
+def choose(losses: Mapping[str, Sequence[float]], anchor: str) -> str:
+    """The candidate with the lowest mean loss among those whose paired per-unit loss is clearly below
+    ``anchor``'s (:func:`clearly_better`); ``anchor`` when none is."""
+    base = losses[anchor]
+    best, best_mean = anchor, _mean(base)
+    for name, values in losses.items():
+        if name != anchor and clearly_better([b - v for v, b in zip(values, base)]) and _mean(values) < best_mean:
+            best, best_mean = name, _mean(values)
+    return best
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.inf
+
+
+def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
+                     steps_grid: Sequence[int], default: str, anchor: Optional[str] = None,
+                     criterion: Optional[Criterion] = None) -> dict[int, SiteChoice]:
+    """The choice at each steps count of ``steps_grid`` (every candidate adapts that many steps).
+
+    ``default`` is used when the support cannot be split; ``anchor`` (default: ``default``) is what a
+    candidate must beat on the site's own folds, by ``criterion`` (default: the held-out units' loss)."""
+    names = [c.name for c in candidates]
+    anchor = anchor or default
+    for role, name in (("default", default), ("anchor", anchor)):
+        if name not in names:
+            raise ValueError(f"{role} candidate {name!r} is not one of {names}")
+    if folds is None or len(candidates) < 2:
+        reason = ("one candidate" if len(candidates) < 2 else
+                  "support too small to split (each class needs 2+ examples, or 2+ units): validation-chosen default")
+        return {s: SiteChoice(default, {}, 0, reason) for s in steps_grid}
+    criterion = criterion or unit_loss(loss_fn)
+    losses = {c.name: unit_losses(criterion, loss_fn, c, folds, steps_grid) for c in candidates}
+    out = {}
+    for s in steps_grid:
+        by_name = {name: by_steps[s] for name, by_steps in losses.items()}
+        name = choose(by_name, anchor)
+        reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
+                  (f"no candidate clearly beat {anchor} (one-sided 90% paired t bound)" if name == anchor
+                   else f"clearly beats {anchor} (one-sided 90% paired t bound)"))
+        out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason)
+    return out
+
+
+def choose_candidate(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds], steps: int,
+                     default: str, anchor: Optional[str] = None, criterion: Optional[Criterion] = None) -> SiteChoice:
+    """The onboarding choice: every candidate adapts ``steps`` steps with its own step size."""
+    return choose_per_steps(loss_fn, candidates, folds, [steps], default, anchor, criterion)[steps]

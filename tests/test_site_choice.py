@@ -1,0 +1,209 @@
+"""The per-site choice of a starting point (core/choice.py), the ``auto`` row of the held-out protocol, the
+registered bundle and the choice at onboarding."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from core.choice import Candidate, choose, clearly_better, choose_candidate, fold_units, pairwise_ranking, split_support
+from core.config import EvalConfig, RunConfig
+from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites, select_adaptation
+from core.metrics import mse_metrics
+from core.problem import SupervisedProblem
+from core.tasks import EpisodeSpec, Federation, Site, site_seed
+from core.vertical import VerticalSpec
+
+W_TRUE = torch.tensor([[1.5], [-2.0], [0.5]])
+
+
+def linear_site(site_id: str, n: int = 60) -> Site:
+    gen = torch.Generator().manual_seed(site_seed(site_id))
+    x = torch.randn(n, 3, generator=gen)
+    return Site(site_id, x, x @ W_TRUE + 0.1 * torch.randn(n, 1, generator=gen))
+
+
+def linear_problem(federation: Federation) -> SupervisedProblem:
+    return SupervisedProblem(federation=federation, model_factory=lambda: nn.Linear(3, 1),
+                             criterion=lambda p, y: torch.mean((p - y) ** 2), metrics=mse_metrics, headline="mse",
+                             train_spec=EpisodeSpec(shots=5, query=5, by="row"), eval_by="row",
+                             higher_is_better=False)
+
+
+def linear_federation() -> Federation:
+    roles = {"train": ["t0", "t1"], "validation": ["v0", "v1"], "test": ["s0", "s1"]}
+    return Federation({sid: linear_site(sid) for ids in roles.values() for sid in ids}, roles)
+
+
+def init(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"weight": weight.T.clone(), "bias": torch.zeros(1)}
+
+
+GOOD, BAD = init(W_TRUE), init(-3 * W_TRUE)
+
+
+# ------------------------------------------------------------------------------------------------ folds
+def test_folds_are_stratified_and_never_split_a_unit():
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    folds = fold_units(torch.arange(6), y, max_folds=5)
+    assert folds is not None and len(folds) == 3  # the smallest class has 3 examples: leave-one-out per class
+    for train, held in folds:
+        held_rows = torch.cat(held)
+        assert sorted(y[held_rows].tolist()) == [0, 1]  # one of each class held out
+        assert sorted(y[train].tolist()) == [0, 0, 1, 1]
+    units = torch.tensor([7, 7, 7, 3, 3, 9, 9, 9])  # three engines with several windows each
+    folds = fold_units(units, None, max_folds=5)
+    assert folds is not None and len(folds) == 3
+    for train, held in folds:
+        assert len(held) == 1
+        assert set(units[held[0]].tolist()).isdisjoint(units[train].tolist())
+
+
+def test_a_support_too_small_to_split_falls_back_to_the_default():
+    assert fold_units(torch.arange(2), torch.tensor([0, 1]), 5) is None  # 1 shot per class
+    assert fold_units(torch.zeros(10, dtype=torch.long), None, 5) is None  # one unit
+    site = linear_site("tiny", 4)
+    support = (site.x[:1], site.y[:1])
+    loss = linear_problem(linear_federation()).loss_fn(nn.Linear(3, 1))
+    cands = [Candidate("fedavg+ft", BAD, lambda s: 0.1), Candidate("fomaml", GOOD, lambda s: 0.1)]
+    choice = choose_candidate(loss, cands, split_support(support, None, None, 5), 1, default="fomaml",
+                              anchor="fedavg+ft")
+    assert choice.name == "fomaml" and choice.folds == 0 and "too small" in choice.reason
+
+
+def test_choose_needs_a_clear_gain_over_the_anchor():
+    anchor = [1.0, 1.0, 1.0, 1.0]
+    assert choose({"fedavg+ft": anchor, "fomaml": [0.5, 0.5, 0.5, 0.5]}, "fedavg+ft") == "fomaml"
+    noisy = [0.0, 2.0, 0.0, 1.9]  # lower mean (0.975) but the paired difference is all noise
+    assert choose({"fedavg+ft": anchor, "fomaml": noisy}, "fedavg+ft") == "fedavg+ft"
+    assert choose({"fedavg+ft": anchor, "fomaml": [math.inf] * 4}, "fedavg+ft") == "fedavg+ft"
+    # two pairs that both favour a candidate are not enough when they disagree on how much (t with 1 df)
+    assert not clearly_better([0.1, 1.0]) and clearly_better([0.9, 1.0])
+    assert not clearly_better([1.0])
+
+
+def test_the_ranking_criterion_ignores_a_shift_of_the_scores_and_rewards_a_better_ranking():
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    held = [(x[i:i + 1], torch.tensor([y])) for i, y in enumerate([0, 0, 1, 1])]
+    ranks_right = pairwise_ranking(lambda p, v: v[:, 0] * p["w"])
+    right = ranks_right({"w": torch.tensor(2.0)}, held)
+    shifted = pairwise_ranking(lambda p, v: v[:, 0] * p["w"] + 100.0)({"w": torch.tensor(2.0)}, held)
+    wrong = ranks_right({"w": torch.tensor(-2.0)}, held)
+    assert len(right) == 4 and right == pytest.approx(shifted)
+    assert all(r < w for r, w in zip(right, wrong))
+
+
+@pytest.mark.parametrize("good", ["fedavg+ft", "fomaml"])
+def test_choice_picks_the_initialization_that_fits_the_site(good):
+    site = linear_site("new-site")
+    loss = linear_problem(linear_federation()).loss_fn(nn.Linear(3, 1))
+    inits = {"fedavg+ft": GOOD if good == "fedavg+ft" else BAD, "fomaml": GOOD if good == "fomaml" else BAD}
+    cands = [Candidate(name, p, lambda s: 0.05) for name, p in inits.items()]
+    folds = split_support((site.x[:8], site.y[:8]), None, None, 4)
+    choice = choose_candidate(loss, cands, folds, 2, default="fomaml", anchor="fedavg+ft")
+    assert choice.name == good and choice.folds == 4
+    assert choice.estimates[good] < choice.estimates["fedavg+ft" if good == "fomaml" else "fomaml"]
+
+
+# ------------------------------------------------------------------------------------- the auto row
+def _methods(problem: SupervisedProblem) -> list[Method]:
+    methods = [Method("fedavg+ft", GOOD, trained_lr=0.05), Method("fomaml", BAD, trained_lr=0.05)]
+    select_adaptation(problem, nn.Linear(3, 1), methods, problem.federation.role("validation"), shots=6,
+                      steps_grid=[0, 1, 3], lr_grid=[0.01, 0.05], draws=2, seed=0, inner=RunConfig(data=None).inner)
+    return methods
+
+
+def test_the_auto_choice_never_reads_the_scored_rows():
+    problem = linear_problem(linear_federation())
+    model, methods = nn.Linear(3, 1), _methods(problem)
+    sites = problem.federation.role("test")
+    grid = dict(shots_grid=[1, 6], steps_grid=[0, 1, 3], draws=3, seed=0, inner=RunConfig(data=None).inner)
+    rows = evaluate_sites(problem, model, methods, sites, **grid)
+    auto = AutoChoice(("fedavg+ft", "fomaml"), default="fomaml", anchor="fedavg+ft")
+    picked = evaluate_auto(problem, model, methods, sites, rows, auto, **grid)
+    # the auto rows are the chosen candidate's scores on the same draw
+    keys = ["site", "shots", "steps", "draw", "metric"]
+    scored = rows.set_index(["method", *keys])["value"]
+    for _, r in picked.iterrows():
+        assert r["value"] == scored[(r["choice"], *[r[k] for k in keys])]
+    assert set(picked[picked["shots"] == 6]["choice"]) == {"fedavg+ft"}  # the good init, from the support alone
+    assert set(picked[picked["shots"] == 1]["choice"]) == {"fomaml"}  # 1 row: cannot split -> default
+    # scores made to favour the bad init change no choice: the choice saw only the support
+    swapped = rows.assign(value=rows["value"].where(rows["method"] != "fedavg+ft", 1e9))
+    again = evaluate_auto(problem, model, methods, sites, swapped, auto, **grid)
+    pd.testing.assert_series_equal(again["choice"], picked["choice"])
+
+
+# --------------------------------------------------------------- registration and onboarding of a bundle
+@dataclass
+class LinearData:
+    rows: int = 60
+
+
+def linear_spec() -> VerticalSpec:
+    def load_new_site(cfg: LinearData, preprocessing: dict, site_id: Optional[str]):
+        site = linear_site(site_id or "new", cfg.rows)
+        return linear_problem(Federation({site.site_id: site}, {"test": [site.site_id]})), site
+
+    return VerticalSpec(name="linear", description="test", data_config=LinearData,
+                        prepare=lambda cfg, seed: linear_problem(linear_federation()),
+                        load_new_site=load_new_site, presets_dir=Path("."))
+
+
+def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, tmp_path):
+    """FedAvg constructed to be the better initialization: the run registers it as the default (and says
+    so), keeps the FML init in the bundle, and onboarding picks FedAvg on the new site's own support."""
+    from core import tracking
+    from pipelines.onboard import onboard
+    from pipelines.run import evaluate_and_register
+
+    spec, problem = linear_spec(), linear_problem(linear_federation())
+    cfg = RunConfig(data=LinearData(), eval=EvalConfig(shots=[1, 6], steps=[0, 1, 3], draws=2, select_shots=6,
+                                                       lr_grid=[0.01, 0.05], select_draws=2))
+    methods = [Method("local", BAD, trained_lr=0.05), Method("fedavg", GOOD, adapts=False),
+               Method("fedavg+ft", GOOD, trained_lr=0.05), Method("fomaml", BAD, trained_lr=0.05)]
+    tracking.setup_tracking()
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("fml-linear")) as run:
+        report = evaluate_and_register(spec, problem, cfg, nn.Linear(3, 1), methods,
+                                       candidates=["fedavg+ft", "fomaml"], run_id=run.info.run_id, out=tmp_path,
+                                       progress=False)
+    assert report.best.name == "fedavg+ft" and report.registered["alias"] == "champion"
+    version = MlflowClient().get_model_version("fml-linear", report.registered["version"])
+    assert version.tags["baseline_won"] == "true" and version.tags["candidates"] == "fedavg+ft,fomaml"
+    assert float(version.tags["bundle_mb"]) > 0 and float(version.tags["load_seconds"]) >= 0
+    loaded = tracking.load_meta_init("models:/fml-linear@champion")
+    assert set(loaded.candidates) == {"fedavg+ft", "fomaml"}
+    assert torch.equal(loaded.candidates["fomaml"]["weight"], BAD["weight"])
+    assert (tmp_path / "auto_choices.csv").stat().st_size > 0
+
+    result = onboard(spec, data=None, site_id="clinic-new", shots=6)
+    assert result.choice.name == "fedavg+ft" and result.choice.folds >= 2
+    assert result.choice.estimates["fedavg+ft"] < result.choice.estimates["fomaml"]
+    lineage = MlflowClient().get_run(result.run_id).data.tags
+    assert lineage["candidate"] == "fedavg+ft" and "fomaml" in lineage["cv_losses"]
+    forced = onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="fomaml")
+    assert forced.choice.name == "fomaml" and forced.after["mse"] > result.after["mse"]
+    with pytest.raises(ValueError, match="its candidates are"):
+        onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="maml")
+
+
+def test_site_ids_sharing_a_prefix_get_different_seeds():
+    """Regression: seeds came from the first 6 bytes, so clinic-a and clinic-b drew the same task."""
+    import verticals
+    from core.vertical import VERTICALS
+
+    assert site_seed("clinic-a") != site_seed("clinic-b")
+    verticals.load_all()
+    for name in ("digits", "sine"):
+        spec = VERTICALS.get(name)
+        _, a = spec.load_new_site(spec.data_config(), {}, "clinic-a")
+        _, b = spec.load_new_site(spec.data_config(), {}, "clinic-b")
+        assert not torch.equal(a.y, b.y), name

@@ -1,0 +1,37 @@
+"""benchmarks/where_fml_helps.py: the README table is generated from the benchmarks' JSON lines."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "benchmarks" / "where_fml_helps.py"
+
+
+def bench(metric: str, paired: list[dict]) -> dict:
+    return {"vertical": "toy", "preset": "quick", "seeds": [0, 1], "headline_metric": metric,
+            "registered_default": {"0": "fedavg+ft", "1": "fomaml"}, "auto_choices": {"fedavg+ft": 3, "fomaml": 1},
+            "paired_vs_fedavg_ft": paired}
+
+
+def entry(method: str, site: str, steps: int, diff: float, lo: float, hi: float) -> dict:
+    return {"method": method, "shots": 5, "steps": steps, "site": site, "mean_diff": diff, "ci95": [lo, hi]}
+
+
+def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
+    paired = [entry("auto", "ALL", 1, 9.0, 9.0, 9.0),  # a smaller steps count is not the reported column
+              entry("auto", "ALL", 10, -1.0, -2.0, -0.5), entry("auto", "A", 10, -2.0, -3.0, -1.0),
+              entry("auto", "B", 10, 0.5, -0.2, 1.2), entry("fomaml", "ALL", 10, -1.5, -2.5, -0.5)]
+    (tmp_path / "toy.json").write_text("progress line\n" + json.dumps(bench("rmse_last", paired)) + "\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), "--readme", str(readme)],
+                          capture_output=True, text=True, check=True)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| toy"))
+    # RMSE: a negative difference is a gain, so it is printed positive; the worst site is B (RMSE +0.5)
+    assert "| 5 | 10 | +1.00 [+0.50, +2.00]* |" in row
+    assert "B: -0.50 [-1.20, +0.20]" in row and "fomaml: +1.50 [+0.50, +2.50]*" in row
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n") and "fedavg+ft 75%" in text
