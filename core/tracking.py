@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import mlflow
 import torch
@@ -180,13 +180,16 @@ def load_meta_init(uri: str) -> LoadedModel:
 
 
 def register(model_uri: str, name: str, tags: dict[str, Any], headline: str, value: float,
-             higher_is_better: bool) -> tuple[str, str, str]:
+             higher_is_better: bool, describe: Optional[Callable[[str], str]] = None) -> tuple[str, str, str]:
     """Register ``model_uri`` as a new version of ``name``; alias ``champion`` if it beats the current
-    champion's held-out headline, else ``challenger``. Returns (version, alias, reason). A failure after the
-    version was created deletes it, so no partial version remains."""
+    champion's held-out headline, else ``challenger``; ``describe(version)`` gives the version's Markdown
+    description (its model card). Returns (version, alias, reason). A failure after the version was
+    created deletes it, so no partial version remains."""
     client = MlflowClient()
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     try:
+        if describe is not None:
+            client.update_model_version(name, mv.version, description=describe(mv.version))
         client.set_model_version_tag(name, mv.version, "headline_metric", headline)
         client.set_model_version_tag(name, mv.version, "headline_value", repr(float(value)))
         client.set_model_version_tag(name, mv.version, "higher_is_better", str(higher_is_better))

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +36,7 @@ from core.shift import site_shift_report
 from core.types import Params
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame, progress_bar
+from pipelines.model_card import model_card
 
 
 @dataclass
@@ -333,8 +335,12 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         name = cfg.tracking.model_name or f"fml-{spec.name}"
         tags = {"algorithm": best.name, "shots": select_shots, "adapt_lr": best.best_lr,
                 "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **bundle_tags, **extra_tags}
+        card = partial(model_card, vertical=spec.name, name=name, fingerprint=dataset_fingerprint(problem),
+                       bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
+                       headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
+                       run_id=run_id)
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
-                                                   problem.higher_is_better)
+                                                   problem.higher_is_better, describe=lambda v: card(version=v))
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
         registered = {"name": name, "version": version, "alias": alias, "reason": reason}
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots)

@@ -179,6 +179,11 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     version = MlflowClient().get_model_version("fml-linear", report.registered["version"])
     assert version.tags["baseline_won"] == "true" and version.tags["candidates"] == "fedavg+ft,fomaml"
     assert float(version.tags["bundle_mb"]) > 0 and float(version.tags["load_seconds"]) >= 0
+    card = version.description  # the model card the MLflow UI shows
+    assert f"# fml-linear v{version.version}: `linear`" in card and "Default starting point: `fedavg+ft`" in card
+    assert "| `auto` |" in card and "| `fomaml` |" in card and "minus `fedavg+ft`" in card
+    assert f"fml onboard linear --data NEW_SITE_FILE --model models:/fml-linear/{version.version}" in card
+    assert "test: s0, s1" in card
     loaded = tracking.load_meta_init("models:/fml-linear@champion")
     assert set(loaded.candidates) == {"fedavg+ft", "fomaml"}
     assert torch.equal(loaded.candidates["fomaml"]["weight"], BAD["weight"])

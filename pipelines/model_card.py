@@ -1,0 +1,70 @@
+"""The model card: the Markdown description of a registered version, shown by the MLflow UI and
+``MlflowClient.get_model_version(...).description``. It says what the model was trained on, how its
+starting points compare with the tuned FedAvg baseline on held-out sites, and how to onboard with it."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from core.evaluation import BASELINE
+
+
+def _cell(mean: float, low: float, high: float, signed: bool = False) -> str:
+    fmt = "{:+.4f}" if signed else "{:.4f}"
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def heldout_table(summary: pd.DataFrame, paired: pd.DataFrame, headline: str, shots: int, steps: int) -> str:
+    """Markdown rows: every method's held-out headline at (shots, steps), pooled over the test sites, with its
+    paired difference against ``fedavg+ft`` on the same draws."""
+    cells = summary[(summary["site"] == "ALL") & (summary["metric"] == headline) & (summary["shots"] == shots)
+                    & (summary["steps"].isin([steps, 0]))]
+    lines = [f"| method | {headline} [95% CI] | minus `{BASELINE}` [95% CI] |", "|---|---|---|"]
+    for method, part in cells.groupby("method", sort=True):
+        row = part[part["steps"] == steps] if (part["steps"] == steps).any() else part
+        r = row.iloc[0]
+        diff = paired[(paired["site"] == "ALL") & (paired["method"] == method) & (paired["shots"] == shots)
+                      & (paired["steps"] == r["steps"])] if not paired.empty else paired
+        d = _cell(*diff.iloc[0][["mean_diff", "ci95_low", "ci95_high"]], signed=True) if len(diff) else "-"
+        d = "(the baseline)" if method == BASELINE else d
+        lines.append(f"| `{method}` | {_cell(r['mean'], r['ci95_low'], r['ci95_high'])} | {d} |")
+    return "\n".join(lines)
+
+
+def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str, Any], bundle: list[Any],
+               default_reason: str, summary: pd.DataFrame, paired: pd.DataFrame, headline: str,
+               higher_is_better: bool, shots: int, run_id: str) -> str:
+    """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first)."""
+    best = bundle[0]
+    roles = fingerprint.get("roles", {})
+    sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
+                      for role, ids in roles.items() if ids)
+    candidates = ", ".join(f"`{m.name}` ({m.best_steps} steps at lr {m.best_lr:.3g})" for m in bundle)
+    verdict = ("the tuned FedAvg baseline is the default: no FML algorithm beat it clearly"
+               if best.name == BASELINE else f"`{best.name}` is the default")
+    direction = "higher" if higher_is_better else "lower"
+    return f"""# {name} v{version}: `{vertical}`
+
+**Default starting point: `{best.name}`** ({best.best_steps} adaptation steps at lr {best.best_lr:.3g});
+{verdict}. Why: {default_reason}.
+
+**Candidates in this bundle:** {candidates}. `fml onboard` chooses one per new site by cross-validation on
+that site's own labelled support set (it keeps the default when the support is too small to split).
+
+## Data
+- dataset fingerprint: sha256 `{fingerprint.get('sha256', '?')[:16]}...`, {fingerprint.get('rows', '?')} rows,
+  {fingerprint.get('sites', '?')} sites
+- sites by role: {sites or 'not recorded'}
+
+## Held-out test sites ({shots} shots, {best.best_steps} steps; {headline}, {direction} is better)
+Pooled over the test sites and their support draws; `auto` is the per-site choice a new site gets.
+
+{heldout_table(summary, paired, headline, shots, best.best_steps)}
+
+## Onboard a new site
+```
+fml onboard {vertical} --data NEW_SITE_FILE --model models:/{name}/{version} --shots {shots}
+```
+(`fml onboard {vertical} --help` lists the vertical's data options.) Run `{run_id}` has every table and plot.
+"""
