@@ -176,21 +176,20 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
-                     steps_grid: Sequence[int], default: str, anchor: Optional[str] = None,
-                     criterion: Optional[Criterion] = None) -> dict[int, SiteChoice]:
-    """The choice at each steps count of ``steps_grid`` (every candidate adapts that many steps).
+                     defaults: Mapping[int, str], anchor: str, criterion: Optional[Criterion] = None) -> dict[int, SiteChoice]:
+    """The choice at each steps count of ``defaults`` (every candidate adapts that many steps).
 
-    ``default`` is used when the support cannot be split; ``anchor`` (default: ``default``) is what a
-    candidate must beat on the site's own folds, by ``criterion`` (default: the held-out units' loss)."""
+    ``defaults[s]`` is used when the support cannot be split; ``anchor`` is what a candidate must beat on
+    the site's own folds, by ``criterion`` (default: the held-out units' loss)."""
     names = [c.name for c in candidates]
-    anchor = anchor or default
-    for role, name in (("default", default), ("anchor", anchor)):
+    for name in {*defaults.values(), anchor}:
         if name not in names:
-            raise ValueError(f"{role} candidate {name!r} is not one of {names}")
+            raise ValueError(f"candidate {name!r} (default or anchor) is not one of {names}")
+    steps_grid = list(defaults)
     if folds is None or len(candidates) < 2:
         reason = ("one candidate" if len(candidates) < 2 else
                   "support too small to split (each class needs 2+ examples, or 2+ units): validation-chosen default")
-        return {s: SiteChoice(default, {}, 0, reason) for s in steps_grid}
+        return {s: SiteChoice(defaults[s], {}, 0, reason) for s in steps_grid}
     criterion = criterion or unit_loss(loss_fn)
     losses = {c.name: unit_losses(criterion, loss_fn, c, folds, steps_grid) for c in candidates}
     out = {}
@@ -206,5 +205,6 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
 
 def choose_candidate(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds], steps: int,
                      default: str, anchor: Optional[str] = None, criterion: Optional[Criterion] = None) -> SiteChoice:
-    """The onboarding choice: every candidate adapts ``steps`` steps with its own step size."""
-    return choose_per_steps(loss_fn, candidates, folds, [steps], default, anchor, criterion)[steps]
+    """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; a candidate must
+    beat ``anchor`` (default: ``default``) on the folds; ``default`` when there are none."""
+    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, anchor or default, criterion)[steps]

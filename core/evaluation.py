@@ -11,7 +11,7 @@ baselines and FML); test sites are only scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -52,8 +52,9 @@ class Method:
     best_steps: int = 0
     best_lr: float = 0.0
     selection_score: float = float("nan")
-    selection_draws: list[float] = field(default_factory=list)
-    """The headline of each validation (site, draw), in one order for every method, at (best_steps, best_lr)."""
+    validation_draws: dict[int, list[float]] = field(default_factory=dict)
+    """Per steps count (0 = the initialization as is), the headline of each validation (site, draw) at the
+    chosen step size, in one order for every method: what paired comparisons of methods use."""
 
     @property
     def params(self) -> Params:
@@ -118,10 +119,12 @@ def select_adaptation(
         if method.lrs is not None:  # Meta-SGD adapts with its learned step sizes
             grid = [method.trained_lr or lr_grid[0]]
         totals: dict[tuple[int, float], list[float]] = {}
+        unadapted: list[float] = []
         for i, site in enumerate(sites):
             for d in range(draws):
                 task = problem.few_shot_task(model, site, shots, task_generator(seed + 17, i, shots, d))
                 support = task.support(method.params)
+                unadapted.append(task.score(method.params)[problem.headline])
                 for lr in grid:
                     with torch.enable_grad():
                         traj = adapt_along(loss_fn, method, support, positive_steps, lr, inner)
@@ -133,7 +136,7 @@ def select_adaptation(
             method.lr_by_steps[s] = best_lr
         (best_s, best_lr) = max(means, key=lambda key: sign * means[key])
         method.best_steps, method.best_lr, method.selection_score = best_s, best_lr, means[(best_s, best_lr)]
-        method.selection_draws = totals[(best_s, best_lr)]
+        method.validation_draws = {0: unadapted, **{s: totals[(s, method.lr_by_steps[s])] for s in positive_steps}}
         records += [{"method": method.name, "steps": s, "lr": lr, "val_" + problem.headline: m,
                      "chosen": method.lr_by_steps.get(s) == lr} for (s, lr), m in sorted(means.items())]
     return pd.DataFrame.from_records(records)
@@ -149,6 +152,8 @@ class AutoChoice:
     default: str
     anchor: str
     max_folds: int = 5
+    default_by_steps: Mapping[int, str] = field(default_factory=dict)
+    """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.defaults_by_steps``)."""
 
 
 def method_candidate(method: Method, inner: InnerConfig) -> Candidate:
@@ -208,14 +213,15 @@ def evaluate_auto(
     loss_fn = problem.loss_fn(model)
     by_name = {m.name: m for m in methods}
     candidates = [method_candidate(by_name[c], inner) for c in auto.candidates]
+    defaults = {s: auto.default_by_steps.get(s, auto.default) for s in steps_grid}
     scored = rows.set_index(["site", "method", "shots", "steps", "draw"])
     records = []
     for i, site in enumerate(sites):
         for k in shots_grid:
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
-                choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), steps_grid,
-                                           auto.default, auto.anchor, task.choice_criterion(loss_fn))
+                choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
+                                           auto.anchor, task.choice_criterion(loss_fn))
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,

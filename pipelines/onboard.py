@@ -88,7 +88,7 @@ def onboard(
     model = loaded.model
     task = problem.few_shot_task(model, site, shots, task_generator(seed, 0, shots, 0))
     candidates = bundle_candidates(loaded, lr)
-    default = str(info.get("algorithm", "default"))
+    default = str(info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default")))
     if candidate is not None:
         if candidate not in candidates:
             raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}")

@@ -192,27 +192,41 @@ class HeldoutReport:
     registered: Optional[dict[str, Any]]
 
 
+def validation_default(methods: list[Method], steps: Optional[int], higher_is_better: bool) -> tuple[Method, str]:
+    """Among ``methods``: the tuned baseline (when there) unless the best method on validation sites beats it
+    there clearly -- one-sided 90% paired-t bound over the (site, draw) pairs (:func:`core.choice.clearly_better`)
+    -- at ``steps`` adaptation steps (None: each method at its own best steps). Returns it and why."""
+    sign = 1 if higher_is_better else -1
+
+    def draws(m: Method) -> list[float]:
+        return m.validation_draws.get(m.best_steps if steps is None else steps, [])
+
+    def score(m: Method) -> float:
+        values = draws(m)
+        return sign * sum(values) / len(values) if values else float("-inf")
+
+    ranked = sorted(methods, key=score, reverse=True)
+    leader = ranked[0]
+    baseline = next((m for m in ranked if m.name == BASELINE), None)
+    if baseline is None or leader is baseline:
+        return leader, "best on validation sites"
+    gains = [sign * (a - b) for a, b in zip(draws(leader), draws(baseline))]
+    if clearly_better(gains):
+        return leader, f"best on validation sites, clearly ahead of {BASELINE} (one-sided 90% paired t bound)"
+    return baseline, (f"{leader.name} led on validation sites but not clearly (one-sided 90% paired t bound over "
+                      f"{len(gains)} validation draws): {BASELINE} stays the default")
+
+
 def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bool,
               size: int = 3) -> tuple[list[Method], str]:
-    """The starting points a registered model carries, default first, and why that default: the tuned FedAvg
-    baseline (when it is a candidate) unless the best method on validation sites beats it there clearly
-    (one-sided 90% paired-t bound over the (site, draw) pairs, :func:`core.choice.clearly_better`); then
-    the best FML algorithm, at most ``size`` in all."""
+    """The starting points a registered model carries, default first (:func:`validation_default`, each
+    method at its own best steps), then the tuned baseline and the best FML algorithm, at most ``size``;
+    and why that default."""
     sign = 1 if higher_is_better else -1
     ranked = sorted((m for m in methods if m.name in candidates), key=lambda m: -sign * m.selection_score)
     if not ranked:
         raise ValueError(f"none of the candidates {candidates} is among the evaluated methods")
-    baseline = next((m for m in ranked if m.name == BASELINE), None)
-    leader, reason = ranked[0], "best on validation sites"
-    if baseline is not None and leader is not baseline:
-        gains = [sign * (a - b) for a, b in zip(leader.selection_draws, baseline.selection_draws)]
-        if clearly_better(gains):
-            reason = f"best on validation sites, clearly ahead of {BASELINE} (one-sided 90% paired t bound)"
-        else:
-            reason = (f"{leader.name} led on validation sites ({leader.selection_score:.4g} vs "
-                      f"{baseline.selection_score:.4g}) but not clearly (one-sided 90% paired t bound over "
-                      f"{len(gains)} validation draws): {BASELINE} stays the default")
-            leader = baseline
+    leader, reason = validation_default(ranked, None, higher_is_better)
     rest = [m for m in ranked if m is not leader]
     keep = [leader] + [m for m in rest if m.name == BASELINE] + [m for m in rest if m.name != BASELINE][:1]
     return keep[:size], reason
@@ -263,6 +277,9 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         mlflow.log_table(selection, "adaptation_selection.json")
     bundle, default_reason = bundle_of(methods, candidates, problem.higher_is_better)
     names = [m.name for m in bundle]
+    # the default a site gets when its support cannot be split, per steps count (registered steps: the bundle's)
+    default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name for s in cfg.eval.steps}
+    default_by_steps[bundle[0].best_steps] = bundle[0].name
     # 5. held-out test sites (the auto row sees only each draw's support)
     test_sites = problem.federation.role("test")
     total = len(test_sites) * len(cfg.eval.shots) * cfg.eval.draws
@@ -272,7 +289,8 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         task = bar.add_task("held-out evaluation", total=total)
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task), **grid)
     if len(bundle) > 1:
-        auto = AutoChoice(tuple(names), names[0], BASELINE if BASELINE in names else names[0], cfg.eval.choice_folds)
+        auto = AutoChoice(tuple(names), names[0], BASELINE if BASELINE in names else names[0], cfg.eval.choice_folds,
+                          default_by_steps)
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
                          ignore_index=True)
     if spec.reference_baselines is not None:
@@ -300,6 +318,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     veto = heldout_veto(paired, bundle[0], names, select_shots, problem.higher_is_better)
     if veto:
         bundle = sorted(bundle, key=lambda m: m.name != BASELINE)
+        default_by_steps[bundle[0].best_steps] = BASELINE
     best = bundle[0]
 
     def held(method: str, steps: int) -> float:
@@ -315,6 +334,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
             "heldout_auto_value": held("auto", best.best_steps),
             "candidates": candidate_recipes(bundle, cfg.inner), "choice_folds": cfg.eval.choice_folds,
+            "default_by_steps": {str(k): v for k, v in default_by_steps.items()},
             "default_reason": veto or default_reason, "baseline_won": baseline_won,
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), **extra_tags}

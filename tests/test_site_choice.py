@@ -212,3 +212,22 @@ def test_site_ids_sharing_a_prefix_get_different_seeds():
         _, a = spec.load_new_site(spec.data_config(), {}, "clinic-a")
         _, b = spec.load_new_site(spec.data_config(), {}, "clinic-b")
         assert not torch.equal(a.y, b.y), name
+
+
+def test_the_default_is_the_baseline_unless_validation_sites_show_a_clear_gain_at_those_steps():
+    from pipelines.run import bundle_of, validation_default
+
+    fml = Method("fomaml", BAD, best_steps=5, selection_score=0.9,
+                 validation_draws={0: [0.2, 0.3, 0.25, 0.2], 5: [0.90, 0.92, 0.88, 0.91]})
+    base = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7,
+                  validation_draws={0: [0.6, 0.7, 0.65, 0.6], 5: [0.70, 0.71, 0.69, 0.72]})
+    noisy = Method("reptile", BAD, best_steps=5, selection_score=0.95,
+                   validation_draws={0: [0.1] * 4, 5: [1.0, 0.45, 1.0, 0.45]})  # ahead on average, not clearly
+    assert validation_default([fml, base], 5, higher_is_better=True)[0] is fml
+    assert validation_default([fml, base], 0, higher_is_better=True)[0] is base  # unadapted, FML is worse
+    chosen, why = validation_default([noisy, base], 5, higher_is_better=True)
+    assert chosen is base and "not clearly" in why
+    bundle, _ = bundle_of([noisy, base], ["fedavg+ft", "reptile"], higher_is_better=True)
+    assert [m.name for m in bundle] == ["fedavg+ft", "reptile"]  # the default, then the best FML on validation
+    bundle, _ = bundle_of([noisy, fml, base], ["fedavg+ft", "fomaml", "reptile"], higher_is_better=True)
+    assert [m.name for m in bundle] == ["fomaml", "fedavg+ft", "reptile"]
