@@ -191,3 +191,28 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def check_run_config(cfg: Any) -> None:
+    """Refuse impossible settings before any data is read or any run is created, naming the option."""
+    problems = []
+    fed, ev = cfg.fed, cfg.eval
+    for option, value, ok, need in [
+        ("fed.rounds", fed.rounds, fed.rounds >= 1, ">= 1"),
+        ("fed.clients_per_round", fed.clients_per_round, fed.clients_per_round >= 1, ">= 1"),
+        ("fed.val_every", fed.val_every, fed.val_every >= 1, ">= 1"),
+        ("fed.dropout", fed.dropout, 0 <= fed.dropout < 1, "in [0, 1)"),
+        ("inner.steps", cfg.inner.steps, cfg.inner.steps >= 0, ">= 0"),
+        ("inner.lr", cfg.inner.lr, cfg.inner.lr > 0, "> 0"),
+        ("eval.shots", ev.shots, bool(ev.shots) and min(ev.shots) >= 1, "non-empty, each >= 1"),
+        ("eval.steps", ev.steps, bool(ev.steps) and min(ev.steps) >= 0, "non-empty, each >= 0"),
+        ("eval.lr_grid", ev.lr_grid, bool(ev.lr_grid) and min(ev.lr_grid) > 0, "non-empty, each > 0"),
+        ("eval.draws", ev.draws, ev.draws >= 1, ">= 1"),
+        ("eval.select_draws", ev.select_draws, ev.select_draws >= 1, ">= 1"),
+        ("eval.select_shots", ev.select_shots, ev.select_shots is None or ev.select_shots >= 1, ">= 1"),
+        ("eval.choice_folds", ev.choice_folds, ev.choice_folds >= 2, ">= 2"),
+    ]:
+        if not ok:
+            problems.append(f"--{option.replace('_', '-')} {value} (must be {need})")
+    if problems:
+        raise ValueError("invalid option(s): " + "; ".join(problems))

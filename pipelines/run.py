@@ -24,7 +24,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from core import tracking
 from core.algorithms.base import get_algorithm
-from core.config import algorithm_settings, check_algorithm_overrides, flatten, to_plain
+from core.config import algorithm_settings, check_algorithm_overrides, check_run_config, flatten, to_plain
 from core.choice import clearly_better
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
                              paired_differences, select_adaptation, summarize, validation_fn)
@@ -107,6 +107,7 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
 
 def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunResult:
     """Run the vertical end to end; nothing is registered unless every stage succeeded."""
+    check_run_config(cfg)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     # 1. data (validated before any MLflow run exists)

@@ -141,3 +141,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     r = fml(["run", "digits", "--algorithms", "fomaml", "--algorithm-overrides", "maml:server.lr=1"], env, tmp_path)
     assert r.returncode == 1 and "algorithm override for 'maml', but this run trains fedavg, fomaml" in r.stderr
     assert not (tmp_path / "home" / "mlflow.db").exists() or "fml-digits" not in fml(["models"], env, tmp_path).stdout
+
+
+@pytest.mark.parametrize("flags,named", [(["--fed.rounds", "-5"], "--fed.rounds -5"),
+                                         (["--fed.clients-per-round", "0"], "--fed.clients-per-round 0"),
+                                         (["--eval.shots", "0", "5"], "--eval.shots [0, 5]"),
+                                         (["--eval.choice-folds", "1"], "--eval.choice-folds 1")])
+def test_impossible_options_stop_before_any_data_or_run(fml_home, capsys, flags, named):
+    """One line naming the option, exit 1, and no tracking store created (nothing half-written)."""
+    from pipelines.cli import main
+
+    assert main(["run", "sine", "--preset", "quick", *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and err[0].startswith("fml run: error: invalid option")
+    assert not (fml_home / "mlflow.db").exists()
