@@ -193,7 +193,7 @@ def register(model_uri: str, name: str, tags: dict[str, Any], headline: str, val
         client.set_model_version_tag(name, mv.version, "headline_metric", headline)
         client.set_model_version_tag(name, mv.version, "headline_value", repr(float(value)))
         client.set_model_version_tag(name, mv.version, "higher_is_better", str(higher_is_better))
-        alias, reason = decide_alias(client, name, value, higher_is_better)
+        alias, reason = decide_alias(client, name, value, higher_is_better, tags.get(IDENTITY_TAG))
         client.set_registered_model_alias(name, alias, mv.version)
         client.set_model_version_tag(name, mv.version, "alias_decision", reason)
         return mv.version, alias, reason
@@ -202,17 +202,37 @@ def register(model_uri: str, name: str, tags: dict[str, Any], headline: str, val
         raise
 
 
-def decide_alias(client: MlflowClient, name: str, value: float, higher_is_better: bool) -> tuple[str, str]:
+IDENTITY_TAG = "evaluation_identity"
+
+
+def decide_alias(client: MlflowClient, name: str, value: float, higher_is_better: bool,
+                 identity: Optional[str] = None) -> tuple[str, str]:
+    """``champion`` when ``value`` beats the current champion's held-out headline, else ``challenger``.
+    Held-out values compare only between versions with the same evaluation ``identity`` (dataset, held-out
+    sites and protocol, :func:`evaluation_identity`): a version evaluated otherwise is a challenger, and
+    the reason says why."""
     try:
         champ = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return "champion", "first version with a held-out score"
+    theirs = champ.tags.get(IDENTITY_TAG)
+    if identity and theirs and theirs != identity:
+        return "challenger", (f"not comparable with champion v{champ.version}: evaluated on another dataset, other "
+                              f"held-out sites or another protocol ({IDENTITY_TAG} {identity} vs {theirs}); register "
+                              "under another --tracking.model-name, or move @champion by hand")
     best = float(champ.tags.get("headline_value", "nan"))
     if math.isnan(best):
         return "champion", f"current champion v{champ.version} has no held-out score"
     better = value > best if higher_is_better else value < best
     verdict = "beats" if better else "does not beat"
     return ("champion" if better else "challenger"), f"{value:.4f} {verdict} champion v{champ.version} ({best:.4f})"
+
+
+def evaluation_identity(**facts: Any) -> str:
+    """A short hash of what makes two held-out values comparable (dataset fingerprint, roles, protocol)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _short(value: str) -> str:
@@ -238,5 +258,6 @@ def list_models(prefix: str = "fml-") -> list[dict[str, Any]]:
                         "algorithm": mv.tags.get("algorithm", ""), "candidates": mv.tags.get("candidates", ""),
                         "metric": mv.tags.get("headline_metric", ""),
                         "value": _short(mv.tags.get("headline_value", "")), "site": mv.tags.get("site_id", ""),
+                        "dataset": mv.tags.get("dataset", ""), "identity": mv.tags.get(IDENTITY_TAG, "")[:8],
                         "size_mb": mv.tags.get("bundle_mb", ""), "load_s": mv.tags.get("load_seconds", "")})
     return sorted(out, key=lambda r: (r["name"], -int(r["version"])))

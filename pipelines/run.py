@@ -354,9 +354,15 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     registered = None
     if cfg.tracking.register:
         name = cfg.tracking.model_name or f"fml-{spec.name}"
+        fingerprint = dataset_fingerprint(problem)
+        identity = tracking.evaluation_identity(vertical=spec.name, data=fingerprint["sha256"], roles=fingerprint["roles"],
+                                                headline=problem.headline, shots=list(cfg.eval.shots),
+                                                steps=list(cfg.eval.steps), draws=cfg.eval.draws,
+                                                select_shots=select_shots)
         tags = {"algorithm": best.name, "shots": select_shots, "adapt_lr": best.best_lr,
-                "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **bundle_tags, **extra_tags}
-        card = partial(model_card, vertical=spec.name, name=name, fingerprint=dataset_fingerprint(problem),
+                "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **bundle_tags, **extra_tags,
+                "dataset": fingerprint["sha256"][:12], tracking.IDENTITY_TAG: identity}
+        card = partial(model_card, vertical=spec.name, name=name, fingerprint=fingerprint,
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
                        run_id=run_id)

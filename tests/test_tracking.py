@@ -53,3 +53,22 @@ def test_unknown_model_or_alias_is_a_readable_error(fml_home):
     tracking.setup_tracking()
     with pytest.raises(tracking.RegistryError, match="cannot resolve 'models:/fml-none@champion'.*fml models"):
         tracking.load_meta_init("models:/fml-none@champion")
+
+
+def test_champion_moves_only_between_comparable_evaluations(fml_home):
+    """A version evaluated on another dataset or protocol never takes @champion by a 'better' number."""
+    tracking.setup_tracking()
+    mlflow.set_experiment(experiment_id=tracking.ensure_experiment("fml-test"))
+    model = torch.nn.Linear(3, 2)
+    meta = {k: v.detach() for k, v in model.named_parameters()}
+    claims = tracking.evaluation_identity(data="claims", roles={"test": ["Saab"]}, shots=[1, 5])
+    other = tracking.evaluation_identity(data="breast-cancer", roles={"test": ["A"]}, shots=[1, 5])
+    assert claims != other and claims == tracking.evaluation_identity(shots=[1, 5], roles={"test": ["Saab"]},
+                                                                      data="claims")
+    decisions = []
+    for value, identity in ((0.2, claims), (0.99, other), (0.25, claims)):
+        uri = _log(model, meta, {"vertical": "x", "algorithm": "fomaml"})
+        decisions.append(tracking.register(uri, "fml-z", {tracking.IDENTITY_TAG: identity}, "auc", value, True))
+    assert [d[1] for d in decisions] == ["challenger" if i == 1 else "champion" for i in range(3)]
+    assert "not comparable with champion v1" in decisions[1][2]
+    assert str(MlflowClient().get_model_version_by_alias("fml-z", "champion").version) == "3"
