@@ -10,7 +10,9 @@ Flow (:func:`build_tabular_federation`):
 3. assign whole sites to roles: test/validation sites by name (then drawn at random with the seed);
    a site with too few labelled positives for training episodes gets no training role (logged);
 4. fit the preprocessing from the TRAINING sites' aggregates only
-   (:mod:`data_adapters.tabular_preprocessing`) and apply it to every site.
+   (:mod:`data_adapters.tabular_preprocessing`) and apply it to every site;
+5. stop when a feature column alone ranks the label almost perfectly on the training sites (a label
+   leak), naming the columns (:func:`check_leaks`).
 
 Onboarding (:func:`load_tabular_site`) reads one new site's file and applies the SAVED preprocessing.
 """
@@ -34,7 +36,8 @@ from data_adapters.tabular_io import (
     read_table,
     require_columns,
 )
-from data_adapters.tabular_preprocessing import merge_statistics, site_statistics, transform
+from data_adapters.tabular_preprocessing import (label_histograms, leak_scores, merge_statistics, site_statistics,
+                                                  transform)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ class TabularData:
     """Positives (and negatives) in the query set of a meta-training episode."""
     min_eval_positives: int = 2
     """Fewest labelled positives a test/validation site may have (1 shot + 1 to score)."""
+    leak_auroc: float = 0.99
+    """A feature column that alone ranks the label at this ROC-AUC (or 1 - it) on the training sites stops the
+    run as a likely label leak (per-site label counts, no rows pooled)."""
+    allow_leaky_columns: bool = False
+    """Proceed although a column looks like a label leak (the run still logs the columns)."""
 
 
 def infer_column_types(df: pd.DataFrame, cfg: TabularData, source: str) -> tuple[list[str], list[str]]:
@@ -222,6 +230,23 @@ def fit_preprocessing(frames: dict[str, pd.DataFrame], numeric: Sequence[str], c
     return prep
 
 
+def check_leaks(train: dict[str, tuple[pd.DataFrame, np.ndarray]], prep: dict[str, Any], numeric: Sequence[str],
+                cfg: TabularData, source: str) -> dict[str, float]:
+    """Stop when a feature column alone ranks the label at ``cfg.leak_auroc`` or better on the training
+    sites (each site shares label counts per bin, :func:`label_histograms`); returns the flagged columns."""
+    hists = [label_histograms(frame, y, prep, f"{source} (site {sid!r})") for sid, (frame, y) in train.items()]
+    leaky = {c: a for c, a in leak_scores(hists, numeric).items() if a >= cfg.leak_auroc}
+    if leaky and not cfg.allow_leaky_columns:
+        named = ", ".join(f"{c!r} (ROC-AUC {a:.3f})" for c, a in sorted(leaky.items(), key=lambda kv: -kv[1]))
+        raise TabularDataError(
+            f"{source}: column(s) {named} alone separate the label {cfg.label_column!r} on the training sites: "
+            "they likely encode it (a class code, a copy of the label, an outcome recorded later). Drop them "
+            "(--data.drop-columns ...), or pass --data.allow-leaky-columns to train with them anyway")
+    if leaky:
+        log.warning("%s: training with label-like column(s) %s (--data.allow-leaky-columns)", source, sorted(leaky))
+    return leaky
+
+
 def build_tabular_federation(cfg: TabularData, data: str | Path | pd.DataFrame, seed: int,
                              name: str = "") -> tuple[Federation, dict[str, Any], dict[str, str]]:
     """The federation of the sites in ``data`` (a file, or a frame labelled ``name``) with preprocessing
@@ -239,6 +264,7 @@ def build_tabular_federation(cfg: TabularData, data: str | Path | pd.DataFrame, 
     roles, excluded = assign_roles(pos, neg, cfg, seed)
     frames = {sid: df.iloc[rows] for sid, rows in groups.items()}
     prep = fit_preprocessing({s: frames[s] for s in roles["train"]}, numeric, categorical, cfg, source)
+    check_leaks({s: (frames[s], y[groups[s]]) for s in roles["train"]}, prep, numeric, cfg, source)
     sites = {sid: make_site(sid, frames[sid], y[groups[sid]], prep, source)
              for ids_ in roles.values() for sid in ids_}
     return Federation(sites, roles), prep, excluded

@@ -16,6 +16,11 @@ JSON-serializable dict saved with the model:
 
 :func:`transform` applies the saved dict to any frame (a training site, a held-out site, a new site at
 onboarding) and returns float32 features in the order of ``feature_names``.
+
+Leak check: each training site also shares, per feature column, COUNTS of positive and negative rows per
+bin (numeric columns on the fitted z-scale, categorical columns per category); :func:`leak_scores` turns
+the summed counts into each column's ROC-AUC for ranking the label on its own, so that a column which
+encodes the label (a class code, a copy of the label) is named before any training, without pooling rows.
 """
 from __future__ import annotations
 
@@ -153,3 +158,67 @@ def transform(frame: pd.DataFrame, prep: dict[str, Any], source: str) -> np.ndar
     if not parts:
         raise ValueError(f"{source}: no feature columns to transform")
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+Z_BINS = 64  # bins of 1/8 standard deviation over [-4, 4] on the fitted scale; tails clipped
+RARE = "<rare>"
+
+
+def label_histograms(frame: pd.DataFrame, y: np.ndarray, prep: dict[str, Any], source: str,
+                     min_category_rows: int = 5) -> dict[str, dict[str, list[int]]]:
+    """ONE site's per-column label counts (computed locally): ``{col: {bin: [negatives, positives]}}``.
+    Numeric values fall in ``Z_BINS`` bins of the fitted z-scale (missing values are left out); categories
+    with fewer than ``min_category_rows`` rows on the site are counted together as ``<rare>``."""
+    out: dict[str, dict[str, list[int]]] = {}
+    y = np.asarray(y).astype(int)
+    for spec in prep["numeric"]:
+        v = numeric_column(frame[spec["name"]], source, allow_missing=True)
+        ok = ~np.isnan(v)
+        z = (v[ok] - spec["mean"]) / spec["std"]
+        bins = np.clip(np.floor((z + 4.0) * Z_BINS / 8.0), 0, Z_BINS - 1).astype(int)
+        counts: dict[str, list[int]] = {}
+        for b, label in zip(bins.tolist(), y[ok].tolist()):
+            counts.setdefault(f"{b:03d}", [0, 0])[label] += 1
+        out[spec["name"]] = counts
+    for spec in prep["categorical"]:
+        cats = category_strings(frame[spec["name"]]).fillna(MISSING)
+        sizes = cats.value_counts()
+        cats = cats.where(cats.map(sizes) >= min_category_rows, RARE)
+        counts = {}
+        for c, label in zip(cats.tolist(), y.tolist()):
+            counts.setdefault(c, [0, 0])[label] += 1
+        out[spec["name"]] = counts
+    return out
+
+
+def _auroc(bins: list[list[int]]) -> float:
+    """ROC-AUC of a score constant within each bin, bins in increasing score order (ties count half)."""
+    neg_total = sum(b[0] for b in bins)
+    pos_total = sum(b[1] for b in bins)
+    if not neg_total or not pos_total:
+        return 0.5
+    below, wins = 0, 0.0
+    for neg, pos in bins:
+        wins += pos * (below + 0.5 * neg)
+        below += neg
+    return wins / (pos_total * neg_total)
+
+
+def leak_scores(histograms: Sequence[dict[str, dict[str, list[int]]]], numeric: Sequence[str]) -> dict[str, float]:
+    """The server side: per column, ``max(AUROC, 1 - AUROC)`` of ranking the label by that column alone over
+    the training sites' summed counts (numeric columns by value; categorical ones by their positive rate,
+    the best ordering a category column allows)."""
+    scores = {}
+    for col in histograms[0] if histograms else {}:
+        total: dict[str, list[int]] = {}
+        for h in histograms:
+            for key, (neg, pos) in h[col].items():
+                t = total.setdefault(key, [0, 0])
+                t[0], t[1] = t[0] + neg, t[1] + pos
+        if col in numeric:
+            order = sorted(total)
+        else:
+            order = sorted(total, key=lambda k: total[k][1] / max(sum(total[k]), 1))
+        auc = _auroc([total[k] for k in order])
+        scores[col] = max(auc, 1.0 - auc)
+    return scores

@@ -227,3 +227,35 @@ def test_file_not_what_its_extension_says(tmp_path, frame):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(TabularDataError, match="the file is empty"):
         read_table(tmp_path / "empty.csv")
+
+
+# --- label leaks -------------------------------------------------------------------------------------
+
+
+def test_a_column_that_encodes_the_label_stops_the_run_naming_it(frame):
+    leaky = frame.assign(outcome=np.where(frame["is_fraud"] == 1, "chargeback", "ok"),
+                         fraud_copy=frame["is_fraud"] * 2.5)
+    with pytest.raises(TabularDataError, match=r"'fraud_copy' \(ROC-AUC 1.000\), 'outcome' \(ROC-AUC 1.000\).*"
+                                               r"--data.allow-leaky-columns"):
+        build_tabular_federation(cfg(), leaky, seed=0, name="leaky.csv")
+    fed, prep, _ = build_tabular_federation(cfg(allow_leaky_columns=True), leaky, seed=0, name="leaky.csv")
+    assert "outcome=chargeback" in prep["feature_names"]  # allowed: trained with it
+    build_tabular_federation(cfg(), frame, seed=0, name="clean.csv")  # ordinary features pass
+
+
+def test_leak_scores_from_per_site_counts_match_the_pooled_roc_auc(frame):
+    """The server sees only per-site label counts, yet gets the pooled ROC-AUC of a categorical column
+    (ordered by its positive rate) exactly."""
+    from sklearn.metrics import roc_auc_score
+
+    from data_adapters.tabular_preprocessing import label_histograms, leak_scores
+
+    fed, prep, _ = build_tabular_federation(cfg(), frame, seed=0, name="t.csv")
+    train = frame[frame["bank"].isin(fed.roles["train"])]
+    hists = [label_histograms(part, part["is_fraud"].to_numpy(), prep, "t.csv")
+             for _, part in train.groupby("bank")]
+    scores = leak_scores(hists, numeric=["amount", "hour"])
+    rate = train.groupby("channel")["is_fraud"].mean()
+    pooled = roc_auc_score(train["is_fraud"], train["channel"].map(rate))
+    assert scores["channel"] == pytest.approx(max(pooled, 1 - pooled), abs=1e-9)
+    assert 0.5 <= scores["amount"] < 0.99
