@@ -1,6 +1,6 @@
 """``fml federate``: the FML round on Flower, across real machines or in Flower's simulation engine.
 
-    fml federate superlink [--address 0.0.0.0] [--port 9092] [--certificates DIR | --insecure]
+    fml federate superlink [--address 127.0.0.1] [--port 9092] [--certificates DIR | --insecure]
     fml federate supernode --site SITE [--superlink HOST:9092] [--data PATH] [--mode federation|site] ...
     fml federate run <vertical> [--superlink HOST:9092] [--preset quick] [--algorithm fomaml] [--set K=V ...]
     fml federate simulate <vertical> [--nodes N] [--preset quick] [--algorithm fomaml] [--set K=V ...]
@@ -42,16 +42,64 @@ def flower_bin(name: str) -> str:
     return found
 
 
+def certificate_files(folder: str, names: Sequence[str]) -> list[Path]:
+    """Absolute paths of ``names`` in ``folder`` (Flower needs absolute paths), each checked to exist."""
+    paths = [(Path(folder).expanduser() / n).resolve() for n in names]
+    missing = [str(f) for f in paths if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--certificates {folder}: missing {', '.join(missing)}")
+    return paths
+
+
 def _tls_args(args: argparse.Namespace, server: bool) -> list[str]:
     if args.insecure:
         return ["--insecure"]
     if not args.certificates:
         raise ValueError("give --certificates DIR (ca.crt, server.pem, server.key) or --insecure for a local test")
-    d = Path(args.certificates)
     if server:
-        return ["--ssl-ca-certfile", str(d / "ca.crt"), "--ssl-certfile", str(d / "server.pem"),
-                "--ssl-keyfile", str(d / "server.key")]
-    return ["--root-certificates", str(d / "ca.crt")]
+        ca, cert, key = certificate_files(args.certificates, ["ca.crt", "server.pem", "server.key"])
+        return ["--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    return ["--root-certificates", str(certificate_files(args.certificates, ["ca.crt"])[0])]
+
+
+def insecure_warning(what: str, address: str) -> str:
+    """The line ``--insecure`` prints: what is exposed, to whom."""
+    reach = ("processes on this machine" if address.startswith(("127.", "localhost", "[::1]", "::1"))
+             else "anyone who can reach this address")
+    return (f"fml federate: WARNING: --insecure: the {what} at {address} uses no TLS and no authentication; "
+            f"{reach} can read its traffic and join or launch runs. Use --certificates DIR outside local tests.")
+
+
+def run_foreground(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a Flower process in its own process group and wait; SIGTERM/SIGINT to this wrapper, or its
+    exit, stop the whole group (the SuperLink/SuperNode and the processes it started), so none is orphaned."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        _kill_group(proc, signal.SIGTERM)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _kill_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_group(proc, signal.SIGKILL)
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _env() -> dict[str, str]:
@@ -134,7 +182,8 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="fml federate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("superlink", help="start a Flower SuperLink (the coordinator's rendezvous)")
-    p.add_argument("--address", default="0.0.0.0", help="interface of the SuperLink's API (Fleet, Control, Runtime)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="interface of the SuperLink's API (Fleet, Control, Runtime); 0.0.0.0 for other machines")
     p.add_argument("--port", type=int, default=9092, help="the SuperLink's one port (SuperNodes and flwr run)")
     p.add_argument("--database", help="SQLite file for the SuperLink state (default: in memory)")
     p.add_argument("--certificates", help="folder with ca.crt, server.pem, server.key (TLS)")
@@ -173,19 +222,23 @@ def main(argv: Sequence[str]) -> int:
         print(APP_DIR)
         print((APP_DIR / "pyproject.toml").read_text())
         return 0
+    if args.command in ("superlink", "supernode", "run") and args.insecure:
+        what = {"superlink": "SuperLink", "supernode": "SuperNode's link to the SuperLink", "run": "SuperLink"}
+        where = f"{args.address}:{args.port}" if args.command == "superlink" else args.superlink
+        print(insecure_warning(what[args.command], where), file=sys.stderr)
     if args.command == "superlink":
-        return subprocess.call(superlink_command(args.address, _tls_args(args, True), args.database, args.port),
-                               env=_env())
+        return run_foreground(superlink_command(args.address, _tls_args(args, True), args.database, args.port),
+                              env=_env())
     if args.command == "supernode":
         cache = args.cache_dir or str(Path(os.environ.get("FML_HOME", Path.home() / ".fml")).expanduser()
                                       / "node-cache" / args.site)
-        return subprocess.call(supernode_command(args.superlink, args.site, _tls_args(args, False), args.runtime_port,
-                                                 args.data, args.mode, args.vertical, args.role,
-                                                 None if cache == "none" else cache), env=_env())
+        return run_foreground(supernode_command(args.superlink, args.site, _tls_args(args, False), args.runtime_port,
+                                                args.data, args.mode, args.vertical, args.role,
+                                                None if cache == "none" else cache), env=_env())
     if args.command == "run":
         env = _env()
-        env["FLWR_HOME"] = flower_home(args.superlink, args.insecure,
-                                       str(Path(args.certificates) / "ca.crt") if args.certificates else None)
+        ca = str(certificate_files(args.certificates, ["ca.crt"])[0]) if args.certificates else None
+        env["FLWR_HOME"] = flower_home(args.superlink, args.insecure, ca)
         overrides = write_run_config(run_config_items(args.vertical, args.preset, args.algorithm, args.set),
                                      Path(env["FLWR_HOME"]) / "run-config.toml")
         cmd = [flower_bin("flwr"), "run", str(APP_DIR), "fml", "--run-config", str(overrides)]
