@@ -166,10 +166,30 @@ def fit_meta_learner(
         limit_val_batches=1 if learner.validate_fn is not None else 0,
         log_every_n_steps=max(1, min(50, learner.fed.val_every)),
     )
-    trainer.fit(learner, ckpt_path=resume_from)
+    _fit(trainer, learner, resume_from)
     if ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
         state = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         learner.load_state_dict(state)
     return trainer
 
 
+
+
+def _fit(trainer: pl.Trainer, learner: MetaLearner, resume_from: Optional[str]) -> None:
+    """``trainer.fit``, except that Ctrl-C stays a ``KeyboardInterrupt``: Lightning answers it with a graceful
+    shutdown, ``sys.exit(1)`` and SIGINT ignored from then on; callers (the CLI: one line, exit 130; MLflow:
+    the run is not FINISHED) need to see the interruption, and later Ctrl-Cs must work."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        trainer.fit(learner, ckpt_path=resume_from)
+    except SystemExit as exit_:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exit_
+        raise
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)

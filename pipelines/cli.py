@@ -180,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fml {command}: error: MLflow at {_uri()}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("fml: interrupted", file=sys.stderr)
+        print(f"fml {command}: interrupted; nothing was registered (an MLflow run it had started is not FINISHED)",
+              file=sys.stderr)
         return 130
 
 

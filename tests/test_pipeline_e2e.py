@@ -155,3 +155,32 @@ def test_impossible_options_stop_before_any_data_or_run(fml_home, capsys, flags,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0] and err[0].startswith("fml run: error: invalid option")
     assert not (fml_home / "mlflow.db").exists()
+
+
+def test_ctrl_c_during_meta_training_prints_one_line_and_exits_130(tmp_path):
+    """Lightning turns Ctrl-C into a graceful shutdown and exit code 1; the CLI must still report it."""
+    import signal
+
+    env = _env(tmp_path / "home")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "sine", "--preset", "quick",
+                             "--fed.rounds", "1000000", "--fed.val-every", "1000000", "--output-dir", str(tmp_path / "o")],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    uri = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+
+    def runs() -> list:
+        try:
+            exp = client.get_experiment_by_name("fml-sine")
+            return client.search_runs([exp.experiment_id]) if exp else []
+        except Exception:  # the store is being created by the run
+            return []
+
+    deadline = time.monotonic() + 300
+    while not runs() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    time.sleep(5)  # into meta-training
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("fml run: interrupted")
+    assert runs() and all(r.info.status != "FINISHED" for r in runs())
