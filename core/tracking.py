@@ -51,15 +51,29 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    fml_home().mkdir(parents=True, exist_ok=True)
+    home = fml_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise RegistryError(f"FML_HOME {home} is not a writable folder ({err.strerror}): the embedded MLflow store "
+                            "needs one; set FML_HOME to a writable folder or MLFLOW_TRACKING_URI to a server") from None
     return embedded_uri()
 
 
 def setup_tracking() -> str:
-    """Point MLflow (tracking + registry) at the configured store; returns the URI."""
+    """Point MLflow (tracking + registry) at the configured store; returns the URI. The embedded store is
+    created (or migrated) under a file lock, so two first runs at once do not both build its schema."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if uri == embedded_uri():
+        import fcntl
+
+        with open(fml_home() / ".mlflow-store.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient().search_experiments(max_results=1)
     return uri
 
 

@@ -72,3 +72,54 @@ def test_champion_moves_only_between_comparable_evaluations(fml_home):
     assert [d[1] for d in decisions] == ["challenger" if i == 1 else "champion" for i in range(3)]
     assert "not comparable with champion v1" in decisions[1][2]
     assert str(MlflowClient().get_model_version_by_alias("fml-z", "champion").version) == "3"
+
+
+def _fml(args, env, timeout=60):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env})
+
+
+def test_an_unwritable_fml_home_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = _fml(["models"], {"FML_HOME": str(blocker / "home"), "MLFLOW_TRACKING_URI": ""})
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "is not a writable folder" in done.stderr
+
+
+def test_a_tracking_server_that_never_answers_fails_with_one_line(tmp_path):
+    """A port that accepts connections but never replies (a hung server): a readable error, not a hang."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # connections complete in the kernel's backlog; nothing ever answers
+        port = server.getsockname()[1]
+        done = _fml(["models"], {"FML_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+                    timeout=90)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in done.stderr
+
+
+def test_two_first_runs_on_a_fresh_store_both_get_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    code = ("from core import tracking; tracking.setup_tracking(); "
+            "print(tracking.ensure_experiment('fml-race-' + __import__('sys').argv[1]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FML_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
