@@ -230,3 +230,14 @@ def site_seed(site_id: str) -> int:
     ``clinic-b`` never share one (the single place a site id becomes a seed)."""
     digest = hashlib.blake2b(site_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**63 - 1)
+
+
+def site_slug(site_id: str) -> str:
+    """``site_id`` as it may appear in names (registered models, run names, folders): runs of characters
+    other than letters, digits, ``.``, ``_`` and ``-`` become one ``-`` (``clinic/7`` -> ``clinic-7``)."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(site_id)).strip("-.")
+    if not slug:
+        raise SiteDataError(f"site id {site_id!r} has no letter or digit; give the site a name (--site NAME)")
+    return slug

@@ -23,7 +23,7 @@ from core.adapt import adapt
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
 from core.evaluation import BASELINE, task_generator
-from core.tasks import SiteDataError
+from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame
 
@@ -80,7 +80,10 @@ def onboard(
     if unknown:
         raise ValueError(f"unknown data option(s) {sorted(unknown)} for vertical {spec.name!r}")
     data_cfg = dataclasses.replace(data_cfg, **changes)
+    if site_id is not None:
+        site_slug(site_id)  # refuse an unusable id before reading anything
     problem, site = spec.load_new_site(data_cfg, info.get("preprocessing", {}), site_id)
+    slug = site_slug(site.site_id)
     _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))
     steps = steps if steps is not None else int(info.get("adapt_steps", 5))
@@ -114,7 +117,7 @@ def onboard(
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()})}
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{site.site_id}") as run:
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{slug}") as run:
         mlflow.set_tags(lineage)
         mlflow.log_metrics({**{f"before/{k}": v for k, v in before.items()},
                             **{f"after/{k}": v for k, v in after.items()}, "time/onboard_seconds": seconds})
@@ -123,7 +126,7 @@ def onboard(
         uri = tracking.log_meta_init(model, adapted, personal_info, problem.input_example(), name="personalized")
         registered = None
         if register:
-            name = f"fml-{spec.name}-site-{site.site_id}"
+            name = f"fml-{spec.name}-site-{slug}"
             headline = info.get("headline", next(iter(after)))
             version, alias, reason = tracking.register(uri, name, lineage, headline,
                                                        float(after.get(headline, float("nan"))),

@@ -19,7 +19,7 @@ from core.config import EvalConfig, RunConfig
 from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites, select_adaptation
 from core.metrics import mse_metrics
 from core.problem import SupervisedProblem
-from core.tasks import EpisodeSpec, Federation, Site, site_seed
+from core.tasks import EpisodeSpec, Federation, Site, SiteDataError, site_seed
 from core.vertical import VerticalSpec
 
 W_TRUE = torch.tensor([[1.5], [-2.0], [0.5]])
@@ -198,6 +198,12 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert forced.choice.name == "fomaml" and forced.after["mse"] > result.after["mse"]
     with pytest.raises(ValueError, match="its candidates are"):
         onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="maml")
+    # a site id that cannot be a name is slugged for the registry (regression: '/' failed after adapting)
+    slashed = onboard(spec, data=None, site_id="clinic/7", shots=6, register=True)
+    assert slashed.registered["name"] == "fml-linear-site-clinic-7"
+    assert MlflowClient().get_run(slashed.run_id).data.tags["site_id"] == "clinic/7"
+    with pytest.raises(SiteDataError, match="no letter or digit"):
+        onboard(spec, data=None, site_id="///", shots=6)
 
 
 def test_site_ids_sharing_a_prefix_get_different_seeds():
