@@ -93,6 +93,37 @@ def ensure_experiment(name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that runs an MLflow run, so a later start can tell a run that was killed
+    (SIGKILL, a crash of the machine) from one still running: :func:`close_orphaned_runs`."""
+    import socket
+
+    return {"fml.host": socket.gethostname(), "fml.pid": str(os.getpid())}
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED every RUNNING run of ``experiment_id`` started on this host by a process that no longer
+    exists (it cannot have finished: a finished run is never left RUNNING). Returns their run ids."""
+    import socket
+
+    client, host, closed = MlflowClient(), socket.gethostname(), []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("fml.host") != host or not tags.get("fml.pid", "").isdigit():
+            continue
+        try:
+            os.kill(int(tags["fml.pid"]), 0)
+            continue  # still alive (or the pid was reused): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        client.set_terminated(run.info.run_id, status="KILLED")
+        client.set_tag(run.info.run_id, "fml.closed_by", f"pid {os.getpid()}: its process had ended")
+        closed.append(run.info.run_id)
+    return closed
+
+
 def log_meta_init(model: nn.Module, meta: Params, info: dict[str, Any], input_example: torch.Tensor,
                   name: str = "meta_init", others: Optional[dict[str, Params]] = None) -> str:
     """Log ``model`` carrying ``meta`` as an MLflow model in the active run; returns its model URI.

@@ -118,6 +118,8 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     tracking.setup_tracking()
     experiment = cfg.tracking.experiment or f"fml-{spec.name}"
     exp_id = tracking.ensure_experiment(experiment)
+    for orphan in tracking.close_orphaned_runs(exp_id):
+        console.print(f"[yellow]MLflow run {orphan} was left RUNNING by a process that no longer exists: marked KILLED[/]")
     algorithms = list(dict.fromkeys(a for a in cfg.algorithms if a != "fedavg"))
     for name in algorithms:
         get_algorithm(name)
@@ -129,7 +131,8 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(plain).items()})
         mlflow.log_dict(plain, "config.yaml")
         mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
-        mlflow.set_tags({"vertical": spec.name, **{f"env.{k}": v for k, v in environment_info().items()}})
+        mlflow.set_tags({"vertical": spec.name, **tracking.owner_tags(),
+                         **{f"env.{k}": v for k, v in environment_info().items()}})
         # 2. site-shift report
         if spec.rows_based:
             shift = site_shift_report(problem.federation, seed=cfg.seed)

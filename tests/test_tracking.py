@@ -123,3 +123,21 @@ def test_two_first_runs_on_a_fresh_store_both_get_it(tmp_path):
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
+
+
+def test_a_run_left_running_by_a_killed_process_is_marked_killed(fml_home):
+    """SIGKILL leaves an MLflow run RUNNING; the next start marks it KILLED (never FINISHED), and leaves the
+    runs of live processes alone."""
+    import subprocess
+    import sys
+
+    tracking.setup_tracking()
+    exp = tracking.ensure_experiment("fml-orphans")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = MlflowClient()
+    orphan = client.create_run(exp, tags={**tracking.owner_tags(), "fml.pid": str(dead.pid)}).info.run_id
+    alive = client.create_run(exp, tags=tracking.owner_tags()).info.run_id  # this test's own pid
+    assert tracking.close_orphaned_runs(exp) == [orphan]
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING"
