@@ -17,12 +17,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
 from data_adapters.tabular import TabularData
+from data_adapters.tabular_io import category_strings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ CATEGORIES = {
 
 @dataclass
 class FraudData(TabularData):
-    """Data options of the fraud vertical (defaults: the vehicle-insurance claims file, sites by Make)."""
+    """Data options of the fraud vertical (defaults: the vehicle-insurance claims file, sites by Make). With
+    ``path`` set to another table, the claims file's id column and named makes are dropped when the table
+    has no such column or sites (:func:`without_claims_defaults`)."""
 
     path: Optional[str] = None
     """Claims file; unset = $FML_FRAUD_DATA, else $FML_DATA_DIR/vehicle_insurance_fraud/fraud_oracle.csv,
@@ -75,12 +78,30 @@ class FraudData(TabularData):
     """Held-out test institutions by name (set [] when sites are not makes)."""
     validation_sites: list[str] = field(default_factory=lambda: ["Chevrolet"])
     """Validation institutions by name (set [] when sites are not makes)."""
-    num_validation: int = 1
-    """Total validation sites (named ones count)."""
     synthetic: bool = False
     """Use the generated synthetic claims even when the real file exists."""
     synthetic_seed: int = 0
     """Seed of the generated claims (fixed: the generated file is the same on every machine)."""
+
+
+def without_claims_defaults(cfg: FraudData, frame: pd.DataFrame, source: str) -> FraudData:
+    """``cfg`` without the defaults that belong to the claims file (id column ``PolicyNumber``, the named
+    test/validation makes) where ``frame`` -- another table -- has no such column or sites; said in a log line."""
+    import dataclasses
+
+    defaults = FraudData()
+    changes: dict[str, Any] = {}
+    if cfg.id_columns == defaults.id_columns and not set(cfg.id_columns) <= set(frame.columns):
+        changes["id_columns"] = []
+    if cfg.site_column in frame.columns:
+        sites = set(category_strings(frame[cfg.site_column]).dropna())
+        for name in ("test_sites", "validation_sites"):
+            if getattr(cfg, name) == getattr(defaults, name) and not set(getattr(cfg, name)) <= sites:
+                changes[name] = []
+    if changes:
+        log.warning("%s is not the claims file: dropping its defaults %s (sites are drawn with the seed)", source,
+                    ", ".join(f"{k}={getattr(cfg, k)}" for k in changes))
+    return dataclasses.replace(cfg, **changes)
 
 
 def repo_root() -> Path:

@@ -74,10 +74,10 @@ class TabularData:
     """Held-out test sites by name (site-column values); more are drawn at random up to num_test."""
     validation_sites: list[str] = field(default_factory=list)
     """Validation sites by name; more are drawn at random up to num_validation."""
-    num_test: int = 3
-    """Total test sites (named ones count)."""
-    num_validation: int = 1
-    """Total validation sites (named ones count)."""
+    num_test: Optional[int] = None
+    """Total test sites, named ones included (default: the named ones, or 3 drawn when none is named)."""
+    num_validation: Optional[int] = None
+    """Total validation sites, named ones included (default: the named ones, or 1 drawn when none is named)."""
     train_shots: int = 5
     """Positives (and negatives) in the support set of a meta-training episode."""
     train_query: int = 10
@@ -188,16 +188,20 @@ def assign_roles(positives: dict[str, int], negatives: dict[str, int], cfg: Tabu
     trainable = [s for s in known if s not in fixed and min(positives[s], negatives[s]) >= need]
     gen = torch.Generator().manual_seed(seed)
     order = [trainable[i] for i in torch.randperm(len(trainable), generator=gen).tolist()]
-    n_test = max(cfg.num_test - len(named["test"]), 0)
-    n_val = max(cfg.num_validation - len(named["validation"]), 0)
+    num_test = cfg.num_test if cfg.num_test is not None else (len(named["test"]) or 3)
+    num_val = cfg.num_validation if cfg.num_validation is not None else (len(named["validation"]) or 1)
+    n_test = max(num_test - len(named["test"]), 0)
+    n_val = max(num_val - len(named["validation"]), 0)
     roles = {"test": named["test"] + order[:n_test],
              "validation": named["validation"] + order[n_test:n_test + n_val],
              "train": sorted(order[n_test + n_val:])}
     if not roles["train"]:
+        small = [s for s in known if s not in fixed and s not in trainable]
         raise SiteDataError(
-            f"no site is left for training: a training site needs {need} positives and {need} negatives "
-            f"(train_shots {cfg.train_shots} + train_query {cfg.train_query}); lower them or name fewer "
-            f"test/validation sites. Sites: {desc}"
+            f"no site is left for training: test {roles['test']}, validation {roles['validation']}; "
+            f"too small to train on {small} (a training site needs {need} positives and {need} negatives: "
+            f"train_shots {cfg.train_shots} + train_query {cfg.train_query}); lower them, or name or draw fewer "
+            f"test/validation sites (data.num_test, data.num_validation). Sites: {desc}"
         )
     placed = {s for ids in roles.values() for s in ids}
     excluded = {

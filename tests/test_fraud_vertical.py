@@ -223,3 +223,26 @@ def test_repo_default_data_dir_resolves_from_package_not_cwd(monkeypatch, tmp_pa
     monkeypatch.chdir(tmp_path)
     assert default_real_path() == REPO.parent / "shared" / "data" / "vehicle_insurance_fraud" / "fraud_oracle.csv"
     assert os.getcwd() == str(tmp_path)
+
+
+def test_another_table_starts_from_neutral_defaults(tmp_path):
+    """--data.path to a table other than the claims file: no PolicyNumber id column, no named makes; naming
+    one test site means one test site (regression: two more were drawn)."""
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).parent))
+    from _fraud_testdata import make_transactions
+
+    from verticals.fraud import FraudConfig, prepare
+
+    path = tmp_path / "banks.csv"
+    make_transactions(0).to_csv(path, index=False)
+    base = dict(path=str(path), site_column="bank", label_column="is_fraud", train_shots=2, train_query=3)
+    problem = prepare(FraudConfig(**base), seed=0)
+    roles = problem.federation.roles
+    assert len(roles["test"]) == 3 and len(roles["validation"]) == 1 and roles["train"]
+    assert "txn_id" in str(problem.preprocessing["feature_names"])  # not an id column unless named
+    named = prepare(FraudConfig(**base, test_sites=["bank_e"], id_columns=["txn_id"]), seed=0)
+    assert named.federation.roles["test"] == ["bank_e"]
+    assert "txn_id" not in str(named.preprocessing["feature_names"])

@@ -14,7 +14,8 @@ from typing import Optional
 
 from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
-from data_adapters.fraud_claims import FraudData, resolve_claims
+from data_adapters.fraud_claims import FraudData, resolve_claims, without_claims_defaults
+from data_adapters.tabular_io import read_table
 from data_adapters.tabular import build_tabular_federation, load_tabular_site
 from verticals.fraud.problem import FraudProblem, fraud_problem, model_settings
 from verticals.fraud.reference import reference_baselines
@@ -50,6 +51,9 @@ def describe(problem: FraudProblem) -> str:
 def prepare(cfg: FraudConfig, seed: int) -> FraudProblem:
     """Read/validate the claims, split institutions into roles, fit the federated preprocessing."""
     data, source = resolve_claims(cfg)
+    if cfg.path:  # another table: the claims file's id column and makes do not apply
+        data = read_table(data)
+        cfg = without_claims_defaults(cfg, data, source)
     federation, prep, excluded = build_tabular_federation(cfg, data, seed, name=source)
     prep["model"] = model_settings(cfg.hidden, cfg.loss, cfg.pos_weight, cfg.focal_gamma, cfg.focal_alpha)
     prep["source"] = source
