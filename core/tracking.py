@@ -90,7 +90,14 @@ def ensure_experiment(name: str) -> str:
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare with the embedded address itself
     if tracking_uri() == embedded_uri():
         location = (fml_home() / "artifacts" / name).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as err:
+        # another process created it first, or a timed-out request was retried after it had succeeded
+        exp = client.get_experiment_by_name(name) if err.error_code == "RESOURCE_ALREADY_EXISTS" else None
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def owner_tags() -> dict[str, str]:

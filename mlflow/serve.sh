@@ -1,17 +1,49 @@
 #!/usr/bin/env bash
-# Start a real MLflow tracking server (tracking + Model Registry + artifact serving) bound to 127.0.0.1.
-#   bash mlflow/serve.sh [PORT] [BACKEND_STORE_URI] [ARTIFACTS_DIR]
+# Start a real MLflow tracking server (tracking + Model Registry + artifact serving) with MLflow's
+# authentication (basic-auth app), bound to 127.0.0.1 unless MLFLOW_HOST says otherwise.
+#   MLFLOW_ADMIN_PASSWORD=... bash mlflow/serve.sh [PORT] [BACKEND_STORE_URI] [ARTIFACTS_DIR]
 # Defaults: port 5000, sqlite:///$FML_HOME/server/mlflow.db, $FML_HOME/server/artifacts.
+# Environment:
+#   MLFLOW_ADMIN_PASSWORD  the admin's password (required: there is no default password); it creates the admin
+#                          on the FIRST start of a server folder, later starts keep the stored users
+#   MLFLOW_ADMIN_USERNAME  the admin's name (default admin)
+#   MLFLOW_HOST            interface to bind (default 127.0.0.1)
+#   MLFLOW_TLS_CERT, MLFLOW_TLS_KEY   serve HTTPS with this certificate and key (put a server reachable from
+#                          other machines behind TLS: basic auth sends passwords with every request)
+# Clients: export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...
 # Any SQLAlchemy URI works as the backend, e.g. postgresql://user:pass@127.0.0.1:5432/mlflow.
-# Point the toolkit at it with: export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT
 set -euo pipefail
+if [ -z "${MLFLOW_ADMIN_PASSWORD:-}" ]; then
+  echo "mlflow/serve.sh: set MLFLOW_ADMIN_PASSWORD (the admin's password; the server has no default password)" >&2
+  exit 2
+fi
 PORT="${1:-5000}"
 HOME_DIR="${FML_HOME:-$HOME/.fml}/server"
 mkdir -p "$HOME_DIR"
+chmod 700 "$HOME_DIR"
 BACKEND="${2:-sqlite:///$HOME_DIR/mlflow.db}"
 ARTIFACTS="${3:-$HOME_DIR/artifacts}"
 mkdir -p "$ARTIFACTS"
-exec mlflow server --host 127.0.0.1 --port "$PORT" \
+umask 077
+# the auth app reads its admin and user database from this file (written fresh, readable by us only)
+cat > "$HOME_DIR/basic_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$HOME_DIR/basic_auth.db
+admin_username = ${MLFLOW_ADMIN_USERNAME:-admin}
+admin_password = $MLFLOW_ADMIN_PASSWORD
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+export MLFLOW_AUTH_CONFIG_PATH="$HOME_DIR/basic_auth.ini"
+if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then  # CSRF key: kept per server folder
+  [ -s "$HOME_DIR/secret_key" ] || python3 -c "import secrets; print(secrets.token_hex(32))" > "$HOME_DIR/secret_key"
+  export MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$HOME_DIR/secret_key")"
+fi
+TLS=()
+if [ -n "${MLFLOW_TLS_CERT:-}" ] || [ -n "${MLFLOW_TLS_KEY:-}" ]; then
+  TLS=(--uvicorn-opts "--ssl-certfile $MLFLOW_TLS_CERT --ssl-keyfile $MLFLOW_TLS_KEY")
+fi
+exec mlflow server --app-name basic-auth --host "${MLFLOW_HOST:-127.0.0.1}" --port "$PORT" \
   --backend-store-uri "$BACKEND" \
   --artifacts-destination "$ARTIFACTS" --serve-artifacts \
-  --workers 1
+  --workers 1 "${TLS[@]}"

@@ -30,7 +30,7 @@ def _setup_quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # an unreachable tracking server should fail in seconds, not after minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "6")
     import pytorch_lightning  # noqa: F401  (configures its loggers on import; quiet them after)
 
     for name in ("lightning", "pytorch_lightning", "lightning.pytorch", "mlflow", "alembic"):

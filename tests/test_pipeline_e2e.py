@@ -61,7 +61,9 @@ def _run_and_onboard(tmp_path: Path, env: dict[str, str]) -> MlflowClient:
 def _check_registry(client: MlflowClient) -> None:
     champion = client.get_model_version_by_alias("fml-digits", "champion")
     assert str(champion.version) == "1"
-    assert champion.tags["algorithm"] in {"fomaml", "reptile"}
+    assert champion.tags["algorithm"] in {"fomaml", "reptile", "fedavg+ft"}
+    bundle = champion.tags["candidates"].split(",")
+    assert "fedavg+ft" in bundle and len(bundle) == 2 and champion.tags["algorithm"] == bundle[0]
     assert float(champion.tags["headline_value"]) > 0.2  # better than chance on 5-way tasks
     assert int(champion.tags["adapt_steps"]) in {1, 5}
     site_model = client.get_model_version_by_alias("fml-digits-site-clinic-x", "champion")
@@ -75,7 +77,9 @@ def _check_registry(client: MlflowClient) -> None:
     assert any(k.startswith("fedavg-val/") for k in run.data.metrics)
     epsilons = {k: v for k, v in run.data.metrics.items() if k.startswith("privacy/epsilon_")}
     assert set(epsilons) == {"privacy/epsilon_fedavg", "privacy/epsilon_fomaml", "privacy/epsilon_reptile"}
-    assert float(champion.tags["dp_epsilon"]) == pytest.approx(epsilons[f"privacy/epsilon_{champion.tags['algorithm']}"], rel=1e-3)
+    trained = {name.replace("fedavg+ft", "fedavg") for name in bundle}  # the bundle's guarantee: its weakest
+    assert float(champion.tags["dp_epsilon"]) == pytest.approx(max(epsilons[f"privacy/epsilon_{t}"] for t in trained),
+                                                               rel=1e-3)
 
 
 def test_run_then_onboard_embedded_store(tmp_path):
@@ -87,6 +91,9 @@ def test_run_then_onboard_embedded_store(tmp_path):
     assert models.returncode == 0 and "fml-digits" in models.stdout
 
 
+ADMIN_PASSWORD = "test-admin-Pw-7319"  # the test server's admin; never a default of serve.sh
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,7 +103,8 @@ def _free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "FML_HOME": str(tmp_path / "server-home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "FML_HOME": str(tmp_path / "server-home"), "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(["bash", str(REPO_ROOT / "mlflow" / "serve.sh"), str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
@@ -118,12 +126,29 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_run_then_onboard_real_tracking_server(tmp_path, mlflow_server):
-    env = _env(tmp_path / "client-home", tracking_uri=mlflow_server)
+def test_run_then_onboard_real_tracking_server(tmp_path, mlflow_server, monkeypatch):
+    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+    env = {**_env(tmp_path / "client-home", tracking_uri=mlflow_server), **creds}
+    for key, value in creds.items():  # this process's MlflowClient reads them too
+        monkeypatch.setenv(key, value)
     client = _run_and_onboard(tmp_path, env)
     _check_registry(client)
     # artifacts were served by the server, not written into the client's folder
     assert not (tmp_path / "client-home" / "artifacts").exists()
+    # without credentials, or with the wrong password, nobody reads the registry or moves @champion
+    for creds in ({}, {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "password1234"}):
+        bare = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_USER") and
+                not k.startswith("MLFLOW_TRACKING_PASS")}
+        refused = fml(["models"], {**bare, **creds}, tmp_path)
+        assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr[-1500:]
+
+
+def test_serve_sh_refuses_to_start_without_an_admin_password(tmp_path):
+    env = {**os.environ, "FML_HOME": str(tmp_path)}
+    env.pop("MLFLOW_ADMIN_PASSWORD", None)
+    done = subprocess.run(["bash", str(REPO_ROOT / "mlflow" / "serve.sh"), str(_free_port())], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "set MLFLOW_ADMIN_PASSWORD" in done.stderr
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
