@@ -6,10 +6,11 @@ the adaptation recipe chosen on validation sites). The site splits its k labelle
 training folds with its recipe and measures a loss for every held-out unit: the training loss, or for a
 binary task ranked by AUROC / PR-AUC a pairwise ranking loss (a smooth 1 - AUROC that ignores a shift
 of the scores, which few balanced examples would otherwise reward or punish). A candidate
-replaces the ANCHOR (the tuned FedAvg baseline when it is a candidate) only when its held-out loss is
-clearly lower: the one-sided 90% paired-t lower bound of the per-unit differences is above zero, so that
-noise on a handful of examples does not hand a site a worse start. A support too small to split (fewer than two units of
-some class) keeps the validation-chosen default. Only the support set is read: the rows a held-out
+replaces the DEFAULT -- the start the validation sites support: the tuned FedAvg baseline unless an FML
+algorithm beat it clearly there -- only when its held-out loss is clearly lower: a one-sided Wilcoxon
+signed-rank test of the paired per-unit differences at p < 0.1, so that noise on a handful of examples
+does not hand a site a worse start. A support too small to split (fewer than two units of some class)
+keeps the default. Only the support set is read: the rows a held-out
 protocol scores never reach these functions.
 """
 from __future__ import annotations
@@ -147,17 +148,16 @@ def unit_losses(criterion: Criterion, loss_fn: LossFn, candidate: Candidate, fol
 
 
 def clearly_better(gains: Sequence[float], confidence: float = 0.9) -> bool:
-    """Whether paired ``gains`` (positive = better) are above zero at a one-sided paired-t ``confidence``:
-    ``mean - t(confidence, n-1) * standard error > 0``. The t quantile keeps a handful of pairs (two
-    validation draws, two engines) from passing on noise, as a plain one-standard-error rule would."""
-    from scipy.stats import t
+    """Whether paired ``gains`` (positive = better) are above zero at one-sided ``confidence`` by the
+    Wilcoxon signed-rank test (exact for small samples), and on average. A rank test, because per-example
+    losses are heavy-tailed (one badly fitted example swamps a t statistic), and a handful of pairs (two
+    validation draws, two engines) can never pass it on noise: two pairs cannot reach p < 0.25."""
+    from scipy.stats import wilcoxon
 
-    n = len(gains)
-    if n < 2 or not all(math.isfinite(g) for g in gains):
+    values = [g for g in gains if g != 0]
+    if len(values) < 2 or not all(math.isfinite(g) for g in values) or _mean(values) <= 0:
         return False
-    mean = _mean(gains)
-    spread = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1) / n)
-    return mean - float(t.ppf(confidence, n - 1)) * spread > 0
+    return float(wilcoxon(values, alternative="greater").pvalue) < 1 - confidence
 
 
 def choose(losses: Mapping[str, Sequence[float]], anchor: str) -> str:
@@ -176,15 +176,16 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
-                     defaults: Mapping[int, str], anchor: str, criterion: Optional[Criterion] = None) -> dict[int, SiteChoice]:
+                     defaults: Mapping[int, str], criterion: Optional[Criterion] = None) -> dict[int, SiteChoice]:
     """The choice at each steps count of ``defaults`` (every candidate adapts that many steps).
 
-    ``defaults[s]`` is used when the support cannot be split; ``anchor`` is what a candidate must beat on
-    the site's own folds, by ``criterion`` (default: the held-out units' loss)."""
+    ``defaults[s]`` -- the start validation sites support at ``s`` steps -- is kept unless another candidate
+    is clearly better on the site's own folds by ``criterion`` (default: the held-out units' loss), and
+    whenever the support cannot be split."""
     names = [c.name for c in candidates]
-    for name in {*defaults.values(), anchor}:
+    for name in defaults.values():
         if name not in names:
-            raise ValueError(f"candidate {name!r} (default or anchor) is not one of {names}")
+            raise ValueError(f"default candidate {name!r} is not one of {names}")
     steps_grid = list(defaults)
     if folds is None or len(candidates) < 2:
         reason = ("one candidate" if len(candidates) < 2 else
@@ -195,16 +196,16 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
     out = {}
     for s in steps_grid:
         by_name = {name: by_steps[s] for name, by_steps in losses.items()}
-        name = choose(by_name, anchor)
+        name = choose(by_name, defaults[s])
         reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
-                  (f"no candidate clearly beat {anchor} (one-sided 90% paired t bound)" if name == anchor
-                   else f"clearly beats {anchor} (one-sided 90% paired t bound)"))
+                  (f"no candidate clearly beat the default {defaults[s]} (one-sided Wilcoxon signed-rank test, p < 0.1)"
+                   if name == defaults[s] else f"clearly beats the default {defaults[s]} (one-sided Wilcoxon signed-rank test, p < 0.1)"))
         out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason)
     return out
 
 
 def choose_candidate(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds], steps: int,
-                     default: str, anchor: Optional[str] = None, criterion: Optional[Criterion] = None) -> SiteChoice:
-    """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; a candidate must
-    beat ``anchor`` (default: ``default``) on the folds; ``default`` when there are none."""
-    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, anchor or default, criterion)[steps]
+                     default: str, criterion: Optional[Criterion] = None) -> SiteChoice:
+    """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; ``default`` is
+    kept unless another candidate is clearly better on the folds (or there are no folds)."""
+    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion)[steps]

@@ -145,15 +145,14 @@ def select_adaptation(
 @dataclass(frozen=True)
 class AutoChoice:
     """The ``auto`` row of the protocol: on each draw, the onboarding choice among ``candidates`` (method
-    names) by cross-validation on that draw's support set only (:mod:`core.choice`): a candidate must beat
-    ``anchor`` on the site's folds; ``default`` is kept when the support is too small to split."""
+    names) by cross-validation on that draw's support set only (:mod:`core.choice`): the default at a steps
+    count (``default_by_steps``, else ``default``) is kept unless another candidate is clearly better."""
 
     candidates: tuple[str, ...]
     default: str
-    anchor: str
     max_folds: int = 5
     default_by_steps: Mapping[int, str] = field(default_factory=dict)
-    """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.defaults_by_steps``)."""
+    """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.validation_default``)."""
 
 
 def method_candidate(method: Method, inner: InnerConfig) -> Candidate:
@@ -221,7 +220,7 @@ def evaluate_auto(
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
-                                           auto.anchor, task.choice_criterion(loss_fn))
+                                           task.choice_criterion(loss_fn))
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,

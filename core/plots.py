@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure  # a Figure renders to a file without pyplot or a process-wide backend
 
 
 def plot_vs_steps(summary: pd.DataFrame, metric: str, path: Path) -> Path:
     data = summary[(summary["site"] == "ALL") & (summary["metric"] == metric)]
     shots = sorted(data["shots"].unique())
-    fig, axes = plt.subplots(1, len(shots), figsize=(4.2 * len(shots), 3.4), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.2 * len(shots), 3.4))
+    axes = fig.subplots(1, len(shots), squeeze=False, sharey=True)
     for ax, k in zip(axes[0], shots):
         for method, grp in data[data["shots"] == k].groupby("method"):
             grp = grp.sort_values("steps")
@@ -29,13 +27,13 @@ def plot_vs_steps(summary: pd.DataFrame, metric: str, path: Path) -> Path:
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_vs_shots(summary: pd.DataFrame, metric: str, steps: int, path: Path) -> Path:
     data = summary[(summary["site"] == "ALL") & (summary["metric"] == metric)]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     for method, grp in data.groupby("method"):
         sel = grp[grp["steps"] == (0 if grp["steps"].max() == 0 else steps)].sort_values("shots")
         if sel.empty:
@@ -49,5 +47,4 @@ def plot_vs_shots(summary: pd.DataFrame, metric: str, steps: int, path: Path) ->
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

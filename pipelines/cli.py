@@ -25,8 +25,12 @@ def _setup_quiet() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("FML_NUM_THREADS", "1")))
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    # library deprecation notices and Lightning's advice are not the user's business; the toolkit's own
+    # warnings (and any library's real UserWarning about the user's data) still show
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(pytorch_lightning|lightning_fabric|lightning)\.")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # an unreachable tracking server should fail in seconds, not after minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

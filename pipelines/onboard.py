@@ -22,7 +22,7 @@ from core import tracking
 from core.adapt import adapt
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
-from core.evaluation import BASELINE, task_generator
+from core.evaluation import task_generator
 from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame
@@ -97,10 +97,9 @@ def onboard(
             raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}")
         choice = SiteChoice(candidate, {}, 0, "forced with --candidate")
     else:
-        anchor = BASELINE if BASELINE in candidates else default
         loss_fn = problem.loss_fn(model)
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
-                                  steps, default, anchor, task.choice_criterion(loss_fn))
+                                  steps, default, task.choice_criterion(loss_fn))
     chosen = candidates[choice.name]
     used_lr = chosen.lr_for(steps)
     support = task.support(chosen.params)

@@ -198,7 +198,8 @@ class HeldoutReport:
 
 def validation_default(methods: list[Method], steps: Optional[int], higher_is_better: bool) -> tuple[Method, str]:
     """Among ``methods``: the tuned baseline (when there) unless the best method on validation sites beats it
-    there clearly -- one-sided 90% paired-t bound over the (site, draw) pairs (:func:`core.choice.clearly_better`)
+    there clearly -- one-sided Wilcoxon signed-rank test over the (site, draw) pairs, p < 0.1
+    (:func:`core.choice.clearly_better`)
     -- at ``steps`` adaptation steps (None: each method at its own best steps). Returns it and why."""
     sign = 1 if higher_is_better else -1
 
@@ -216,9 +217,9 @@ def validation_default(methods: list[Method], steps: Optional[int], higher_is_be
         return leader, "best on validation sites"
     gains = [sign * (a - b) for a, b in zip(draws(leader), draws(baseline))]
     if clearly_better(gains):
-        return leader, f"best on validation sites, clearly ahead of {BASELINE} (one-sided 90% paired t bound)"
-    return baseline, (f"{leader.name} led on validation sites but not clearly (one-sided 90% paired t bound over "
-                      f"{len(gains)} validation draws): {BASELINE} stays the default")
+        return leader, f"best on validation sites, clearly ahead of {BASELINE} (one-sided Wilcoxon signed-rank test, p < 0.1)"
+    return baseline, (f"{leader.name} led on validation sites but not clearly (one-sided Wilcoxon signed-rank test "
+                      f"over {len(gains)} validation draws, p < 0.1 needed): {BASELINE} stays the default")
 
 
 def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bool,
@@ -293,8 +294,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         task = bar.add_task("held-out evaluation", total=total)
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task), **grid)
     if len(bundle) > 1:
-        auto = AutoChoice(tuple(names), names[0], BASELINE if BASELINE in names else names[0], cfg.eval.choice_folds,
-                          default_by_steps)
+        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
                          ignore_index=True)
     if spec.reference_baselines is not None:
