@@ -28,7 +28,8 @@ def pool_key(entry: dict[str, Any]) -> str:
 
 def signed(entry: dict[str, Any], lower_is_better: bool) -> tuple[float, float, float]:
     m, (lo, hi) = entry["mean_diff"], entry["ci95"]
-    return (-m, -hi, -lo) if lower_is_better else (m, lo, hi)
+    gain = (-m, -hi, -lo) if lower_is_better else (m, lo, hi)
+    return tuple(v + 0.0 for v in gain)  # + 0.0: no "-0.00" for an exact tie
 
 
 def cell(gain: Optional[tuple[float, float, float]], digits: int) -> str:
