@@ -189,7 +189,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
     steps_grid = list(defaults)
     if folds is None or len(candidates) < 2:
         reason = ("one candidate" if len(candidates) < 2 else
-                  "support too small to split (each class needs 2+ examples, or 2+ units): validation-chosen default")
+                  "support cannot be split (a class with 1 example, 1 unit, or rollouts): validation-chosen default")
         return {s: SiteChoice(defaults[s], {}, 0, reason) for s in steps_grid}
     criterion = criterion or unit_loss(loss_fn)
     losses = {c.name: unit_losses(criterion, loss_fn, c, folds, steps_grid) for c in candidates}
