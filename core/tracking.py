@@ -48,24 +48,25 @@ def embedded_uri() -> str:
 
 
 def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    home = fml_home()
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-"):
-            pass
-    except OSError as err:
-        raise RegistryError(f"FML_HOME {home} is not a writable folder ({err.strerror}): the embedded MLflow store "
-                            "needs one; set FML_HOME to a writable folder or MLFLOW_TRACKING_URI to a server") from None
-    return embedded_uri()
+    """The configured store's URI (no side effect: error messages use it too)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
 
 
 def setup_tracking() -> str:
-    """Point MLflow (tracking + registry) at the configured store; returns the URI. The embedded store is
-    created (or migrated) under a file lock, so two first runs at once do not both build its schema."""
+    """Point MLflow (tracking + registry) at the configured store; returns the URI. The embedded store's
+    folder must be writable (one clear error otherwise), and the store is created (or migrated) under a
+    file lock, so two first runs at once do not both build its schema."""
     uri = tracking_uri()
+    if uri == embedded_uri():
+        home = fml_home()
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-"):
+                pass
+        except OSError as err:
+            raise RegistryError(f"FML_HOME {home} is not a writable folder ({err.strerror}): the embedded MLflow "
+                                "store needs one; set FML_HOME to a writable folder or MLFLOW_TRACKING_URI to a "
+                                "server") from None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if uri == embedded_uri():
