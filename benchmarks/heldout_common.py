@@ -39,6 +39,9 @@ class HeldoutFlags:
     """torch threads (the models are small: one thread is fastest, and robust on a shared machine)."""
     json_out: Optional[str] = None
     """Also write the closing JSON line to this file (``benchmarks/where_fml_helps.py`` reads such files)."""
+    set: list[str] = dataclasses.field(default_factory=list)
+    """Run options over the preset, as dotted KEY=VALUE (e.g. data.site_statistics=true data.offset_std=1.5);
+    recorded in the JSON line."""
 
 
 @dataclass
@@ -108,7 +111,7 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
     torch.set_num_threads(flags.threads)
     parts, best = [], {}
     for seed in flags.seeds:
-        run_cfg = load_preset(spec, flags.preset)
+        run_cfg = with_overrides(load_preset(spec, flags.preset), flags.set)
         run_cfg.seed, run_cfg.output_dir = seed, str(Path(flags.output_dir) / f"seed{seed}")
         if isinstance(flags, ShortenableFlags):  # the others keep the preset's run length
             if flags.rounds is not None:
@@ -123,6 +126,15 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
         parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
         best[seed] = result.best_algorithm
     return HeldoutRun(spec, run_cfg, result, pd.concat(parts, ignore_index=True), seconds, best)
+
+
+def with_overrides(run_cfg: Any, dotlist: list[str]) -> Any:
+    """``run_cfg`` with dotted ``KEY=VALUE`` overrides (typed by the run config's schema)."""
+    if not dotlist:
+        return run_cfg
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(run_cfg), OmegaConf.from_dotlist(list(dotlist))))
 
 
 def timed_onboard(spec: VerticalSpec, **kwargs: Any) -> tuple[OnboardResult, float]:
@@ -149,7 +161,7 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
     the ``auto`` row chose each candidate (all seeds, sites, shots and steps)."""
     picks = run.rows[run.rows["method"] == "auto"].drop_duplicates(["site", "shots", "steps", "draw"])
     counts = picks["choice"].value_counts().to_dict() if "choice" in picks else {}
-    return {"seeds": list(flags.seeds), "registered_default": {str(k): v for k, v in run.best_by_seed.items()},
+    return {"seeds": list(flags.seeds), "overrides": list(flags.set), "registered_default": {str(k): v for k, v in run.best_by_seed.items()},
             "auto_choices": {str(k): int(v) for k, v in counts.items()}}
 
 

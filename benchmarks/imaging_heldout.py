@@ -69,7 +69,7 @@ def main(cfg: BenchConfig) -> dict:
     # 1. the pipeline, end to end
     run = run_heldout_pipeline("medical_imaging", cfg)
     # 2. onboarding one held-out clinic from the registered meta-initialization
-    problem = run.spec.prepare(run.run_cfg.data, run.run_cfg.seed)
+    problem = run.spec.build(run.run_cfg.data, run.run_cfg.seed)
     site_id = cfg.onboard_site or problem.federation.roles["test"][-1]
     npz = export_clinic(problem.federation.sites[site_id], Path(tmp.name) / f"{site_id}.npz")
     onboarded, onboard_call_seconds = timed_onboard(run.spec, data=str(npz), site_id=site_id, seed=cfg.seeds[-1],

@@ -20,6 +20,8 @@ from typing import Any, Optional
 LOWER_IS_BETTER = {"rmse_last", "rmse_all", "mse", "nasa_per_unit"}
 ALL_POOLS = {"ALL", "all"}
 START, END = "<!-- where-fml-helps:start -->", "<!-- where-fml-helps:end -->"
+ABLATION_START, ABLATION_END = "<!-- recipe-ablation:start -->", "<!-- recipe-ablation:end -->"
+HIDDEN = {"local", "fedavg"}  # from scratch / not adapted: in the benchmarks' own tables
 
 
 def pool_key(entry: dict[str, Any]) -> str:
@@ -49,6 +51,7 @@ def vertical_rows(bench: dict[str, Any]) -> list[str]:
     key = pool_key(paired[0])
     steps = max(p["steps"] for p in paired)
     seeds = ",".join(str(s) for s in bench.get("seeds", []))
+    setting = "".join(f", {o}" for o in bench.get("overrides", []))
     out = []
     for k in sorted({p["shots"] for p in paired}):
         cells = [p for p in paired if p["shots"] == k and p["steps"] == steps]
@@ -58,7 +61,7 @@ def vertical_rows(bench: dict[str, Any]) -> list[str]:
         singles = [p for p in cells if p["method"] != "auto" and p[key] in ALL_POOLS]
         best = max(singles, key=lambda p: signed(p, lower)[0], default=None)
         out.append(" | ".join([
-            f"{bench['vertical']} ({bench['preset']}, seeds {seeds})", str(k), str(steps),
+            f"{bench['vertical']} ({bench['preset']}{setting}, seeds {seeds})", str(k), str(steps),
             cell(signed(auto_all, lower) if auto_all else None, digits),
             (f"{worst[key]}: " + cell(signed(worst, lower), digits)) if worst else "-",
             (f"{best['method']}: " + cell(signed(best, lower), digits)) if best else "-",
@@ -84,19 +87,69 @@ def table(files: list[Path]) -> str:
     return "\n".join(lines + [""] + choices)
 
 
+def label(bench: dict[str, Any]) -> str:
+    setting = "".join(f", {o}" for o in bench.get("overrides", []))
+    seeds = ",".join(str(s) for s in bench.get("seeds", []))
+    return f"{bench['vertical']} ({bench['preset']}{setting}, seeds {seeds})"
+
+
+def ablation(files: list[Path]) -> str:
+    """Rows = initialization x recipe (and ``auto``, reference rows), columns = shots k at the largest steps
+    count (reference rows: as scored, without adaptation): the pooled headline mean and, beside it, the paired
+    difference against ``fedavg+ft`` (positive = better). For every benchmark run with extra settings
+    (``--set``: site statistics, recipes, a stronger simulation) and the run of the same vertical and preset
+    without them."""
+    benches = [json.loads(f.read_text().strip().splitlines()[-1]) for f in sorted(files)]
+    varied = {(b["vertical"], b["preset"]) for b in benches if b.get("overrides")}
+    blocks = []
+    for bench in sorted((b for b in benches if (b["vertical"], b["preset"]) in varied),
+                        key=lambda b: (b["vertical"], b["preset"], len(b.get("overrides", [])), b.get("overrides"))):
+        lower = bench["headline_metric"] in LOWER_IS_BETTER
+        digits = 2 if lower or bench["headline_metric"] == "return" else 3
+        rows = [r for r in bench["rows"] if r.get(pool_key(r)) in ALL_POOLS and r["method"] not in HIDDEN]
+        paired = {(p["method"], p["shots"], p["steps"]): p for p in bench.get("paired_vs_fedavg_ft") or []
+                  if p[pool_key(p)] in ALL_POOLS}
+        steps = max(r["steps"] for r in rows)
+        shots = sorted({r["shots"] for r in rows})
+        head = f"| {label(bench)}: {bench['headline_metric']} | " + " | ".join(f"k = {k}" for k in shots) + " |"
+        lines = [head, "|---|" + "---|" * len(shots)]
+        for method in sorted({r["method"] for r in rows}, key=lambda m: (m != "fedavg+ft", m != "auto", m)):
+            cells = []
+            for k in shots:
+                mine = [r for r in rows if r["method"] == method and r["shots"] == k]
+                at = next((r for r in mine if r["steps"] == steps), None) or next(iter(mine), None)
+                if at is None:
+                    cells.append("-")
+                    continue
+                diff = paired.get((method, k, at["steps"]))
+                full = cell(signed(diff, lower), digits) if diff else ""
+                gain = f" ({full.split(' [')[0]}{'*' if full.endswith('*') else ''})" if diff else ""
+                cells.append(f"{at['mean']:.{digits}f}{gain}")
+            lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    note = (f"Cells: pooled mean over seeds x draws at the largest steps count (reference rows: not adapted); in "
+            f"brackets the paired difference against `fedavg+ft` on the same draws, POSITIVE = better, `*` = its "
+            f"95% interval excludes 0.")
+    return "\n\n".join(blocks + [note]) if blocks else note
+
+
+def _replace(readme: str, start: str, end: str, text: str) -> str:
+    if start not in readme or end not in readme:
+        raise SystemExit(f"no {start} ... {end} markers to replace")
+    head, rest = readme.split(start, 1)
+    return head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="files holding a benchmark's closing JSON line")
     parser.add_argument("--readme", type=Path, help=f"replace the text between {START} and {END} in this file")
     args = parser.parse_args()
-    text = table(args.files)
+    text, recipes = table(args.files), ablation(args.files)
     if args.readme:
-        readme = args.readme.read_text()
-        if START not in readme or END not in readme:
-            raise SystemExit(f"{args.readme}: no {START} ... {END} markers to replace")
-        head, rest = readme.split(START, 1)
-        args.readme.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
-    print(text)
+        readme = _replace(args.readme.read_text(), START, END, text)
+        args.readme.write_text(_replace(readme, ABLATION_START, ABLATION_END, recipes))
+    print(text + "\n\n" + recipes)
 
 
 if __name__ == "__main__":

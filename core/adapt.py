@@ -1,7 +1,7 @@
 """The ONE inner loop: used inside meta-training and at onboarding, so what is optimized is what is deployed."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import torch
 
@@ -39,6 +39,7 @@ def adapt(
     weight_decay: float = 0.0,
     proximal: float = 0.0,
     anchor: Optional[Params] = None,
+    trainable: Optional[Collection[str]] = None,
 ) -> Params:
     """Adapt ``params`` with ``steps`` full-batch gradient steps on ``support``.
 
@@ -57,11 +58,22 @@ def adapt(
         weight_decay: L2 coefficient on the adapted weights.
         proximal: coefficient of the pull toward ``anchor`` (default: the initial ``params``).
         anchor: the parameters the proximal term pulls toward.
+        trainable: names of the parameters adapted (a parameter group, e.g. the head); the others are
+            returned as the same tensors, untouched. None = all.
 
     Example:
         >>> adapted = adapt(loss_fn, init, (x_s, y_s), steps=5, lr=0.05)
     """
     anchor = params if anchor is None else anchor
+    if trainable is not None:
+        frozen = {k: v for k, v in params.items() if k not in trainable}
+        moving = {k: v for k, v in params.items() if k in trainable}
+        sub_lrs = None if lrs is None else {k: lrs[k] for k in moving}
+        sub_anchor = {k: anchor[k] for k in moving}
+        adapted = adapt(lambda p, b: loss_fn({**frozen, **p}, b), moving, support, steps, lr,
+                        first_order=first_order, lrs=sub_lrs, weight_decay=weight_decay, proximal=proximal,
+                        anchor=sub_anchor)
+        return {k: adapted.get(k, v) for k, v in params.items()}
 
     def objective(p: Params) -> torch.Tensor:
         return regularized_loss(loss_fn, p, support, weight_decay=weight_decay, proximal=proximal, anchor=anchor)

@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from core.adapt import adapt_trajectory
+from core.recipes import DEFAULT_RECIPE, recipe_trajectory
 from core.types import Batch, LossFn, Params
 
 #: (training-fold batch, [one batch per held-out unit]) of each fold of one support set.
@@ -41,6 +41,8 @@ class Candidate:
         lr_for: adaptation step size for a steps count.
         lrs: per-parameter step sizes (Meta-SGD) or None.
         adapt_kwargs: the recipe's regularization (``weight_decay``, ``proximal``).
+        recipe: the adaptation recipe (:mod:`core.recipes`).
+        head: the head parameter group the recipe may adapt alone.
     """
 
     name: str
@@ -48,6 +50,8 @@ class Candidate:
     lr_for: Callable[[int], float]
     lrs: Optional[Params] = None
     adapt_kwargs: Mapping[str, float] = field(default_factory=dict)
+    recipe: str = DEFAULT_RECIPE
+    head: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,9 @@ def unit_losses(criterion: Criterion, loss_fn: LossFn, candidate: Candidate, fol
     with torch.enable_grad():
         for train, held in folds:
             for lr, steps in by_lr.items():
-                for s, params in adapt_trajectory(loss_fn, candidate.params, train, steps, lr, lrs=candidate.lrs,
-                                                  **dict(candidate.adapt_kwargs)).items():
+                for s, params in recipe_trajectory(candidate.recipe, loss_fn, candidate.params, train, steps, lr,
+                                                   head=candidate.head, lrs=candidate.lrs,
+                                                   **dict(candidate.adapt_kwargs)).items():
                     out[s] += criterion(params, held)
     return out
 

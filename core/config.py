@@ -46,6 +46,12 @@ class FederatedConfig:
     """Site-level DP-FedAvg: Gaussian noise multiplier (std = dp_noise * dp_clip / clients_per_round); 0 = off."""
     dp_delta: float = 1e-5
     """The delta of the (epsilon, delta) guarantee the run reports."""
+    attack: str = "none"
+    """SIMULATED poisoning (core/attacks.py): none, scale or sign_flip updates from a seeded share of sites."""
+    attack_fraction: float = 0.0
+    """Share of training sites that attack (fixed per seed)."""
+    attack_scale: float = 10.0
+    """Factor of a scale attack; a sign_flip attack sends -attack_scale times the honest direction."""
 
     def __post_init__(self) -> None:
         if self.dp_noise > 0 and self.dp_clip <= 0:
@@ -73,6 +79,10 @@ class EvalConfig:
     """Draws per validation site in the lr/steps search."""
     choice_folds: int = 5
     """Most cross-validation folds of a site's support set when choosing its starting point (``auto``)."""
+    recipes: list[str] = field(default_factory=list)
+    """More adaptation recipes (core/recipes.py: head, lp-ft, newton-head) for every adapting initialization:
+    each adds a row <init>+<recipe> (fedavg+<recipe> for the FedAvg model) with its own validation search, and
+    a candidate for registration and the per-site choice. Every init always also adapts all parameters."""
 
 
 @dataclass
@@ -120,6 +130,9 @@ class RunConfig:
     """MLflow."""
     output_dir: str = "fml-output"
     """Local folder for tables, plots and checkpoints (also logged to MLflow)."""
+    resume: bool = False
+    """Continue the interrupted run whose folder is output_dir (same options): finished algorithms are restored,
+    the one that was training continues from its last checkpoint, the same MLflow run is reopened."""
 
 
 @dataclass
@@ -202,6 +215,7 @@ def check_run_config(cfg: Any) -> None:
         ("fed.clients_per_round", fed.clients_per_round, fed.clients_per_round >= 1, ">= 1"),
         ("fed.val_every", fed.val_every, fed.val_every >= 1, ">= 1"),
         ("fed.dropout", fed.dropout, 0 <= fed.dropout < 1, "in [0, 1)"),
+        ("fed.attack_fraction", fed.attack_fraction, 0 <= fed.attack_fraction < 1, "in [0, 1)"),
         ("inner.steps", cfg.inner.steps, cfg.inner.steps >= 0, ">= 0"),
         ("inner.lr", cfg.inner.lr, cfg.inner.lr > 0, "> 0"),
         ("eval.shots", ev.shots, bool(ev.shots) and min(ev.shots) >= 1, "non-empty, each >= 1"),
@@ -214,5 +228,14 @@ def check_run_config(cfg: Any) -> None:
     ]:
         if not ok:
             problems.append(f"--{option.replace('_', '-')} {value} (must be {need})")
+    from core.recipes import RECIPES
+    from core.attacks import ATTACKS
+
+    if fed.attack not in ATTACKS:
+        problems.append(f"--fed.attack {fed.attack} (choose from {', '.join(ATTACKS.names())})")
+
+    unknown = [r for r in ev.recipes if r not in RECIPES]
+    if unknown:
+        problems.append(f"--eval.recipes {' '.join(unknown)} (choose from {', '.join(RECIPES.names())})")
     if problems:
         raise ValueError("invalid option(s): " + "; ".join(problems))

@@ -10,14 +10,14 @@ baselines and FML); test sites are only scored.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from core.adapt import adapt_trajectory
+from core.recipes import DEFAULT_RECIPE, recipe_trajectory
 from core.choice import Candidate, choose_per_steps
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
@@ -41,6 +41,7 @@ class Method:
         lr_by_steps: adaptation step size per steps count (filled by :func:`select_adaptation`).
         trained_lr: the inner lr it was meta-trained with (added to the search grid).
         inner: its own inner-loop regularization (weight decay, proximal) if it differs from the run's.
+        recipe: its adaptation recipe (:mod:`core.recipes`): which parameters adapt, and how.
     """
 
     name: str
@@ -49,6 +50,7 @@ class Method:
     lr_by_steps: dict[int, float] = field(default_factory=dict)
     trained_lr: Optional[float] = None
     inner: Optional[InnerConfig] = None
+    recipe: str = DEFAULT_RECIPE
     best_steps: int = 0
     best_lr: float = 0.0
     selection_score: float = float("nan")
@@ -65,21 +67,42 @@ class Method:
         return split_meta(self.meta)[1]
 
 
+def with_recipes(methods: Sequence[Method], recipes: Sequence[str]) -> list[Method]:
+    """``methods`` plus, for every adapting initialization (not ``local``), one copy per extra recipe named
+    ``<init>+<recipe>`` (``fedavg+<recipe>`` for the FedAvg model): the same init, its own step-size search.
+    Applying each recipe to FedAvg too attributes a gain to the recipe or to the meta-learning, honestly."""
+    out = list(methods)
+    for m in methods:
+        if not m.adapts or m.name == "local":
+            continue
+        base = "fedavg" if m.name == BASELINE else m.name
+        out += [replace(m, name=f"{base}+{r}", recipe=r, lr_by_steps={}, validation_draws={})
+                for r in dict.fromkeys(recipes) if r != m.recipe]
+    return out
+
+
+def trained_name(method: str) -> str:
+    """The meta-trained model a method row starts from (``fedavg+ft``, ``fomaml+head`` -> ``fedavg``, ``fomaml``)."""
+    return method.split("+", 1)[0]
+
+
 def task_generator(seed: int, site_index: int, shots: int, draw: int) -> torch.Generator:
     """Draw seeds depend only on (seed, site, shots, draw): every method sees the same support."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + site_index) * 1_009 + shots) * 10_007 + draw)
 
 
 def adapt_along(
-    loss_fn, method: Method, support: Batch, steps_grid: Sequence[int], lr: float, inner: InnerConfig
+    loss_fn, method: Method, support: Batch, steps_grid: Sequence[int], lr: float, inner: InnerConfig,
+    head: Sequence[str] = (),
 ) -> dict[int, Params]:
-    """Adapted parameters after each steps count of ``steps_grid`` (one trajectory, same math as ``adapt``)."""
-    return adapt_trajectory(loss_fn, method.params, support, steps_grid, lr, lrs=method.lrs,
-                            **(method.inner or inner).adapt_kwargs())
+    """Adapted parameters after each steps count of ``steps_grid`` under the method's recipe (``head``: the
+    problem's head parameter group)."""
+    return recipe_trajectory(method.recipe, loss_fn, method.params, support, steps_grid, lr, head=head,
+                             lrs=method.lrs, **(method.inner or inner).adapt_kwargs())
 
 
 def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[int], inner: InnerConfig,
-                  lr_for: Callable[[int], float]) -> dict[int, dict[str, float]]:
+                  lr_for: Callable[[int], float], head: Sequence[str] = ()) -> dict[int, dict[str, float]]:
     if not method.adapts:
         return {0: task.score(method.params)}
     support = task.support(method.params)
@@ -89,7 +112,7 @@ def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequen
         by_lr.setdefault(lr_for(s), []).append(s)
     with torch.enable_grad():
         for lr, steps in by_lr.items():
-            for s, params in adapt_along(loss_fn, method, support, steps, lr, inner).items():
+            for s, params in adapt_along(loss_fn, method, support, steps, lr, inner, head).items():
                 scores[s] = task.score(params)
     return scores
 
@@ -109,6 +132,7 @@ def select_adaptation(
 ) -> pd.DataFrame:
     """Choose each adapting method's step size per steps count, and its best (steps, lr), on validation sites."""
     loss_fn = problem.loss_fn(model)
+    head = problem.param_groups(model)["head"]
     sign = 1.0 if problem.higher_is_better else -1.0
     records = []
     positive_steps = [s for s in steps_grid if s > 0]
@@ -127,7 +151,7 @@ def select_adaptation(
                 unadapted.append(task.score(method.params)[problem.headline])
                 for lr in grid:
                     with torch.enable_grad():
-                        traj = adapt_along(loss_fn, method, support, positive_steps, lr, inner)
+                        traj = adapt_along(loss_fn, method, support, positive_steps, lr, inner, head)
                     for s, p in traj.items():
                         totals.setdefault((s, lr), []).append(task.score(p)[problem.headline])
         means = {key: sum(v) / len(v) for key, v in totals.items()}
@@ -137,7 +161,7 @@ def select_adaptation(
         (best_s, best_lr) = max(means, key=lambda key: sign * means[key])
         method.best_steps, method.best_lr, method.selection_score = best_s, best_lr, means[(best_s, best_lr)]
         method.validation_draws = {0: unadapted, **{s: totals[(s, method.lr_by_steps[s])] for s in positive_steps}}
-        records += [{"method": method.name, "steps": s, "lr": lr, "val_" + problem.headline: m,
+        records += [{"method": method.name, "recipe": method.recipe, "steps": s, "lr": lr, "val_" + problem.headline: m,
                      "chosen": method.lr_by_steps.get(s) == lr} for (s, lr), m in sorted(means.items())]
     return pd.DataFrame.from_records(records)
 
@@ -155,9 +179,10 @@ class AutoChoice:
     """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.validation_default``)."""
 
 
-def method_candidate(method: Method, inner: InnerConfig) -> Candidate:
-    """``method`` as a starting point of the per-site choice, with its validation-chosen step sizes."""
-    return Candidate(method.name, method.params, _lr_for(method), method.lrs, (method.inner or inner).adapt_kwargs())
+def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:
+    """``method`` as a starting point of the per-site choice, with its recipe and validation-chosen step sizes."""
+    return Candidate(method.name, method.params, _lr_for(method), method.lrs, (method.inner or inner).adapt_kwargs(),
+                     method.recipe, tuple(head))
 
 
 def _lr_for(method: Method) -> Callable[[int], float]:
@@ -179,6 +204,7 @@ def evaluate_sites(
 ) -> pd.DataFrame:
     """Long table of every score: columns site, method, shots, steps, draw, metric, value."""
     loss_fn = problem.loss_fn(model)
+    head = problem.param_groups(model)["head"]
     records = []
     for i, site in enumerate(sites):
         for k in shots_grid:
@@ -186,7 +212,7 @@ def evaluate_sites(
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 for method in methods:
                     records += _records(site.site_id, method.name, k, d,
-                                        _score_method(loss_fn, method, task, steps_grid, inner, _lr_for(method)))
+                                        _score_method(loss_fn, method, task, steps_grid, inner, _lr_for(method), head))
                 if progress is not None:
                     progress()
     return pd.DataFrame.from_records(records)
@@ -211,7 +237,8 @@ def evaluate_auto(
     chosen candidate's metrics. Column ``choice`` names the candidate."""
     loss_fn = problem.loss_fn(model)
     by_name = {m.name: m for m in methods}
-    candidates = [method_candidate(by_name[c], inner) for c in auto.candidates]
+    head = problem.param_groups(model)["head"]
+    candidates = [method_candidate(by_name[c], inner, head) for c in auto.candidates]
     defaults = {s: auto.default_by_steps.get(s, auto.default) for s in steps_grid}
     scored = rows.set_index(["site", "method", "shots", "steps", "draw"])
     records = []

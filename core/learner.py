@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from core.aggregation import aggregate_round
 from core.algorithms.base import InnerConfig, get_algorithm
+from core.attacks import poison
 from core.config import FederatedConfig, ServerConfig
 from core.initialization import initial_model
 from core.problem import Problem
@@ -96,7 +97,9 @@ class MetaLearner(pl.LightningModule):
         meta = self.meta_params()
         episodes = [self.problem.train_episode(sid, meta, site_generator(self.seed, round_index, sid)) for sid in ids]
         result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize)
-        direction = aggregate_round(result.directions, result.num_examples, self.fed, self.seed, round_index)
+        directions = poison(result.directions, ids, self.seed, self.fed.attack, self.fed.attack_fraction,
+                            self.fed.attack_scale)
+        direction = aggregate_round(directions, result.num_examples, self.fed, self.seed, round_index)
         opt = self.optimizers()
         opt.zero_grad()
         set_direction_as_grad(self.named_meta_parameters(), direction)

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
+from core.recipes import head_names
+from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Federation, Site, sample_episode, split_indices
 from core.types import Batch, Episode, LossFn, Params
 
@@ -57,6 +59,8 @@ class Problem(ABC):
         preprocessing: JSON-serializable state saved with the model (scalers, vocabularies ...).
         site_specific: names of parameters whose meaning differs per site (a classifier head over
             per-site label mappings); meta-learners start them at zero (``core.initialization``).
+        site_statistics: where the model input's features are, for standardizing each site by its own
+            unlabeled inputs (:mod:`core.site_statistics`); None when the vertical has no such inputs.
     """
 
     federation: Federation
@@ -64,6 +68,7 @@ class Problem(ABC):
     higher_is_better: bool = True
     preprocessing: dict[str, Any]
     site_specific: tuple[str, ...] = ()
+    site_statistics: Optional[SiteStatistics] = None
 
     @abstractmethod
     def make_model(self) -> nn.Module:
@@ -84,6 +89,12 @@ class Problem(ABC):
     @abstractmethod
     def input_example(self) -> Tensor:
         """A small batch of model inputs (for the MLflow signature)."""
+
+    def param_groups(self, model: nn.Module) -> dict[str, tuple[str, ...]]:
+        """Named groups of ``model``'s parameters that recipes adapt separately (:mod:`core.recipes`): ``head``
+        (default: the last module that owns parameters) and ``body`` (the rest)."""
+        head = head_names(model)
+        return {"head": head, "body": tuple(n for n, _ in model.named_parameters() if n not in head)}
 
     def site_size(self, site_id: str) -> int:
         return len(self.federation.sites[site_id])
@@ -175,6 +186,8 @@ class SupervisedProblem(Problem):
     site_specific: tuple[str, ...] = ()
     ranked: bool = False
     """A binary task whose headline ranks (AUROC, PR-AUC): see :attr:`SupervisedFewShotTask.ranked`."""
+    site_statistics: Optional[SiteStatistics] = SiteStatistics(feature_axis=1)
+    """Features on axis 1 (rows ``[n, F]``, images ``[n, C, H, W]``): see :class:`Problem`."""
 
     def make_model(self) -> nn.Module:
         return self.model_factory()

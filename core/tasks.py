@@ -34,6 +34,8 @@ class Site:
         groups: optional group id per row, shape ``[n]`` (e.g. engine unit); regression
             episodes by group draw whole groups so a unit never straddles support and query.
         metadata: free-form facts about the site (e.g. its simulated scanner profile).
+        unlabeled: inputs of the site without a label, ``[m, ...]`` (read only by site statistics,
+            :mod:`core.site_statistics`; an onboarding site's unlabeled rows).
     """
 
     site_id: str
@@ -41,6 +43,7 @@ class Site:
     y: Tensor
     groups: Optional[Tensor] = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    unlabeled: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
+
+from torch import Tensor
 
 from core.problem import Problem
 from core.registry import Registry
+from core.site_statistics import PREPROCESSING_KEY, standardize_federation, standardize_site
 from core.tasks import Site
 
 
@@ -44,6 +47,23 @@ class VerticalSpec:
     onboard_flags: dict[str, str] = field(default_factory=dict)
     rows_based: bool = True
     reference_baselines: Optional[Callable[[Problem, Any, list[Site]], Any]] = None
+
+    def build(self, data_cfg: Any, seed: int) -> Problem:
+        """``prepare``, then the recipe steps that change every site's inputs (``data.site_statistics``):
+        what every caller (run, Flower apps, benchmarks) builds a federation with."""
+        problem = self.prepare(data_cfg, seed)
+        if getattr(data_cfg, "site_statistics", False):
+            standardize_federation(problem)
+        return problem
+
+    def new_site(self, data_cfg: Any, preprocessing: dict, site_id: Optional[str],
+                 unlabeled: Sequence[Tensor] = ()) -> tuple[Problem, Site]:
+        """``load_new_site``, then the same input steps the model was trained with (its saved
+        ``preprocessing``), from the site's own inputs plus ``unlabeled`` ones."""
+        problem, site = self.load_new_site(data_cfg, preprocessing, site_id)
+        if preprocessing.get(PREPROCESSING_KEY):
+            standardize_site(problem, site, unlabeled)
+        return problem, site
 
     def preset_path(self, preset: str) -> Path:
         path = self.presets_dir / f"{preset}.yaml"

@@ -276,18 +276,19 @@ def build_tabular_federation(cfg: TabularData, data: str | Path | pd.DataFrame, 
 
 def load_tabular_site(data: str | Path | pd.DataFrame, prep: dict[str, Any], site_id: Optional[str],
                       name: str = "") -> Site:
-    """One NEW site's labelled rows, transformed with the SAVED preprocessing (onboarding).
+    """One NEW site's rows, transformed with the SAVED preprocessing (onboarding).
 
     When the file (or frame labelled ``name``) has the site column: with ``site_id`` only that site's
     rows are kept; without it the file must hold exactly one site. Without the site column the whole
-    file is the site (id: ``site_id`` or the file name).
+    file is the site (id: ``site_id`` or the file name). Rows with an empty label (or every row, when the
+    file has no label column: a file of unlabeled inputs) become ``Site.unlabeled``: only site statistics
+    read them.
     """
     if isinstance(data, pd.DataFrame):
         df, source = data, name or "<frame>"
     else:
         df, source = read_table(data), str(data)
     label, site_col = prep["label_column"], prep["site_column"]
-    require_columns(df, [label], source, role="label")
     if site_col in df.columns:
         ids = site_ids_of(df, site_col)
         present = sorted(ids.dropna().unique().tolist())
@@ -300,6 +301,27 @@ def load_tabular_site(data: str | Path | pd.DataFrame, prep: dict[str, Any], sit
         if not keep.any():
             raise SiteDataError(f"{source}: no row of site {site_id!r} in column {site_col!r}; sites: {present[:20]}")
         df = df.loc[keep]
+    check_schema(df, prep, source)
     sid = site_id or Path(source).name.split(".")[0]
-    y = binary_labels(df[label], source, prep.get("positive_label"))
-    return make_site(sid, df, y, prep, source)
+    labelled = df[label].notna().to_numpy() if label in df.columns else np.zeros(len(df), dtype=bool)
+    y = binary_labels(df.loc[labelled, label], source, prep.get("positive_label")) if labelled.any() else \
+        np.zeros(0, dtype=np.int64)
+    site = make_site(sid, df.loc[labelled], y, prep, source)
+    if not labelled.all():
+        site.unlabeled = torch.from_numpy(transform(df.loc[~labelled], prep, f"{source} (site {sid!r}, unlabeled rows)"))
+    return site
+
+
+def check_schema(df: pd.DataFrame, prep: dict[str, Any], source: str) -> None:
+    """The new site's columns against the model's: one line naming the missing feature columns and the
+    columns the model does not know (often the same columns, renamed); unknown columns alone are ignored."""
+    features = [s["name"] for s in prep["numeric"]] + [s["name"] for s in prep["categorical"]]
+    known = set(features) | {prep["label_column"], prep["site_column"], *prep.get("id_columns", [])}
+    missing = [c for c in features if c not in df.columns]
+    extra = [str(c) for c in df.columns if c not in known]
+    if missing:
+        raise TabularDataError(f"{source} does not match the model's schema: missing feature column(s) {missing}"
+                               + (f"; column(s) the model does not know: {extra}" if extra else "")
+                               + f" (the model was trained on {prep.get('source', 'another table')})")
+    if extra:
+        log.warning("%s: column(s) %s are not in the model's schema and are ignored", source, extra)

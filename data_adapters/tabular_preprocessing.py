@@ -116,6 +116,13 @@ def feature_names(prep: dict[str, Any]) -> list[str]:
     return names
 
 
+def numeric_feature_indices(prep: dict[str, Any]) -> tuple[int, ...]:
+    """Positions of the standardized numeric columns among the transformed features (not their missing
+    indicators, not one-hot columns): what per-site standardization may rescale."""
+    numeric = {spec["name"] for spec in prep["numeric"]}
+    return tuple(i for i, name in enumerate(prep["feature_names"]) if name in numeric)
+
+
 def _bucket(value: str, buckets: int) -> int:
     return zlib.crc32(value.encode("utf-8")) % buckets
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -58,7 +59,14 @@ def cmd_verticals(argv: Sequence[str]) -> int:
     for name in VERTICALS.names():
         spec = VERTICALS.get(name)
         presets = ", ".join(sorted(p.stem for p in spec.presets_dir.glob("*.yaml")))
-        console.print(f"[bold]{name:16s}[/] {spec.description}  [dim](presets: {presets})[/]")
+        stats = "site_statistics" in {f.name for f in dataclasses.fields(spec.data_config)}
+        console.print(f"[bold]{name:16s}[/] {spec.description}  [dim](presets: {presets}"
+                      f"{'; --data.site-statistics' if stats else ''})[/]")
+    from core.recipes import RECIPES
+
+    console.print("\n[bold]adaptation recipes[/] (--eval.recipes ...; every init always also adapts all parameters):")
+    for name in RECIPES.names():
+        console.print(f"  [bold]{name:12s}[/] {RECIPES.get(name).description}")
     return 0
 
 
@@ -98,6 +106,9 @@ def cmd_onboard(argv: Sequence[str]) -> int:
     parser.add_argument("--lr", type=float, help="adaptation step size (default: chosen on validation sites)")
     parser.add_argument("--candidate", help="use this starting point of the registered bundle (default: chosen per "
                                             "site by cross-validation on its support set)")
+    parser.add_argument("--unlabeled", metavar="PATH",
+                        help="the site's inputs without labels (same format as --data): site statistics use them "
+                             "when the model was trained with data.site_statistics")
     parser.add_argument("--seed", type=int, default=0, help="seed of the support draw")
     parser.add_argument("--register", action="store_true", help="register as fml-<vertical>-site-<id>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -117,7 +128,7 @@ def cmd_onboard(argv: Sequence[str]) -> int:
     from pipelines.onboard import onboard
 
     onboard(spec or _spec(args.vertical), data=args.data, site_id=args.site, model_uri=args.model,
-            shots=args.shots, steps=args.steps, lr=args.lr, candidate=args.candidate, register=args.register, seed=args.seed,
+            shots=args.shots, steps=args.steps, lr=args.lr, candidate=args.candidate, unlabeled=args.unlabeled, register=args.register, seed=args.seed,
             overrides=overrides)
     return 0
 
@@ -184,8 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fml {command}: error: MLflow at {_uri()}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"fml {command}: interrupted; nothing was registered (an MLflow run it had started is not FINISHED)",
-              file=sys.stderr)
+        hint = "; continue it with the same command plus --resume" if command in {"run", "evaluate"} else ""
+        print(f"fml {command}: interrupted; nothing was registered (an MLflow run it had started is not FINISHED)"
+              f"{hint}", file=sys.stderr)
         return 130
 
 

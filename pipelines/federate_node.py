@@ -50,7 +50,7 @@ def _prepared(spec: Any, cfg: Any, *key: Any) -> Any:
     serves many sites of the same federation."""
     if key not in _PREPARED:
         _PREPARED.clear()
-        _PREPARED[key] = spec.prepare(cfg, key[-1])
+        _PREPARED[key] = spec.build(cfg, key[-1])
     return _PREPARED[key]
 
 
@@ -70,7 +70,7 @@ def load_site(request: NodeRequest) -> LoadedSite:
         preprocessing = {}
         if request.preprocessing_path:
             preprocessing = json.loads(Path(request.preprocessing_path).read_text())
-        problem, site = spec.load_new_site(cfg, preprocessing, request.site_id)
+        problem, site = spec.new_site(cfg, preprocessing, request.site_id)
         return LoadedSite(problem, site, request.role or "train", -1)
     problem = _prepared(spec, cfg, request.vertical, request.data_json, request.data_path, request.seed)
     federation = problem.federation

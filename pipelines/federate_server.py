@@ -98,7 +98,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
 
     cfg = run.extra
     spec = vertical_spec(run.vertical)
-    problem = spec.prepare(cfg.data, cfg.seed)
+    problem = spec.build(cfg.data, cfg.seed)
     model = problem.make_model()
     torch.manual_seed(cfg.seed + 1)
     local_init = {k: v.detach() for k, v in problem.make_model().named_parameters()}
@@ -127,7 +127,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
 def simulation_nodes(run: FederatedRun) -> int:
     """Simulated nodes: every training and validation site of the federation."""
     spec = vertical_spec(run.vertical)
-    problem = spec.prepare(data_config(spec, run.data), run.seed)
+    problem = spec.build(data_config(spec, run.data), run.seed)
     return len(problem.federation.roles["train"]) + len(problem.federation.roles["validation"])
 
 

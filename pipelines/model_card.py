@@ -34,15 +34,21 @@ def heldout_table(summary: pd.DataFrame, paired: pd.DataFrame, headline: str, sh
 
 def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str, Any], bundle: list[Any],
                default_reason: str, summary: pd.DataFrame, paired: pd.DataFrame, headline: str,
-               higher_is_better: bool, shots: int, run_id: str) -> str:
+               higher_is_better: bool, shots: int, run_id: str, site_statistics: bool = False) -> str:
     """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first)."""
     best = bundle[0]
     roles = fingerprint.get("roles", {})
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
                       for role, ids in roles.items() if ids)
-    candidates = ", ".join(f"`{m.name}` ({m.best_steps} steps at lr {m.best_lr:.3g})" for m in bundle)
+    candidates = ", ".join(f"`{m.name}` ({m.best_steps} steps at {'penalty' if m.recipe == 'newton-head' else 'lr'} "
+                           f"{m.best_lr:.3g}, recipe `{m.recipe}`)" for m in bundle)
+    inputs = ("every site's input features are standardized by the site's OWN statistics (all its inputs, labels "
+              "never read): onboarding does the same with the new site's rows (`--unlabeled FILE` adds more)"
+              if site_statistics else "inputs use the preprocessing fitted on the training sites")
     verdict = ("the tuned FedAvg baseline is the default: no FML algorithm beat it clearly"
-               if best.name == BASELINE else f"`{best.name}` is the default")
+               if best.name == BASELINE else
+               f"the FedAvg model with recipe `{best.recipe}` is the default: no FML algorithm beat it clearly"
+               if best.name.startswith("fedavg+") else f"`{best.name}` is the default")
     direction = "higher" if higher_is_better else "lower"
     return f"""# {name} v{version}: `{vertical}`
 
@@ -55,6 +61,7 @@ that site's own labelled support set (it keeps the default when the support is t
 ## Data
 - dataset fingerprint: sha256 `{fingerprint.get('sha256', '?')[:16]}...`, {fingerprint.get('rows', '?')} rows,
   {fingerprint.get('sites', '?')} sites
+- inputs: {inputs}
 - sites by role: {sites or 'not recorded'}
 
 ## Held-out test sites ({shots} shots, {best.best_steps} steps; {headline}, {direction} is better)

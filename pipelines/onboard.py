@@ -19,10 +19,11 @@ import mlflow
 import torch
 
 from core import tracking
-from core.adapt import adapt
+from core.recipes import DEFAULT_RECIPE, adapt_with_recipe
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
 from core.evaluation import task_generator
+from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame
@@ -57,6 +58,7 @@ def onboard(
     steps: Optional[int] = None,
     lr: Optional[float] = None,
     candidate: Optional[str] = None,
+    unlabeled: Optional[str] = None,
     register: bool = False,
     seed: int = 0,
     overrides: Optional[dict[str, Any]] = None,
@@ -82,7 +84,17 @@ def onboard(
     data_cfg = dataclasses.replace(data_cfg, **changes)
     if site_id is not None:
         site_slug(site_id)  # refuse an unusable id before reading anything
-    problem, site = spec.load_new_site(data_cfg, info.get("preprocessing", {}), site_id)
+    preprocessing = info.get("preprocessing", {})
+    extra = unlabeled_inputs(spec, data_cfg, preprocessing, site_id, unlabeled)
+    problem, site = spec.new_site(data_cfg, preprocessing, site_id, extra)
+    if len(site) == 0:
+        raise SiteDataError(f"{data_cfg.path}: site {site.site_id!r} has no labelled row (no label column, or every "
+                            "label empty); onboarding adapts on labelled examples. Pass a file of inputs without "
+                            "labels as --unlabeled")
+    if SITE_STATISTICS in site.metadata:
+        unlabeled_rows = sum(len(t) for t in extra) + (len(site.unlabeled) if site.unlabeled is not None else 0)
+        console.print(f"site statistics: inputs standardized by the site's own {len(site) + unlabeled_rows} inputs "
+                      f"({unlabeled_rows} without a label; labels are never read)")
     slug = site_slug(site.site_id)
     _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))
@@ -90,7 +102,7 @@ def onboard(
     start = time.perf_counter()
     model = loaded.model
     task = problem.few_shot_task(model, site, shots, task_generator(seed, 0, shots, 0))
-    candidates = bundle_candidates(loaded, lr)
+    candidates = bundle_candidates(loaded, lr, problem.param_groups(model)["head"])
     default = str(info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default")))
     if candidate is not None:
         if candidate not in candidates:
@@ -104,15 +116,15 @@ def onboard(
     used_lr = chosen.lr_for(steps)
     support = task.support(chosen.params)
     with torch.enable_grad():
-        adapted = adapt(problem.loss_fn(model), chosen.params, support, steps, used_lr, lrs=chosen.lrs,
-                        **dict(chosen.adapt_kwargs))
+        adapted = adapt_with_recipe(chosen.recipe, problem.loss_fn(model), chosen.params, support, steps, used_lr,
+                                    head=chosen.head, lrs=chosen.lrs, **dict(chosen.adapt_kwargs))
     adapted = {k: v.detach() for k, v in adapted.items()}
     before, after = task.score(chosen.params), task.score(adapted)
     seconds = time.perf_counter() - start
     # log the personalized model with its lineage
     exp_id = tracking.ensure_experiment(f"fml-{spec.name}-onboarding")
     lineage = {"source_model": loaded.name or model_uri, "source_version": loaded.version or "",
-               "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": used_lr,
+               "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": used_lr, "recipe": chosen.recipe,
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()})}
@@ -122,6 +134,8 @@ def onboard(
                             **{f"after/{k}": v for k, v in after.items()}, "time/onboard_seconds": seconds})
         personal_info = {**info, "algorithm": choice.name, "candidates": {}, "personalized_from": lineage,
                          "before": before, "after": after}
+        if SITE_STATISTICS in site.metadata:  # scoring the site's future inputs needs its own moments
+            personal_info["site_moments"] = site.metadata[SITE_STATISTICS]
         uri = tracking.log_meta_init(model, adapted, personal_info, problem.input_example(), name="personalized")
         registered = None
         if register:
@@ -136,7 +150,22 @@ def onboard(
     return result
 
 
-def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float]) -> dict[str, Candidate]:
+def unlabeled_inputs(spec: VerticalSpec, data_cfg: Any, preprocessing: dict, site_id: Optional[str],
+                     path: Optional[str]) -> list[torch.Tensor]:
+    """The inputs of ``path`` (the site's unlabeled rows, read by the vertical's adapter in the data file's
+    format; labels, if any, are ignored), for site statistics."""
+    if path is None:
+        return []
+    if not preprocessing.get(SITE_STATISTICS):
+        raise ValueError(f"--unlabeled {path}: the model was trained without site statistics "
+                         "(data.site_statistics), so unlabeled inputs would not be used")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"--unlabeled {path}: no such file; give the site's unlabeled inputs")
+    _, site = spec.load_new_site(dataclasses.replace(data_cfg, path=path), preprocessing, site_id)
+    return [t for t in (site.x, site.unlabeled) if t is not None and len(t)]
+
+
+def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float], head: tuple[str, ...] = ()) -> dict[str, Candidate]:
     """The registered bundle as candidates with their validation-chosen recipes (``lr`` overrides every
     step size). A model registered before bundles existed is one candidate with its recorded recipe."""
     info = loaded.info
@@ -152,7 +181,8 @@ def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float]) -> dict
         best_lr = float(recipe.get("best_lr", 0.05))
         lr_for = (lambda s, b=by_steps, d=best_lr: b.get(s, d)) if lr is None else (lambda s: float(lr))
         inner = InnerConfig(**{k: v for k, v in recipe.get("inner", {}).items() if k in {"weight_decay", "proximal"}})
-        out[name] = Candidate(name, params, lr_for, lrs, inner.adapt_kwargs())
+        out[name] = Candidate(name, params, lr_for, lrs, inner.adapt_kwargs(), recipe.get("recipe", DEFAULT_RECIPE),
+                              tuple(head))
     return out
 
 

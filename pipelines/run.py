@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import subprocess
+import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -27,16 +28,19 @@ from core.algorithms.base import get_algorithm
 from core.config import algorithm_settings, check_algorithm_overrides, check_run_config, flatten, to_plain
 from core.choice import clearly_better
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
-                             paired_differences, select_adaptation, summarize, validation_fn)
+                             paired_differences, select_adaptation, summarize, trained_name, validation_fn,
+                             with_recipes)
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
+from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.privacy import run_epsilon
 from core.shift import site_shift_report
 from core.types import Params
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame, progress_bar
 from pipelines.model_card import model_card
+from pipelines.run_state import RunState
 
 
 @dataclass
@@ -86,9 +90,19 @@ def preflight_shots(problem: Problem, cfg: Any) -> None:
             problem.few_shot_task(model, site, k, gen)
 
 
+def check_clients_per_round(problem: Problem, clients_per_round: int) -> None:
+    """A round cannot sample more distinct sites than there are training sites (checked before any MLflow run)."""
+    train = problem.train_site_ids()
+    if clients_per_round > len(train):
+        raise ValueError(f"--fed.clients-per-round {clients_per_round} exceeds the {len(train)} training sites of "
+                         f"this federation ({', '.join(train[:8])}{' ...' if len(train) > 8 else ''}); lower it to at "
+                         f"most {len(train)} or give the federation more training sites")
+
+
 def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path, progress: bool,
-              start: Optional[Params] = None) -> MetaLearner:
-    """Meta-train one algorithm (FedAvg included) with validation-site checkpoint selection."""
+              start: Optional[Params] = None, resume_from: Optional[Path] = None) -> MetaLearner:
+    """Meta-train one algorithm (FedAvg included) with validation-site checkpoint selection, continuing from
+    the checkpoint ``resume_from`` when given."""
     settings = algorithm_settings(cfg, algorithm)
     inner = settings.inner
     val_sites = problem.federation.role("validation")
@@ -101,7 +115,17 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
     monitor = f"val/{problem.headline}" if validate else None
     fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
-                     mode="max" if problem.higher_is_better else "min", progress=progress)
+                     mode="max" if problem.higher_is_better else "min", progress=progress,
+                     resume_from=str(resume_from) if resume_from else None)
+    return learner
+
+
+def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict) -> MetaLearner:
+    """A learner whose meta-training finished before the run was interrupted, from its saved final state."""
+    settings = algorithm_settings(cfg, algorithm)
+    learner = MetaLearner(problem, algorithm, settings.inner, cfg.fed, settings.server, cfg.seed, None)
+    learner.load_state_dict(state["state_dict"])
+    learner.diverged_at = state.get("diverged_at")
     return learner
 
 
@@ -112,9 +136,10 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     out.mkdir(parents=True, exist_ok=True)
     # 1. data (validated before any MLflow run exists)
     console.rule(f"[bold]fml run {spec.name}")
-    problem = spec.prepare(cfg.data, cfg.seed)
+    problem = spec.build(cfg.data, cfg.seed)
     if spec.rows_based:
         preflight_shots(problem, cfg)
+    check_clients_per_round(problem, cfg.fed.clients_per_round)
     tracking.setup_tracking()
     experiment = cfg.tracking.experiment or f"fml-{spec.name}"
     exp_id = tracking.ensure_experiment(experiment)
@@ -125,14 +150,24 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         get_algorithm(name)
     check_algorithm_overrides(cfg, ["fedavg", *algorithms])
     run_name = f"{spec.name}-{'+'.join(algorithms)}-seed{cfg.seed}"
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+    resumed = RunState.resume(out, cfg) if cfg.resume else None
+    if resumed is None:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # a stale last.ckpt would shadow this run's
+    start_args = {"run_id": resumed.run_id} if resumed else {"experiment_id": exp_id, "run_name": run_name}
+    with mlflow.start_run(**start_args) as run:
         run_id = run.info.run_id
-        plain = to_plain(cfg)
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(plain).items()})
-        mlflow.log_dict(plain, "config.yaml")
-        mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
+        state = resumed or RunState.start(out, cfg, run_id)
         mlflow.set_tags({"vertical": spec.name, **tracking.owner_tags(),
                          **{f"env.{k}": v for k, v in environment_info().items()}})
+        if resumed:
+            console.print(f"[bold]resuming MLflow run {run_id}[/]: finished {', '.join(state.trained) or 'nothing'}"
+                          " before the interruption")
+            mlflow.set_tag("resumed", "true")
+        else:
+            plain = to_plain(cfg)
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(plain).items()})
+            mlflow.log_dict(plain, "config.yaml")
+            mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
         # 2. site-shift report
         if spec.rows_based:
             shift = site_shift_report(problem.federation, seed=cfg.seed)
@@ -143,11 +178,20 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         learners: dict[str, MetaLearner] = {}
         train_seconds: dict[str, float] = {}
         for name in ["fedavg", *algorithms]:
-            console.print(f"[bold cyan]meta-training {name}[/] ({cfg.fed.rounds} rounds)")
+            if name in state.trained:
+                learners[name] = trained_learner(problem, name, cfg, state.final(name))
+                train_seconds[name] = state.seconds[name]
+                console.print(f"[bold cyan]{name}[/]: meta-training had finished before the interruption (restored)")
+                continue
+            last = out / "checkpoints" / name / "last.ckpt"
+            resume_from = last if resumed and last.exists() else None
+            console.print(f"[bold cyan]meta-training {name}[/] ({cfg.fed.rounds} rounds"
+                          f"{', continuing from ' + str(resume_from) if resume_from else ''})")
             start = time.perf_counter()
             warm = learners["fedavg"].meta_params() if cfg.warm_start and name != "fedavg" else None
-            learners[name] = train_one(problem, name, cfg, run_id, out, progress, warm)
+            learners[name] = train_one(problem, name, cfg, run_id, out, progress, warm, resume_from)
             train_seconds[name] = time.perf_counter() - start
+            state.finish(name, learners[name], train_seconds[name])
             if learners[name].diverged_at is not None:
                 console.print(f"[bold yellow]{name}: the update of round {learners[name].diverged_at} was NaN/inf; "
                               "meta-training stopped there and keeps the best validated (or last finite) "
@@ -169,9 +213,12 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner)
               for a in algorithms],
         ]
+        methods = with_recipes(methods, cfg.eval.recipes)
         report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods,
-                                       candidates=["fedavg+ft", *algorithms], run_id=run_id, out=out,
+                                       candidates=[m.name for m in methods if m.adapts and m.name != "local"],
+                                       run_id=run_id, out=out,
                                        progress=progress, privacy=privacy)
+        state.complete()
         return RunResult(run_id, report.summary, report.paired, report.selection, report.registered, train_seconds,
                          out, report.best.name)
 
@@ -241,7 +288,7 @@ def candidate_recipes(bundle: list[Method], inner: Any) -> dict[str, dict[str, A
     """The recipe of each bundled candidate, as saved in ``fml.json``."""
     return {m.name: {"lr_by_steps": {str(s): lr for s, lr in m.lr_by_steps.items()}, "best_steps": m.best_steps,
                      "best_lr": m.best_lr, "validation_score": m.selection_score,
-                     "inner": to_plain(m.inner or inner)} for m in bundle}
+                     "recipe": m.recipe, "inner": to_plain(m.inner or inner)} for m in bundle}
 
 
 def heldout_veto(paired: pd.DataFrame, default: Method, names: list[str], shots: int, higher_is_better: bool) -> str:
@@ -331,9 +378,9 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         return float(cell["mean"].iloc[0]) if not cell.empty else float("nan")
 
     held_value = held(best.name, best.best_steps)
-    baseline_won = best.name == BASELINE
+    baseline_won = trained_name(best.name) == "fedavg"  # the FedAvg model, whatever its recipe
     extra_tags = extra_tags or {}
-    info = {"vertical": spec.name, "algorithm": best.name, "adapt_lr": best.best_lr,
+    info = {"vertical": spec.name, "algorithm": best.name, "recipe": best.recipe, "adapt_lr": best.best_lr,
             "adapt_steps": best.best_steps, "shots": select_shots, "headline": problem.headline,
             "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
             "heldout_auto_value": held("auto", best.best_steps),
@@ -344,7 +391,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "data": to_plain(cfg.data), **extra_tags}
     if privacy:
         mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
-        info["privacy"] = {"epsilon": max(privacy[_trained_name(m.name)] for m in bundle), "delta": cfg.fed.dp_delta,
+        info["privacy"] = {"epsilon": max(privacy[trained_name(m.name)] for m in bundle), "delta": cfg.fed.dp_delta,
                            "clip": cfg.fed.dp_clip, "noise_multiplier": cfg.fed.dp_noise, "unit": "site"}
         extra_tags = {**extra_tags, "dp_epsilon": f"{info['privacy']['epsilon']:.3f}"}
     model_uri = tracking.log_meta_init(model, best.meta, info, problem.input_example(),
@@ -362,23 +409,19 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                                                 headline=problem.headline, shots=list(cfg.eval.shots),
                                                 steps=list(cfg.eval.steps), draws=cfg.eval.draws,
                                                 select_shots=select_shots)
-        tags = {"algorithm": best.name, "shots": select_shots, "adapt_lr": best.best_lr,
+        tags = {"algorithm": best.name, "recipe": best.recipe, "shots": select_shots, "adapt_lr": best.best_lr,
                 "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **bundle_tags, **extra_tags,
                 "dataset": fingerprint["sha256"][:12], tracking.IDENTITY_TAG: identity}
         card = partial(model_card, vertical=spec.name, name=name, fingerprint=fingerprint,
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
-                       run_id=run_id)
+                       run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)))
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
                                                    problem.higher_is_better, describe=lambda v: card(version=v))
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
         registered = {"name": name, "version": version, "alias": alias, "reason": reason}
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots)
     return HeldoutReport(summary, paired, selection, best, held_value, model_uri, registered)
-
-
-def _trained_name(method: str) -> str:
-    return "fedavg" if method == "fedavg+ft" else method
 
 
 def _metric_safe(name: str) -> str:
@@ -401,11 +444,13 @@ def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.Data
         print_frame(mine.pivot_table(index=["shots", "steps"], columns="choice", values="draws", aggfunc="sum")
                     .fillna(0).astype(int).reset_index(), "auto: candidate chosen per draw (all test sites)")
     best = bundle[0]
-    if best.name == BASELINE:
-        console.print(f"[bold yellow]{BASELINE} (the FedAvg model, fine-tuned) is the registered default: {reason}.[/]")
+    if trained_name(best.name) == "fedavg":
+        console.print(f"[bold yellow]{best.name} (the FedAvg model, recipe {best.recipe}) is the registered default: "
+                      f"{reason}.[/]")
     else:
         console.print(f"default: [bold]{best.name}[/] (adapt {best.best_steps} steps at lr {best.best_lr:.3g}): {reason}")
-    console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, lr {m.best_lr:.3g})" for m in bundle)
+    console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, {'penalty' if m.recipe == 'newton-head' else 'lr'} "
+                                         f"{m.best_lr:.3g})" for m in bundle)
                   + "; `fml onboard` chooses among them per site by cross-validation on its support set")
     if registered:
         console.print(f"registered [bold]{registered['name']}[/] v{registered['version']} as "

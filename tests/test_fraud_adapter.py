@@ -147,7 +147,7 @@ def test_onboarding_file_without_site_column_and_missing_feature(tmp_path, csv_p
     new = make_transactions(7, {"bank_new": (30, 0.2)}).drop(columns=["bank"])
     site = load_tabular_site(write_csv(tmp_path, new, "clinic9.csv"), prep, None)
     assert site.site_id == "clinic9"
-    with pytest.raises(TabularDataError, match=r"feature column\(s\) \['hour'\] not found.*has columns"):
+    with pytest.raises(TabularDataError, match=r"does not match the model's schema: missing feature column\(s\) \['hour'\]"):
         load_tabular_site(write_csv(tmp_path, new.drop(columns=["hour"]), "x.csv"), prep, "x")
     both = make_transactions(1, {"b1": (30, 0.2), "b2": (30, 0.2)})
     with pytest.raises(SiteDataError, match="holds 2 sites"):

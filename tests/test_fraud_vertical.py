@@ -246,3 +246,20 @@ def test_another_table_starts_from_neutral_defaults(tmp_path):
     named = prepare(FraudConfig(**base, test_sites=["bank_e"], id_columns=["txn_id"]), seed=0)
     assert named.federation.roles["test"] == ["bank_e"]
     assert "txn_id" not in str(named.preprocessing["feature_names"])
+
+
+def test_onboarding_names_missing_and_unknown_columns_in_one_line(tmp_path, txn_cfg, caplog):
+    problem = prepare(txn_cfg, seed=0)
+    prep = json.loads(json.dumps(problem.preprocessing))
+    new = make_transactions(3, {"bank_new": (80, 0.2)}).rename(columns={"amount": "amount_eur"})
+    path = tmp_path / "renamed.csv"
+    new.to_csv(path, index=False)
+    with pytest.raises(ValueError) as err:
+        load_new_site(dataclasses.replace(txn_cfg, path=str(path)), prep, None)
+    message = str(err.value)
+    assert "\n" not in message and "missing feature column(s) ['amount']" in message
+    assert "the model does not know: ['amount_eur']" in message
+    new = make_transactions(3, {"bank_new": (80, 0.2)}).assign(note="x")
+    new.to_csv(path, index=False)
+    _, site = load_new_site(dataclasses.replace(txn_cfg, path=str(path)), prep, None)
+    assert len(site) == 80 and "['note'] are not in the model's schema" in caplog.text

@@ -173,3 +173,24 @@ def test_default_config_runs_on_a_fresh_clone_with_generated_data(tmp_path: Path
     meta = {k: v.detach() for k, v in model.named_parameters()}
     ep = prob.train_episode(prob.train_site_ids()[0], meta, torch.Generator().manual_seed(0))
     assert torch.isfinite(prob.loss_fn(model)(meta, ep.support))
+
+
+def test_oracle_row_scores_the_same_units_without_the_operator_simulation(small_dir: Path, problem) -> None:
+    from types import SimpleNamespace
+
+    from core.config import EvalConfig
+    from verticals.maintenance.reference import METHOD, reference_baselines, unsimulated_sites
+
+    cfg = small_cfg(small_dir)
+    plain = unsimulated_sites(cfg, 0, problem)
+    assert set(plain) == set(problem.federation.sites)
+    for sid, site in problem.federation.sites.items():
+        assert plain[sid].metadata["cut_rows"] == site.metadata["cut_rows"]
+        assert torch.equal(plain[sid].y, site.y) and not torch.allclose(plain[sid].x, site.x)
+    run_cfg = SimpleNamespace(data=cfg, seed=0, eval=EvalConfig(shots=[1], steps=[0], draws=2))
+    rows = reference_baselines(problem, run_cfg, problem.federation.role("test"))
+    assert set(rows["method"]) == {METHOD} and set(rows["draw"]) == {0, 1} and set(rows["steps"]) == {0}
+    assert "rmse_last" in set(rows["metric"])
+    # real (unsimulated) sites have no oracle
+    assert reference_baselines(problem, SimpleNamespace(data=small_cfg(small_dir, simulate=False), seed=0,
+                                                        eval=run_cfg.eval), []).empty

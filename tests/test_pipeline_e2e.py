@@ -209,3 +209,13 @@ def test_ctrl_c_during_meta_training_prints_one_line_and_exits_130(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("fml run: interrupted")
     assert runs() and all(r.info.status != "FINISHED" for r in runs())
+
+
+def test_more_clients_per_round_than_training_sites_is_refused_before_any_run(fml_home, capsys):
+    """Regression: the sampler silently capped the round at the training sites."""
+    from pipelines.cli import main
+
+    assert main(["run", "sine", "--preset", "quick", "--data.train-sites", "6", "--fed.clients-per-round", "9"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--fed.clients-per-round 9 exceeds the 6 training sites" in err[0]
+    assert not (fml_home / "mlflow.db").exists()

@@ -26,7 +26,8 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
               entry("auto", "B", 10, 0.5, -0.2, 1.2), entry("fomaml", "ALL", 10, -1.5, -2.5, -0.5)]
     (tmp_path / "toy.json").write_text("progress line\n" + json.dumps(bench("rmse_last", paired)) + "\n")
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n")
+    readme.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n"
+                      "<!-- recipe-ablation:start -->\nold table\n<!-- recipe-ablation:end -->\n")
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), "--readme", str(readme)],
                           capture_output=True, text=True, check=True)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| toy"))
@@ -34,4 +35,24 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     assert "| 5 | 10 | +1.00 [+0.50, +2.00]* |" in row
     assert "B: -0.50 [-1.20, +0.20]" in row and "fomaml: +1.50 [+0.50, +2.50]*" in row
     text = readme.read_text()
-    assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n") and "fedavg+ft 75%" in text
+    assert "old" not in text and text.startswith("intro\n") and "fedavg+ft 75%" in text
+
+
+def test_ablation_rows_are_init_by_recipe_beside_the_run_without_the_settings(tmp_path):
+    def rows(offset: float) -> list[dict]:
+        return [{"method": m, "shots": 5, "steps": s, "site": "ALL", "mean": v + offset, "ci95": [0, 0]}
+                for m, s, v in [("fedavg+ft", 10, 12.0), ("fomaml+newton-head", 10, 11.0), ("local", 10, 40.0),
+                                ("oracle no shift (non-federated)", 0, 10.5)]]
+
+    base = {**bench("rmse_last", [entry("fomaml+newton-head", "ALL", 10, -1.0, -1.5, -0.5)]), "rows": rows(5.0)}
+    varied = {**base, "overrides": ["data.site_statistics=true"], "rows": rows(0.0)}
+    other = {**base, "vertical": "elsewhere"}  # no run with settings: not in the ablation
+    for name, b in (("a", base), ("b", varied), ("c", other)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(b) + "\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), *[str(tmp_path / f"{n}.json") for n in "abc"]],
+                          capture_output=True, text=True, check=True)
+    text = done.stdout.split("| toy (quick, seeds 0,1): rmse_last", 1)[1]
+    assert "| `fomaml+newton-head` | 16.00 (+1.00*) |" in text  # RMSE difference -1.0 printed as a gain
+    assert "| toy (quick, data.site_statistics=true, seeds 0,1): rmse_last | k = 5 |" in text
+    assert "| `oracle no shift (non-federated)` | 10.50 |" in text and "`local`" not in text
+    assert "elsewhere (quick" not in done.stdout.split("Cells:")[0].split("| toy (quick, seeds 0,1): rmse_last")[1]

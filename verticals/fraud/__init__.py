@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from core.site_statistics import SiteStatisticsOption
 from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.fraud_claims import FraudData, resolve_claims, without_claims_defaults
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FraudConfig(FraudData):
+class FraudConfig(FraudData, SiteStatisticsOption):
     """Data options of the fraud vertical plus its model options."""
 
     hidden: list[int] = field(default_factory=lambda: [64, 32])

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from core.problem import FewShotTask, SupervisedProblem
+from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
+from data_adapters.tabular_preprocessing import numeric_feature_indices
 from verticals.fraud.model import fraud_metrics, make_criterion, make_mlp
 
 HEADLINE = "average_precision"
@@ -80,6 +82,7 @@ def fraud_problem(federation: Federation, preprocessing: dict[str, Any], *, trai
         higher_is_better=True,
         preprocessing=preprocessing,
         ranked=True,
+        site_statistics=SiteStatistics(feature_axis=1, features=numeric_feature_indices(preprocessing)),
         excluded_sites=dict(excluded or {}),
         source=source,
     )

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from core.site_statistics import SiteStatisticsOption
 from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.cmapss import CmapssConfig, build_cmapss_federation, load_new_fleet_site
 from verticals.maintenance.problem import MaintenanceProblem
+from verticals.maintenance.reference import reference_baselines
 
 
 @dataclass
-class MaintenanceData(CmapssConfig):
+class MaintenanceData(CmapssConfig, SiteStatisticsOption):
     """Data, episode and model options of the maintenance vertical."""
 
     model: str = "cnn"
@@ -72,5 +74,6 @@ SPEC = register_vertical(
         load_new_site=load_new_site,
         presets_dir=Path(__file__).parent / "presets",
         onboard_flags={"rul": "rul_path"},
+        reference_baselines=reference_baselines,
     )
 )

@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from core.choice import Folds, split_support
 from core.problem import FewShotTask, Problem, predict_batched
+from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
 from core.types import Batch, Episode, LossFn, Params
 from verticals.maintenance.metrics import rul_metrics
@@ -96,6 +97,8 @@ class MaintenanceProblem(Problem):
     support_windows: int = 0
     headline: str = "rmse_last"
     higher_is_better: bool = False
+    site_statistics: Optional[SiteStatistics] = SiteStatistics(feature_axis=-1)
+    """Sensors are the last axis of a window ``[n, window, sensors]``."""
     _units: dict[str, list[Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from core.site_statistics import SiteStatisticsOption
 from core.losses import cross_entropy
 from core.registry import Registry
 from core.tasks import EpisodeSpec, Federation, Site, SiteDataError, site_seed
@@ -48,7 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
-class ImagingData:
+class ImagingData(SiteStatisticsOption):
     """Data, model and episode options of the medical-imaging vertical."""
 
     path: Optional[str] = None

@@ -1,0 +1,159 @@
+"""Adaptation recipes: WHICH parameters a new site adapts, and how (a recipe is data: its name, recorded
+with the registered model and chosen on validation sites like the step size).
+
+Plain fine-tuning of every weight is hard to beat (Chen et al. ICLR 2019; Tian et al. ECCV 2020), but
+WHAT is adapted matters once sites shift: the head alone (ANIL, Raghu et al. ICLR 2020), the head first and
+then everything (LP-FT, Kumar et al. ICLR 2022: +10% out of distribution over full fine-tuning), or the head
+fitted in closed form on the body's features (R2-D2 / MetaOptNet: no step-size or step-count noise).
+
+Every recipe is built from the ONE :func:`core.adapt.adapt` (parameter groups through its ``trainable``
+argument), so evaluation and onboarding run the same math. A recipe's ``rate`` is the searched step size,
+except for ``newton-head`` where it is the L2 penalty pulling the head toward the meta-learned one.
+Parameter groups come from :meth:`core.problem.Problem.param_groups` (default: ``head`` = the parameters of
+the last module that has any, ``body`` = the rest).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from core.adapt import adapt, adapt_trajectory
+from core.registry import Registry
+from core.types import Batch, LossFn, Params
+
+#: ``run(loss_fn, params, support, steps_grid, rate, head, lrs, weight_decay, proximal) -> {steps: params}``
+RecipeFn = Callable[..., dict[int, Params]]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A registered adaptation recipe.
+
+    Args:
+        name: the registry name (``all``, ``head``, ``lp-ft``, ``newton-head``).
+        description: one line for ``fml verticals`` and the model card.
+        run: the trajectory function (detached parameters after each steps count).
+    """
+
+    name: str
+    description: str
+    run: RecipeFn
+
+
+RECIPES: Registry[Recipe] = Registry("adaptation recipe")
+DEFAULT_RECIPE = "all"
+
+
+def register_recipe(name: str, description: str) -> Callable[[RecipeFn], RecipeFn]:
+    def wrap(fn: RecipeFn) -> RecipeFn:
+        RECIPES.register(name, Recipe(name, description, fn))
+        return fn
+
+    return wrap
+
+
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """The parameters of the last module (in registration order) that owns parameters: a linear head."""
+    names = [n for n, _ in model.named_parameters()]
+    if not names:
+        return ()
+    owner = names[-1].rpartition(".")[0]
+    return tuple(n for n in names if n.rpartition(".")[0] == owner)
+
+
+def _detached(p: Params) -> Params:
+    return {k: v.detach() for k, v in p.items()}
+
+
+@register_recipe("all", "fine-tune every parameter (the inner loop of meta-training)")
+def _all(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+         head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+         proximal: float = 0.0) -> dict[int, Params]:
+    return adapt_trajectory(loss_fn, params, support, steps_grid, rate, lrs=lrs, weight_decay=weight_decay,
+                            proximal=proximal)
+
+
+@register_recipe("head", "adapt the head only; the body stays the meta-learned one (ANIL)")
+def _head(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+          head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+          proximal: float = 0.0) -> dict[int, Params]:
+    out: dict[int, Params] = {}
+    current, done = params, 0
+    for s in sorted(set(steps_grid)):
+        current = _detached(adapt(loss_fn, current, support, s - done, rate, lrs=lrs, weight_decay=weight_decay,
+                                  proximal=proximal, anchor=params, trainable=head))
+        out[s], done = current, s
+    return out
+
+
+@register_recipe("lp-ft", "the head for the first half of the steps, then every parameter (LP-FT)")
+def _lp_ft(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+           head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+           proximal: float = 0.0) -> dict[int, Params]:
+    out: dict[int, Params] = {}
+    kw = dict(lrs=lrs, weight_decay=weight_decay, proximal=proximal, anchor=params)
+    for s in sorted(set(steps_grid)):
+        probe = math.ceil(s / 2)
+        probed = adapt(loss_fn, params, support, probe, rate, trainable=head, **kw)
+        out[s] = _detached(adapt(loss_fn, probed, support, s - probe, rate, **kw))
+    return out
+
+
+@register_recipe("newton-head", "the head fitted by Newton steps on the support with an L2 pull toward the "
+                                "meta-learned head (ridge for squared loss, L2-logistic for log loss)")
+def _newton_head(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+                 head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+                 proximal: float = 0.0) -> dict[int, Params]:
+    out: dict[int, Params] = {}
+    current, done = params, 0
+    for s in sorted(set(steps_grid)):
+        current = newton_head(loss_fn, current, support, head, rate, s - done, anchor=params)
+        out[s], done = current, s
+    return out
+
+
+def newton_head(loss_fn: LossFn, params: Params, support: Batch, head: Sequence[str], penalty: float,
+                iterations: int, anchor: Optional[Params] = None) -> Params:
+    """``iterations`` Newton steps on ``loss_fn(params, support) + penalty / 2 * ||head - anchor_head||^2`` over
+    the ``head`` parameters only (the body's features are fixed). For a squared loss one step is the exact
+    ridge solution, for a log loss a few steps converge to the L2-regularized logistic regression."""
+    if iterations <= 0 or not head:
+        return params
+    anchor = params if anchor is None else anchor
+    names = list(head)
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+    centre = torch.cat([anchor[n].detach().reshape(-1) for n in names])
+    frozen = {k: v.detach() for k, v in params.items() if k not in head}
+
+    def objective(flat: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(flat, sizes)
+        p = {**frozen, **{n: t.reshape(sh) for n, t, sh in zip(names, parts, shapes)}}
+        return loss_fn(p, support) + 0.5 * penalty * ((flat - centre) ** 2).sum()
+
+    w = torch.cat([params[n].detach().reshape(-1) for n in names])
+    with torch.enable_grad():
+        for _ in range(iterations):
+            g = torch.func.grad(objective)(w)
+            h = torch.func.hessian(objective)(w)
+            w = (w - torch.linalg.solve(h, g)).detach()
+    parts = torch.split(w, sizes)
+    return {**params, **{n: t.reshape(sh) for n, t, sh in zip(names, parts, shapes)}}
+
+
+def recipe_trajectory(recipe: str, loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int],
+                      rate: float, *, head: Sequence[str] = (), lrs: Optional[Params] = None,
+                      weight_decay: float = 0.0, proximal: float = 0.0) -> dict[int, Params]:
+    """Detached parameters after each steps count of ``steps_grid`` under the registered ``recipe``."""
+    return RECIPES.get(recipe).run(loss_fn, params, support, steps_grid, rate, head=tuple(head), lrs=lrs,
+                                   weight_decay=weight_decay, proximal=proximal)
+
+
+def adapt_with_recipe(recipe: str, loss_fn: LossFn, params: Params, support: Batch, steps: int, rate: float,
+                      **kwargs) -> Params:
+    """``steps`` of ``recipe`` (onboarding): the last point of :func:`recipe_trajectory`."""
+    return recipe_trajectory(recipe, loss_fn, params, support, [steps], rate, **kwargs)[steps]

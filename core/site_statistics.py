@@ -1,0 +1,110 @@
+"""Site statistics from unlabeled inputs: standardize each site's features by the site's OWN moments.
+
+A new clinic, plant or bank has far more unlabeled inputs than labels. Re-estimating input or
+normalization statistics on the target removes much of a covariate shift before any gradient step
+(Schneider et al. NeurIPS 2020; FedBN, Li et al. ICLR 2021 keeps normalization local for scanner
+shift): a per-site calibration offset or gain on a sensor, a clinic's intensity scale, a bank's
+amount scale. The recipe is applied to EVERY site of a run (training sites' episodes included, so the
+initialization expects standardized inputs) and again at onboarding, from all the site's inputs
+(labelled and unlabeled rows alike); labels are never read.
+
+Pure functions over tensors; a :class:`Problem` declares where its features are
+(:attr:`core.problem.Problem.site_statistics`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from core.problem import Problem
+    from core.tasks import Site
+
+#: The preprocessing key that records that a model expects site-standardized inputs.
+PREPROCESSING_KEY = "site_statistics"
+
+
+@dataclass
+class SiteStatisticsOption:
+    """The data option of the verticals that support the recipe (mixed into their data config)."""
+
+    site_statistics: bool = False
+    """Standardize every site's input features by the site's OWN statistics, computed from all its inputs
+    (unlabeled rows included, labels never read), in training, evaluation and onboarding alike."""
+
+
+@dataclass(frozen=True)
+class SiteStatistics:
+    """Where the features of a model input are, for per-site standardization.
+
+    Args:
+        feature_axis: the axis of ``x`` whose entries are features (``1`` for rows ``[n, F]`` and images
+            ``[n, C, H, W]``, ``-1`` for windows ``[n, T, F]``); moments pool every other axis.
+        features: which features to standardize (e.g. numeric columns, not one-hot ones); None = all.
+        min_std: a feature whose site standard deviation is below this keeps its scale (only its mean is
+            removed): a feature constant on one site must not be blown up into noise.
+    """
+
+    feature_axis: int
+    features: Optional[tuple[int, ...]] = None
+    min_std: float = 1e-3
+
+    def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean [F], std [F])`` of every feature of ``x`` over all its other axes (float64 accumulation)."""
+        axis = self.feature_axis % x.dim()
+        flat = x.detach().movedim(axis, -1).reshape(-1, x.shape[axis]).double()
+        mean = flat.mean(0)
+        std = flat.var(0, unbiased=False).sqrt()
+        return mean.float(), std.float()
+
+    def apply(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """``x`` with the selected features standardized by ``(mean, std)`` (the others unchanged)."""
+        axis = self.feature_axis % x.dim()
+        shape = [1] * x.dim()
+        shape[axis] = x.shape[axis]
+        centre = torch.zeros_like(mean)
+        scale = torch.ones_like(std)
+        picked = torch.arange(x.shape[axis]) if self.features is None else torch.as_tensor(self.features, dtype=torch.long)
+        centre[picked] = mean[picked]
+        scale[picked] = torch.where(std[picked] >= self.min_std, std[picked], torch.ones_like(std[picked]))
+        return (x - centre.view(shape).to(x.dtype)) / scale.view(shape).to(x.dtype)
+
+    def standardize(self, x: Tensor, unlabeled: Sequence[Tensor] = ()) -> tuple[Tensor, dict[str, list[float]]]:
+        """``x`` standardized by the moments of ``x`` together with the site's ``unlabeled`` inputs, and
+        those moments (JSON-able: a personalized model needs them to score the site's future inputs)."""
+        pooled = torch.cat([x, *unlabeled]) if unlabeled else x
+        mean, std = self.moments(pooled)
+        return self.apply(x, mean, std), {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def layout_of(problem: "Problem") -> SiteStatistics:
+    """The problem's feature layout, or a clear error when its vertical has none (e.g. RL: no inputs)."""
+    layout = getattr(problem, "site_statistics", None)
+    if layout is None:
+        raise ValueError(f"{type(problem).__name__} declares no input features to standardize per site; "
+                         "turn data.site_statistics off for this vertical")
+    return layout
+
+
+def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tensor] = ()) -> dict[str, list[float]]:
+    """Replace ``site.x`` (and ``site.unlabeled``) by their standardization with the moments of ALL the
+    site's inputs (labelled rows, ``site.unlabeled`` and ``unlabeled``); ``site.y`` is never read.
+    Returns the moments (stored in ``site.metadata['site_statistics']``)."""
+    layout = layout_of(problem)
+    extra = [t for t in (site.unlabeled, *unlabeled) if t is not None and len(t)]
+    site.x, moments = layout.standardize(site.x, extra)
+    if site.unlabeled is not None and len(site.unlabeled):
+        site.unlabeled = layout.apply(site.unlabeled, torch.tensor(moments["mean"]), torch.tensor(moments["std"]))
+    site.metadata[PREPROCESSING_KEY] = moments
+    return moments
+
+
+def standardize_federation(problem: "Problem") -> None:
+    """Standardize every site of ``problem``'s federation by its own inputs (training, validation and
+    test sites alike) and record in its preprocessing that the model expects it."""
+    for site in problem.federation.sites.values():
+        standardize_site(problem, site)
+    problem.preprocessing[PREPROCESSING_KEY] = True

@@ -1,0 +1,165 @@
+"""Site statistics from unlabeled inputs (issue: adaptation recipes): the standardization removes a
+per-site affine shift, never reads labels, touches only the declared features, and is applied the same
+way by ``fml run`` (every site) and ``fml onboard`` (the new site, with its unlabeled rows)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from _fraud_testdata import COLUMNS, ROLES, make_transactions
+from core.site_statistics import PREPROCESSING_KEY, SiteStatistics, standardize_site
+from core.tasks import Site
+import verticals
+from core.vertical import VERTICALS
+
+verticals.load_all()
+
+
+def test_a_per_site_gain_and_offset_disappear():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 30, 5, generator=gen)
+    gain, offset = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.8]), torch.tensor([4.0, -1.0, 0.0, 10.0, 0.3])
+    layout = SiteStatistics(feature_axis=-1)
+    a, _ = layout.standardize(x)
+    b, moments = layout.standardize(x * gain + offset)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(torch.tensor(moments["std"]), x.reshape(-1, 5).std(0, unbiased=False) * gain, rtol=1e-4)
+
+
+def test_only_the_declared_features_change_and_a_constant_one_is_not_blown_up():
+    x = torch.cat([torch.randn(50, 2) * 5 + 3, torch.ones(50, 1), torch.randint(0, 2, (50, 1)).float()], dim=1)
+    out, _ = SiteStatistics(feature_axis=1, features=(0, 1, 2)).standardize(x)
+    assert torch.equal(out[:, 3], x[:, 3])  # a one-hot column not declared numeric stays as it is
+    assert torch.equal(out[:, 2], torch.zeros(50))  # constant: mean removed, scale kept
+    assert out[:, :2].mean(0).abs().max() < 1e-5 and (out[:, :2].std(0, unbiased=False) - 1).abs().max() < 1e-4
+
+
+def test_images_are_standardized_per_channel():
+    x = torch.rand(10, 3, 8, 8) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1)
+    out, moments = SiteStatistics(feature_axis=1).standardize(x)
+    assert len(moments["mean"]) == 3
+    assert out.transpose(0, 1).reshape(3, -1).std(1, unbiased=False).sub(1).abs().max() < 1e-4
+
+
+class _Rows:
+    site_statistics = SiteStatistics(feature_axis=1)
+
+
+def test_labels_are_never_read_and_unlabeled_rows_count():
+    x = torch.randn(40, 3)
+    unlabeled = torch.randn(60, 3) + 2.0
+    sites = [Site("s", x.clone(), y) for y in (torch.zeros(40), torch.full((40,), float("nan")), torch.randn(40))]
+    moments = [standardize_site(_Rows(), s, [unlabeled]) for s in sites]
+    assert moments[0] == moments[1] == moments[2]
+    assert all(torch.equal(sites[0].x, s.x) for s in sites)
+    labelled_only = standardize_site(_Rows(), Site("t", x.clone(), torch.zeros(40)))
+    assert labelled_only != moments[0]  # the unlabeled inputs moved the statistics
+    assert sites[0].metadata[PREPROCESSING_KEY] == moments[0]
+
+
+def test_maintenance_run_standardizes_every_operator_and_records_it():
+    spec = VERTICALS.get("maintenance")
+    cfg = spec.data_config(site_statistics=True, allow_generated=True, path=None, data_dir="/nonexistent",
+                           units_per_site=10)
+    with pytest.warns(UserWarning, match="GENERATED"):
+        problem = spec.build(cfg, 0)
+    assert problem.preprocessing[PREPROCESSING_KEY] is True
+    for site in problem.federation.sites.values():
+        flat = site.x.reshape(-1, site.x.shape[-1])
+        assert flat.mean(0).abs().max() < 1e-4, site.site_id
+        assert PREPROCESSING_KEY in site.metadata
+    with pytest.warns(UserWarning, match="GENERATED"):
+        plain = spec.build(dataclasses.replace(cfg, site_statistics=False), 0)
+    assert PREPROCESSING_KEY not in plain.preprocessing
+
+
+def _fraud_problem(tmp_path, site_statistics: bool):
+    from verticals.fraud import FraudConfig
+
+    path = tmp_path / "txns.parquet"
+    make_transactions(0).to_parquet(path, index=False)
+    cfg = FraudConfig(path=str(path), **COLUMNS, **ROLES, hidden=[16], site_statistics=site_statistics)
+    return VERTICALS.get("fraud"), cfg
+
+
+def test_fraud_onboarding_uses_the_sites_unlabeled_rows(tmp_path):
+    spec, cfg = _fraud_problem(tmp_path, True)
+    problem = spec.build(cfg, 0)
+    prep = json.loads(json.dumps(problem.preprocessing))
+    numeric = [i for i, n in enumerate(prep["feature_names"]) if n in {"amount", "hour"}]
+    assert sorted(problem.site_statistics.features) == numeric
+    new = make_transactions(3, {"bank_new": (120, 0.2)})
+    new["amount"] *= 50.0  # another currency: what site statistics remove
+    new.loc[80:, "is_fraud"] = np.nan  # 40 rows without a label
+    path = tmp_path / "new.csv"
+    new.to_csv(path, index=False)
+    p2, site = spec.new_site(dataclasses.replace(cfg, path=str(path)), prep, None)
+    assert len(site) == 80 and site.unlabeled.shape == (40, prep["n_features"])
+    col = numeric[0]
+    pooled = torch.cat([site.x[:, col], site.unlabeled[:, col]])
+    assert abs(float(pooled.mean())) < 1e-4  # the statistics pooled labelled and unlabeled rows
+    # a file without the label column is a file of unlabeled inputs (fml onboard --unlabeled)
+    unlabeled_file = tmp_path / "more.csv"
+    new.drop(columns=["is_fraud"]).to_csv(unlabeled_file, index=False)
+    _, only = spec.load_new_site(dataclasses.replace(cfg, path=str(unlabeled_file)), prep, None)
+    assert len(only) == 0 and only.unlabeled.shape[0] == 120
+
+
+def test_unlabeled_inputs_are_refused_for_a_model_trained_without_site_statistics(tmp_path):
+    from pipelines.onboard import unlabeled_inputs
+
+    spec, cfg = _fraud_problem(tmp_path, False)
+    prep = spec.build(cfg, 0).preprocessing
+    with pytest.raises(ValueError, match="trained without site statistics"):
+        unlabeled_inputs(spec, cfg, prep, None, str(tmp_path / "txns.parquet"))
+
+
+def test_a_vertical_without_input_features_says_so():
+    class NoInputs:
+        site_statistics = None
+
+    with pytest.raises(ValueError, match="no input features"):
+        standardize_site(NoInputs(), Site("s", torch.zeros(2, 1), torch.zeros(2)))
+
+
+def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(tmp_path, fml_home):
+    """``fml run`` with site statistics and extra recipes, then ``fml onboard`` of a new bank whose amounts are
+    in another currency, with a file of its unlabeled rows: the statistics pool both, the personalized model
+    carries the site's moments, and the registered bundle records each candidate's recipe."""
+    from core import tracking
+    from pipelines.config import load_preset
+    from pipelines.onboard import onboard
+    from pipelines.run import run_pipeline
+
+    spec, data = _fraud_problem(tmp_path, True)
+    cfg = load_preset(spec, "quick")
+    cfg.data = data
+    cfg.fed.rounds, cfg.fed.val_every, cfg.fed.clients_per_round = 6, 3, 2
+    cfg.eval.shots, cfg.eval.steps, cfg.eval.draws, cfg.eval.select_draws = [2], [0, 3], 2, 1
+    cfg.eval.recipes = ["head"]
+    cfg.output_dir = str(tmp_path / "out")
+    result = run_pipeline(spec, cfg, progress=False)
+    assert {"fedavg+head", "fomaml+head", "reptile+head"} <= set(result.summary["method"])
+    loaded = tracking.load_meta_init("models:/fml-fraud@champion")
+    assert loaded.info["preprocessing"][PREPROCESSING_KEY] is True
+    assert all("recipe" in r for r in loaded.info["candidates"].values())
+    new = make_transactions(5, {"bank_new": (160, 0.2)})
+    new["amount"] *= 50.0
+    labelled, unlabeled = tmp_path / "bank_new.csv", tmp_path / "bank_new_unlabeled.csv"
+    new.iloc[:100].to_csv(labelled, index=False)
+    new.iloc[100:].drop(columns=["is_fraud"]).to_csv(unlabeled, index=False)
+    out = onboard(spec, data=str(labelled), unlabeled=str(unlabeled), shots=2, overrides={})
+    personal = tracking.load_meta_init(out.model_uri)
+    moments = personal.info["site_moments"]
+    amount = personal.info["preprocessing"]["feature_names"].index("amount")
+    prep = personal.info["preprocessing"]["numeric"][0]
+    raw = new["amount"].to_numpy()
+    z = (raw[~np.isnan(raw)] - prep["mean"]) / prep["std"]
+    filled = np.concatenate([z, np.zeros(int(np.isnan(raw).sum()))])  # missing amounts sit at the training mean
+    assert moments["mean"][amount] == pytest.approx(filled.mean(), rel=1e-3)  # all 160 rows, not the 100 labelled
+    assert "recipe" in MlflowClient().get_run(out.run_id).data.tags
