@@ -218,6 +218,7 @@ def check_run_config(cfg: Any) -> None:
         ("fed.attack_fraction", fed.attack_fraction, 0 <= fed.attack_fraction < 1, "in [0, 1)"),
         ("inner.steps", cfg.inner.steps, cfg.inner.steps >= 0, ">= 0"),
         ("inner.lr", cfg.inner.lr, cfg.inner.lr > 0, "> 0"),
+        ("inner.group", cfg.inner.group, cfg.inner.group in ("all", "head", "body"), "all, head or body"),
         ("eval.shots", ev.shots, bool(ev.shots) and min(ev.shots) >= 1, "non-empty, each >= 1"),
         ("eval.steps", ev.steps, bool(ev.steps) and min(ev.steps) >= 0, "non-empty, each >= 0"),
         ("eval.lr_grid", ev.lr_grid, bool(ev.lr_grid) and min(ev.lr_grid) > 0, "non-empty, each > 0"),

@@ -7,6 +7,8 @@ resumed run reproduces an uninterrupted one.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Callable, Optional, Sequence
 
 import pytorch_lightning as pl
@@ -31,6 +33,16 @@ ValidateFn = Callable[[nn.Module, Params], dict[str, float]]
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
+
+
+def with_group(inner: InnerConfig, problem: Problem, model: nn.Module) -> InnerConfig:
+    """``inner`` with the names of its inner-loop parameter group (``inner.group``) resolved on ``model``."""
+    if inner.group == "all" or inner.trainable:
+        return inner
+    groups = problem.param_groups(model)
+    if inner.group not in groups:
+        raise ValueError(f"inner.group {inner.group!r}: choose all or one of the problem's groups {sorted(groups)}")
+    return replace(inner, trainable=tuple(groups[inner.group]))
 
 
 class MetaLearner(pl.LightningModule):
@@ -60,10 +72,11 @@ class MetaLearner(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.problem, self.inner, self.fed, self.server, self.seed = problem, inner, fed, server, seed
+        self.problem, self.fed, self.server, self.seed = problem, fed, server, seed
         self.algorithm = get_algorithm(algorithm)
         self.validate_fn = validate
         self.model = initial_model(problem, self.algorithm, seed, start)
+        self.inner = with_group(inner, problem, self.model)
         self.loss_fn = problem.loss_fn(self.model)
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})
@@ -129,6 +142,22 @@ class MetaLearner(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True, batch_size=1)
 
 
+class RoundsProgressBar(pl.callbacks.RichProgressBar):
+    """Lightning's rich bar, counting federated ROUNDS (a training step is a round; an "epoch" is only the
+    rounds between two validations, and ``max_epochs=-1`` would read "Epoch 0/-2")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        per_epoch = max(int(self.trainer.num_training_batches), 1)
+        first = current_epoch * per_epoch + 1
+        last = min(first + per_epoch - 1, self.trainer.max_steps)
+        return f"rounds {first}-{last} of {self.trainer.max_steps}"
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        # the bar's narrow metrics column shows short names: "val/average_precision" -> "average_precision"
+        items = super().get_metrics(trainer, pl_module)
+        return {k.split("/")[-1]: v for k, v in items.items() if k != "v_num"}
+
+
 def fit_meta_learner(
     learner: MetaLearner,
     *,
@@ -153,7 +182,7 @@ def fit_meta_learner(
         callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                     patience=learner.fed.early_stopping_patience))
     if progress:
-        callbacks.append(pl.callbacks.RichProgressBar(leave=True))
+        callbacks.append(RoundsProgressBar(leave=True))
     trainer = pl.Trainer(
         max_steps=learner.fed.rounds,
         max_epochs=-1,

@@ -90,6 +90,14 @@ def _head(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[
     return out
 
 
+@register_recipe("body", "adapt everything but the head (BOIL); the head stays the meta-learned one")
+def _body(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+          head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+          proximal: float = 0.0) -> dict[int, Params]:
+    return _head(loss_fn, params, support, steps_grid, rate, head=[k for k in params if k not in head], lrs=lrs,
+                 weight_decay=weight_decay, proximal=proximal)
+
+
 @register_recipe("lp-ft", "the head for the first half of the steps, then every parameter (LP-FT)")
 def _lp_ft(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
            head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,

@@ -90,6 +90,10 @@ def preflight_shots(problem: Problem, cfg: Any) -> None:
             problem.few_shot_task(model, site, k, gen)
 
 
+#: An algorithm meta-trained with an inner-loop group adapts that group at evaluation and onboarding too.
+GROUP_RECIPES = {"head": "head", "body": "body"}
+
+
 def check_clients_per_round(problem: Problem, clients_per_round: int) -> None:
     """A round cannot sample more distinct sites than there are training sites (checked before any MLflow run)."""
     train = problem.train_site_ids()
@@ -210,7 +214,8 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             Method("local", local_init, trained_lr=cfg.inner.lr),
             Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
             Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=fedavg_inner.lr, inner=fedavg_inner),
-            *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner)
+            *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner,
+                     recipe=GROUP_RECIPES.get(learners[a].inner.group, "all"))
               for a in algorithms],
         ]
         methods = with_recipes(methods, cfg.eval.recipes)

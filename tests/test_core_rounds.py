@@ -127,3 +127,37 @@ def test_rollout_episodes_use_the_loop_and_see_adapted_weights() -> None:
         assert_rounds_agree(out, ref, atol=0)
     with pytest.raises(ValueError, match="maml"):
         client_updates(get_algorithm("maml"), loss_fn, meta, rollouts, cfg)
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile"])
+def test_an_inner_loop_on_the_head_alone_agrees_vmap_and_loop_and_leaves_the_body_to_the_meta_step(name: str) -> None:
+    """ANIL: the inner loop adapts only the head group; vmap = loop still holds, and for Reptile (whose
+    direction is init - adapted) the body's direction is exactly zero."""
+    model = make_model()
+    loss_fn = supervised_loss(model, nn.functional.cross_entropy)
+    cfg = InnerConfig(steps=3, lr=0.1, group="head", trainable=("4.weight", "4.bias"))
+    meta = meta_for(name, model, cfg)
+    episodes = make_episodes(4)
+    alg = get_algorithm(name)
+    vec = client_updates(alg, loss_fn, meta, episodes, cfg, vectorize=True)
+    loop = client_updates(alg, loss_fn, meta, episodes, cfg, vectorize=False)
+    assert_rounds_agree(vec, loop)
+    full = client_updates(alg, loss_fn, meta, episodes, InnerConfig(steps=3, lr=0.1), vectorize=False)
+    assert not torch.allclose(full.directions["4.weight"], loop.directions["4.weight"])
+    if name == "reptile":
+        assert torch.count_nonzero(loop.directions["0.weight"]) == 0
+        assert torch.count_nonzero(loop.directions["4.weight"]) > 0
+
+
+def test_the_learner_resolves_the_inner_group_on_its_model() -> None:
+    from core.learner import with_group
+
+    class Groups:
+        def param_groups(self, model):
+            return {"head": ("4.weight", "4.bias"), "body": ("0.weight",)}
+
+    model = make_model()
+    assert with_group(InnerConfig(group="head"), Groups(), model).trainable == ("4.weight", "4.bias")
+    assert with_group(InnerConfig(), Groups(), model).trainable == ()
+    with pytest.raises(ValueError, match="inner.group 'neck'"):
+        with_group(InnerConfig(group="neck"), Groups(), model)

@@ -22,15 +22,26 @@ class InnerConfig:
         lr: inner step size.
         weight_decay: L2 regularization of the adapted weights.
         proximal: pull of the adapted weights toward the initialization.
+        group: the parameters the inner loop of MAML / FO-MAML / Reptile adapts in meta-training: ``all``,
+            ``head`` (ANIL, Raghu et al. 2020) or ``body`` (BOIL, Oh et al. 2021), a group of
+            :meth:`core.problem.Problem.param_groups`; the other parameters are still meta-learned.
+        trainable: the names of that group (resolved by the learner; empty = every parameter).
     """
 
     steps: int = 5
     lr: float = 0.05
     weight_decay: float = 0.0
     proximal: float = 0.0
+    group: str = "all"
+    trainable: tuple[str, ...] = ()
 
     def adapt_kwargs(self) -> dict:
+        """The regularization of adaptation (what evaluation and onboarding reuse)."""
         return {"weight_decay": self.weight_decay, "proximal": self.proximal}
+
+    def inner_kwargs(self) -> dict:
+        """:meth:`adapt_kwargs` plus the adapted group, for the inner loop of meta-training."""
+        return {**self.adapt_kwargs(), "trainable": self.trainable or None}
 
 
 #: ``client_update(loss_fn, meta, episode, cfg) -> (direction, metrics)``; pure and vmap-able when

@@ -16,12 +16,12 @@ from core.types import Episode, LossFn, Params
 
 def maml_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *, first_order: bool):
     if first_order:
-        adapted = adapt(loss_fn, meta, episode.support, cfg.steps, cfg.lr, first_order=True, **cfg.adapt_kwargs())
+        adapted = adapt(loss_fn, meta, episode.support, cfg.steps, cfg.lr, first_order=True, **cfg.inner_kwargs())
         query = episode.query_for(adapted)
         direction, query_loss = grad_and_value(loss_fn)(adapted, query)  # one forward for both
     else:
         def meta_loss(p: Params):
-            adapted = adapt(loss_fn, p, episode.support, cfg.steps, cfg.lr, **cfg.adapt_kwargs())
+            adapted = adapt(loss_fn, p, episode.support, cfg.steps, cfg.lr, **cfg.inner_kwargs())
             loss = loss_fn(adapted, episode.query)
             return loss, loss
 

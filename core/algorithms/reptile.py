@@ -12,7 +12,7 @@ from core.types import Episode, LossFn, Params
 
 def reptile_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig):
     data = concat_batches(episode.support, episode.query) if episode.query else episode.support
-    adapted = adapt(loss_fn, meta, data, cfg.steps, cfg.lr, first_order=True, **cfg.adapt_kwargs())
+    adapted = adapt(loss_fn, meta, data, cfg.steps, cfg.lr, first_order=True, **cfg.inner_kwargs())
     direction = {k: meta[k] - adapted[k] for k in meta}
     return direction, {"train/loss_before": loss_fn(meta, data), "train/loss_after": loss_fn(adapted, data)}
 

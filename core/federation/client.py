@@ -68,6 +68,7 @@ def client_update(node: NodeData, meta, config: Any) -> tuple[dict, int, dict[st
     import torch
 
     from core.algorithms.base import get_algorithm
+    from core.learner import with_group
     from core.rounds import client_updates
     from core.tasks import site_generator
 
@@ -77,8 +78,9 @@ def client_update(node: NodeData, meta, config: Any) -> tuple[dict, int, dict[st
     seed, round_index = int(config[R.SEED]), int(config[R.ROUND])
     episode = node.problem.train_episode(node.site_id, meta, site_generator(seed, round_index, node.site_id))
     # one episode: nothing to vectorize (the direct call gives the in-process vmap's numbers, and is faster)
-    result = client_updates(get_algorithm(str(config[R.ALGORITHM])), node.loss_fn, meta, [episode],
-                            R.inner_from_config(config), vectorize=False)
+    inner = with_group(R.inner_from_config(config), node.problem, node.model)
+    result = client_updates(get_algorithm(str(config[R.ALGORITHM])), node.loss_fn, meta, [episode], inner,
+                            vectorize=False)
     direction = {k: v[0].detach() for k, v in result.directions.items()}
     if not all(torch.isfinite(v).all() for v in direction.values()):
         raise FloatingPointError(f"site {node.site_id!r}: the update is not finite at round {round_index}; "

@@ -94,7 +94,8 @@ def check_metrics(metrics: Mapping[str, Any]) -> Optional[str]:
 
 def inner_to_config(inner: Any) -> dict[str, Any]:
     """An ``InnerConfig`` dataclass as ``inner.<field>`` config entries."""
-    return {INNER_PREFIX + f.name: getattr(inner, f.name) for f in dataclasses.fields(inner)}
+    # ``trainable`` is resolved on each node from ``group`` (its own model's parameter names)
+    return {INNER_PREFIX + f.name: getattr(inner, f.name) for f in dataclasses.fields(inner) if f.name != "trainable"}
 
 
 def inner_from_config(config: Mapping[str, Any]):
