@@ -24,6 +24,12 @@ ABLATION_START, ABLATION_END = "<!-- recipe-ablation:start -->", "<!-- recipe-ab
 HIDDEN = {"local", "fedavg"}  # from scratch / not adapted: in the benchmarks' own tables
 
 
+def vertical_benches(files: list[Path]) -> list[dict[str, Any]]:
+    """The closing JSON line of each file, vertical benchmarks only (other workloads, e.g. R1, are skipped)."""
+    lines = [json.loads(f.read_text().strip().splitlines()[-1]) for f in sorted(files)]
+    return [b for b in lines if "vertical" in b]
+
+
 def pool_key(entry: dict[str, Any]) -> str:
     return next(k for k in ("site", "clinics", "robots") if k in entry)
 
@@ -74,8 +80,7 @@ def table(files: list[Path]) -> str:
               "site or group | best single method − `fedavg+ft` |\n|---|---|---|---|---|---|")
     lines = [header]
     choices = []
-    for f in sorted(files):
-        bench = json.loads(f.read_text().strip().splitlines()[-1])
+    for bench in vertical_benches(files):
         lines += [f"| {row} |" for row in vertical_rows(bench)]
         if bench.get("auto_choices"):
             total = sum(bench["auto_choices"].values())
@@ -99,7 +104,7 @@ def ablation(files: list[Path]) -> str:
     difference against ``fedavg+ft`` (positive = better). For every benchmark run with extra settings
     (``--set``: site statistics, recipes, a stronger simulation) and the run of the same vertical and preset
     without them."""
-    benches = [json.loads(f.read_text().strip().splitlines()[-1]) for f in sorted(files)]
+    benches = vertical_benches(files)
     varied = {(b["vertical"], b["preset"]) for b in benches if b.get("overrides")}
     blocks = []
     for bench in sorted((b for b in benches if (b["vertical"], b["preset"]) in varied),

@@ -80,7 +80,7 @@ class EvalConfig:
     choice_folds: int = 5
     """Most cross-validation folds of a site's support set when choosing its starting point (``auto``)."""
     recipes: list[str] = field(default_factory=list)
-    """More adaptation recipes (core/recipes.py: head, lp-ft, newton-head) for every adapting initialization:
+    """More adaptation recipes (core/recipes.py: head, body, lp-ft, newton-head) for every adapting initialization:
     each adds a row <init>+<recipe> (fedavg+<recipe> for the FedAvg model) with its own validation search, and
     a candidate for registration and the per-site choice. Every init always also adapts all parameters."""
 

@@ -161,7 +161,8 @@ def unlabeled_inputs(spec: VerticalSpec, data_cfg: Any, preprocessing: dict, sit
                          "(data.site_statistics), so unlabeled inputs would not be used")
     if not Path(path).exists():
         raise FileNotFoundError(f"--unlabeled {path}: no such file; give the site's unlabeled inputs")
-    _, site = spec.load_new_site(dataclasses.replace(data_cfg, path=path), preprocessing, site_id)
+    label_files = {name: None for name in spec.onboard_flags.values()}  # e.g. --rul belongs to --data, not to this file
+    _, site = spec.load_new_site(dataclasses.replace(data_cfg, path=path, **label_files), preprocessing, site_id)
     return [t for t in (site.x, site.unlabeled) if t is not None and len(t)]
 
 

@@ -163,3 +163,24 @@ def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(t
     filled = np.concatenate([z, np.zeros(int(np.isnan(raw).sum()))])  # missing amounts sit at the training mean
     assert moments["mean"][amount] == pytest.approx(filled.mean(), rel=1e-3)  # all 160 rows, not the 100 labelled
     assert "recipe" in MlflowClient().get_run(out.run_id).data.tags
+
+
+def test_maintenance_onboarding_reads_an_unlabeled_fleet_file_without_the_rul_file(tmp_path):
+    from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
+    from pipelines.onboard import unlabeled_inputs
+
+    train, test, rul = generate_cmapss(24, 6, seed=3, min_life=45, max_life=80)
+    write_cmapss_files(tmp_path, "FD001", train, test, rul)
+    more, more_test, more_rul = generate_cmapss(5, 1, seed=9, min_life=45, max_life=80)
+    write_cmapss_files(tmp_path / "more", "FD001", more, more_test, more_rul)  # read: train_ (no RUL file needed)
+    spec = VERTICALS.get("maintenance")
+    cfg = spec.data_config(path=str(tmp_path / "train_FD001.txt"), units_per_site=4, window=12, stride=2,
+                           validation_sites=1, test_sites=1, train_units=2, query_units=1, site_statistics=True)
+    prep = json.loads(json.dumps(spec.build(cfg, 0).preprocessing))
+    onboard_cfg = dataclasses.replace(cfg, path=str(tmp_path / "test_FD001.txt"), rul_path=str(tmp_path / "RUL_FD001.txt"))
+    extra = unlabeled_inputs(spec, onboard_cfg, prep, None, str(tmp_path / "more" / "train_FD001.txt"))
+    assert extra and extra[0].shape[1:] == (12, len(prep["sensors"]))
+    _, alone = spec.new_site(onboard_cfg, prep, None)
+    _, pooled = spec.new_site(onboard_cfg, prep, None, extra)
+    assert alone.metadata[PREPROCESSING_KEY] != pooled.metadata[PREPROCESSING_KEY]
+    assert torch.equal(alone.y, pooled.y)
