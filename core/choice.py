@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from core.recipes import DEFAULT_RECIPE, recipe_trajectory
+from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
 from core.types import Batch, LossFn, Params
 
 #: (training-fold batch, [one batch per held-out unit]) of each fold of one support set.
@@ -41,7 +41,7 @@ class Candidate:
         lr_for: adaptation step size for a steps count.
         lrs: per-parameter step sizes (Meta-SGD) or None.
         adapt_kwargs: the recipe's regularization (``weight_decay``, ``proximal``).
-        recipe: the adaptation recipe (:mod:`core.recipes`).
+        recipe_for: the adaptation recipe (:mod:`core.recipes`) for a steps count.
         head: the head parameter group the recipe may adapt alone.
     """
 
@@ -50,7 +50,7 @@ class Candidate:
     lr_for: Callable[[int], float]
     lrs: Optional[Params] = None
     adapt_kwargs: Mapping[str, float] = field(default_factory=dict)
-    recipe: str = DEFAULT_RECIPE
+    recipe_for: Callable[[int], str] = lambda steps: DEFAULT_RECIPE
     head: tuple[str, ...] = ()
 
 
@@ -138,14 +138,12 @@ def unit_losses(criterion: Criterion, loss_fn: LossFn, candidate: Candidate, fol
                 steps_grid: Sequence[int]) -> dict[int, list[float]]:
     """The held-out loss of every unit of every fold after each steps count (one adaptation trajectory
     per fold and step size, on ``loss_fn``), in the folds' order: candidates are paired unit by unit."""
-    by_lr: dict[float, list[int]] = {}
-    for s in steps_grid:
-        by_lr.setdefault(candidate.lr_for(s), []).append(s)
+    settings = by_setting(steps_grid, candidate.lr_for, candidate.recipe_for)
     out: dict[int, list[float]] = {s: [] for s in steps_grid}
     with torch.enable_grad():
         for train, held in folds:
-            for lr, steps in by_lr.items():
-                for s, params in recipe_trajectory(candidate.recipe, loss_fn, candidate.params, train, steps, lr,
+            for (lr, recipe), steps in settings.items():
+                for s, params in recipe_trajectory(recipe, loss_fn, candidate.params, train, steps, lr,
                                                    head=candidate.head, lrs=candidate.lrs,
                                                    **dict(candidate.adapt_kwargs)).items():
                     out[s] += criterion(params, held)

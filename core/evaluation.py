@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from core.recipes import DEFAULT_RECIPE, recipe_trajectory
+from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
 from core.choice import Candidate, choose_per_steps
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
@@ -41,7 +41,8 @@ class Method:
         lr_by_steps: adaptation step size per steps count (filled by :func:`select_adaptation`).
         trained_lr: the inner lr it was meta-trained with (added to the search grid).
         inner: its own inner-loop regularization (weight decay, proximal) if it differs from the run's.
-        recipe: its adaptation recipe (:mod:`core.recipes`): which parameters adapt, and how.
+        recipes: the adaptation recipes searched with the step size (:mod:`core.recipes`): which parameters
+            adapt, and how; the validation sites choose one per steps count (``recipe_by_steps``).
     """
 
     name: str
@@ -50,13 +51,23 @@ class Method:
     lr_by_steps: dict[int, float] = field(default_factory=dict)
     trained_lr: Optional[float] = None
     inner: Optional[InnerConfig] = None
-    recipe: str = DEFAULT_RECIPE
+    recipes: tuple[str, ...] = (DEFAULT_RECIPE,)
+    recipe_by_steps: dict[int, str] = field(default_factory=dict)
+    best_recipe: str = DEFAULT_RECIPE
     best_steps: int = 0
     best_lr: float = 0.0
     selection_score: float = float("nan")
     validation_draws: dict[int, list[float]] = field(default_factory=dict)
     """Per steps count (0 = the initialization as is), the headline of each validation (site, draw) at the
     chosen step size, in one order for every method: what paired comparisons of methods use."""
+
+    @property
+    def recipe(self) -> str:
+        """The recipe at the method's best steps count."""
+        return self.best_recipe
+
+    def recipe_for(self, steps: int) -> str:
+        return self.recipe_by_steps.get(steps, self.best_recipe if self.best_recipe in self.recipes else self.recipes[0])
 
     @property
     def params(self) -> Params:
@@ -67,18 +78,24 @@ class Method:
         return split_meta(self.meta)[1]
 
 
-def with_recipes(methods: Sequence[Method], recipes: Sequence[str]) -> list[Method]:
-    """``methods`` plus, for every adapting initialization (not ``local``), one copy per extra recipe named
-    ``<init>+<recipe>`` (``fedavg+<recipe>`` for the FedAvg model): the same init, its own step-size search.
-    Applying each recipe to FedAvg too attributes a gain to the recipe or to the meta-learning, honestly."""
-    out = list(methods)
+def with_recipes(methods: Sequence[Method], recipes: Sequence[str]) -> tuple[list[Method], list[Method]]:
+    """Every adapting initialization (not ``local``) searches ``recipes`` beside its own recipe on the
+    validation sites, like its step size (the candidates stay one per initialization: no winner's curse over
+    init x recipe); and, for the ablation table only, one row per extra recipe named ``<init>+<recipe>``
+    (``fedavg+<recipe>`` for the FedAvg model) that always uses it. Applying each recipe to FedAvg too
+    attributes a gain to the recipe or to the meta-learning, honestly. Returns ``(methods, ablation rows)``."""
+    if not recipes:
+        return list(methods), []
+    out, ablation = [], []
     for m in methods:
         if not m.adapts or m.name == "local":
+            out.append(m)
             continue
+        out.append(replace(m, recipes=tuple(dict.fromkeys([*m.recipes, *recipes]))))
         base = "fedavg" if m.name == BASELINE else m.name
-        out += [replace(m, name=f"{base}+{r}", recipe=r, lr_by_steps={}, validation_draws={})
-                for r in dict.fromkeys(recipes) if r != m.recipe]
-    return out
+        ablation += [replace(m, name=f"{base}+{r}", recipes=(r,), best_recipe=r, lr_by_steps={}, validation_draws={})
+                     for r in dict.fromkeys(recipes) if (r,) != tuple(m.recipes)]
+    return out, ablation
 
 
 def trained_name(method: str) -> str:
@@ -93,12 +110,12 @@ def task_generator(seed: int, site_index: int, shots: int, draw: int) -> torch.G
 
 def adapt_along(
     loss_fn, method: Method, support: Batch, steps_grid: Sequence[int], lr: float, inner: InnerConfig,
-    head: Sequence[str] = (),
+    head: Sequence[str] = (), recipe: Optional[str] = None,
 ) -> dict[int, Params]:
-    """Adapted parameters after each steps count of ``steps_grid`` under the method's recipe (``head``: the
-    problem's head parameter group)."""
-    return recipe_trajectory(method.recipe, loss_fn, method.params, support, steps_grid, lr, head=head,
-                             lrs=method.lrs, **(method.inner or inner).adapt_kwargs())
+    """Adapted parameters after each steps count of ``steps_grid`` under ``recipe`` (default: the method's at
+    the largest steps count; ``head``: the problem's head parameter group)."""
+    return recipe_trajectory(recipe or method.recipe_for(max(steps_grid, default=0)), loss_fn, method.params,
+                             support, steps_grid, lr, head=head, lrs=method.lrs, **(method.inner or inner).adapt_kwargs())
 
 
 def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[int], inner: InnerConfig,
@@ -107,14 +124,12 @@ def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequen
         return {0: task.score(method.params)}
     support = task.support(method.params)
     scores: dict[int, dict[str, float]] = {}
-    by_lr: dict[float, list[int]] = {}
-    for s in steps_grid:
-        by_lr.setdefault(lr_for(s), []).append(s)
     with torch.enable_grad():
-        for lr, steps in by_lr.items():
-            for s, params in adapt_along(loss_fn, method, support, steps, lr, inner, head).items():
+        for (lr, recipe), steps in by_setting(steps_grid, lr_for, method.recipe_for).items():
+            for s, params in adapt_along(loss_fn, method, support, steps, lr, inner, head, recipe).items():
                 scores[s] = task.score(params)
     return scores
+
 
 
 def select_adaptation(
@@ -142,27 +157,31 @@ def select_adaptation(
         grid = sorted(set(lr_grid) | ({method.trained_lr} if method.trained_lr else set()))
         if method.lrs is not None:  # Meta-SGD adapts with its learned step sizes
             grid = [method.trained_lr or lr_grid[0]]
-        totals: dict[tuple[int, float], list[float]] = {}
+        totals: dict[tuple[int, str, float], list[float]] = {}
         unadapted: list[float] = []
         for i, site in enumerate(sites):
             for d in range(draws):
                 task = problem.few_shot_task(model, site, shots, task_generator(seed + 17, i, shots, d))
                 support = task.support(method.params)
                 unadapted.append(task.score(method.params)[problem.headline])
-                for lr in grid:
-                    with torch.enable_grad():
-                        traj = adapt_along(loss_fn, method, support, positive_steps, lr, inner, head)
-                    for s, p in traj.items():
-                        totals.setdefault((s, lr), []).append(task.score(p)[problem.headline])
+                for recipe in method.recipes:
+                    for lr in grid:
+                        with torch.enable_grad():
+                            traj = adapt_along(loss_fn, method, support, positive_steps, lr, inner, head, recipe)
+                        for s, p in traj.items():
+                            totals.setdefault((s, recipe, lr), []).append(task.score(p)[problem.headline])
         means = {key: sum(v) / len(v) for key, v in totals.items()}
         for s in positive_steps:
-            best_lr = max((lr for (ss, lr) in means if ss == s), key=lambda lr: sign * means[(s, lr)])
-            method.lr_by_steps[s] = best_lr
-        (best_s, best_lr) = max(means, key=lambda key: sign * means[key])
-        method.best_steps, method.best_lr, method.selection_score = best_s, best_lr, means[(best_s, best_lr)]
-        method.validation_draws = {0: unadapted, **{s: totals[(s, method.lr_by_steps[s])] for s in positive_steps}}
-        records += [{"method": method.name, "recipe": method.recipe, "steps": s, "lr": lr, "val_" + problem.headline: m,
-                     "chosen": method.lr_by_steps.get(s) == lr} for (s, lr), m in sorted(means.items())]
+            _, recipe, lr = max((key for key in means if key[0] == s), key=lambda key: sign * means[key])
+            method.recipe_by_steps[s], method.lr_by_steps[s] = recipe, lr
+        best = max(means, key=lambda key: sign * means[key])
+        method.best_steps, method.best_recipe, method.best_lr = best
+        method.selection_score = means[best]
+        method.validation_draws = {0: unadapted, **{s: totals[(s, method.recipe_by_steps[s], method.lr_by_steps[s])]
+                                                    for s in positive_steps}}
+        records += [{"method": method.name, "recipe": r, "steps": s, "lr": lr, "val_" + problem.headline: m,
+                     "chosen": (method.recipe_by_steps.get(s), method.lr_by_steps.get(s)) == (r, lr)}
+                    for (s, r, lr), m in sorted(means.items())]
     return pd.DataFrame.from_records(records)
 
 
@@ -182,7 +201,7 @@ class AutoChoice:
 def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:
     """``method`` as a starting point of the per-site choice, with its recipe and validation-chosen step sizes."""
     return Candidate(method.name, method.params, _lr_for(method), method.lrs, (method.inner or inner).adapt_kwargs(),
-                     method.recipe, tuple(head))
+                     method.recipe_for, tuple(head))
 
 
 def _lr_for(method: Method) -> Callable[[int], float]:

@@ -153,6 +153,15 @@ def newton_head(loss_fn: LossFn, params: Params, support: Batch, head: Sequence[
     return {**params, **{n: t.reshape(sh) for n, t, sh in zip(names, parts, shapes)}}
 
 
+def by_setting(steps_grid: Sequence[int], lr_for: Callable[[int], float],
+               recipe_for: Callable[[int], str]) -> dict[tuple[float, str], list[int]]:
+    """The steps counts that share an adaptation setting (step size, recipe): one trajectory serves them."""
+    out: dict[tuple[float, str], list[int]] = {}
+    for s in steps_grid:
+        out.setdefault((lr_for(s), recipe_for(s)), []).append(s)
+    return out
+
+
 def recipe_trajectory(recipe: str, loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int],
                       rate: float, *, head: Sequence[str] = (), lrs: Optional[Params] = None,
                       weight_decay: float = 0.0, proximal: float = 0.0) -> dict[int, Params]:

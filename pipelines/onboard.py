@@ -116,7 +116,7 @@ def onboard(
     used_lr = chosen.lr_for(steps)
     support = task.support(chosen.params)
     with torch.enable_grad():
-        adapted = adapt_with_recipe(chosen.recipe, problem.loss_fn(model), chosen.params, support, steps, used_lr,
+        adapted = adapt_with_recipe(chosen.recipe_for(steps), problem.loss_fn(model), chosen.params, support, steps, used_lr,
                                     head=chosen.head, lrs=chosen.lrs, **dict(chosen.adapt_kwargs))
     adapted = {k: v.detach() for k, v in adapted.items()}
     before, after = task.score(chosen.params), task.score(adapted)
@@ -124,7 +124,7 @@ def onboard(
     # log the personalized model with its lineage
     exp_id = tracking.ensure_experiment(f"fml-{spec.name}-onboarding")
     lineage = {"source_model": loaded.name or model_uri, "source_version": loaded.version or "",
-               "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": used_lr, "recipe": chosen.recipe,
+               "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": used_lr, "recipe": chosen.recipe_for(steps),
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()})}
@@ -182,8 +182,10 @@ def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float], head: t
         best_lr = float(recipe.get("best_lr", 0.05))
         lr_for = (lambda s, b=by_steps, d=best_lr: b.get(s, d)) if lr is None else (lambda s: float(lr))
         inner = InnerConfig(**{k: v for k, v in recipe.get("inner", {}).items() if k in {"weight_decay", "proximal"}})
-        out[name] = Candidate(name, params, lr_for, lrs, inner.adapt_kwargs(), recipe.get("recipe", DEFAULT_RECIPE),
-                              tuple(head))
+        recipe_by_steps = {int(k): str(v) for k, v in recipe.get("recipe_by_steps", {}).items()}
+        best_recipe = str(recipe.get("best_recipe", DEFAULT_RECIPE))
+        out[name] = Candidate(name, params, lr_for, lrs, inner.adapt_kwargs(),
+                              lambda s, b=recipe_by_steps, d=best_recipe: b.get(s, d), tuple(head))
     return out
 
 

@@ -33,6 +33,7 @@ from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evalua
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
+from core.recipes import DEFAULT_RECIPE
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.privacy import run_epsilon
 from core.shift import site_shift_report
@@ -215,13 +216,12 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
             Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=fedavg_inner.lr, inner=fedavg_inner),
             *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner,
-                     recipe=GROUP_RECIPES.get(learners[a].inner.group, "all"))
+                     recipes=(GROUP_RECIPES.get(learners[a].inner.group, DEFAULT_RECIPE),))
               for a in algorithms],
         ]
-        methods = with_recipes(methods, cfg.eval.recipes)
-        report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods,
-                                       candidates=[m.name for m in methods if m.adapts and m.name != "local"],
-                                       run_id=run_id, out=out,
+        methods, ablation = with_recipes(methods, cfg.eval.recipes)
+        report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods + ablation,
+                                       candidates=["fedavg+ft", *algorithms], run_id=run_id, out=out,
                                        progress=progress, privacy=privacy)
         state.complete()
         return RunResult(run_id, report.summary, report.paired, report.selection, report.registered, train_seconds,
@@ -293,7 +293,8 @@ def candidate_recipes(bundle: list[Method], inner: Any) -> dict[str, dict[str, A
     """The recipe of each bundled candidate, as saved in ``fml.json``."""
     return {m.name: {"lr_by_steps": {str(s): lr for s, lr in m.lr_by_steps.items()}, "best_steps": m.best_steps,
                      "best_lr": m.best_lr, "validation_score": m.selection_score,
-                     "recipe": m.recipe, "inner": to_plain(m.inner or inner)} for m in bundle}
+                     "recipe_by_steps": {str(s): r for s, r in m.recipe_by_steps.items()}, "best_recipe": m.best_recipe,
+                     "inner": to_plain(m.inner or inner)} for m in bundle}
 
 
 def heldout_veto(paired: pd.DataFrame, default: Method, names: list[str], shots: int, higher_is_better: bool) -> str:

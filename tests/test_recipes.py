@@ -104,17 +104,47 @@ def test_newton_head_is_l2_logistic_regression(classes):
         np.testing.assert_allclose(w, ref.coef_, atol=1e-4)
 
 
-def test_every_adapting_init_gets_a_row_per_recipe():
+def test_every_adapting_init_searches_the_recipes_and_gets_an_ablation_row_per_recipe():
     meta = {"w": torch.zeros(2)}
     methods = [Method("local", meta), Method("fedavg", meta, adapts=False), Method("fedavg+ft", meta),
                Method("fomaml", meta)]
-    names = [m.name for m in with_recipes(methods, ["head", "newton-head"])]
-    assert names == ["local", "fedavg", "fedavg+ft", "fomaml", "fedavg+head", "fedavg+newton-head", "fomaml+head",
-                     "fomaml+newton-head"]
-    expanded = {m.name: m for m in with_recipes(methods, ["head"])}
-    assert expanded["fomaml+head"].recipe == "head" and expanded["fomaml"].recipe == "all"
+    searched, ablation = with_recipes(methods, ["head", "newton-head"])
+    assert [m.name for m in searched] == ["local", "fedavg", "fedavg+ft", "fomaml"]  # candidates stay one per init
+    by_name = {m.name: m for m in searched}
+    assert by_name["fomaml"].recipes == ("all", "head", "newton-head") and by_name["local"].recipes == ("all",)
+    assert [m.name for m in ablation] == ["fedavg+head", "fedavg+newton-head", "fomaml+head", "fomaml+newton-head"]
+    assert {m.name: m.recipes for m in ablation}["fomaml+head"] == ("head",)
+    assert with_recipes(methods, []) == (methods, [])
     assert trained_name("fedavg+head") == "fedavg" and trained_name("fedavg+ft") == "fedavg"
     assert trained_name("fomaml+lp-ft") == "fomaml"
+
+
+def test_validation_chooses_the_recipe_per_steps_count_like_the_step_size():
+    """A 'site' whose labels depend on the head only: a head-only recipe wins at 1 step on validation; the
+    chosen recipe is what the held-out rows and the per-site choice then use."""
+    from core.algorithms.base import InnerConfig
+    from core.evaluation import method_candidate, select_adaptation
+    from core.problem import SupervisedProblem
+    from core.tasks import EpisodeSpec, Federation, Site
+
+    gen = torch.Generator().manual_seed(0)
+    sites = []
+    for i in range(3):
+        x = torch.randn(60, 5, generator=gen, dtype=torch.float64)
+        sites.append(Site(f"s{i}", x, x[:, 0] * (2.0 + i) + 0.05 * torch.randn(60, generator=gen, dtype=torch.float64)))
+    fed = Federation({s.site_id: s for s in sites}, {"train": ["s0"], "validation": ["s1", "s2"]})
+    problem = SupervisedProblem(fed, lambda: _model(), lambda out, y: F.mse_loss(out.squeeze(-1), y),
+                                lambda out, y: {"mse": float(F.mse_loss(out.squeeze(-1), y))}, "mse",
+                                EpisodeSpec(shots=5, query=5, by="row"), eval_by="row", higher_is_better=False)
+    model = _model()
+    meta = {k: v.detach() for k, v in model.named_parameters()}
+    method = Method("fomaml", meta, recipes=("all", "newton-head"))
+    table = select_adaptation(problem, model, [method], fed.role("validation"), shots=20, steps_grid=[0, 1],
+                              lr_grid=[0.01, 0.1], draws=2, seed=0, inner=InnerConfig())
+    assert set(table["recipe"]) == {"all", "newton-head"} and table["chosen"].sum() == 1
+    chosen = table[table["chosen"]].iloc[0]
+    assert method.recipe_by_steps[1] == chosen["recipe"] == method.recipe_for(1)
+    assert method_candidate(method, InnerConfig()).recipe_for(1) == method.recipe_by_steps[1]
 
 
 def test_an_unknown_recipe_is_refused_before_any_data():
@@ -132,11 +162,13 @@ def test_onboarding_reads_each_candidates_recipe():
     from pipelines.onboard import bundle_candidates
 
     meta = {"w": torch.zeros(2)}
-    loaded = SimpleNamespace(uri="models:/x/1", candidates={"fedavg+ft": meta, "fomaml+head": meta}, info={
-        "candidates": {"fedavg+ft": {"best_lr": 0.1}, "fomaml+head": {"best_lr": 0.3, "recipe": "head"}}})
+    loaded = SimpleNamespace(uri="models:/x/1", candidates={"fedavg+ft": meta, "fomaml": meta}, info={
+        "candidates": {"fedavg+ft": {"best_lr": 0.1},
+                       "fomaml": {"best_lr": 0.3, "recipe_by_steps": {"5": "head"}, "best_recipe": "lp-ft"}}})
     out = bundle_candidates(loaded, None, ("w",))
-    assert out["fomaml+head"].recipe == "head" and out["fedavg+ft"].recipe == "all"
-    assert out["fomaml+head"].head == ("w",) and out["fomaml+head"].lr_for(5) == 0.3
+    assert out["fomaml"].recipe_for(5) == "head" and out["fomaml"].recipe_for(7) == "lp-ft"
+    assert out["fedavg+ft"].recipe_for(5) == "all"
+    assert out["fomaml"].head == ("w",) and out["fomaml"].lr_for(5) == 0.3
 
 
 def test_functional_call_of_the_fitted_head_predicts_better_than_the_start():

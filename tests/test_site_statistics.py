@@ -147,7 +147,7 @@ def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(t
     assert {"fedavg+head", "fomaml+head", "reptile+head"} <= set(result.summary["method"])
     loaded = tracking.load_meta_init("models:/fml-fraud@champion")
     assert loaded.info["preprocessing"][PREPROCESSING_KEY] is True
-    assert all("recipe" in r for r in loaded.info["candidates"].values())
+    assert all(set(r["recipe_by_steps"].values()) <= {"all", "head"} for r in loaded.info["candidates"].values())
     new = make_transactions(5, {"bank_new": (160, 0.2)})
     new["amount"] *= 50.0
     labelled, unlabeled = tmp_path / "bank_new.csv", tmp_path / "bank_new_unlabeled.csv"
