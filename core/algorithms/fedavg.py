@@ -10,6 +10,8 @@ from core.types import Episode, LossFn, Params
 
 
 def fedavg_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig):
+    """One client's FedAvg direction ``meta - locally trained`` (keyed and shaped like ``meta``): ``cfg.steps``
+    local SGD steps on all its labelled rows (support + query batches concatenated along rows)."""
     data = concat_batches(episode.support, episode.query)
     trained = adapt(loss_fn, meta, data, cfg.steps, cfg.lr, first_order=True, **cfg.adapt_kwargs())
     direction = {k: meta[k] - trained[k] for k in meta}

@@ -15,6 +15,20 @@ from core.types import Episode, LossFn, Params
 
 
 def maml_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *, first_order: bool):
+    """One client's MAML direction.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        meta: the meta-parameters, ``{name: tensor shaped like the model's parameter}``.
+        episode: ``support`` and ``query`` batches, e.g. ``(x [n, ...], y [n])`` each.
+        cfg: the inner loop (``steps`` at ``lr``; ``trainable`` restricts it to a parameter group).
+        first_order: FO-MAML (the query gradient at the adapted weights) instead of differentiating
+            through the inner loop.
+
+    Returns:
+        ``(direction, metrics)``: ``direction`` keyed and shaped like ``meta`` (a gradient for the server
+        optimizer); ``metrics`` scalar tensors (``train/query_loss`` ...).
+    """
     if first_order:
         adapted = adapt(loss_fn, meta, episode.support, cfg.steps, cfg.lr, first_order=True, **cfg.inner_kwargs())
         query = episode.query_for(adapted)

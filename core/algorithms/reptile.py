@@ -11,6 +11,9 @@ from core.types import Episode, LossFn, Params
 
 
 def reptile_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig):
+    """One client's Reptile direction ``meta - adapted`` (keyed and shaped like ``meta``), adapting ``cfg.steps``
+    steps on support + query (``(x [n, ...], y [n])`` batches concatenated along rows); metrics are the
+    loss before and after adaptation (scalar tensors)."""
     data = concat_batches(episode.support, episode.query) if episode.query else episode.support
     adapted = adapt(loss_fn, meta, data, cfg.steps, cfg.lr, first_order=True, **cfg.inner_kwargs())
     direction = {k: meta[k] - adapted[k] for k in meta}
