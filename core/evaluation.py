@@ -91,11 +91,16 @@ def with_recipes(methods: Sequence[Method], recipes: Sequence[str]) -> tuple[lis
         if not m.adapts or m.name == "local":
             out.append(m)
             continue
-        out.append(replace(m, recipes=tuple(dict.fromkeys([*m.recipes, *recipes]))))
+        out.append(replace(m, recipes=tuple(dict.fromkeys([*m.recipes, *recipes])), **_fresh()))
         base = "fedavg" if m.name == BASELINE else m.name
-        ablation += [replace(m, name=f"{base}+{r}", recipes=(r,), best_recipe=r, lr_by_steps={}, validation_draws={})
+        ablation += [replace(m, name=f"{base}+{r}", recipes=(r,), best_recipe=r, **_fresh())
                      for r in dict.fromkeys(recipes) if (r,) != tuple(m.recipes)]
     return out, ablation
+
+
+def _fresh() -> dict:
+    """New containers for what the validation search fills in (a copy must never share them)."""
+    return {"lr_by_steps": {}, "recipe_by_steps": {}, "validation_draws": {}}
 
 
 def trained_name(method: str) -> str:

@@ -115,6 +115,10 @@ def test_every_adapting_init_searches_the_recipes_and_gets_an_ablation_row_per_r
     assert [m.name for m in ablation] == ["fedavg+head", "fedavg+newton-head", "fomaml+head", "fomaml+newton-head"]
     assert {m.name: m.recipes for m in ablation}["fomaml+head"] == ("head",)
     assert with_recipes(methods, []) == (methods, [])
+    # regression: copies shared the search's containers, so the last row's choices leaked into the others
+    every = searched + ablation
+    for field in ("lr_by_steps", "recipe_by_steps", "validation_draws"):
+        assert len({id(getattr(m, field)) for m in every}) == len(every), field
     assert trained_name("fedavg+head") == "fedavg" and trained_name("fedavg+ft") == "fedavg"
     assert trained_name("fomaml+lp-ft") == "fomaml"
 
