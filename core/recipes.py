@@ -65,6 +65,16 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(n for n in names if n.rpartition(".")[0] == owner)
 
 
+def _continued(params: Params, steps_grid: Sequence[int], step: Callable[[Params, int], Params]) -> dict[int, Params]:
+    """One trajectory for every steps count: ``step(current, more)`` continues from the previous count."""
+    out: dict[int, Params] = {}
+    current, done = params, 0
+    for s in sorted(set(steps_grid)):
+        current = step(current, s - done)
+        out[s], done = current, s
+    return out
+
+
 def _detached(p: Params) -> Params:
     return {k: v.detach() for k, v in p.items()}
 
@@ -81,13 +91,9 @@ def _all(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[i
 def _head(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
           head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
           proximal: float = 0.0) -> dict[int, Params]:
-    out: dict[int, Params] = {}
-    current, done = params, 0
-    for s in sorted(set(steps_grid)):
-        current = _detached(adapt(loss_fn, current, support, s - done, rate, lrs=lrs, weight_decay=weight_decay,
-                                  proximal=proximal, anchor=params, trainable=head))
-        out[s], done = current, s
-    return out
+    return _continued(params, steps_grid, lambda p, more: _detached(
+        adapt(loss_fn, p, support, more, rate, lrs=lrs, weight_decay=weight_decay, proximal=proximal,
+              anchor=params, trainable=head)))
 
 
 @register_recipe("body", "adapt everything but the head (BOIL); the head stays the meta-learned one")
@@ -116,12 +122,8 @@ def _lp_ft(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence
 def _newton_head(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
                  head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
                  proximal: float = 0.0) -> dict[int, Params]:
-    out: dict[int, Params] = {}
-    current, done = params, 0
-    for s in sorted(set(steps_grid)):
-        current = newton_head(loss_fn, current, support, head, rate, s - done, anchor=params)
-        out[s], done = current, s
-    return out
+    return _continued(params, steps_grid,
+                      lambda p, more: newton_head(loss_fn, p, support, head, rate, more, anchor=params))
 
 
 def newton_head(loss_fn: LossFn, params: Params, support: Batch, head: Sequence[str], penalty: float,
