@@ -4,7 +4,9 @@ loop, first vs second order, 10 and 50 clients per round (workload R1 of ``../sh
 A round is exactly ``MetaLearner.run_round``: sample clients, draw and stack their episodes, compute
 every client's update, aggregate, step the server optimizer (Adam 1e-3). Second order = ``maml``,
 first order = ``fomaml``; 5 inner SGD steps at lr 0.05 on 5-way 5-shot (+15 query per class) tasks,
-MLP 64-128-128-5. Prints a table, then as its LAST line the JSON object defined in BENCHMARKS.md.
+MLP 64-128-128-5. The vmap columns time the call's traced replay (``--trace-after 1``, core/replay.py;
+``--trace-after 0``: the eager vmap call). Prints a table, then as its LAST line the JSON object defined in
+BENCHMARKS.md.
 
     python benchmarks/round_throughput.py            # about 1 minute on 2 idle cores
     python benchmarks/round_throughput.py --rounds 15 --clients 10 50
@@ -34,15 +36,15 @@ from r1_workload import r1_problem  # noqa: E402
 
 
 @dataclass
-class Config:
-    """R1 throughput benchmark."""
+class TimingConfig:
+    """What every R1 round-timing benchmark takes."""
 
     clients: list[int] = field(default_factory=lambda: [10, 50])
     """Clients per round (one result row each)."""
     rounds: int = 9
     """Timed rounds per configuration (the median is reported; BENCHMARKS.md asks for >= 7)."""
     warmup: int = 2
-    """Untimed rounds first (vmap tracing, allocator warm-up)."""
+    """Untimed rounds first (tracing, allocator warm-up)."""
     threads: int = 2
     """``torch.set_num_threads`` (R1 reference: 2)."""
     seed: int = 0
@@ -50,6 +52,15 @@ class Config:
     clock: str = "wall"
     """What the JSON line reports: ``wall`` (BENCHMARKS.md) or ``cpu`` (process CPU time: steadier on a
     loaded, shared machine; with ``--threads 1`` it is the work of the round)."""
+
+
+@dataclass
+class Config(TimingConfig):
+    """R1 throughput benchmark."""
+
+    trace_after: int = 1
+    """``fed.trace_after`` of the vmap columns: 1 = the call's traced replay (core/replay.py) from the first
+    warm-up round on, a long run's steady state (its default starts at round 10); 0 = the eager vmap call."""
 
 
 MODES = {  # column -> (algorithm, vectorize)
@@ -75,7 +86,8 @@ def peak_rss_mb() -> float:
 
 def time_rounds(problem: Problem, algorithm: str, vectorize: bool, clients: int, cfg: Config) -> tuple[float, float]:
     """Median wall and CPU milliseconds of ``cfg.rounds`` rounds after ``cfg.warmup`` untimed ones."""
-    fed = FederatedConfig(rounds=cfg.warmup + cfg.rounds, clients_per_round=clients, vectorize=vectorize)
+    fed = FederatedConfig(rounds=cfg.warmup + cfg.rounds, clients_per_round=clients, vectorize=vectorize,
+                          trace_after=cfg.trace_after)
     learner = TimedLearner(problem, algorithm, InnerConfig(steps=5, lr=0.05), fed, ServerConfig("adam", 1e-3), cfg.seed)
     wall, cpu = [], []
     for r in range(cfg.warmup + cfg.rounds):
@@ -116,8 +128,8 @@ def main(cfg: Config) -> dict:
     load = os.getloadavg()[0]
     other_clock = "cpu" if cfg.clock == "wall" else "wall"
     print(f"R1 round throughput: ms per round ({cfg.clock} clock; {other_clock} clock in brackets), median of "
-          f"{cfg.rounds} after {cfg.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {load:.1f} on {os.cpu_count()} CPUs; RSS after imports {base_rss:.0f} MB")
+          f"{cfg.rounds} after {cfg.warmup} warm-up, vmap replayed from round {cfg.trace_after} (0 = never); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f} on {os.cpu_count()} CPUs; RSS after imports {base_rss:.0f} MB")
     print("| clients | loop 2nd | loop 1st | vmap 2nd | vmap 1st | speedup 1st | speedup 2nd | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for r, a in zip(results, other):

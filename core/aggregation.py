@@ -5,7 +5,7 @@ pure functions registered by name; robust and private rules plug in here.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -17,15 +17,41 @@ AggregationRule = Callable[[Params, Tensor], Params]
 RULES: Registry[AggregationRule] = Registry("aggregation rule")
 
 
-def client_weights(num_examples: Sequence[int] | Tensor, weighting: str) -> Tensor:
-    """Normalized client weights: ``uniform`` or ``num_examples`` (by sample count)."""
+WeightFn = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
+WEIGHTINGS: Registry[WeightFn] = Registry("client weighting")
+#: A site's quality adds at most this much weight to its floor of 1 (so one site weighs at most 1 + this
+#: times another of the same size, however its loss moved).
+QUALITY_BONUS = 1.0
+
+
+#: (loss before, loss after) metric pairs: MAML-style clients score their query after adapting on the support;
+#: FedAvg and Reptile clients the data they trained on.
+QUALITY_METRICS = (("train/support_loss_before", "train/query_loss"), ("train/loss_before", "train/loss_after"))
+
+
+def adaptation_quality(metrics: Mapping[str, Tensor]) -> Tensor:
+    """Per client, the relative loss improvement of its local adaptation, clipped to [0, 1]: ``(L0 - L1) / L0``
+    (a client whose update did not help, or whose labels are noise, scores 0)."""
+    pair = next((p for p in QUALITY_METRICS if all(k in metrics for k in p)), None)
+    if pair is None:
+        raise ValueError(f"fed.weighting=quality needs one of the client metric pairs {QUALITY_METRICS}; this "
+                         f"algorithm reports {sorted(metrics)} (choose another weighting)")
+    before, after = (metrics[k].double() for k in pair)
+    return ((before - after) / before.clamp_min(1e-12)).nan_to_num(0.0).clamp(0.0, 1.0)
+
+
+WEIGHTINGS.register("uniform", lambda n, metrics: torch.ones_like(n))
+WEIGHTINGS.register("num_examples", lambda n, metrics: n)
+WEIGHTINGS.register("quality", lambda n, metrics: n * (1.0 + QUALITY_BONUS
+                                                          * adaptation_quality(metrics).to(n.device)))
+
+
+def client_weights(num_examples: Sequence[int] | Tensor, weighting: str,
+                   metrics: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    """Normalized client weights: ``uniform``, ``num_examples`` (by sample count) or ``quality`` (by sample
+    count times ``1 + QUALITY_BONUS * adaptation_quality``, from the clients' ``metrics``)."""
     n = torch.as_tensor(num_examples, dtype=torch.float64)
-    if weighting == "uniform":
-        w = torch.ones_like(n)
-    elif weighting == "num_examples":
-        w = n
-    else:
-        raise ValueError(f"unknown weighting {weighting!r}; choose uniform or num_examples")
+    w = WEIGHTINGS.get(weighting)(n, metrics or {})
     if w.sum() <= 0:
         raise ValueError("client weights sum to zero")
     return (w / w.sum()).float()
@@ -34,7 +60,7 @@ def client_weights(num_examples: Sequence[int] | Tensor, weighting: str) -> Tens
 def weighted_mean(stacked: Params, weights: Tensor) -> Params:
     out = {}
     for k, v in stacked.items():
-        w = weights.to(v.dtype).reshape(-1, *([1] * (v.dim() - 1)))
+        w = weights.to(v.device, v.dtype).reshape(-1, *([1] * (v.dim() - 1)))  # weights are computed on the CPU
         out[k] = (w * v).sum(0)
     return out
 
@@ -75,7 +101,7 @@ def stack_updates(updates: Sequence[ClientUpdate]) -> tuple[Params, Tensor]:
 
 
 def aggregate_round(stacked: Params, num_examples: Sequence[int] | Tensor, fed: Any, seed: int,
-                    round_index: int) -> Params:
+                    round_index: int, metrics: Optional[Mapping[str, Tensor]] = None) -> Params:
     """The server direction of round ``round_index`` under ``fed`` (a ``FederatedConfig``), shared by the
     in-process learner and the Flower core rule: DP-FedAvg's clipped, noised mean (noise seeded by
     (seed, round)) when ``fed.dp_clip`` is set, else ``fed.aggregation`` with ``fed.weighting``."""
@@ -85,4 +111,4 @@ def aggregate_round(stacked: Params, num_examples: Sequence[int] | Tensor, fed: 
 
         return noisy_mean(clip_by_norm(stacked, fed.dp_clip), fed.clients_per_round, fed.dp_noise, fed.dp_clip,
                           round_generator(seed, round_index, salt=2))
-    return aggregate(stacked, client_weights(num_examples, fed.weighting), fed.aggregation)
+    return aggregate(stacked, client_weights(num_examples, fed.weighting, metrics), fed.aggregation)

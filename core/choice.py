@@ -78,9 +78,11 @@ def fold_units(units: Tensor, strata: Optional[Tensor], max_folds: int) -> Optio
     rows_of: dict[int, list[int]] = {}
     for row, u in enumerate(units.tolist()):
         rows_of.setdefault(u, []).append(row)
+    # one copy from the device, not one per unit ([n] or [n, 1] labels)
+    labels = strata.reshape(strata.shape[0], -1)[:, 0].tolist() if strata is not None else None
     by_stratum: dict[int, list[int]] = {}
     for u, rows in rows_of.items():
-        by_stratum.setdefault(int(strata[rows[0]]) if strata is not None else 0, []).append(u)
+        by_stratum.setdefault(int(labels[rows[0]]) if labels is not None else 0, []).append(u)
     smallest = min((len(v) for v in by_stratum.values()), default=0)
     if smallest < 2 or max_folds < 2:
         return None

@@ -19,6 +19,7 @@ from torch import nn
 
 from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
 from core.choice import Candidate, choose_per_steps
+from core.devices import DeviceLike, to_device
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
 from core.problem import FewShotTask, Problem
@@ -101,6 +102,14 @@ def with_recipes(methods: Sequence[Method], recipes: Sequence[str]) -> tuple[lis
 def _fresh() -> dict:
     """New containers for what the validation search fills in (a copy must never share them)."""
     return {"lr_by_steps": {}, "recipe_by_steps": {}, "validation_draws": {}}
+
+
+def on_device(methods: Sequence[Method], device: DeviceLike) -> list[Method]:
+    """Copies of ``methods`` with their meta-parameters on ``device`` (the evaluation model's: a task's support
+    is drawn onto the model's device). What a validation search filled in is copied, never shared."""
+    return [replace(m, meta=to_device(m.meta, device), lr_by_steps=dict(m.lr_by_steps),
+                    recipe_by_steps=dict(m.recipe_by_steps), validation_draws=dict(m.validation_draws))
+            for m in methods]
 
 
 def trained_name(method: str) -> str:

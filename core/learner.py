@@ -20,10 +20,12 @@ from core.aggregation import aggregate_round
 from core.algorithms.base import InnerConfig, get_algorithm
 from core.attacks import poison
 from core.config import FederatedConfig, ServerConfig
+from core.devices import DeviceLike, check_devices, lightning_accelerator, resolve_device, to_device
 from core.initialization import initial_model
 from core.problem import Problem
-from core.rounds import client_updates
-from core.sampling import sample_clients
+from core.rounds import RoundResult, client_updates
+from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
+from core.site_descriptors import site_strata
 from core.server import make_server_optimizer, set_direction_as_grad
 from core.tasks import round_generator, site_generator
 from core.types import Params
@@ -83,7 +85,9 @@ class MetaLearner(pl.LightningModule):
         self.diverged_at: Optional[int] = None
         """The round whose update became NaN/inf (meta-training stopped there), or None."""
         self._train_ids = problem.train_site_ids()
-        self._sizes = [problem.site_size(s) for s in self._train_ids]
+        self._sizes = SiteSizes(self._train_ids, problem.site_size)
+        self._strata = (site_strata(problem, self._train_ids, fed.clients_per_round, seed)
+                        if fed.sampler in NEEDS_STRATA else None)
 
     def named_meta_parameters(self) -> dict[str, nn.Parameter]:
         named = dict(self.model.named_parameters())
@@ -102,17 +106,28 @@ class MetaLearner(pl.LightningModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader([0], batch_size=None)
 
-    def run_round(self, round_index: int) -> dict[str, float]:
-        """Sample clients, compute their updates, aggregate, and step the server optimizer."""
+    def client_round(self, round_index: int) -> tuple[list[str], RoundResult, Params]:
+        """The tensor part of a round, on the learner's device, changing no state: sample clients, draw their
+        episodes (moved to the device when drawn), compute their updates, aggregate. Returns the sampled ids,
+        the clients' results and the aggregated direction; every tensor is checked to be on the device."""
         gen = round_generator(self.seed, round_index)
         ids = sample_clients(self._train_ids, self._sizes, self.fed.clients_per_round, gen,
-                             self.fed.sampler, self.fed.dropout)
+                             self.fed.sampler, self.fed.dropout, self._strata)
         meta = self.meta_params()
-        episodes = [self.problem.train_episode(sid, meta, site_generator(self.seed, round_index, sid)) for sid in ids]
-        result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize)
+        episodes = [to_device(self.problem.train_episode(sid, meta, site_generator(self.seed, round_index, sid)),
+                              self.device) for sid in ids]
+        result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize,
+                                self.fed.trace_after)
         directions = poison(result.directions, ids, self.seed, self.fed.attack, self.fed.attack_fraction,
                             self.fed.attack_scale)
-        direction = aggregate_round(directions, result.num_examples, self.fed, self.seed, round_index)
+        direction = aggregate_round(directions, result.num_examples, self.fed, self.seed, round_index, result.metrics)
+        check_devices(self.device, meta=meta, episodes=episodes, directions=directions, metrics=result.metrics,
+                      direction=direction)
+        return ids, result, direction
+
+    def run_round(self, round_index: int) -> dict[str, float]:
+        """Sample clients, compute their updates, aggregate, and step the server optimizer."""
+        ids, result, direction = self.client_round(round_index)
         opt = self.optimizers()
         opt.zero_grad()
         set_direction_as_grad(self.named_meta_parameters(), direction)
@@ -168,8 +183,12 @@ def fit_meta_learner(
     resume_from: Optional[str] = None,
     progress: bool = True,
     extra_callbacks: Sequence[pl.Callback] = (),
+    device: DeviceLike = "cpu",
 ) -> pl.Trainer:
-    """One ``Trainer.fit`` for the whole meta-training run; restores the best validation checkpoint."""
+    """One ``Trainer.fit`` for the whole meta-training run on ``device`` (``auto`` | ``cpu`` | ``cuda``: the
+    Trainer's accelerator); restores the best validation checkpoint. The learner is back on the CPU afterwards
+    (Lightning's teardown), and checkpoints load on the CPU."""
+    accelerator, devices = lightning_accelerator(resolve_device(device))
     callbacks: list[pl.Callback] = list(extra_callbacks)
     ckpt_cb = None
     if checkpoint_dir is not None:
@@ -186,8 +205,8 @@ def fit_meta_learner(
     trainer = pl.Trainer(
         max_steps=learner.fed.rounds,
         max_epochs=-1,
-        accelerator="cpu",
-        devices=1,
+        accelerator=accelerator,
+        devices=devices,
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=ckpt_cb is not None,

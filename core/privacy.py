@@ -27,7 +27,8 @@ def noisy_mean(clipped: Params, clients_per_round: int, noise_multiplier: float,
                gen: torch.Generator) -> Params:
     """Sum of clipped directions / ``clients_per_round``, plus N(0, (noise_multiplier*clip/clients_per_round)^2)."""
     std = noise_multiplier * clip / clients_per_round
-    return {k: v.sum(0) / clients_per_round + std * torch.randn(v.shape[1:], generator=gen, dtype=v.dtype)
+    # the noise is drawn on the CPU (the seeded generator lives there) and moved: the same noise on any device
+    return {k: v.sum(0) / clients_per_round + std * torch.randn(v.shape[1:], generator=gen, dtype=v.dtype).to(v.device)
             for k, v in clipped.items()}
 
 

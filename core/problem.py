@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
+from core.devices import device_of, to_device
 from core.recipes import head_names
 from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Federation, Site, sample_episode, split_indices
@@ -25,7 +26,10 @@ MetricFn = Callable[[Tensor, Tensor], dict[str, float]]
 
 class FewShotTask(ABC):
     """One (site, shots, draw) of the evaluation protocol: the support each method adapts on and the
-    held-out data it is scored on. Every method sees the same draw."""
+    held-out data it is scored on. Every method sees the same draw.
+
+    Devices: the support is on the device of the model the task was drawn with (adaptation runs there);
+    the scored rows stay where the site keeps them and move to the device in chunks (:func:`predict_batched`)."""
 
     site_id: str
     shots: int
@@ -99,6 +103,16 @@ class Problem(ABC):
     def site_size(self, site_id: str) -> int:
         return len(self.federation.sites[site_id])
 
+    def site_descriptor(self, site_id: str) -> Tensor:
+        """What the site reports for the diversity sampler (:mod:`core.site_descriptors`): input moments and
+        label statistics. A problem without row inputs (RL) has none."""
+        from core.site_descriptors import describe_site
+
+        if self.site_statistics is None:
+            raise ValueError(f"{type(self).__name__} has no site descriptors; use fed.sampler uniform or size")
+        return describe_site(self.federation.sites[site_id], self.site_statistics,
+                             getattr(self, "num_classes", None))
+
     def train_site_ids(self) -> list[str]:
         return list(self.federation.roles["train"])
 
@@ -120,8 +134,11 @@ def supervised_loss(model: nn.Module, criterion: Callable[[Tensor, Tensor], Tens
 
 @torch.no_grad()
 def predict_batched(model: nn.Module, params: Params, x: Tensor, batch_size: int = 4096) -> Tensor:
-    """``model`` with ``params`` on ``x`` in chunks of ``batch_size`` rows (bounded memory for big sites)."""
-    return torch.cat([functional_call(model, params, (x[i : i + batch_size],)) for i in range(0, x.shape[0], batch_size)])
+    """``model`` with ``params`` on ``x`` in chunks of ``batch_size`` rows (bounded memory for big sites): each
+    chunk moves to the parameters' device, the outputs come back to ``x``'s device (where metrics run)."""
+    device = device_of(params)
+    return torch.cat([functional_call(model, params, (x[i : i + batch_size].to(device),)).to(x.device)
+                      for i in range(0, x.shape[0], batch_size)])
 
 
 @dataclass
@@ -201,7 +218,8 @@ class SupervisedProblem(Problem):
     def few_shot_task(self, model: nn.Module, site: Site, shots: int, gen: torch.Generator) -> FewShotTask:
         spec = EpisodeSpec(shots=shots, query=None, by=self.eval_by, num_classes=self.num_classes)  # type: ignore[arg-type]
         sup, rest = split_indices(site, spec, gen)
-        return SupervisedFewShotTask(model, site.site_id, shots, (site.x[sup], site.y[sup]),
+        support = to_device((site.x[sup], site.y[sup]), device_of(model))  # adapted on the model's device
+        return SupervisedFewShotTask(model, site.site_id, shots, support,
                                      (site.x[rest], site.y[rest]), self.metrics, stratified=self.eval_by == "class",
                                      ranked=self.ranked)
 

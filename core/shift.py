@@ -45,6 +45,8 @@ def site_shift_report(federation: Federation, *, seed: int = 0, max_rows: int = 
     rows = []
     for site in order[:max_sites]:
         others = [s for s in train if s.site_id != site.site_id]
+        if len(others) > max_rows:  # a big (lazy) federation: a seeded sample of sites, not every site's rows
+            others = [others[i] for i in sorted(gen.choice(len(others), max_sites, replace=False))]
         auc = float("nan")
         if others and len(site) >= 6:
             per = max(1, max_rows // len(others))

@@ -8,8 +8,9 @@ rows, or all the site's remaining rows.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -60,6 +61,68 @@ class Site:
         if c not in cache:
             cache[c] = torch.nonzero(self.y == c).flatten()
         return cache[c]
+
+
+class RowCache:
+    """The sites most recently used, built on demand: a round touches a few sites, so a federation of lazy
+    sites holds memory for a round's sites, not for every site."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError(f"a row cache needs capacity >= 1, got {capacity}")
+        self.capacity = capacity
+        self._rows: OrderedDict[str, Site] = OrderedDict()
+
+    def get(self, site_id: str, build: Callable[[], Site]) -> Site:
+        site = self._rows.pop(site_id, None)
+        if site is None:
+            site = build()
+        self._rows[site_id] = site
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+        return site
+
+
+class LazySite(Site):
+    """A site as a cheap handle: its id, how to build it (``load``: e.g. an index into one array shared by the
+    whole federation, or a generator seeded by the site id) and, when known without building, its size.
+    ``x``/``y``/``groups``/``metadata`` come from the built site, built on first use and kept only while the
+    shared ``cache`` holds it.
+
+    ``identity`` is bytes that determine the rows (the dataset fingerprint hashes them instead of the rows);
+    ``metadata`` given here is known without building (the built site's entries are added on top).
+    """
+
+    def __init__(self, site_id: str, load: Callable[[], Site], cache: RowCache, *, identity: bytes,
+                 size: Optional[int] = None, metadata: Optional[dict[str, Any]] = None) -> None:
+        self.site_id, self.size, self.load, self.cache, self.identity = site_id, size, load, cache, identity
+        self.static_metadata = metadata if metadata is not None else {}
+        self.unlabeled = None
+
+    def _built(self) -> Site:
+        site = self.cache.get(self.site_id, self.load)
+        if self.size is None:
+            self.size = len(site)
+        elif len(site) != self.size:
+            raise SiteDataError(f"site {self.site_id!r}: its handle says {self.size} rows, its data has {len(site)}")
+        return site
+
+    x = property(lambda self: self._built().x)
+    y = property(lambda self: self._built().y)
+    groups = property(lambda self: self._built().groups)
+    metadata = property(lambda self: {**self.static_metadata, **self._built().metadata})
+
+    def __len__(self) -> int:
+        return self.size if self.size is not None else len(self._built())
+
+    def rows_of_class(self, c: int) -> Tensor:
+        return self._built().rows_of_class(c)  # cached on the built site, which the cache may drop
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"LazySite({self.site_id!r}, size={self.size})"
 
 
 @dataclass

@@ -28,6 +28,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from core.devices import to_device
 from core.types import Params
 
 META_FILE = "fml.json"
@@ -135,8 +136,10 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
 def log_meta_init(model: nn.Module, meta: Params, info: dict[str, Any], input_example: torch.Tensor,
                   name: str = "meta_init", others: Optional[dict[str, Params]] = None) -> str:
     """Log ``model`` carrying ``meta`` as an MLflow model in the active run; returns its model URI.
-    ``others`` (candidate name -> meta-parameters) are stored beside it as the bundle's other candidates."""
-    model = _with_params(model, meta)
+    ``others`` (candidate name -> meta-parameters) are stored beside it as the bundle's other candidates.
+    Everything is saved from the CPU, whatever device the run computed on: the model loads anywhere."""
+    meta, others = to_device(meta, "cpu"), to_device(others, "cpu")
+    model = _with_params(model, meta).cpu()  # a copy: the caller's model stays where it is
     with torch.no_grad():
         out = model(input_example)
     signature = infer_signature(input_example.numpy(), out.numpy())
@@ -223,11 +226,11 @@ def load_meta_init(uri: str) -> LoadedModel:
     meta: Params = {k: v.detach() for k, v in model.named_parameters()}
     lrs_path = local / "extra_files" / LRS_FILE
     if lrs_path.exists():
-        meta.update({f"inner_lr/{k}": v for k, v in torch.load(lrs_path, weights_only=True).items()})
+        meta.update({f"inner_lr/{k}": v for k, v in torch.load(lrs_path, map_location="cpu", weights_only=True).items()})
     candidates = {str(info.get("algorithm", "default")): meta}
     others_path = local / "extra_files" / CANDIDATES_FILE
     if others_path.exists():
-        candidates.update(torch.load(others_path, weights_only=True))
+        candidates.update(torch.load(others_path, map_location="cpu", weights_only=True))
     size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
     return LoadedModel(model, meta, info, name, version, uri, candidates, size, time.perf_counter() - start)
 

@@ -66,6 +66,12 @@ class VerticalSpec:
         return problem, site
 
     def preset_path(self, preset: str) -> Path:
+        """``presets_dir/<preset>.yaml`` for a name; a ``.yaml``/``.yml`` file path (``fml tune``'s output) as is."""
+        if preset.endswith((".yaml", ".yml")):
+            path = Path(preset).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"preset file {path} does not exist")
+            return path
         path = self.presets_dir / f"{preset}.yaml"
         if not path.exists():
             choices = sorted(p.stem for p in self.presets_dir.glob("*.yaml"))

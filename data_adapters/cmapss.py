@@ -90,6 +90,14 @@ class CmapssConfig(TableColumns):
     """Sensors whose aggregated within-condition std is below this (sensor units) are dropped as constant."""
     units_per_site: int = 10
     """Units (engines) per simulated operator when one fleet is cut into sites."""
+    operators: int = 0
+    """Generate this many simulated operators (0 = cut the fleet into operators of units_per_site units): each
+    draws units_per_site of the fleet's units and its own simulated shift, seeded by its id, and is built only
+    when used (lazy sites: 100,000 operators fit in the memory of a round)."""
+    preprocessing_sites: int = 200
+    """With data.operators: the federated normalization is fitted on a seeded sample of this many training operators."""
+    cached_sites: int = 32
+    """With data.operators: operators kept built at once (memory is O(cached sites), not O(operators))."""
     validation_sites: int = 1
     """Sites held out for the adaptation-settings search and checkpoint selection."""
     test_sites: int = 2
@@ -117,6 +125,9 @@ class CmapssConfig(TableColumns):
                 raise ValueError(f"data.{name}={getattr(self, name)!r}; choose one of {allowed}")
         if self.window < 1 or self.stride < 1:
             raise ValueError(f"data.window ({self.window}) and data.stride ({self.stride}) must be >= 1")
+        if self.operators < 0 or self.preprocessing_sites < 1 or self.cached_sites < 1:
+            raise ValueError(f"data.operators ({self.operators}) must be >= 0, data.preprocessing_sites "
+                             f"({self.preprocessing_sites}) and data.cached_sites ({self.cached_sites}) >= 1")
 
 
 # ------------------------------------------------------------------------------------ data location
@@ -200,6 +211,16 @@ class RawSite:
     metadata: dict
 
 
+def fleet_reference(fleet: Fleet, cfg: CmapssConfig) -> tuple[np.ndarray, int, dict]:
+    """What the operator simulation knows of the whole fleet: each row's operating condition, the number of
+    conditions, and the fleet's per-condition sensor moments (see :mod:`data_adapters.cmapss_sim`)."""
+    conditions = fit_conditions([site_conditions(fleet.frame, fleet.settings, cfg.condition_decimals)],
+                                cfg.condition_decimals)
+    cond = assign_conditions(fleet.frame, fleet.settings, conditions)
+    n_cond = len(conditions["centers"]) or 1
+    return cond, n_cond, normalization_from_moments(site_moments(fleet.frame[fleet.sensors].to_numpy(), cond, n_cond), 0.0)
+
+
 def _site_frames(fleet: Fleet, cfg: CmapssConfig, rng: np.random.Generator, prefix: str,
                  simulate: bool) -> list[RawSite]:
     """Split a fleet into sites: its own ``site`` values if several, else seeded operators (simulated if asked)."""
@@ -210,11 +231,7 @@ def _site_frames(fleet: Fleet, cfg: CmapssConfig, rng: np.random.Generator, pref
                         {"source": fleet.source, "simulated": False}) for s in names]
     units = list(dict.fromkeys(frame["unit"]))
     groups = group_units(units, cfg.units_per_site, rng)
-    conditions = fit_conditions([site_conditions(frame, fleet.settings, cfg.condition_decimals)],
-                                cfg.condition_decimals)
-    cond = assign_conditions(frame, fleet.settings, conditions)
-    n_cond = len(conditions["centers"]) or 1
-    fleet_stats = normalization_from_moments(site_moments(frame[fleet.sensors].to_numpy(), cond, n_cond), 0.0)
+    cond, n_cond, fleet_stats = fleet_reference(fleet, cfg)
     out = []
     for i, members in enumerate(groups):
         sid = f"{prefix}-{i:02d}"
@@ -285,6 +302,10 @@ def build_cmapss_federation(cfg: CmapssConfig, seed: int) -> tuple[Federation, d
     """
     rng = np.random.default_rng(seed)
     main = load_source(cfg)
+    if cfg.operators:
+        from data_adapters.cmapss_operators import lazy_operator_federation
+
+        return lazy_operator_federation(main, cfg, seed)
     raw = _site_frames(main, cfg, rng, "op", cfg.simulate)
     for extra in cfg.extra_paths:
         fleet = read_fleet(extra, None, cfg)

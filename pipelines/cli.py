@@ -3,6 +3,7 @@
     fml verticals                         list verticals
     fml run <vertical> [--preset P] ...   meta-train -> evaluate -> log -> register (--help: every option)
     fml evaluate <vertical> ...           the same protocol, without registering
+    fml tune <vertical> [--trials N] ...  Optuna over inner lr/steps and server lr on validation sites -> a preset
     fml onboard <vertical> --data PATH    adapt the registered meta-init to a new site
     fml models                            registered models, versions, aliases, headline metrics
     fml federate <superlink|supernode|run|simulate|app> ...   the same rounds on Flower (real sites)
@@ -110,6 +111,8 @@ def cmd_onboard(argv: Sequence[str]) -> int:
                         help="the site's inputs without labels (same format as --data): site statistics use them "
                              "when the model was trained with data.site_statistics")
     parser.add_argument("--seed", type=int, default=0, help="seed of the support draw")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when one is visible, else the CPU), cpu "
+                                                          "or cuda: where the choice and adaptation run")
     parser.add_argument("--register", action="store_true", help="register as fml-<vertical>-site-<id>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a data option of the vertical (repeatable)")
@@ -129,7 +132,7 @@ def cmd_onboard(argv: Sequence[str]) -> int:
 
     onboard(spec or _spec(args.vertical), data=args.data, site_id=args.site, model_uri=args.model,
             shots=args.shots, steps=args.steps, lr=args.lr, candidate=args.candidate, unlabeled=args.unlabeled, register=args.register, seed=args.seed,
-            overrides=overrides)
+            overrides=overrides, device=args.device)
     return 0
 
 
@@ -160,6 +163,12 @@ def cmd_federate(argv: Sequence[str]) -> int:
     return int(federate_main(list(argv)) or 0)
 
 
+def cmd_tune(argv: Sequence[str]) -> int:
+    from pipelines.tune import main as tune_main
+
+    return tune_main(list(argv))
+
+
 def _uri() -> str:
     from core.tracking import tracking_uri
 
@@ -167,7 +176,7 @@ def _uri() -> str:
 
 
 COMMANDS = {"verticals": cmd_verticals, "run": cmd_run, "evaluate": lambda a: cmd_run(a, register=False),
-            "onboard": cmd_onboard, "models": cmd_models, "federate": cmd_federate}
+            "tune": cmd_tune, "onboard": cmd_onboard, "models": cmd_models, "federate": cmd_federate}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,7 +1,7 @@
 """``fml federate``: the FML round on Flower, across real machines or in Flower's simulation engine.
 
     fml federate superlink [--address 127.0.0.1] [--port 9092] [--certificates DIR | --insecure]
-    fml federate supernode --site SITE [--superlink HOST:9092] [--data PATH] [--mode federation|site] ...
+    fml federate supernode --site SITE [--superlink HOST:9092] [--data PATH] [--isolation process] ...
     fml federate run <vertical> [--superlink HOST:9092] [--preset quick] [--algorithm fomaml] [--set K=V ...]
     fml federate simulate <vertical> [--nodes N] [--preset quick] [--algorithm fomaml] [--set K=V ...]
     fml federate app                      where the Flower app (pyproject [tool.flwr.app]) lives
@@ -11,7 +11,8 @@ ClientApp ``pipelines.flower_app:client``). Its run config is a flat table: ``ve
 ``algorithm``, any ``RunConfig`` option by its dotted name (``fed.rounds``, ``inner.lr``,
 ``data.train_sites`` ...) and ``flower.<option>`` (``core.federation.settings.FlowerSettings``).
 
-Node side: ``pipelines.federate_node``; server side and simulation: ``pipelines.federate_server``;
+Node side: ``pipelines.federate_node``; how a node runs its ClientApp (``--isolation``):
+``pipelines.federate_isolation``; server side and simulation: ``pipelines.federate_server``;
 a loopback deployment for tests and benchmarks: ``pipelines.federate_local``.
 """
 from __future__ import annotations
@@ -23,8 +24,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from pipelines.federate_isolation import ISOLATION, Companion, get_isolation
 
 APP_DIR = Path(__file__).parent / "flwr_app"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,29 +74,64 @@ def insecure_warning(what: str, address: str) -> str:
             f"{reach} can read its traffic and join or launch runs. Use --certificates DIR outside local tests.")
 
 
-def run_foreground(cmd: list[str], env: dict[str, str]) -> int:
+def run_foreground(cmd: list[str], env: dict[str, str], companion: Optional[Callable[[int], list[str]]] = None) -> int:
     """Run a Flower process in its own process group and wait; SIGTERM/SIGINT to this wrapper, or its
-    exit, stop the whole group (the SuperLink/SuperNode and the processes it started), so none is orphaned."""
+    exit, stop the whole group (the SuperLink/SuperNode and the processes it started), so none is orphaned.
+
+    ``companion(pid)``: the command of a process that must live beside it (a node's long-running ClientApp),
+    started in a group of its own, restarted if it dies while the node runs (``supervise``) and stopped
+    with the node."""
     import signal
 
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    procs = [proc]
 
     def stop(signum: int, _frame: Any) -> None:
-        _kill_group(proc, signal.SIGTERM)
+        for p in procs:
+            _kill_group(p, signal.SIGTERM)
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return proc.wait()
+        if companion is None:
+            return proc.wait()
+        return supervise(proc, lambda: subprocess.Popen(companion(proc.pid), env=env, start_new_session=True), procs)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _kill_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        _kill_group(proc, signal.SIGKILL)
+        for p in procs:
+            _kill_group(p, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(p, signal.SIGKILL)
+
+
+def supervise(node: subprocess.Popen, start: Callable[[], subprocess.Popen], procs: list[subprocess.Popen],
+              quick_exit_s: float = 10.0, max_quick_exits: int = 3, poll_s: float = 0.5) -> int:
+    """Wait for ``node``; keep one companion (``start()``) running beside it, restarting it when it dies.
+    A companion that dies ``max_quick_exits`` times in a row within ``quick_exit_s`` of its start cannot
+    serve the node: the node is stopped (by the caller) and its exit code returned. Every process started
+    is appended to ``procs`` (the caller stops them)."""
+    companion, started, quick = start(), time.monotonic(), 0
+    procs.append(companion)
+    while True:
+        code = node.poll()
+        if code is not None:
+            return code
+        code = companion.poll()
+        if code is not None:
+            quick = quick + 1 if time.monotonic() - started < quick_exit_s else 1
+            if quick >= max_quick_exits:
+                print(f"fml federate: the ClientApp process exited (code {code}) {quick} times within "
+                      f"{quick_exit_s:.0f}s of its start; stopping the node", file=sys.stderr)
+                return code or 1
+            print(f"fml federate: the ClientApp process exited (code {code}); restarting it", file=sys.stderr)
+            companion, started = start(), time.monotonic()
+            procs.append(companion)
+        time.sleep(poll_s)
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
@@ -120,8 +159,11 @@ def superlink_command(address: str, tls: list[str], database: Optional[str] = No
 
 def supernode_command(superlink: str, site: str, tls: list[str], runtime_port: int = 9094, data: Optional[str] = None,
                       mode: Optional[str] = None, vertical: Optional[str] = None, role: Optional[str] = None,
-                      cache_dir: Optional[str] = None, extra_config: Sequence[str] = ()) -> list[str]:
-    """``flower-supernode`` for ``site``; ``runtime_port``: its local Runtime API (127.0.0.1, one per node)."""
+                      cache_dir: Optional[str] = None, extra_config: Sequence[str] = (),
+                      isolation: str = "subprocess") -> list[str]:
+    """``flower-supernode`` for ``site``; ``runtime_port``: its local Runtime API (127.0.0.1, one per node);
+    ``isolation``: a name of ``pipelines.federate_isolation.ISOLATION`` (its companion, if any, is started
+    separately: ``node_companion``)."""
     config = [f"site-id={json.dumps(site)}"]
     for key, value in (("data-path", data), ("mode", mode), ("vertical", vertical), ("role", role),
                        ("cache-dir", cache_dir)):
@@ -129,7 +171,17 @@ def supernode_command(superlink: str, site: str, tls: list[str], runtime_port: i
             config.append(f"{key}={json.dumps(value)}")
     config += list(extra_config)
     return [flower_bin("flower-supernode"), *tls, "--superlink", superlink, "--host", "127.0.0.1",
-            "--port", str(runtime_port), "--node-config", " ".join(config)]
+            "--port", str(runtime_port), "--isolation", get_isolation(isolation).flower_mode,
+            "--node-config", " ".join(config)]
+
+
+def node_companion(isolation: str, runtime_port: int) -> Optional[Callable[[int], list[str]]]:
+    """``companion(supernode_pid) -> command`` of the process ``isolation`` runs beside a SuperNode whose
+    Runtime API is 127.0.0.1:``runtime_port`` (None: the SuperNode needs none)."""
+    make: Optional[Companion] = get_isolation(isolation).companion
+    if make is None:
+        return None
+    return lambda pid: make(f"127.0.0.1:{runtime_port}", pid)
 
 
 def run_config_items(vertical: str, preset: Optional[str], algorithm: Optional[str], sets: Sequence[str]) -> dict:
@@ -196,6 +248,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--vertical", help="refuse runs of any other vertical")
     p.add_argument("--role", help="role of the site in site mode (default train)")
     p.add_argument("--runtime-port", type=int, default=9094, help="local Runtime API port (one per node)")
+    p.add_argument("--isolation", choices=list(ISOLATION), default="subprocess",
+                   help="how ClientApp messages run: " + "; ".join(f"{k}: {v.summary}" for k, v in ISOLATION.items()))
     p.add_argument("--cache-dir", help="keep the prepared site here between messages (default: "
                                        "$FML_HOME/node-cache/<site>; 'none' disables)")
     p.add_argument("--certificates", help="folder with ca.crt (the SuperLink's CA)")
@@ -234,7 +288,8 @@ def main(argv: Sequence[str]) -> int:
                                       / "node-cache" / args.site)
         return run_foreground(supernode_command(args.superlink, args.site, _tls_args(args, False), args.runtime_port,
                                                 args.data, args.mode, args.vertical, args.role,
-                                                None if cache == "none" else cache), env=_env())
+                                                None if cache == "none" else cache, isolation=args.isolation),
+                              env=_env(), companion=node_companion(args.isolation, args.runtime_port))
     if args.command == "run":
         env = _env()
         ca = str(certificate_files(args.certificates, ["ca.crt"])[0]) if args.certificates else None

@@ -5,7 +5,9 @@
         fed.run({"vertical": "digits", "fed.rounds": 3})
 
 Every process is started in its own session and stopped with its whole process group (the SuperNode's
-SuperExec and ClientApp children included), also when the block raises.
+SuperExec and ClientApp children included), also when the block raises. ``isolation="process"`` runs each
+node's messages in one long-running ClientApp process (``clientapp-<site>``, see
+``pipelines.federate_isolation``).
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from pipelines.federate import (APP_DIR, _env, flower_bin, flower_home, superlink_command, supernode_command,
-                                write_run_config)
+from pipelines.federate import (APP_DIR, _env, flower_bin, flower_home, node_companion, superlink_command,
+                                supernode_command, write_run_config)
 
 
 def free_port() -> int:
@@ -50,12 +52,14 @@ class LocalFederation:
         app_dir: the Flower app folder (default: ``pipelines/flwr_app``).
         node_config: extra node-config entries per site (``{"train-000": {"fault": "nan"}}``).
         env: extra environment for every process (e.g. ``MLFLOW_TRACKING_URI``).
+        isolation: how nodes run ClientApp messages (``pipelines.federate_isolation.ISOLATION``).
     """
 
     def __init__(self, sites: Sequence[str], workdir: Path, app_dir: Path = APP_DIR,
                  node_config: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 env: Optional[Mapping[str, str]] = None) -> None:
+                 env: Optional[Mapping[str, str]] = None, isolation: str = "subprocess") -> None:
         self.sites, self.workdir, self.app_dir = list(sites), Path(workdir), Path(app_dir)
+        self.isolation = isolation
         self.node_config = {k: dict(v) for k, v in (node_config or {}).items()}
         self.env = _env()
         self.env.update(env or {})
@@ -87,14 +91,21 @@ class LocalFederation:
 
     def start_node(self, site: str) -> subprocess.Popen:
         extra = [f"{k}={json.dumps(v)}" for k, v in self.node_config.get(site, {}).items()]
+        runtime_port = free_port()
         cmd = supernode_command(f"127.0.0.1:{self.port}", site, ["--insecure"],
-                                free_port(), cache_dir=str(self.workdir / "node-cache" / site),
-                                extra_config=extra)
-        return self._start(f"supernode-{site}", cmd)
+                                runtime_port, cache_dir=str(self.workdir / "node-cache" / site),
+                                extra_config=extra, isolation=self.isolation)
+        node = self._start(f"supernode-{site}", cmd)
+        companion = node_companion(self.isolation, runtime_port)
+        if companion is not None:
+            self._start(f"clientapp-{site}", companion(node.pid))
+        return node
 
     def kill_node(self, site: str, sig: int = signal.SIGKILL) -> None:
         """Kill a SuperNode and everything it started (a node dying, not leaving politely)."""
-        self._signal(self.procs[f"supernode-{site}"], sig)
+        for name in (f"supernode-{site}", f"clientapp-{site}"):
+            if name in self.procs:
+                self._signal(self.procs[name], sig)
 
     @staticmethod
     def _signal(proc: subprocess.Popen, sig: int) -> None:

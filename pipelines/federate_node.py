@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.federation.node import LoadedSite, NodeConfigError, NodeRequest, simulation_site_order
+from core.federation.node import LoadedSite, NodeConfigError, NodeRequest, file_stamp, simulation_site_order
 
 
 def vertical_spec(name: str):
@@ -46,8 +46,8 @@ _PREPARED: dict[tuple, Any] = {}
 
 
 def _prepared(spec: Any, cfg: Any, *key: Any) -> Any:
-    """``spec.prepare`` once per (vertical, data options, path, seed) in this process: a simulation actor
-    serves many sites of the same federation."""
+    """``spec.prepare`` once per (vertical, data options, path, seed, path's size and mtime) in this
+    process: a simulation actor or a long-running ClientApp serves many messages of the same federation."""
     if key not in _PREPARED:
         _PREPARED.clear()
         _PREPARED[key] = spec.build(cfg, key[-1])
@@ -72,7 +72,8 @@ def load_site(request: NodeRequest) -> LoadedSite:
             preprocessing = json.loads(Path(request.preprocessing_path).read_text())
         problem, site = spec.new_site(cfg, preprocessing, request.site_id)
         return LoadedSite(problem, site, request.role or "train", -1)
-    problem = _prepared(spec, cfg, request.vertical, request.data_json, request.data_path, request.seed)
+    problem = _prepared(spec, cfg, request.vertical, request.data_json, request.data_path,
+                        file_stamp(request.data_path), request.seed)
     federation = problem.federation
     site_id = request.site_id
     if site_id is None:  # simulation: the partition-id-th site

@@ -73,6 +73,14 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
         raise ConfigError("fed.dp_clip (DP-FedAvg) clips each site's update on the server: it needs "
                           "flower.strategy=core without flower.secagg; with a Flower strategy use flower.dp_noise "
                           "and flower.dp_clip")
+    from core.sampling import NEEDS_STRATA
+
+    if cfg.fed.sampler in NEEDS_STRATA:
+        raise ConfigError(f"fed.sampler={cfg.fed.sampler} runs in-process only (fml run / fml evaluate): Flower nodes "
+                          "do not report site descriptors yet; use uniform or size")
+    if cfg.fed.weighting == "quality" and (flower.secagg or flower.strategy != "core"):
+        raise ConfigError("fed.weighting=quality weighs each site by its reported losses: it needs "
+                          "flower.strategy=core without flower.secagg")
     seed = int(cfg.seed)
     return FederatedRun(
         vertical=spec.name, data=to_plain(cfg.data), seed=seed, algorithm=algorithm, inner=settings.inner, fed=cfg.fed,

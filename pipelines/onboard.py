@@ -22,6 +22,7 @@ from core import tracking
 from core.recipes import DEFAULT_RECIPE, adapt_with_recipe
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
+from core.devices import DeviceLike, describe_device, resolve_device, to_device
 from core.evaluation import task_generator
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.tasks import SiteDataError, site_slug
@@ -62,9 +63,12 @@ def onboard(
     register: bool = False,
     seed: int = 0,
     overrides: Optional[dict[str, Any]] = None,
+    device: str = "auto",
 ) -> OnboardResult:
     """Choose the new site's starting point among the registered bundle by cross-validation on its support
-    set (or take ``candidate``), adapt it, score the site's other labelled rows, log the personalized model."""
+    set (or take ``candidate``), adapt it, score the site's other labelled rows, log the personalized model.
+    The choice and adaptation run on ``device`` (``auto``: a GPU when there is one); the model is saved from the CPU."""
+    target = resolve_device(device)  # a missing GPU fails before anything is read
     tracking.setup_tracking()
     model_uri = model_uri or f"models:/fml-{spec.name}@champion"
     loaded = tracking.load_meta_init(model_uri)
@@ -100,9 +104,9 @@ def onboard(
     shots = shots if shots is not None else int(info.get("shots", 5))
     steps = steps if steps is not None else int(info.get("adapt_steps", 5))
     start = time.perf_counter()
-    model = loaded.model
+    model = loaded.model.to(target)
     task = problem.few_shot_task(model, site, shots, task_generator(seed, 0, shots, 0))
-    candidates = bundle_candidates(loaded, lr, problem.param_groups(model)["head"])
+    candidates = bundle_candidates(loaded, lr, problem.param_groups(model)["head"], target)
     default = str(info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default")))
     if candidate is not None:
         if candidate not in candidates:
@@ -127,7 +131,8 @@ def onboard(
                "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": used_lr, "recipe": chosen.recipe_for(steps),
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
-               "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()})}
+               "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()}),
+               "device": describe_device(target)}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{slug}") as run:
         mlflow.set_tags(lineage)
         mlflow.log_metrics({**{f"before/{k}": v for k, v in before.items()},
@@ -166,9 +171,11 @@ def unlabeled_inputs(spec: VerticalSpec, data_cfg: Any, preprocessing: dict, sit
     return [t for t in (site.x, site.unlabeled) if t is not None and len(t)]
 
 
-def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float], head: tuple[str, ...] = ()) -> dict[str, Candidate]:
+def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float], head: tuple[str, ...] = (),
+                      device: DeviceLike = "cpu") -> dict[str, Candidate]:
     """The registered bundle as candidates with their validation-chosen recipes (``lr`` overrides every
-    step size). A model registered before bundles existed is one candidate with its recorded recipe."""
+    step size), parameters on ``device``. A model registered before bundles existed is one candidate with its
+    recorded recipe."""
     info = loaded.info
     recipes = info.get("candidates") or {str(info.get("algorithm", "default")): {
         "lr_by_steps": {}, "best_lr": float(info.get("adapt_lr", 0.05)), "inner": info.get("inner", {})}}
@@ -177,7 +184,7 @@ def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float], head: t
         if name not in loaded.candidates:
             raise tracking.RegistryError(f"{loaded.uri}: fml.json names candidate {name!r} but the bundle has no "
                                          f"parameters for it (has {sorted(loaded.candidates)})")
-        params, lrs = split_meta(loaded.candidates[name])
+        params, lrs = split_meta(to_device(loaded.candidates[name], device))
         by_steps = {int(k): float(v) for k, v in recipe.get("lr_by_steps", {}).items()}
         best_lr = float(recipe.get("best_lr", 0.05))
         lr_for = (lambda s, b=by_steps, d=best_lr: b.get(s, d)) if lr is None else (lambda s: float(lr))

@@ -8,6 +8,7 @@ VALIDATION sites; a new site chooses among them at onboarding (``core.choice``).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import platform
 import subprocess
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import mlflow
 import pandas as pd
@@ -27,14 +28,16 @@ from core import tracking
 from core.algorithms.base import get_algorithm
 from core.config import algorithm_settings, check_algorithm_overrides, check_run_config, flatten, to_plain
 from core.choice import clearly_better
+from core.devices import describe_device, resolve_device
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
-                             paired_differences, select_adaptation, summarize, trained_name, validation_fn,
+                             on_device, paired_differences, select_adaptation, summarize, trained_name, validation_fn,
                              with_recipes)
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
 from core.recipes import DEFAULT_RECIPE
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
+from core.tasks import LazySite
 from core.privacy import run_epsilon
 from core.shift import site_shift_report
 from core.types import Params
@@ -58,13 +61,17 @@ class RunResult:
 
 def dataset_fingerprint(problem: Problem) -> dict[str, Any]:
     digest = hashlib.sha256()
-    rows = 0
+    rows: Optional[int] = 0
     for sid in sorted(problem.federation.sites):
         site = problem.federation.sites[sid]
         digest.update(sid.encode())
+        if isinstance(site, LazySite):  # its identity determines its rows: no need to build 100,000 sites
+            digest.update(site.identity)
+            rows = None if rows is None or site.size is None else rows + site.size  # unknown until built
+            continue
+        rows = None if rows is None else rows + len(site)
         for t in (site.x, site.y):
             digest.update(t.detach().contiguous().numpy().tobytes())
-        rows += len(site)
     return {"sha256": digest.hexdigest(), "rows": rows, "sites": len(problem.federation.sites),
             "roles": problem.federation.roles}
 
@@ -105,9 +112,10 @@ def check_clients_per_round(problem: Problem, clients_per_round: int) -> None:
 
 
 def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path, progress: bool,
-              start: Optional[Params] = None, resume_from: Optional[Path] = None) -> MetaLearner:
+              start: Optional[Params] = None, resume_from: Optional[Path] = None,
+              callbacks: Sequence[Any] = ()) -> MetaLearner:
     """Meta-train one algorithm (FedAvg included) with validation-site checkpoint selection, continuing from
-    the checkpoint ``resume_from`` when given."""
+    the checkpoint ``resume_from`` when given; ``callbacks`` are more Lightning callbacks (``fml tune``'s pruning)."""
     settings = algorithm_settings(cfg, algorithm)
     inner = settings.inner
     val_sites = problem.federation.role("validation")
@@ -121,7 +129,8 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     monitor = f"val/{problem.headline}" if validate else None
     fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
                      mode="max" if problem.higher_is_better else "min", progress=progress,
-                     resume_from=str(resume_from) if resume_from else None)
+                     resume_from=str(resume_from) if resume_from else None, extra_callbacks=callbacks,
+                     device=cfg.device)
     return learner
 
 
@@ -137,10 +146,11 @@ def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict) -> 
 def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunResult:
     """Run the vertical end to end; nothing is registered unless every stage succeeded."""
     check_run_config(cfg)
+    device = resolve_device(cfg.device)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     # 1. data (validated before any MLflow run exists)
-    console.rule(f"[bold]fml run {spec.name}")
+    console.rule(f"[bold]fml run {spec.name}[/] on {describe_device(device)}")
     problem = spec.build(cfg.data, cfg.seed)
     if spec.rows_based:
         preflight_shots(problem, cfg)
@@ -162,7 +172,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     with mlflow.start_run(**start_args) as run:
         run_id = run.info.run_id
         state = resumed or RunState.start(out, cfg, run_id)
-        mlflow.set_tags({"vertical": spec.name, **tracking.owner_tags(),
+        mlflow.set_tags({"vertical": spec.name, "device": describe_device(device), **tracking.owner_tags(),
                          **{f"env.{k}": v for k, v in environment_info().items()}})
         if resumed:
             console.print(f"[bold]resuming MLflow run {run_id}[/]: finished {', '.join(state.trained) or 'nothing'}"
@@ -324,7 +334,9 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     and log tables and plots, log the bundle -- the best of ``candidates`` on VALIDATION sites as the
     default, with the runner-ups -- and register it. ``model`` gives the architecture; ``privacy`` (method ->
     site-level epsilon) is recorded with the registered model."""
-    # 4. adaptation settings on validation sites
+    # 4. adaptation settings on validation sites, on the run's device (the bundle is saved from the CPU)
+    device = resolve_device(cfg.device)
+    model, methods = copy.deepcopy(model).to(device), on_device(methods, device)
     select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
     val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
     selection = select_adaptation(problem, model, methods, val_sites, shots=select_shots,

@@ -28,8 +28,9 @@ class ResumeError(ValueError):
 
 
 def options_key(cfg: Any) -> str:
-    """A hash of every option that shapes the run's results (``resume`` itself and the output folder excluded)."""
-    plain = {k: v for k, v in to_plain(cfg).items() if k not in {"resume", "output_dir"}}
+    """A hash of every option that shapes the run's results (``resume`` itself, the output folder and the device
+    excluded: a run interrupted on one machine may continue on another, its numbers equal up to rounding)."""
+    plain = {k: v for k, v in to_plain(cfg).items() if k not in {"resume", "output_dir", "device"}}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -125,7 +125,7 @@ def test_unknown_aggregation_weighting_and_sampler() -> None:
     stacked = {"a": torch.ones(2, 3)}
     with pytest.raises(UnknownNameError, match=r"unknown aggregation rule 'krum'.*mean, median, trimmed_mean"):
         aggregate(stacked, torch.tensor([0.5, 0.5]), "krum")
-    with pytest.raises(ValueError, match=r"unknown weighting 'by_loss'"):
+    with pytest.raises(UnknownNameError, match=r"unknown client weighting 'by_loss'.*num_examples, quality, uniform"):
         client_weights([1, 2], "by_loss")
     with pytest.raises(ValueError, match="sum to zero"):
         client_weights([0, 0], "num_examples")

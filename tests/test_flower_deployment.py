@@ -39,6 +39,8 @@ from flwr.app import ArrayRecord
 from core.federation.client import make_client_app
 from pipelines.federate_node import load_site
 
+pytestmark = pytest.mark.slow  # real processes / end-to-end runs: `-m "not slow"` skips them
+
 
 def corrupt(msg, ctx, call_next):
     reply = call_next(msg, ctx)

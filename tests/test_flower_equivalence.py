@@ -20,6 +20,8 @@ from core.learner import MetaLearner  # noqa: E402
 from pipelines.federate_node import data_config, vertical_spec  # noqa: E402
 from pipelines.federate_server import resolve_run, simulate  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real processes / end-to-end runs: `-m "not slow"` skips them
+
 DATA = {"train_sites": 12, "validation_sites": 1, "test_sites": 1}
 SEED = 3
 

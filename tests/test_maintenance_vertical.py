@@ -194,3 +194,46 @@ def test_oracle_row_scores_the_same_units_without_the_operator_simulation(small_
     # real (unsimulated) sites have no oracle
     assert reference_baselines(problem, SimpleNamespace(data=small_cfg(small_dir, simulate=False), seed=0,
                                                         eval=run_cfg.eval), []).empty
+
+
+def test_generated_operators_are_lazy_seeded_by_id_and_train(small_dir: Path) -> None:
+    from core.learner import MetaLearner
+    from core.algorithms import InnerConfig
+    from core.config import FederatedConfig, ServerConfig
+    from core.tasks import LazySite
+
+    cfg = small_cfg(small_dir, operators=3000, preprocessing_sites=20, cached_sites=4)
+    prob = prepare(cfg, seed=0)
+    fed = prob.federation
+    assert len(fed.sites) == 3000 and all(isinstance(s, LazySite) for s in fed.sites.values())
+    cache = next(iter(fed.sites.values())).cache
+    assert len(cache._rows) <= 4 and prob.preprocessing["operators"] == {"count": 3000, "preprocessing_sites": 20}
+    sid = fed.roles["train"][123]
+    first = (fed.sites[sid].x.clone(), fed.sites[sid].metadata["cut_rows"], fed.sites[sid].metadata["simulation"])
+    for other in fed.roles["train"][:6]:  # evicts sid from the 4-site cache
+        fed.sites[other].x
+    again = fed.sites[sid]
+    assert torch.equal(again.x, first[0]) and again.metadata["cut_rows"] == first[1]
+    assert again.metadata["simulation"] == first[2] and len(again.metadata["units"]) == cfg.units_per_site
+    twin = prepare(cfg, seed=0).federation.sites[sid]  # a function of (seed, id): a fresh build is identical
+    assert torch.equal(twin.x, first[0])
+    assert not torch.equal(prepare(cfg, seed=1).federation.sites[sid].x[:5], first[0][:5])
+    learner = MetaLearner(prob, "fomaml", InnerConfig(steps=1, lr=0.01), FederatedConfig(rounds=2, clients_per_round=3),
+                          ServerConfig("adam", 1e-3), seed=0)
+    opt = learner.configure_optimizers()
+    learner.optimizers = lambda *a, **k: opt
+    learner.run_round(0)
+    built = [s for s in fed.sites.values() if s.size is not None]
+    assert len(built) < 40  # a round built its clients (and the checks a few), never the whole federation
+    from verticals.maintenance.reference import unsimulated_sites
+
+    assert unsimulated_sites(cfg, 0, prob) == {}  # the oracle would pool every operator: no oracle row
+
+
+def test_generated_operators_need_one_fleet_and_enough_units(small_dir: Path) -> None:
+    from data_adapters.cmapss_io import FleetDataError
+
+    with pytest.raises(FleetDataError, match="units_per_site=30 units but the fleet has 24"):
+        prepare(small_cfg(small_dir, operators=10, units_per_site=30), seed=0)
+    with pytest.raises(ValueError, match=r"data.operators \(-1\) must be >= 0"):
+        small_cfg(small_dir, operators=-1)

@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # real processes / end-to-end runs: `-m "not slow"` skips them
+
 TINY = ["--data.train-sites", "16", "--data.validation-sites", "3", "--data.test-sites", "3",
         "--fed.rounds", "20", "--fed.val-every", "10", "--fed.clients-per-round", "4",
         "--eval.shots", "1", "5", "--eval.steps", "0", "1", "5", "--eval.draws", "2",

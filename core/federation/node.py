@@ -16,6 +16,10 @@ Node config keys:
     vertical: pins the vertical; a run of another vertical is refused.
     cache-dir: folder where the prepared site is kept between messages (the deployment engine starts a
         fresh ClientApp process for every message); delete it after changing the vertical's code.
+
+A process that serves many messages (a simulation actor, the long-running ClientApp of
+``pipelines.federate_clientapp``) keeps the prepared site in memory, keyed by the request AND the size and
+mtime of its data and preprocessing files, so a site that replaces its data file between runs is read again.
 """
 from __future__ import annotations
 
@@ -82,8 +86,19 @@ class NodeData:
         return self.loaded.problem
 
 
-_CACHE: dict[NodeRequest, NodeData] = {}
+_CACHE: dict[tuple, NodeData] = {}
 _CACHE_SIZE = 4096
+
+
+def file_stamp(path: Optional[str]) -> Optional[tuple[int, int]]:
+    """``(size, mtime_ns)`` of a data file or folder (None if unset or missing): part of every cache key,
+    so a replaced file is a new entry."""
+    import os
+
+    if not path or not os.path.exists(path):
+        return None
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
 
 
 def make_request(node_config: Mapping[str, Any], vertical: str, data_json: str, seed: int) -> NodeRequest:
@@ -116,7 +131,8 @@ def load_node(request: NodeRequest, loader: SiteLoader) -> NodeData:
     handles (Flower's simulation engine keeps one process per actor, serving many sites). The deployment
     engine starts a process per message: with the node config's ``cache-dir`` the prepared site is read
     back from disk instead of being prepared again."""
-    hit = _CACHE.get(request)
+    key = (request, file_stamp(request.data_path), file_stamp(request.preprocessing_path))
+    hit = _CACHE.get(key)
     if hit is not None:
         return hit
     loaded = _read_disk(request)
@@ -127,7 +143,7 @@ def load_node(request: NodeRequest, loader: SiteLoader) -> NodeData:
     data = NodeData(loaded, model, loaded.problem.loss_fn(model))
     if len(_CACHE) >= _CACHE_SIZE:  # one simulation actor serves many sites; keep memory bounded
         _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[request] = data
+    _CACHE[key] = data
     return data
 
 
@@ -140,15 +156,13 @@ def simulation_site_order(federation) -> list[str]:
 def _cache_file(request: NodeRequest):
     import hashlib
     import json
-    import os
     from pathlib import Path
 
     fields = {k: v for k, v in request.__dict__.items() if k != "cache_dir"}
     for key in ("data_path", "preprocessing_path"):  # a changed file is a new cache entry
-        path = fields.get(key)
-        if path and os.path.exists(path):
-            stat = os.stat(path)
-            fields[key + "_stat"] = [stat.st_size, stat.st_mtime_ns]
+        stamp = file_stamp(fields.get(key))
+        if stamp is not None:
+            fields[key + "_stat"] = list(stamp)
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return Path(str(request.cache_dir)) / f"site-{digest}.pkl"
 

@@ -58,7 +58,9 @@ class CoreRule:
         directions = [record_to_params(a.record) for a in accepted]
         stacked = {k: torch.stack([d[k] for d in directions]) for k in directions[0]}
         sizes = [int(a.metrics[NUM_EXAMPLES]) for a in accepted]
-        return aggregate_round(stacked, sizes, self.fed, self.seed, server_round - 1)  # Flower rounds count from 1
+        shared = set.intersection(*(set(a.metrics) for a in accepted))
+        metrics = {k: torch.tensor([float(a.metrics[k]) for a in accepted]) for k in shared if k.startswith("train/")}
+        return aggregate_round(stacked, sizes, self.fed, self.seed, server_round - 1, metrics)  # rounds count from 1
 
     def step(self, direction) -> None:
         """Apply an aggregated direction as the meta-gradient (``set_direction_as_grad`` + optimizer step)."""

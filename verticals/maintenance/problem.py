@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from core.choice import Folds, split_support
+from core.devices import device_of, to_device
 from core.problem import FewShotTask, Problem, predict_batched
 from core.site_statistics import SiteStatistics
-from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
+from core.tasks import EpisodeSpec, Federation, LazySite, Site, SiteDataError
 from core.types import Batch, Episode, LossFn, Params
 from verticals.maintenance.metrics import rul_metrics
 from verticals.maintenance.model import build_model
@@ -110,12 +111,17 @@ class MaintenanceProblem(Problem):
                     f"training site {sid!r} has {n} units; a training episode needs {self.train_units} support + "
                     f"{self.query_units} query units: lower data.train_units/query_units or raise units_per_site"
                 )
+            if isinstance(self.federation.sites[sid], LazySite):
+                break  # generated operators all have units_per_site units: one check covers them
 
     @property
     def train_spec(self) -> EpisodeSpec:
         return EpisodeSpec(shots=self.train_units, query=self.query_units, by="group")
 
     def units_of(self, site_id: str) -> list[Tensor]:
+        site = self.federation.sites[site_id]
+        if isinstance(site, LazySite):  # rebuilt on demand: keeping its units would be O(sites) memory
+            return unit_rows(site)
         if site_id not in self._units:
             self._units[site_id] = unit_rows(self.federation.sites[site_id])
         return self._units[site_id]
@@ -156,7 +162,8 @@ class MaintenanceProblem(Problem):
         sup_units = torch.cat([torch.full((len(p),), j) for j, p in enumerate(picked)]) if picked else sup
         rest = torch.cat([units[i] for i in order[shots:]])
         mask = eval_mask(site)
-        return UnitFewShotTask(model, site.site_id, shots, (site.x[sup], site.y[sup]),
+        support = to_device((site.x[sup], site.y[sup]), device_of(model))  # adapted on the model's device
+        return UnitFewShotTask(model, site.site_id, shots, support,
                                site.x[rest], site.y[rest], mask[rest], sup_units)
 
     def input_example(self) -> Tensor:

@@ -5,7 +5,8 @@ UNSIMULATED rows (the source C-MAPSS fleet before the documented per-operator ca
 regime simulation) and scored on the test operators' unsimulated rows, on exactly the units and
 evaluation windows the federated methods are scored on (same draws). It sees neither the simulated
 shift nor any adaptation: how close a method gets to it is how much of the operators' shift it undoes.
-Only defined when the sites are simulated operators of one fleet (``data.simulate``); otherwise no rows.
+Only defined when the sites are simulated operators cut from one fleet (``data.simulate``, not
+``data.operators``); otherwise no rows.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ METHOD = "oracle no shift (non-federated)"
 def unsimulated_sites(data_cfg: Any, seed: int, problem: Problem) -> dict[str, Site]:
     """The run's sites without the operator simulation (same units, windows and evaluation cuts), or {}
     when the run's sites are not simulated or the windows differ (a regime mix thins rows)."""
-    if not getattr(data_cfg, "simulate", False):
-        return {}
+    if not getattr(data_cfg, "simulate", False) or getattr(data_cfg, "operators", 0):
+        return {}  # generated operators (data.operators) are lazy: pooling every one is what they avoid
     federation, _ = build_cmapss_federation(dataclasses.replace(data_cfg, simulate=False), seed)
     out = {}
     for sid, site in problem.federation.sites.items():

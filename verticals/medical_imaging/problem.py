@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
+from core.devices import device_of, to_device
 from core.problem import FewShotTask, SupervisedProblem
 from core.tasks import EpisodeSpec, Site, SiteDataError, split_indices
 from core.types import Batch, Episode, LossFn, Params
@@ -118,7 +119,9 @@ class ImagingFewShotTask(FewShotTask):
         return pairwise_ranking(lambda params, x: (lambda z: z[:, 1] - z[:, 0])(self._logits(params, x)))
 
     def _logits(self, params: Params, x: Tensor) -> Tensor:
-        outs = [functional_call(self.model, params, (x[i:i + self.eval_batch_size],))
+        # chunks move to the parameters' device; the logits come back to x's (held-out images stay on the CPU)
+        device = device_of(params)
+        outs = [functional_call(self.model, params, (x[i:i + self.eval_batch_size].to(device),)).to(x.device)
                 for i in range(0, x.shape[0], self.eval_batch_size)]
         return torch.cat(outs)
 
@@ -157,5 +160,6 @@ class ImagingProblem(SupervisedProblem):
     def few_shot_task(self, model: nn.Module, site: Site, shots: int, gen: torch.Generator) -> FewShotTask:
         sup, rest = split_episode(site, shots, None, int(self.num_classes), gen)
         original = (site.x[sup], site.y[sup])
-        return ImagingFewShotTask(model, site.site_id, shots, self._augment(*original, gen), original,
-                                  (site.x[rest], site.y[rest]), self.threshold)
+        device = device_of(model)  # support and threshold images on the model's device; scored ones stay here
+        return ImagingFewShotTask(model, site.site_id, shots, to_device(self._augment(*original, gen), device),
+                                  to_device(original, device), (site.x[rest], site.y[rest]), self.threshold)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from core.devices import device_of, to_device
 from core.problem import FewShotTask, Problem
 from core.tasks import Federation, Site, SiteDataError
 from core.types import Batch, Episode, LossFn, Params
@@ -157,9 +158,12 @@ class RoboticsProblem(Problem):
         return policy_loss(model, self.settings.surrogate)
 
     def rollouts(self, site: Site, params: Params, episodes: int, seed: int):
+        """``episodes`` rollouts of ``params`` on ``site``'s robot. They always run on the CPU, whatever the
+        device of ``params``: the simulators step NumPy/MuJoCo one small observation at a time, where a GPU
+        round trip per step would cost more than the policy's forward pass."""
         if episodes < 1:
             raise SiteDataError(f"robot {site.site_id!r}: needs at least 1 rollout per batch, got {episodes}")
-        actor = sampling_actor(self.template, params, torch.Generator().manual_seed(seed), episodes,
+        actor = sampling_actor(self.template, to_device(params, "cpu"), torch.Generator().manual_seed(seed), episodes,
                                self.settings.horizon)
         return self.simulate(site, actor, episodes, seed)
 
@@ -179,7 +183,10 @@ class RoboticsProblem(Problem):
         return batch
 
     def rollout_batch(self, site: Site, episodes: int, seed: int, params: Params) -> Batch:
-        return self.batch(site, params, self.rollouts(site, params, episodes, seed))
+        """The policy-gradient batch of fresh rollouts of ``params``, built on the CPU and returned on the device
+        of ``params`` (where the inner loop and the meta-gradient run)."""
+        cpu = to_device(params, "cpu")
+        return to_device(self.batch(site, cpu, self.rollouts(site, cpu, episodes, seed)), device_of(params))
 
     def train_episode(self, site_id: str, meta: Params, gen: torch.Generator) -> Episode:
         site = self.federation.sites[site_id]

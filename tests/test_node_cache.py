@@ -1,0 +1,53 @@
+"""The node's in-memory site cache (``core.federation.node.load_node``): what a long-running ClientApp
+process (``--isolation process``) or a simulation actor keeps across messages, and when it reloads."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from core.federation import node as N
+
+
+@pytest.fixture
+def loader(monkeypatch):
+    monkeypatch.setattr(N, "_CACHE", {})
+    calls = []
+
+    def load(request: N.NodeRequest) -> N.LoadedSite:
+        calls.append(request)
+        problem = SimpleNamespace(make_model=lambda: object(), loss_fn=lambda model: (lambda *a: 0.0))
+        return N.LoadedSite(problem, SimpleNamespace(site_id=request.site_id), "train", 0)
+
+    load.calls = calls
+    return load
+
+
+def request(path, seed: int = 0) -> N.NodeRequest:
+    return N.make_request({"site-id": "clinic-1", "data-path": str(path)}, "tabular", "{}", seed)
+
+
+def test_messages_of_one_run_reuse_the_site(tmp_path, loader):
+    data = tmp_path / "site.csv"
+    data.write_text("a,b\n1,2\n")
+    first = N.load_node(request(data), loader)
+    assert N.load_node(request(data), loader) is first and len(loader.calls) == 1
+
+
+def test_another_seed_is_another_site_load(tmp_path, loader):
+    data = tmp_path / "site.csv"
+    data.write_text("a,b\n1,2\n")
+    N.load_node(request(data, seed=0), loader)
+    N.load_node(request(data, seed=1), loader)
+    assert [r.seed for r in loader.calls] == [0, 1]
+
+
+def test_a_replaced_data_file_is_read_again(tmp_path, loader):
+    data = tmp_path / "site.csv"
+    data.write_text("a,b\n1,2\n")
+    first = N.load_node(request(data), loader)
+    data.write_text("a,b\n1,2\n3,4\n")
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # coarse clocks: make it differ
+    assert N.load_node(request(data), loader) is not first and len(loader.calls) == 2
