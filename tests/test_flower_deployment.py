@@ -28,6 +28,8 @@ try:
 except FileNotFoundError as err:  # pragma: no cover
     pytest.skip(f"Flower executables missing: {err}", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # real processes / end-to-end runs: `-m "not slow"` skips them
+
 SITES = ["train-000", "train-001", "train-002"]
 FAULTS = {"train-000": {"fault": "nan"}, "train-001": {"fault": "shape"}}
 
@@ -38,8 +40,6 @@ from flwr.app import ArrayRecord
 
 from core.federation.client import make_client_app
 from pipelines.federate_node import load_site
-
-pytestmark = pytest.mark.slow  # real processes / end-to-end runs: `-m "not slow"` skips them
 
 
 def corrupt(msg, ctx, call_next):
