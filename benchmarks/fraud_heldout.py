@@ -50,7 +50,8 @@ def base_rates(rows: pd.DataFrame) -> pd.DataFrame:
 def onboard_file(data_cfg, site: str, folder: Path) -> Path:
     """The rows of institution ``site`` from the run's data source, as a CSV in ``folder``."""
     from data_adapters.fraud_claims import resolve_claims
-    from data_adapters.tabular_io import category_strings, read_table
+    from data_adapters.sources import read_table
+    from data_adapters.tabular_io import category_strings
 
     source, _ = resolve_claims(data_cfg)
     frame = source if isinstance(source, pd.DataFrame) else read_table(source)

@@ -46,7 +46,7 @@ from core.tasks import EpisodeSpec, Federation, Site  # noqa: E402
 from core.types import Params  # noqa: E402
 from data_adapters.digits import DigitsData, load_digit_arrays, make_task_site  # noqa: E402
 from verticals.digits import problem_for  # noqa: E402
-from verticals.medical_imaging.models import MODELS, ModelSpec  # noqa: E402
+from verticals.medical_imaging.model import MODELS, ModelSpec  # noqa: E402
 
 
 @dataclass

@@ -58,7 +58,7 @@ from core.algorithms import InnerConfig  # noqa: E402
 from core.config import FederatedConfig, ServerConfig  # noqa: E402
 from core.problem import SupervisedProblem  # noqa: E402
 from core.sampling import sample_clients  # noqa: E402
-from core.tasks import round_generator, site_generator  # noqa: E402
+from core.seeds import round_generator, site_generator  # noqa: E402
 from r1_workload import r1_problem  # noqa: E402
 from round_throughput import TimedLearner, TimingConfig, peak_rss_mb  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The README's "What a new site gets" table, generated from the vertical benchmarks' closing JSON lines.
+"""The "What a new site gets" table of verticals/README.md, generated from the vertical benchmarks' closing JSON lines.
 
 Each file holds the last line a held-out benchmark printed (``--json-out``). For every vertical and shots
 k, at the largest adaptation-steps count of the run, the table gives the paired difference of ``auto``
@@ -8,7 +8,10 @@ Differences are signed so that POSITIVE = better than ``fedavg+ft`` (RMSE and MS
 marks a 95% interval (over seeds x draws) that excludes 0.
 
     python benchmarks/where_fml_helps.py benchmarks/results/*.json              # print the Markdown table
-    python benchmarks/where_fml_helps.py benchmarks/results/*.json --readme README.md   # rewrite it in place
+    python benchmarks/where_fml_helps.py benchmarks/results/*.json --page verticals/README.md   # rewrite it in place
+
+``--page`` rewrites that table and the recipe-ablation table between their markers in the page that holds
+them (``--readme`` is the same option's former name).
 """
 from __future__ import annotations
 
@@ -24,10 +27,20 @@ ABLATION_START, ABLATION_END = "<!-- recipe-ablation:start -->", "<!-- recipe-ab
 HIDDEN = {"local", "fedavg"}  # from scratch / not adapted: in the benchmarks' own tables
 
 
+def closing_json(path: Path) -> Any:
+    """A benchmark's closing JSON line, or the file as one JSON document (R1 reports are pretty-printed)."""
+    text = path.read_text().strip()
+    try:
+        return json.loads(text.splitlines()[-1])
+    except json.JSONDecodeError:
+        return json.loads(text)
+
+
 def vertical_benches(files: list[Path]) -> list[dict[str, Any]]:
-    """The closing JSON line of each file, vertical benchmarks only (other workloads, e.g. R1, are skipped)."""
-    lines = [json.loads(f.read_text().strip().splitlines()[-1]) for f in sorted(files)]
-    return [b for b in lines if "vertical" in b]
+    """The held-out benchmarks of the verticals (other reports in ``benchmarks/results/``, e.g. R1's or a
+    tuning report, are skipped), so ``benchmarks/results/*.json`` can be passed as it is."""
+    reports = [closing_json(f) for f in sorted(files)]
+    return [b for b in reports if isinstance(b, dict) and "vertical" in b and "paired_vs_fedavg_ft" in b]
 
 
 def pool_key(entry: dict[str, Any]) -> str:
@@ -138,22 +151,24 @@ def ablation(files: list[Path]) -> str:
     return "\n\n".join(blocks + [note]) if blocks else note
 
 
-def _replace(readme: str, start: str, end: str, text: str) -> str:
-    if start not in readme or end not in readme:
+def _replace(page: str, start: str, end: str, text: str) -> str:
+    if start not in page or end not in page:
         raise SystemExit(f"no {start} ... {end} markers to replace")
-    head, rest = readme.split(start, 1)
+    head, rest = page.split(start, 1)
     return head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="files holding a benchmark's closing JSON line")
-    parser.add_argument("--readme", type=Path, help=f"replace the text between {START} and {END} in this file")
+    parser.add_argument("--page", "--readme", type=Path, metavar="PAGE",
+                        help=f"replace the text between {START} and {END} (and the recipe-ablation markers) in "
+                             "this page: verticals/README.md")
     args = parser.parse_args()
     text, recipes = table(args.files), ablation(args.files)
-    if args.readme:
-        readme = _replace(args.readme.read_text(), START, END, text)
-        args.readme.write_text(_replace(readme, ABLATION_START, ABLATION_END, recipes))
+    if args.page:
+        page = _replace(args.page.read_text(), START, END, text)
+        args.page.write_text(_replace(page, ABLATION_START, ABLATION_END, recipes))
     print(text + "\n\n" + recipes)
 
 

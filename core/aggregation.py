@@ -107,7 +107,7 @@ def aggregate_round(stacked: Params, num_examples: Sequence[int] | Tensor, fed: 
     (seed, round)) when ``fed.dp_clip`` is set, else ``fed.aggregation`` with ``fed.weighting``."""
     if fed.dp_clip > 0:
         from core.privacy import clip_by_norm, noisy_mean
-        from core.tasks import round_generator
+        from core.seeds import round_generator
 
         return noisy_mean(clip_by_norm(stacked, fed.dp_clip), fed.clients_per_round, fed.dp_noise, fed.dp_clip,
                           round_generator(seed, round_index, salt=2))

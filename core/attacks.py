@@ -26,6 +26,8 @@ def is_attacker(seed: int, site_id: str, fraction: float) -> bool:
     """Whether ``site_id`` is one of the attacking sites (a seeded, fixed share ``fraction`` of all sites)."""
     if fraction <= 0:
         return False
+    # a Bernoulli draw, not a seed, so not core.seeds.site_seed: that hash would pick other attackers
+    # (40-51 of 100 R1 sites differ at 30%) and change benchmarks/poisoning.py's published table
     digest = hashlib.sha256(f"attack:{seed}:{site_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from core.algorithms.base import InnerConfig
+from core.federation.settings import FlowerSettings
 from core.server import SERVER_OPTIMIZERS
 
 @dataclass
@@ -136,6 +137,8 @@ class RunConfig:
     """Held-out evaluation."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow."""
+    flower: FlowerSettings = field(default_factory=FlowerSettings)
+    """How ``fml federate`` runs the rounds on Flower (``fml run`` trains in-process and ignores it)."""
     output_dir: str = "fml-output"
     """Local folder for tables, plots and checkpoints (also logged to MLflow)."""
     resume: bool = False
@@ -215,6 +218,31 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def to_flat(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as a flat ``{dotted key: value}`` table (a Flower run config); ``from_flat`` reverses it."""
+    return flatten(to_plain(cfg))
+
+
+def from_flat(base: Any, flat: Mapping[str, Any]) -> Any:
+    """``base`` (a config dataclass or its class) with the dotted values of ``flat`` merged in, typed by OmegaConf as
+    a preset is (``"true"`` -> True, ``"30"`` -> 30.0; ``-`` reads as ``_``). An unknown key or a value of the wrong
+    type raises ``ValueError`` naming the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.replace("-", "_").split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(base), nested))
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{getattr(err, 'full_key', '')}: {str(err).splitlines()[0]}") from None
 
 
 def check_run_config(cfg: Any) -> None:

@@ -1,6 +1,7 @@
 """The held-out-site protocol: shots x steps x seeded draws, every method on the same draws.
 
 Methods:
+
 - ``local``: the same architecture from a fresh initialization, trained on the support set only;
 - ``fedavg``: the FedAvg global model, no adaptation (steps = 0 rows only);
 - ``fedavg+ft``: the FedAvg model fine-tuned with the same inner loop;

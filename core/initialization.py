@@ -9,14 +9,29 @@ barely train (R1: FedAvg + fine-tune falls from about 0.75 to about 0.37 accurac
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
+from torch import Tensor
 from torch import nn
 
 from core.algorithms.base import Algorithm, InnerConfig
 from core.problem import Problem
 from core.types import Params
+
+
+def mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> Optional[str]:
+    """How ``given`` parameters differ from the ``expected`` ones, in one line (missing and unexpected names,
+    shapes that differ; a few of each), or None when every name and shape agrees."""
+    def few(items: list) -> str:
+        return ", ".join(map(str, items[:4])) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(expected) & set(given))
+              if tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = [f"{label}: {few(items)}" for label, items in
+             (("missing", missing), ("unexpected", unexpected), ("other shape (given vs model)", shapes)) if items]
+    return "; ".join(parts) or None
 
 
 def initial_model(problem: Problem, algorithm: Algorithm, seed: int, start: Optional[Params] = None) -> nn.Module:
@@ -26,8 +41,10 @@ def initial_model(problem: Problem, algorithm: Algorithm, seed: int, start: Opti
     model = problem.make_model()
     if start is not None:
         named = dict(model.named_parameters())
-        if set(start) != set(named):
-            raise ValueError(f"warm start parameters {sorted(start)} do not match the model's {sorted(named)}")
+        differs = mismatch(named, start)
+        if differs:
+            raise ValueError(f"the warm start parameters do not match the model ({differs}); start from parameters "
+                             "trained on the same vertical with the same model options")
         with torch.no_grad():
             for name, value in start.items():
                 named[name].copy_(value)

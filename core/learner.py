@@ -23,11 +23,12 @@ from core.config import FederatedConfig, ServerConfig
 from core.devices import DeviceLike, check_devices, lightning_accelerator, resolve_device, to_device
 from core.initialization import initial_model
 from core.problem import Problem
+from core.replay import GraphReplay
 from core.rounds import RoundResult, client_updates
 from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
+from core.seeds import round_generator, site_generator
 from core.site_descriptors import site_strata
 from core.server import make_server_optimizer, set_direction_as_grad
-from core.tasks import round_generator, site_generator
 from core.types import Params
 
 ValidateFn = Callable[[nn.Module, Params], dict[str, float]]
@@ -80,6 +81,8 @@ class MetaLearner(pl.LightningModule):
         self.model = initial_model(problem, self.algorithm, seed, start)
         self.inner = with_group(inner, problem, self.model)
         self.loss_fn = problem.loss_fn(self.model)
+        self.replay = GraphReplay()
+        """This learner's traced rounds (``fed.trace_after``): they go with it, as its loss function does."""
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})
         self.diverged_at: Optional[int] = None
@@ -117,7 +120,7 @@ class MetaLearner(pl.LightningModule):
         episodes = [to_device(self.problem.train_episode(sid, meta, site_generator(self.seed, round_index, sid)),
                               self.device) for sid in ids]
         result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize,
-                                self.fed.trace_after)
+                                self.fed.trace_after, self.replay)
         directions = poison(result.directions, ids, self.seed, self.fed.attack, self.fed.attack_fraction,
                             self.fed.attack_scale)
         direction = aggregate_round(directions, result.num_examples, self.fed, self.seed, round_index, result.metrics)

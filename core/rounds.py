@@ -1,9 +1,9 @@
 """One federated round's client computation: all clients in one ``vmap`` call when their episode
 shapes agree, else a per-client loop that gives the same numbers. The ``vmap`` call is replayed as a traced
-graph once its signature repeats (:mod:`core.replay`: bitwise the same numbers, R1 rounds 1.2-1.6x faster)."""
+graph once its signature repeats (:mod:`core.replay`: bitwise the same numbers, R1 rounds 1.2-1.6x faster);
+the graphs live in a :class:`GraphReplay` owned by the caller (the ``MetaLearner``), never in this module."""
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -15,11 +15,6 @@ from core.algorithms.base import Algorithm, InnerConfig
 from core.replay import GraphReplay
 from core.tasks import stack_episodes
 from core.types import ClientUpdate, Episode, LossFn, Params
-
-#: Traced vectorized rounds, one :class:`GraphReplay` per loss function (dropped with it), keyed inside by
-#: (algorithm, inner settings, support arity) and the tensors' signature.
-_REPLAYS: "weakref.WeakKeyDictionary[LossFn, GraphReplay]" = weakref.WeakKeyDictionary()
-
 
 @dataclass
 class RoundResult:
@@ -47,18 +42,10 @@ def _episode_size(e: Episode) -> int:
     return int(e.support[0].shape[0]) + (int(e.query[0].shape[0]) if e.query else 0)
 
 
-def replay_for(loss_fn: LossFn) -> Optional[GraphReplay]:
-    """The traced rounds of ``loss_fn`` (None for a loss that cannot be weakly referenced: it runs untraced)."""
-    try:
-        return _REPLAYS.setdefault(loss_fn, GraphReplay())
-    except TypeError:
-        return None
-
-
 def vectorized(algorithm: Algorithm, loss_fn: LossFn, cfg: InnerConfig, n_support: int) -> Callable:
     """``every_client(meta, *tensors) -> (directions, metrics)``: ``algorithm.client_update`` vmapped over
     stacked episodes (``tensors``: the support's then the query's, ``[clients, ...]`` each). A pure function
-    of its arguments (``meta`` is an argument, not a closure), so :func:`replay_for` may trace it."""
+    of its arguments (``meta`` is an argument, not a closure), so a :class:`GraphReplay` may trace it."""
 
     def one(meta: Params, *tensors: Tensor):
         ep = Episode(support=tuple(tensors[:n_support]), query=tuple(tensors[n_support:]))
@@ -78,12 +65,13 @@ def client_updates(
     cfg: InnerConfig,
     vectorize: bool = True,
     trace_after: int = 0,
+    replay: Optional[GraphReplay] = None,
 ) -> RoundResult:
     """Run ``algorithm.client_update`` for every episode of the round.
 
     ``vectorize``: one ``vmap`` call over the stacked episodes when their shapes agree. ``trace_after``: replay
-    that call as a traced graph once ``loss_fn``'s calls with this algorithm, ``cfg`` and episode shapes number
-    ``trace_after`` (:func:`replay_for`; 0 = never)."""
+    that call as a traced graph, held in ``replay`` (the caller's), once the calls with this loss, algorithm,
+    ``cfg`` and episode shapes number ``trace_after`` (0 or no ``replay`` = never)."""
     if any(e.query_fn is not None for e in episodes) and not algorithm.supports_rollouts:
         raise ValueError(
             f"algorithm {algorithm.name!r} needs a fixed query set; rollout tasks support "
@@ -97,9 +85,9 @@ def client_updates(
         n_s = len(stacked.support)
         every_client = vectorized(algorithm, loss_fn, cfg, n_s)
         tensors = (*stacked.support, *stacked.query)
-        replay = replay_for(loss_fn) if trace_after > 0 else None
-        if replay is not None:
-            directions, metrics = replay((algorithm, cfg, n_s), every_client, meta, *tensors, trace_after=trace_after)
+        if replay is not None and trace_after > 0:
+            directions, metrics = replay((loss_fn, algorithm, cfg, n_s), every_client, meta, *tensors,
+                                         trace_after=trace_after)
         else:
             directions, metrics = every_client(meta, *tensors)
         return RoundResult(directions, sizes, metrics, ids, True)

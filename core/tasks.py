@@ -7,17 +7,19 @@ rows, or all the site's remaining rows.
 """
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
+import logging
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from core.types import Episode
 
 ROLES = ("train", "validation", "test")
+log = logging.getLogger(__name__)
 
 
 class SiteDataError(ValueError):
@@ -55,11 +57,12 @@ class Site:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def rows_of_class(self, c: int) -> Tensor:
-        """Row indices whose target is ``c`` (cached: episodes are drawn every round)."""
+    def rows_of_class(self, c: int) -> np.ndarray:
+        """Row indices whose target is ``c`` (cached: episodes are drawn every round; NumPy, because an
+        episode gathers a few dozen indices per class, where a torch op's fixed cost is most of the work)."""
         cache = self.__dict__.setdefault("_rows_of_class", {})
         if c not in cache:
-            cache[c] = torch.nonzero(self.y == c).flatten()
+            cache[c] = torch.nonzero(self.y == c).flatten().cpu().numpy()
         return cache[c]
 
 
@@ -141,43 +144,20 @@ class Federation:
                 if sid not in self.sites:
                     raise SiteDataError(f"role {role!r} names unknown site {sid!r}; known sites: {sorted(self.sites)}")
                 if sid in seen:
-                    raise SiteDataError(f"site {sid!r} is in both {seen[sid]!r} and {role!r}")
+                    raise SiteDataError(f"site {sid!r} is listed twice in role {role!r}" if seen[sid] == role
+                                        else f"site {sid!r} is in both {seen[sid]!r} and {role!r}")
                 seen[sid] = role
         for role in ROLES:
             self.roles.setdefault(role, [])
 
     @classmethod
-    def split(
-        cls,
-        sites: Sequence[Site],
-        *,
-        validation: int,
-        test: int,
-        seed: int,
-        test_ids: Sequence[str] = (),
-        validation_ids: Sequence[str] = (),
-    ) -> "Federation":
-        """Assign whole sites to roles: named ids first, the rest drawn with ``seed``."""
-        by_id = {s.site_id: s for s in sites}
-        if len(by_id) != len(sites):
-            raise SiteDataError("site ids must be unique")
-        for sid in (*test_ids, *validation_ids):
-            if sid not in by_id:
-                raise SiteDataError(f"unknown site id {sid!r}; known sites: {sorted(by_id)}")
-        fixed = set(test_ids) | set(validation_ids)
-        rest = [sid for sid in sorted(by_id) if sid not in fixed]
-        gen = torch.Generator().manual_seed(seed)
-        order = [rest[i] for i in torch.randperm(len(rest), generator=gen).tolist()]
-        n_test = max(test - len(test_ids), 0)
-        n_val = max(validation - len(validation_ids), 0)
-        if n_test + n_val >= len(order):
-            raise SiteDataError(
-                f"{len(by_id)} sites cannot give {test} test and {validation} validation sites and still leave training sites"
-            )
-        test_role = list(test_ids) + order[:n_test]
-        val_role = list(validation_ids) + order[n_test : n_test + n_val]
-        train_role = order[n_test + n_val :]
-        return cls(sites=by_id, roles={"train": train_role, "validation": val_role, "test": test_role})
+    def split(cls, sites: Sequence[Site], *, validation: int, test: int, seed: int, test_ids: Sequence[str] = (),
+              validation_ids: Sequence[str] = (), eligible: Optional[Eligibility] = None) -> "Federation":
+        """Assign whole sites to roles (:func:`assign_roles`): named ids first, the rest drawn with ``seed``
+        among the ``eligible`` ones; a site the rule turns down gets no role and is left out."""
+        roles, excluded = assign_roles([s.site_id for s in sites], validation=validation, test=test, seed=seed,
+                                       test_ids=test_ids, validation_ids=validation_ids, eligible=eligible)
+        return cls(sites={s.site_id: s for s in sites if s.site_id not in excluded}, roles=roles)
 
     def role(self, name: str) -> list[Site]:
         return [self.sites[sid] for sid in self.roles[name]]
@@ -190,6 +170,59 @@ class Federation:
 
     def describe(self) -> dict[str, Any]:
         return {role: {sid: len(self.sites[sid]) for sid in ids} for role, ids in self.roles.items()}
+
+
+#: ``rule(site_id) -> None`` when the site may be drawn for training, else the reason it may not.
+Eligibility = Callable[[str], Optional[str]]
+
+
+def assign_roles(
+    site_ids: Sequence[str],
+    *,
+    validation: int,
+    test: int,
+    seed: int,
+    test_ids: Sequence[str] = (),
+    validation_ids: Sequence[str] = (),
+    eligible: Optional[Eligibility] = None,
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The one rule that gives sites their roles (every adapter calls it, directly or through
+    :meth:`Federation.split`).
+
+    Named test/validation ids come first; the other sites that ``eligible`` accepts (all when ``None``)
+    are shuffled with ``seed`` (in id order before the shuffle) and fill the remaining ``test`` then
+    ``validation`` places; the rest train.
+
+    Returns:
+        ``(roles, excluded)``: ``train/validation/test`` -> ids (train in drawn order), and
+        ``{site_id: reason}`` for the sites the rule turned down (logged; they get no role).
+    """
+    repeated = sorted(sid for sid, n in Counter(site_ids).items() if n > 1)
+    if repeated:
+        raise SiteDataError(f"site id(s) {repeated} appear more than once; every site needs its own id "
+                            "(rename or merge the repeated sites in the data)")
+    for sid in (*test_ids, *validation_ids):
+        if sid not in site_ids:
+            raise SiteDataError(f"unknown site id {sid!r}; known sites: {sorted(site_ids)}")
+    fixed = set(test_ids) | set(validation_ids)
+    reasons = {sid: eligible(sid) for sid in sorted(site_ids) if sid not in fixed} if eligible else {}
+    excluded = {sid: why for sid, why in reasons.items() if why is not None}
+    for sid, why in excluded.items():
+        log.warning("site %r gets no role: %s", sid, why)
+    rest = [sid for sid in sorted(site_ids) if sid not in fixed and sid not in excluded]
+    gen = torch.Generator().manual_seed(seed)
+    order = [rest[i] for i in torch.randperm(len(rest), generator=gen).tolist()]
+    n_test = max(test - len(test_ids), 0)
+    n_val = max(validation - len(validation_ids), 0)
+    if n_test + n_val >= len(order):
+        raise SiteDataError(
+            f"no site is left for training: {len(site_ids)} sites cannot give {test} test and {validation} validation "
+            "sites and still leave training sites"
+            + (f"; not eligible for training: {'; '.join(f'{s}: {w}' for s, w in excluded.items())}" if excluded else "")
+        )
+    roles = {"train": order[n_test + n_val:], "validation": list(validation_ids) + order[n_test:n_test + n_val],
+             "test": list(test_ids) + order[:n_test]}
+    return roles, excluded
 
 
 @dataclass(frozen=True)
@@ -225,16 +258,16 @@ def split_indices(site: Site, spec: EpisodeSpec, gen: torch.Generator) -> tuple[
         need = spec.shots + (spec.query or 0)
         for c in classes:
             idx = site.rows_of_class(c)
-            if idx.numel() < need + (1 if spec.query is None else 0):
+            if len(idx) < need + (1 if spec.query is None else 0):
                 raise SiteDataError(
-                    f"site {site.site_id!r} has {idx.numel()} samples of class {c}, but the episode needs "
+                    f"site {site.site_id!r} has {len(idx)} samples of class {c}, but the episode needs "
                     f"{spec.shots} shots" + (f" + {spec.query} query" if spec.query else " + at least 1 to score")
                     + "; lower the shots or move this site out of the role"
                 )
-            s, rest = _take(gen, idx, spec.shots)
-            sup.append(s)
-            qry.append(rest[: spec.query] if spec.query is not None else rest)
-        return torch.cat(sup), torch.cat(qry)
+            perm = idx[torch.randperm(len(idx), generator=gen).numpy()]
+            sup.append(perm[: spec.shots])
+            qry.append(perm[spec.shots: need] if spec.query is not None else perm[spec.shots:])
+        return torch.from_numpy(np.concatenate(sup)), torch.from_numpy(np.concatenate(qry))
     if spec.by == "row":
         need = spec.shots + (spec.query or 1)
         if n < need:
@@ -259,7 +292,9 @@ def split_indices(site: Site, spec: EpisodeSpec, gen: torch.Generator) -> tuple[
 def sample_episode(site: Site, spec: EpisodeSpec, gen: torch.Generator) -> Episode:
     """Draw one support/query episode from ``site`` with the generator ``gen``."""
     sup, qry = split_indices(site, spec, gen)
-    return Episode(support=(site.x[sup], site.y[sup]), query=(site.x[qry], site.y[qry]), site_id=site.site_id)
+    x, y = site.x, site.y
+    return Episode(support=(x.index_select(0, sup), y.index_select(0, sup)),
+                   query=(x.index_select(0, qry), y.index_select(0, qry)), site_id=site.site_id)
 
 
 def stack_episodes(episodes: Sequence[Episode]) -> Optional[Episode]:
@@ -274,28 +309,6 @@ def stack_episodes(episodes: Sequence[Episode]) -> Optional[Episode]:
     support = tuple(torch.stack([e.support[i] for e in episodes]) for i in range(len(first.support)))
     query = tuple(torch.stack([e.query[i] for e in episodes]) for i in range(len(first.query)))
     return Episode(support=support, query=query, site_id="stacked")
-
-
-def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generator:
-    """A generator that depends only on (seed, round, salt): resuming a run redraws the same episodes."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + round_index * 7919 + salt) % (2**63 - 1))
-
-
-def site_generator(seed: int, round_index: int, site_id: str) -> torch.Generator:
-    """The generator of ONE site's episode in one round, a function of (seed, round, site id) only.
-
-    Every site draws its episode from its own stream, so the in-process engine and a site's own
-    Flower node (which sees no other site) draw the same episode.
-    """
-    digest = hashlib.blake2b(f"{seed}/{round_index}/{site_id}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") % (2**63 - 1))
-
-
-def site_seed(site_id: str) -> int:
-    """The seed of data generated or drawn for ``site_id``: a hash of the WHOLE id, so ``clinic-a`` and
-    ``clinic-b`` never share one (the single place a site id becomes a seed)."""
-    digest = hashlib.blake2b(site_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % (2**63 - 1)
 
 
 def site_slug(site_id: str) -> str:

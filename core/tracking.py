@@ -298,6 +298,33 @@ def _short(value: str) -> str:
         return value
 
 
+def _dataset_columns(tags: dict[str, str]) -> dict[str, str]:
+    """``dataset`` (its name) and ``fingerprint`` (the data's sha256, 12 characters) of a version; versions
+    registered before datasets had names carry the fingerprint alone, in their ``dataset`` tag."""
+    if "data_sha256" in tags:
+        return {"dataset": tags.get("dataset", ""), "fingerprint": tags["data_sha256"]}
+    return {"dataset": "", "fingerprint": tags.get("dataset", "")}
+
+
+def dataset_models(vertical: str) -> list[str]:
+    """Names of the registered models of ``vertical`` that ``fml run`` registered (one per dataset; onboarded
+    site models excluded) and that have a ``champion``: ``fml-<vertical>`` first, then by name."""
+    client = MlflowClient()
+    try:
+        models = client.search_registered_models(filter_string=f"name LIKE 'fml-{vertical}%'")
+    except MlflowException as err:
+        raise RegistryError(f"registry at {tracking_uri()} is unreachable: {str(err).splitlines()[0]}") from None
+    names = []
+    for rm in models:
+        version = (rm.aliases or {}).get("champion")
+        if version is None:
+            continue
+        tags = client.get_model_version(rm.name, version).tags
+        if tags.get("vertical") == vertical and "run_id" in tags and "site_id" not in tags:
+            names.append(rm.name)
+    return sorted(names, key=lambda n: (n != f"fml-{vertical}", n))
+
+
 def list_models(prefix: str = "fml-") -> list[dict[str, Any]]:
     client = MlflowClient()
     try:
@@ -314,6 +341,6 @@ def list_models(prefix: str = "fml-") -> list[dict[str, Any]]:
                         "algorithm": mv.tags.get("algorithm", ""), "candidates": mv.tags.get("candidates", ""),
                         "metric": mv.tags.get("headline_metric", ""),
                         "value": _short(mv.tags.get("headline_value", "")), "site": mv.tags.get("site_id", ""),
-                        "dataset": mv.tags.get("dataset", ""), "identity": mv.tags.get(IDENTITY_TAG, "")[:8],
+                        **_dataset_columns(mv.tags), "identity": mv.tags.get(IDENTITY_TAG, "")[:8],
                         "size_mb": mv.tags.get("bundle_mb", ""), "load_s": mv.tags.get("load_seconds", "")})
     return sorted(out, key=lambda r: (r["name"], -int(r["version"])))

@@ -36,6 +36,9 @@ class VerticalSpec:
         reference_baselines: optional NON-federated reference rows for the held-out table:
             ``reference_baselines(problem, run_cfg, test_sites) -> DataFrame`` with columns
             site, method, shots, steps, draw, metric, value (method names carry ``(non-federated)``).
+        schema: ``schema(problem) -> dict``: the dataset's schema recorded with a registered model and hashed
+            into its dataset name (feature names and types, label and site columns); default: the shape of
+            one model input. Two datasets with the same schema can serve the same model.
     """
 
     name: str
@@ -47,6 +50,7 @@ class VerticalSpec:
     onboard_flags: dict[str, str] = field(default_factory=dict)
     rows_based: bool = True
     reference_baselines: Optional[Callable[[Problem, Any, list[Site]], Any]] = None
+    schema: Optional[Callable[[Problem], dict[str, Any]]] = None
 
     def build(self, data_cfg: Any, seed: int) -> Problem:
         """``prepare``, then the recipe steps that change every site's inputs (``data.site_statistics``):

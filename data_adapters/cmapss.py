@@ -22,25 +22,21 @@ GENERATED degradation fleet in the same format is used, with a warning.
 """
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
-import torch
 
-from core.tasks import Federation, Site, SiteDataError, site_seed
+from core.seeds import site_seed
+from core.tasks import Federation, Site, SiteDataError, assign_roles
 from data_adapters.cmapss_features import (
     assign_conditions,
-    combine_moments,
     fit_conditions,
     frame_to_site,
     normalization_from_moments,
     site_conditions,
-    site_moments,
 )
 from data_adapters.cmapss_io import (
     CMAPSS_SENSORS,
@@ -52,6 +48,7 @@ from data_adapters.cmapss_io import (
     read_fleet,
 )
 from data_adapters.cmapss_sim import apply_operator_shift, draw_shift, generate_cmapss, generated_frame, group_units
+from data_adapters.sources import combine_moments, locate, moments, warn_generated
 
 GENERATED_SOURCE = "GENERATED degradation data (NOT NASA C-MAPSS)"
 
@@ -117,6 +114,12 @@ class CmapssConfig(TableColumns):
     eval_cut: str = "random"
     """Evaluation window of a run-to-failure unit: random (seeded cut, as C-MAPSS's test set) or last (failure)."""
 
+    #: the options that choose the fleet and its columns: changing one registers under another model name
+    #: (include_test_file is not one: it adds the same fleet's other units, as the full preset does)
+    DATASET_OPTIONS: ClassVar[tuple[str, ...]] = ("path", "rul_path", "data_dir", "subset", "extra_paths",
+                                                  "site_column", "unit_column", "time_column", "target_column",
+                                                  "sensor_columns", "setting_columns")
+
     def __post_init__(self) -> None:
         choices = {"short_units": ("reject", "pad"), "normalize": ("auto", "global", "condition"),
                    "eval_cut": ("random", "last")}
@@ -135,11 +138,7 @@ class CmapssConfig(TableColumns):
 
 def default_data_dir() -> Path:
     """``$FML_CMAPSS_DIR``, else ``$FML_DATA_DIR/cmapss``, else ``<repo>/../shared/data/cmapss``."""
-    if os.environ.get("FML_CMAPSS_DIR"):
-        return Path(os.environ["FML_CMAPSS_DIR"])
-    if os.environ.get("FML_DATA_DIR"):
-        return Path(os.environ["FML_DATA_DIR"]) / "cmapss"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmapss"
+    return locate("cmapss", "FML_CMAPSS_DIR")
 
 
 def generated_fleet(seed: int = 12345, train_units: int = 100, test_units: int = 100) -> tuple[Fleet, Fleet]:
@@ -172,11 +171,8 @@ def load_source(cfg: CmapssConfig) -> Fleet:
             f"{train}: C-MAPSS file not found; put train_{cfg.subset}.txt there, set FML_CMAPSS_DIR / data.data_dir, "
             "or allow generated data (data.allow_generated=true)"
         )
-    warnings.warn(
-        f"C-MAPSS data not found at {train}; using a GENERATED degradation dataset in the same format "
-        "(NOT real data: numbers are not comparable to C-MAPSS results). Set FML_CMAPSS_DIR to the real files.",
-        stacklevel=2,
-    )
+    warn_generated("C-MAPSS", train, "a GENERATED degradation dataset in the C-MAPSS format",
+                   "Set FML_CMAPSS_DIR (or FML_DATA_DIR, or data.data_dir) to the folder of the real files.")
     train_gen, test_gen = generated_fleet()
     return merge_fleets(train_gen, test_gen) if cfg.include_test_file else train_gen
 
@@ -218,7 +214,7 @@ def fleet_reference(fleet: Fleet, cfg: CmapssConfig) -> tuple[np.ndarray, int, d
                                 cfg.condition_decimals)
     cond = assign_conditions(fleet.frame, fleet.settings, conditions)
     n_cond = len(conditions["centers"]) or 1
-    return cond, n_cond, normalization_from_moments(site_moments(fleet.frame[fleet.sensors].to_numpy(), cond, n_cond), 0.0)
+    return cond, n_cond, normalization_from_moments(moments(fleet.frame[fleet.sensors].to_numpy(), cond, n_cond), 0.0)
 
 
 def _site_frames(fleet: Fleet, cfg: CmapssConfig, rng: np.random.Generator, prefix: str,
@@ -250,11 +246,10 @@ def _site_frames(fleet: Fleet, cfg: CmapssConfig, rng: np.random.Generator, pref
     return out
 
 
-def assign_roles(site_ids: list[str], cfg: CmapssConfig, seed: int) -> dict[str, list[str]]:
-    """Seeded train/validation/test roles by site (the same rule as :meth:`Federation.split`)."""
-    placeholders = [Site(s, torch.empty(0), torch.empty(0)) for s in site_ids]
-    return Federation.split(placeholders, validation=cfg.validation_sites, test=cfg.test_sites, seed=seed,
-                            test_ids=cfg.test_site_ids).roles
+def site_roles(site_ids: list[str], cfg: CmapssConfig, seed: int) -> dict[str, list[str]]:
+    """Seeded train/validation/test roles by site id (:func:`core.tasks.assign_roles`, before any site is built)."""
+    return assign_roles(site_ids, validation=cfg.validation_sites, test=cfg.test_sites, seed=seed,
+                        test_ids=cfg.test_site_ids)[0]
 
 
 def fit_preprocessing(train: list[RawSite], settings: list[str], sensors: list[str], cfg: CmapssConfig,
@@ -266,11 +261,11 @@ def fit_preprocessing(train: list[RawSite], settings: list[str], sensors: list[s
     if not by_condition:
         conditions = {"decimals": list(cfg.condition_decimals), "centers": [], "scale": []}
     n_cond = max(len(conditions["centers"]), 1)
-    moments = combine_moments([
-        site_moments(s.frame[sensors].to_numpy(), assign_conditions(s.frame, settings, conditions), n_cond)
+    pooled = combine_moments([
+        moments(s.frame[sensors].to_numpy(), assign_conditions(s.frame, settings, conditions), n_cond)
         for s in train
     ])
-    stats = normalization_from_moments(moments, cfg.min_std)
+    stats = normalization_from_moments(pooled, cfg.min_std)
     keep = stats["keep"]
     if not keep.any():
         raise FleetDataError(f"{source}: every sensor is constant across the training sites (std < min_std="
@@ -286,7 +281,7 @@ def fit_preprocessing(train: list[RawSite], settings: list[str], sensors: list[s
         "conditions": conditions,
         "mean": stats["mean"][:, keep].tolist(),
         "std": stats["std"][:, keep].tolist(),
-        "rows_per_condition": moments["count"].tolist(),
+        "rows_per_condition": pooled["count"].tolist(),
         "window": int(cfg.window),
         "stride": int(cfg.stride),
         "rul_cap": float(cfg.rul_cap),
@@ -315,7 +310,7 @@ def build_cmapss_federation(cfg: CmapssConfig, seed: int) -> tuple[Federation, d
     ids = [s.site_id for s in raw]
     if len(set(ids)) != len(ids):
         raise SiteDataError(f"duplicate site ids {sorted({i for i in ids if ids.count(i) > 1})}; rename the sites")
-    roles = assign_roles(ids, cfg, seed)
+    roles = site_roles(ids, cfg, seed)
     by_id = {s.site_id: s for s in raw}
     prep = fit_preprocessing([by_id[s] for s in roles["train"]], main.settings, main.sensors, cfg, main.source)
     sites = [frame_to_site(s.site_id, s.frame, prep, where=s.where, truncated=s.truncated, eval_cut=cfg.eval_cut,

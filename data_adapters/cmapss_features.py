@@ -1,8 +1,8 @@
 """Federated preprocessing of fleet frames: operating conditions, sensor normalization, sliding windows.
 
 Normalization statistics are FEDERATED: each training site reports only per-(condition, sensor)
-``count``, ``sum`` and ``sum of squares`` (:func:`site_moments`); the server adds them
-(:func:`combine_moments`) and derives means, standard deviations and the constant sensors to drop
+``count``, ``sum`` and ``sum of squares`` (:func:`data_adapters.sources.moments`); the server adds them
+(:func:`data_adapters.sources.combine_moments`) and derives means, standard deviations and the constant sensors to drop
 (:func:`normalization_from_moments`). The result equals the pooled statistics of the training
 sites' rows, without pooling rows. Operating conditions (C-MAPSS FD002/FD004 fly six) are found the
 same way: each site reports its set of rounded setting combinations, the server takes the union.
@@ -57,30 +57,6 @@ def assign_conditions(frame: pd.DataFrame, settings: Sequence[str], conditions: 
 
 
 # ---------------------------------------------------------------------------- federated moments
-
-
-def site_moments(values: np.ndarray, cond: np.ndarray, num_conditions: int) -> dict[str, np.ndarray]:
-    """A site's sufficient statistics per (condition, sensor): ``count [C]``, ``sum [C, F]``, ``sumsq [C, F]``.
-
-    Args:
-        values: raw sensor values of the site's rows, ``[rows, F]``.
-        cond: condition id per row, ``[rows]``.
-        num_conditions: ``C``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    count = np.bincount(cond, minlength=num_conditions).astype(np.float64)
-    total = np.zeros((num_conditions, values.shape[1]))
-    sumsq = np.zeros_like(total)
-    np.add.at(total, cond, values)
-    np.add.at(sumsq, cond, values * values)
-    return {"count": count, "sum": total, "sumsq": sumsq}
-
-
-def combine_moments(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Server side: the element-wise sum of the sites' moments (a secure sum would do)."""
-    if not parts:
-        raise FleetDataError("no training sites to compute normalization statistics from")
-    return {k: np.sum([p[k] for p in parts], axis=0) for k in ("count", "sum", "sumsq")}
 
 
 def normalization_from_moments(moments: dict[str, np.ndarray], min_std: float) -> dict[str, np.ndarray]:

@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from data_adapters.sources import read_table
+
 CMAPSS_SETTINGS = [f"setting_{i}" for i in range(1, 4)]
 CMAPSS_SENSORS = [f"s_{i}" for i in range(1, 22)]
 CMAPSS_COLUMNS = ["unit", "cycle", *CMAPSS_SETTINGS, *CMAPSS_SENSORS]
@@ -225,36 +227,34 @@ class TableColumns:
     """Operational-setting columns used to find operating conditions (not model inputs)."""
 
 
-def _read_table_file(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; give a CSV or Parquet fleet table")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    raise FleetDataError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
+def _where(path: Path, i: int) -> str:
+    """Data row ``i`` (0-based) as a reader finds it: the file line of a CSV/TSV, else the table row."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return f"row {i}"
+    return f"line {i + 2}"  # the header is line 1
 
 
-def _numeric_column(raw: pd.DataFrame, column: str, path: Path) -> pd.Series:
+_SENSOR_HINT = "fill or remove missing / non-numeric cells (or list the sensor columns in sensor_columns to leave this one out)"
+
+
+def _numeric_column(raw: pd.DataFrame, column: str, path: Path, hint: str = _SENSOR_HINT) -> pd.Series:
     col = raw[column]
     num = pd.to_numeric(col, errors="coerce")
     bad = num.isna() | ~np.isfinite(num.astype(np.float64))
     if bad.any():
         i = int(np.nonzero(bad.to_numpy())[0][0])
-        row = i + 2 if path.suffix.lower() in (".csv", ".tsv") else i
-        what = "row" if path.suffix.lower() in (".parquet", ".pq") else "line"
-        raise FleetDataError(
-            f"{path}, {what} {row}, column {column!r}: {col.iloc[i]!r} is not a finite number; fill or remove "
-            "missing / non-numeric cells (or list the sensor columns in sensor_columns to leave this one out)"
-        )
+        cell = "empty" if pd.isna(col.iloc[i]) else f"{col.iloc[i]!r} is not a finite number"
+        raise FleetDataError(f"{path}, {_where(path, i)}, column {column!r}: {cell} ({int(bad.sum())} such cell(s)); "
+                             f"{hint}")
     return num.astype(np.float64)
 
 
 def read_fleet_table(path: str | Path, columns: TableColumns) -> Fleet:
     """Read a long-format table ``site, unit, time, sensors..., target`` into a labelled :class:`Fleet`."""
     path = Path(path)
-    raw = _read_table_file(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; give a CSV or Parquet fleet table")
+    raw = read_table(path, error=FleetDataError)
     for need in (columns.unit_column, columns.time_column, *columns.sensor_columns, *columns.setting_columns):
         if need not in raw.columns:
             raise FleetDataError(
@@ -280,11 +280,12 @@ def read_fleet_table(path: str | Path, columns: TableColumns) -> Fleet:
     truncated = columns.target_column in raw.columns
     if not truncated:
         return Fleet(add_rul_labels(frame), settings, sensors, path.name, truncated=False)
-    target = _numeric_column(raw, columns.target_column, path)
+    target = _numeric_column(raw, columns.target_column, path,
+                             hint="every row needs its remaining useful life; fill the cells or drop the rows")
     if (target < 0).any():
         i = int(np.nonzero((target < 0).to_numpy())[0][0])
-        raise FleetDataError(f"{path}: column {columns.target_column!r}, data row {i + 1}: RUL {target.iloc[i]:g} "
-                             "is negative; RUL must be >= 0")
+        raise FleetDataError(f"{path}, {_where(path, i)}, column {columns.target_column!r}: RUL {target.iloc[i]:g} is "
+                             f"negative ({int((target < 0).sum())} such cell(s)); RUL must be >= 0: fix the labels")
     frame["rul"] = target
     labelled = frame.sort_values(["site", "unit", "cycle"], kind="stable").reset_index(drop=True)
     return Fleet(labelled, settings, sensors, path.name, truncated=True)

@@ -17,8 +17,9 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from core.tasks import Federation, LazySite, RowCache, Site, site_seed
-from data_adapters.cmapss import CmapssConfig, RawSite, assign_roles, fit_preprocessing, fleet_reference
+from core.seeds import site_seed
+from core.tasks import Federation, LazySite, RowCache, Site
+from data_adapters.cmapss import CmapssConfig, RawSite, fit_preprocessing, fleet_reference, site_roles
 from data_adapters.cmapss_features import frame_to_site
 from data_adapters.cmapss_io import Fleet, FleetDataError
 from data_adapters.cmapss_sim import apply_operator_shift, draw_shift
@@ -37,7 +38,7 @@ class _Operators:
 
     def raw(self, site_id: str) -> RawSite:
         cfg, fleet = self.cfg, self.fleet
-        rng = np.random.default_rng(site_seed(f"{self.seed}/{site_id}"))
+        rng = np.random.default_rng(site_seed(self.seed, site_id))
         members = rng.choice(len(self.rows_of_unit), cfg.units_per_site, replace=False)
         rows = np.sort(np.concatenate([self.rows_of_unit[m] for m in members]))
         sub = fleet.frame.iloc[rows].reset_index(drop=True)
@@ -55,7 +56,7 @@ class _Operators:
 
     def site(self, site_id: str, prep: dict) -> Site:
         raw = self.raw(site_id)
-        rng = np.random.default_rng(site_seed(f"{self.seed}/{site_id}/evaluation-cut"))
+        rng = np.random.default_rng(site_seed(self.seed, site_id, "evaluation-cut"))
         return frame_to_site(site_id, raw.frame, prep, where=raw.where, truncated=raw.truncated,
                              eval_cut=self.cfg.eval_cut, rng=rng, metadata=raw.metadata)
 
@@ -69,7 +70,7 @@ def lazy_operator_federation(fleet: Fleet, cfg: CmapssConfig, seed: int) -> tupl
                              "from a single fleet")
     operators = _Operators(fleet, cfg, seed)
     ids = [f"op-{i:05d}" for i in range(cfg.operators)]
-    roles = assign_roles(ids, cfg, seed)
+    roles = site_roles(ids, cfg, seed)
     pick = np.random.default_rng(seed).permutation(len(roles["train"]))[: cfg.preprocessing_sites]
     sample = [operators.raw(roles["train"][i]) for i in sorted(pick)]
     prep = fit_preprocessing(sample, fleet.settings, fleet.sensors, cfg, fleet.source)

@@ -99,7 +99,8 @@ def apply_operator_shift(
         frame: the operator's rows (``unit``, sensors ...), sorted by unit and cycle.
         sensors: sensor columns to shift.
         cond: condition id per row.
-        fleet_mean, fleet_std: ``[C, F]`` fleet statistics per condition (simulator's knowledge).
+        fleet_mean: ``[C, F]`` fleet mean per condition and sensor (the simulator's knowledge).
+        fleet_std: ``[C, F]`` fleet standard deviation per condition and sensor.
         shift: the operator's drawn differences.
         rng: draws the noise and the regime thinning.
         min_rows: rows a unit keeps at least (all of them if it has fewer).

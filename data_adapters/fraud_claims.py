@@ -14,14 +14,14 @@ something to adapt per site. It is NOT the real data and its numbers say nothing
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import pandas as pd
 
+from data_adapters.sources import locate, warn_generated
 from data_adapters.tabular import TabularData
 from data_adapters.tabular_io import category_strings
 
@@ -83,6 +83,8 @@ class FraudData(TabularData):
     synthetic_seed: int = 0
     """Seed of the generated claims (fixed: the generated file is the same on every machine)."""
 
+    DATASET_OPTIONS: ClassVar[tuple[str, ...]] = (*TabularData.DATASET_OPTIONS, "synthetic", "synthetic_seed")
+
 
 def without_claims_defaults(cfg: FraudData, frame: pd.DataFrame, source: str) -> FraudData:
     """``cfg`` without the defaults that belong to the claims file (id column ``PolicyNumber``, the named
@@ -104,16 +106,9 @@ def without_claims_defaults(cfg: FraudData, frame: pd.DataFrame, source: str) ->
     return dataclasses.replace(cfg, **changes)
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
 def default_real_path() -> Path:
     """Where the real claims file is expected (env vars first, then ``<repo>/../shared/data``)."""
-    if os.environ.get("FML_FRAUD_DATA"):
-        return Path(os.environ["FML_FRAUD_DATA"])
-    data_dir = Path(os.environ.get("FML_DATA_DIR") or repo_root().parent / "shared" / "data")
-    return data_dir / REAL_RELATIVE
+    return locate(REAL_RELATIVE, "FML_FRAUD_DATA")
 
 
 def resolve_claims(cfg: FraudData) -> tuple[Path | pd.DataFrame, str]:
@@ -127,9 +122,8 @@ def resolve_claims(cfg: FraudData) -> tuple[Path | pd.DataFrame, str]:
     if not cfg.synthetic and real.exists():
         return real, str(real)
     if not cfg.synthetic:
-        msg = f"real data not found at {real}; using {SYNTHETIC_LABEL} (set FML_FRAUD_DATA or FML_DATA_DIR)"
-        print(f"WARNING: {msg}")
-        log.warning(msg)
+        warn_generated("vehicle-insurance claims", real, SYNTHETIC_LABEL,
+                       "Set FML_FRAUD_DATA (the file) or FML_DATA_DIR, or pass --data.path.")
     return synthetic_claims(cfg.synthetic_seed), f"<{SYNTHETIC_LABEL}, seed {cfg.synthetic_seed}>"
 
 

@@ -27,22 +27,16 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from core.registry import Registry
 from core.tasks import Site, SiteDataError
 from data_adapters.medmnist import ImageDataError
-
-#: manifest suffix -> reader returning a DataFrame.
-TABLE_READERS: Registry[Callable[[Path], pd.DataFrame]] = Registry("manifest format")
-TABLE_READERS.register(".csv", lambda p: pd.read_csv(p, dtype=str, keep_default_na=False))
-TABLE_READERS.register(".parquet", lambda p: pd.read_parquet(p).astype(str))
-TABLE_READERS.register(".pq", lambda p: pd.read_parquet(p).astype(str))
+from data_adapters.sources import read_table
 
 _LIST_MAX = 10
 
@@ -126,21 +120,11 @@ def read_manifest_table(path: Path, columns: ManifestColumns) -> pd.DataFrame:
     """The manifest as strings, with required columns present and non-empty (else a precise error)."""
     if not path.is_file():
         raise ImageDataError(f"manifest {path} does not exist; pass --data PATH to a .csv or .parquet manifest")
-    suffix = path.suffix.lower()
-    try:
-        reader = TABLE_READERS.get(suffix)
-    except KeyError as err:
-        raise ImageDataError(f"manifest {path}: {err}") from None
-    try:
-        df = reader(path)
-    except Exception as err:  # noqa: BLE001 - any parser error becomes one readable message
-        raise ImageDataError(f"manifest {path}: cannot be read as {suffix} ({err})") from None
+    df = read_table(path, text=True, error=ImageDataError)
     missing = [c for c in (columns.path, columns.label) if c not in df.columns]
     if missing:
         raise ImageDataError(f"manifest {path}: missing column(s) {missing}; found {list(df.columns)}. "
                              "Rename the columns or set data.columns.*")
-    if len(df) == 0:
-        raise ImageDataError(f"manifest {path}: no rows")
     for col in (columns.path, columns.label, columns.site, columns.patient):
         if col in df.columns:
             df[col] = df[col].str.strip()

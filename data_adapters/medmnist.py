@@ -64,8 +64,10 @@ def _images_to_tensor(images: np.ndarray, key: str, path: Path) -> Tensor:
     if not np.issubdtype(images.dtype, np.number):
         raise ImageDataError(f"{path}: {key} has dtype {images.dtype}; expected numbers")
     x = torch.as_tensor(np.ascontiguousarray(images)).float()
-    if not torch.isfinite(x).all():
-        raise ImageDataError(f"{path}: {key} contains NaN or inf values; clean the array")
+    bad = torch.nonzero(~torch.isfinite(x).flatten(1).all(1)).flatten().tolist()
+    if bad:
+        raise ImageDataError(f"{path}: {key} has NaN or inf pixels in {len(bad)} image(s), first indices {bad[:5]} "
+                             f"(0-based); replace those pixels or drop the images (with their {key[:-7]}_labels)")
     return x
 
 

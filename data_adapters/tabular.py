@@ -21,20 +21,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from core.tasks import Federation, Site, SiteDataError
+from core.tasks import Federation, Site, SiteDataError, assign_roles
+from data_adapters.sources import read_table
 from data_adapters.tabular_io import (
     TabularDataError,
     binary_labels,
     category_strings,
     numeric_column,
-    read_table,
     require_columns,
+    rows_at,
 )
 from data_adapters.tabular_preprocessing import (label_histograms, leak_scores, merge_statistics, site_statistics,
                                                   transform)
@@ -90,6 +91,12 @@ class TabularData:
     allow_leaky_columns: bool = False
     """Proceed although a column looks like a label leak (the run still logs the columns)."""
 
+    #: the options that choose the data and its schema: a run that changes one of them from its default is on
+    #: another dataset and registers under its own model name (pipelines/dataset_identity.py)
+    DATASET_OPTIONS: ClassVar[tuple[str, ...]] = ("path", "site_column", "label_column", "positive_label",
+                                                  "id_columns", "drop_columns", "categorical_columns",
+                                                  "numeric_columns")
+
 
 def infer_column_types(df: pd.DataFrame, cfg: TabularData, source: str) -> tuple[list[str], list[str]]:
     """Numeric and categorical feature columns: given ones first, the rest inferred.
@@ -136,11 +143,11 @@ def load_frame(cfg: TabularData, source: str | Path | pd.DataFrame,
     require_columns(df, [cfg.site_column, cfg.label_column], source)
     require_columns(df, cfg.id_columns, source, role="id")
     y = binary_labels(df[cfg.label_column], source, cfg.positive_label)
-    sites = df[cfg.site_column]
-    if sites.isna().any():
+    empty = site_ids_of(df, cfg.site_column).fillna("").eq("").to_numpy()
+    if empty.any():
         raise TabularDataError(
-            f"{source}: site column {cfg.site_column!r} has {int(sites.isna().sum())} missing value(s); every row "
-            "needs a site"
+            f"{source}: site column {cfg.site_column!r} is empty at {rows_at(empty)}; every row needs a site: "
+            "fill the cells or drop the rows"
         )
     numeric, categorical = infer_column_types(df, cfg, source)
     for col in numeric:  # row numbers in errors refer to the whole file
@@ -157,13 +164,14 @@ def site_ids_of(df: pd.DataFrame, site_column: str) -> pd.Series:
     return category_strings(df[site_column])
 
 
-def assign_roles(positives: dict[str, int], negatives: dict[str, int], cfg: TabularData,
-                 seed: int) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Roles by site: named sites, then random draws among sites large enough to train on.
+def site_roles(positives: dict[str, int], negatives: dict[str, int], cfg: TabularData,
+               seed: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Roles by site (:func:`core.tasks.assign_roles`): named sites, then random draws among the sites with
+    enough positives and negatives for a training episode.
 
     Returns:
-        ``(roles, excluded)``: roles ``train/validation/test`` -> site ids, and ``{site: reason}`` for
-        sites that got no role.
+        ``(roles, excluded)``: roles ``train/validation/test`` -> site ids (train in name order), and
+        ``{site: reason}`` for sites that got no role.
     """
     known = sorted(positives)
     desc = ", ".join(f"{s} ({positives[s]} pos / {negatives[s]} neg)" for s in known)
@@ -184,34 +192,23 @@ def assign_roles(positives: dict[str, int], negatives: dict[str, int], cfg: Tabu
     if overlap:
         raise SiteDataError(f"site(s) {overlap} named as both test and validation sites")
     need = cfg.train_shots + cfg.train_query
-    fixed = set(named["test"]) | set(named["validation"])
-    trainable = [s for s in known if s not in fixed and min(positives[s], negatives[s]) >= need]
-    gen = torch.Generator().manual_seed(seed)
-    order = [trainable[i] for i in torch.randperm(len(trainable), generator=gen).tolist()]
+
+    def trainable(sid: str) -> Optional[str]:
+        if min(positives[sid], negatives[sid]) >= need:
+            return None
+        return (f"{positives[sid]} positive(s) / {negatives[sid]} negative(s) < {need} needed for a training "
+                f"episode ({cfg.train_shots} shots + {cfg.train_query} query per class)")
+
     num_test = cfg.num_test if cfg.num_test is not None else (len(named["test"]) or 3)
     num_val = cfg.num_validation if cfg.num_validation is not None else (len(named["validation"]) or 1)
-    n_test = max(num_test - len(named["test"]), 0)
-    n_val = max(num_val - len(named["validation"]), 0)
-    roles = {"test": named["test"] + order[:n_test],
-             "validation": named["validation"] + order[n_test:n_test + n_val],
-             "train": sorted(order[n_test + n_val:])}
-    if not roles["train"]:
-        small = [s for s in known if s not in fixed and s not in trainable]
-        raise SiteDataError(
-            f"no site is left for training: test {roles['test']}, validation {roles['validation']}; "
-            f"too small to train on {small} (a training site needs {need} positives and {need} negatives: "
-            f"train_shots {cfg.train_shots} + train_query {cfg.train_query}); lower them, or name or draw fewer "
-            f"test/validation sites (data.num_test, data.num_validation). Sites: {desc}"
-        )
-    placed = {s for ids in roles.values() for s in ids}
-    excluded = {
-        s: f"{positives[s]} positive(s) / {negatives[s]} negative(s) < {need} needed for a training episode "
-           f"({cfg.train_shots} shots + {cfg.train_query} query per class)"
-        for s in known if s not in placed
-    }
-    for sid, reason in excluded.items():
-        log.warning("site %r gets no role: %s", sid, reason)
-    return roles, excluded
+    try:
+        roles, excluded = assign_roles(known, validation=num_val, test=num_test, seed=seed, test_ids=named["test"],
+                                       validation_ids=named["validation"], eligible=trainable)
+    except SiteDataError as err:
+        raise SiteDataError(f"{err}. Lower train_shots/train_query, or name or draw fewer test/validation sites "
+                            f"(data.num_test, data.num_validation). Sites: {desc}") from None
+    # training sites in name order, roles listed test first (as runs recorded before this rule have them)
+    return {"test": roles["test"], "validation": roles["validation"], "train": sorted(roles["train"])}, excluded
 
 
 def make_site(site_id: str, frame: pd.DataFrame, y: np.ndarray, prep: dict[str, Any], source: str) -> Site:
@@ -265,7 +262,7 @@ def build_tabular_federation(cfg: TabularData, data: str | Path | pd.DataFrame, 
     groups = {sid: np.flatnonzero((ids == sid).to_numpy()) for sid in sorted(ids.unique())}
     pos = {sid: int(y[rows].sum()) for sid, rows in groups.items()}
     neg = {sid: int(len(rows) - y[rows].sum()) for sid, rows in groups.items()}
-    roles, excluded = assign_roles(pos, neg, cfg, seed)
+    roles, excluded = site_roles(pos, neg, cfg, seed)
     frames = {sid: df.iloc[rows] for sid, rows in groups.items()}
     prep = fit_preprocessing({s: frames[s] for s in roles["train"]}, numeric, categorical, cfg, source)
     check_leaks({s: (frames[s], y[groups[s]]) for s in roles["train"]}, prep, numeric, cfg, source)
@@ -310,6 +307,13 @@ def load_tabular_site(data: str | Path | pd.DataFrame, prep: dict[str, Any], sit
     if not labelled.all():
         site.unlabeled = torch.from_numpy(transform(df.loc[~labelled], prep, f"{source} (site {sid!r}, unlabeled rows)"))
     return site
+
+
+def tabular_schema(prep: dict[str, Any]) -> dict[str, Any]:
+    """The dataset schema of a fitted preprocessing: feature columns by type, label and site columns (not the
+    vocabularies or statistics, which depend on which sites trained)."""
+    return {"numeric": [c["name"] for c in prep["numeric"]], "categorical": [c["name"] for c in prep["categorical"]],
+            "label": prep["label_column"], "site": prep["site_column"]}
 
 
 def check_schema(df: pd.DataFrame, prep: dict[str, Any], source: str) -> None:

@@ -7,7 +7,7 @@ missing. :func:`merge_statistics` (the server) turns these into the fitted prepr
 JSON-serializable dict saved with the model:
 
 - numeric columns: ``(x - mean) / std`` with the pooled mean and (population) standard deviation
-  ``sqrt(sum_sq / n - mean^2)``; a missing value is filled with the mean (0 after scaling) and, when any
+  ``sqrt(sumsq / n - mean^2)`` (:func:`data_adapters.sources.moments`); a missing value is filled with the mean (0 after scaling) and, when any
   training site had missing values in that column, flagged by a ``<col>=<missing>`` indicator feature;
 - categorical columns: one-hot over the UNION of the training sites' vocabularies plus an explicit
   ``<unknown>`` bucket (a category no training site had: new makes, new handler ids ... never crash);
@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from data_adapters.sources import combine_moments, moments
 from data_adapters.tabular_io import category_strings, numeric_column, require_columns
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,15 @@ def site_statistics(frame: pd.DataFrame, numeric: Sequence[str], categorical: Se
     """The aggregates ONE site shares (computed locally, on its own rows).
 
     Returns:
-        ``{"rows": n, "numeric": {col: {"count", "sum", "sum_sq", "missing"}},
+        ``{"rows": n, "numeric": {col: {"count", "sum", "sumsq", "missing"}},
         "categorical": {col: {"vocabulary": [...], "missing": int}}}`` (JSON-able).
     """
     out: dict[str, Any] = {"rows": int(len(frame)), "numeric": {}, "categorical": {}}
     for col in numeric:
         v = numeric_column(frame[col], source, allow_missing)
-        present = v[~np.isnan(v)]
-        out["numeric"][col] = {"count": int(present.size), "sum": float(present.sum()),
-                               "sum_sq": float((present * present).sum()), "missing": int(v.size - present.size)}
+        m = moments(v[~np.isnan(v)])
+        out["numeric"][col] = {"count": int(m["count"]), "sum": float(m["sum"]), "sumsq": float(m["sumsq"]),
+                               "missing": int(v.size - m["count"])}
     for col in categorical:
         cats = category_strings(frame[col])
         out["categorical"][col] = {"vocabulary": sorted(set(cats.dropna().tolist())),
@@ -76,12 +77,11 @@ def merge_statistics(stats: Sequence[dict[str, Any]], numeric: Sequence[str], ca
         raise ValueError("no training-site statistics to fit the preprocessing on")
     num_specs = []
     for col in numeric:
-        n = sum(s["numeric"][col]["count"] for s in stats)
+        m = combine_moments([s["numeric"][col] for s in stats])
+        n, total, total_sq = int(m["count"]), float(m["sum"]), float(m["sumsq"])
         missing = sum(s["numeric"][col]["missing"] for s in stats)
         if n == 0:
             raise ValueError(f"numeric column {col!r} has no present value on any training site; drop it")
-        total = math.fsum(s["numeric"][col]["sum"] for s in stats)
-        total_sq = math.fsum(s["numeric"][col]["sum_sq"] for s in stats)
         mean = total / n
         var = max(total_sq / n - mean * mean, 0.0)
         std = math.sqrt(var) if var > 1e-12 * max(1.0, mean * mean) else 1.0

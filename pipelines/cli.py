@@ -6,41 +6,16 @@
     fml tune <vertical> [--trials N] ...  Optuna over inner lr/steps and server lr on validation sites -> a preset
     fml onboard <vertical> --data PATH    adapt the registered meta-init to a new site
     fml models                            registered models, versions, aliases, headline metrics
-    fml federate <superlink|supernode|run|simulate|app> ...   the same rounds on Flower (real sites)
+    fml federate <superlink|supernode|keys|run|simulate|app> ...   the same rounds on Flower (real sites)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import os
 import sys
-import warnings
 from typing import Optional, Sequence
 
 USAGE = __doc__
-
-
-def _setup_quiet() -> None:
-    # The toolkit's default models are small: one torch thread is as fast on an idle CPU and up to
-    # 10x faster on a shared one (oversubscribed OpenMP kernels spin). FML_NUM_THREADS=N overrides.
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("FML_NUM_THREADS", "1")))
-    # library deprecation notices and Lightning's advice are not the user's business; the toolkit's own
-    # warnings (and any library's real UserWarning about the user's data) still show
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(pytorch_lightning|lightning_fabric|lightning)\.")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # an unreachable tracking server should fail in seconds, not after minutes of retries
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "6")
-    import pytorch_lightning  # noqa: F401  (configures its loggers on import; quiet them after)
-
-    for name in ("lightning", "pytorch_lightning", "lightning.pytorch", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _spec(name: str):
@@ -101,7 +76,8 @@ def cmd_onboard(argv: Sequence[str]) -> int:
     parser.add_argument("vertical", help="vertical name (see `fml verticals`)")
     parser.add_argument("--data", help="the new site's labelled data file (format of the vertical's adapter)")
     parser.add_argument("--site", help="site id (default: from the data, or a generated id)")
-    parser.add_argument("--model", help="models:/ URI (default: models:/fml-<vertical>@champion)")
+    parser.add_argument("--model", help="models:/ URI (default: the @champion of the first model `fml run` registered "
+                                        "for the vertical whose schema the data fits, fml-<vertical> first)")
     parser.add_argument("--shots", type=int, help="labelled examples per class / units adapted on (default: recorded)")
     parser.add_argument("--steps", type=int, help="adaptation steps (default: chosen on validation sites)")
     parser.add_argument("--lr", type=float, help="adaptation step size (default: chosen on validation sites)")
@@ -153,7 +129,10 @@ def cmd_models(argv: Sequence[str]) -> int:
     if not rows:
         print(f"no registered fml-* models in {tracking.tracking_uri()}; run `fml run <vertical>` first")
         return 0
-    print_frame(pd.DataFrame(rows), f"Registered models ({tracking.tracking_uri()})", max_rows=200)
+    frame = pd.DataFrame(rows)
+    frame = frame.loc[:, (frame.astype(str) != "").any()]  # e.g. no site column without onboarded site models
+    print_frame(frame, f"Registered models ({tracking.tracking_uri()})", max_rows=200,
+                whole=("name", "version", "alias", "dataset", "fingerprint"))
     return 0
 
 
@@ -188,7 +167,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"fml: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    _setup_quiet()
+    from pipelines.process_setup import configure_process
+
+    configure_process()  # threads, named warnings and loggers: this process is the CLI's, not a library's
     from mlflow.exceptions import MlflowException
 
     from core.registry import UnknownNameError

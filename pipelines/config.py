@@ -49,5 +49,5 @@ def resolve_run_config(spec: VerticalSpec, preset: Optional[str], args: Sequence
     """The run config for ``fml run <vertical> --preset P [--key value ...]`` (``--help`` lists every option)."""
     default = load_preset(spec, preset)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"tyro\.")  # its advice on field defaults
         return tyro.cli(run_config_type(spec), default=default, args=list(args), prog=prog)

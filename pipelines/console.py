@@ -14,10 +14,12 @@ from rich.table import Table
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def print_frame(df: pd.DataFrame, title: str, max_rows: int = 40) -> None:
+def print_frame(df: pd.DataFrame, title: str, max_rows: int = 40, whole: tuple[str, ...] = ()) -> None:
+    """``df`` as a table; the ``whole`` columns are never shortened (narrow terminals shrink the others)."""
     table = Table(title=title, show_lines=False)
     for col in df.columns:
-        table.add_column(str(col))
+        width = int(df[col].astype(str).str.len().max()) if col in whole and len(df) else None
+        table.add_column(str(col), no_wrap=col in whole, min_width=width)
     for _, row in df.head(max_rows).iterrows():
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.tolist()])
     console.print(table)

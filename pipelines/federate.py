@@ -1,7 +1,10 @@
 """``fml federate``: the FML round on Flower, across real machines or in Flower's simulation engine.
 
     fml federate superlink [--address 127.0.0.1] [--port 9092] [--certificates DIR | --insecure]
-    fml federate supernode --site SITE [--superlink HOST:9092] [--data PATH] [--isolation process] ...
+                           [--supernode-keys sites.yaml]     SuperNode authentication (needs TLS)
+    fml federate supernode --site SITE [--superlink HOST:9092] [--data PATH] [--isolation process]
+                           [--private-key keys/SITE.key] ...
+    fml federate keys --site SITE --out DIR   a site's key pair for SuperNode authentication
     fml federate run <vertical> [--superlink HOST:9092] [--preset quick] [--algorithm fomaml] [--set K=V ...]
     fml federate simulate <vertical> [--nodes N] [--preset quick] [--algorithm fomaml] [--set K=V ...]
     fml federate app                      where the Flower app (pyproject [tool.flwr.app]) lives
@@ -9,11 +12,13 @@
 The Flower app is ``pipelines/flwr_app/pyproject.toml`` (ServerApp ``pipelines.flower_app:server``,
 ClientApp ``pipelines.flower_app:client``). Its run config is a flat table: ``vertical``, ``preset``,
 ``algorithm``, any ``RunConfig`` option by its dotted name (``fed.rounds``, ``inner.lr``,
-``data.train_sites`` ...) and ``flower.<option>`` (``core.federation.settings.FlowerSettings``).
+``data.train_sites`` ...) and ``flower.<option>`` (``RunConfig.flower``: ``core.federation.settings.FlowerSettings``);
+its ``[tool.flwr.app.config]`` table declares the keys, the defaults live in these dataclasses.
 
 Node side: ``pipelines.federate_node``; how a node runs its ClientApp (``--isolation``):
 ``pipelines.federate_isolation``; server side and simulation: ``pipelines.federate_server``;
-a loopback deployment for tests and benchmarks: ``pipelines.federate_local``.
+a loopback deployment for tests and benchmarks: ``pipelines.federate_local``; SuperNode authentication
+(site keys, registration, site bindings): ``pipelines.federate_keys``.
 """
 from __future__ import annotations
 
@@ -74,13 +79,15 @@ def insecure_warning(what: str, address: str) -> str:
             f"{reach} can read its traffic and join or launch runs. Use --certificates DIR outside local tests.")
 
 
-def run_foreground(cmd: list[str], env: dict[str, str], companion: Optional[Callable[[int], list[str]]] = None) -> int:
+def run_foreground(cmd: list[str], env: dict[str, str], companion: Optional[Callable[[int], list[str]]] = None,
+                   on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> int:
     """Run a Flower process in its own process group and wait; SIGTERM/SIGINT to this wrapper, or its
     exit, stop the whole group (the SuperLink/SuperNode and the processes it started), so none is orphaned.
 
     ``companion(pid)``: the command of a process that must live beside it (a node's long-running ClientApp),
     started in a group of its own, restarted if it dies while the node runs (``supervise``) and stopped
-    with the node."""
+    with the node. ``on_start(proc)`` runs once the process is started (registering keys on a SuperLink);
+    if it raises, the process is stopped and the error propagates."""
     import signal
 
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -93,6 +100,8 @@ def run_foreground(cmd: list[str], env: dict[str, str], companion: Optional[Call
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if on_start is not None:
+            on_start(proc)
         if companion is None:
             return proc.wait()
         return supervise(proc, lambda: subprocess.Popen(companion(proc.pid), env=env, start_new_session=True), procs)
@@ -149,28 +158,33 @@ def _env() -> dict[str, str]:
     return env
 
 
-def superlink_command(address: str, tls: list[str], database: Optional[str] = None, port: int = 9092) -> list[str]:
+def superlink_command(address: str, tls: list[str], database: Optional[str] = None, port: int = 9092,
+                      supernode_auth: bool = False) -> list[str]:
     """``flower-superlink`` serving its Fleet (SuperNodes), Control (``flwr run``) and Runtime (ServerApp)
-    HTTP APIs on ONE port, ``address:port`` (Flower >= 1.42)."""
+    HTTP APIs on ONE port, ``address:port`` (Flower >= 1.42); ``supernode_auth``: only SuperNodes whose
+    public key was registered (``flwr supernode register``) may connect."""
     cmd = [flower_bin("flower-superlink"), *tls, "--host", address, "--port", str(port),
            "--disable-runtime-dependency-installation"]
-    return cmd + (["--database", database] if database else [])
+    cmd += ["--database", database] if database else []
+    return cmd + (["--enable-supernode-auth"] if supernode_auth else [])
 
 
 def supernode_command(superlink: str, site: str, tls: list[str], runtime_port: int = 9094, data: Optional[str] = None,
                       mode: Optional[str] = None, vertical: Optional[str] = None, role: Optional[str] = None,
                       cache_dir: Optional[str] = None, extra_config: Sequence[str] = (),
-                      isolation: str = "subprocess") -> list[str]:
+                      isolation: str = "subprocess", private_key: Optional[str] = None) -> list[str]:
     """``flower-supernode`` for ``site``; ``runtime_port``: its local Runtime API (127.0.0.1, one per node);
     ``isolation``: a name of ``pipelines.federate_isolation.ISOLATION`` (its companion, if any, is started
-    separately: ``node_companion``)."""
+    separately: ``node_companion``); ``private_key``: the node's key for SuperNode authentication (an
+    absolute path)."""
     config = [f"site-id={json.dumps(site)}"]
     for key, value in (("data-path", data), ("mode", mode), ("vertical", vertical), ("role", role),
                        ("cache-dir", cache_dir)):
         if value:
             config.append(f"{key}={json.dumps(value)}")
     config += list(extra_config)
-    return [flower_bin("flower-supernode"), *tls, "--superlink", superlink, "--host", "127.0.0.1",
+    auth = ["--auth-supernode-private-key", private_key] if private_key else []
+    return [flower_bin("flower-supernode"), *tls, *auth, "--superlink", superlink, "--host", "127.0.0.1",
             "--port", str(runtime_port), "--isolation", get_isolation(isolation).flower_mode,
             "--node-config", " ".join(config)]
 
@@ -203,19 +217,11 @@ def run_config_items(vertical: str, preset: Optional[str], algorithm: Optional[s
 
 
 def write_run_config(items: Mapping[str, Any], path: Path) -> Path:
-    """A TOML file of run-config overrides for ``flwr run --run-config FILE`` (dotted keys kept whole)."""
-    lines = []
-    for key, value in items.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        elif isinstance(value, Mapping):
-            text = json.dumps(json.dumps(dict(value)))
-        else:
-            text = json.dumps(str(value))
-        lines.append(f"{json.dumps(key)} = {text}")
-    path.write_text("\n".join(lines) + "\n")
+    """A TOML file of run-config overrides for ``flwr run --run-config FILE`` (dotted keys kept whole; a mapping,
+    e.g. ``data``, as its JSON text: Flower's run-config values are scalars)."""
+    import tomli_w  # Flower's own TOML writer (a dependency of flwr)
+
+    path.write_text(tomli_w.dumps({k: json.dumps(dict(v)) if isinstance(v, Mapping) else v for k, v in items.items()}))
     return path
 
 
@@ -230,6 +236,32 @@ def flower_home(superlink: str, insecure: bool, root_certificates: Optional[str]
     return home
 
 
+#: the option that turns SuperNode authentication on, per subcommand
+AUTH_OPTIONS = {"superlink": "--supernode-keys", "supernode": "--private-key"}
+
+
+def serve_superlink(args: argparse.Namespace) -> int:
+    """``fml federate superlink``; with ``--supernode-keys``: Flower's SuperNode authentication, every site's
+    key registered once the SuperLink listens, and the ServerApp (a child of the SuperLink, so it inherits
+    ``$FML_SITE_BINDINGS``) held to the node id -> site bindings."""
+    tls, env = _tls_args(args, True), _env()
+    if not args.supernode_keys:
+        return run_foreground(superlink_command(args.address, tls, args.database, args.port), env=env)
+    from core.federation.bindings import SITE_BINDINGS_ENV
+    from pipelines.federate_keys import (bindings_file, control_address, read_site_keys, registration_hook,
+                                         take_previous)
+
+    site_keys = read_site_keys(args.supernode_keys)  # every key checked before anything starts
+    path = bindings_file(args.database, args.port, args.site_bindings)
+    previous = take_previous(path, persistent=bool(args.database))
+    env[SITE_BINDINGS_ENV] = str(path)
+    ca = certificate_files(args.certificates, ["ca.crt"])[0]
+    hook = registration_hook(site_keys, path, control_address(args.address, args.port), ca, env, previous,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+    return run_foreground(superlink_command(args.address, tls, args.database, args.port, supernode_auth=True),
+                          env=env, on_start=hook)
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="fml federate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +272,15 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--database", help="SQLite file for the SuperLink state (default: in memory)")
     p.add_argument("--certificates", help="folder with ca.crt, server.pem, server.key (TLS)")
     p.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
+    p.add_argument("--supernode-keys", metavar="FILE",
+                   help="SuperNode authentication: a YAML 'site: public key file' mapping (or site,public_key CSV); "
+                        "only nodes with these keys may connect, each bound to its site (needs TLS)")
+    p.add_argument("--site-bindings", metavar="PATH",
+                   help="where to write the node id -> site bindings the ServerApp enforces (default: beside "
+                        "--database, else $FML_HOME/superlink-<port>/site-bindings.json)")
+    p = sub.add_parser("keys", help="make a site's key pair for SuperNode authentication")
+    p.add_argument("--site", required=True, help="the site the key will serve")
+    p.add_argument("--out", required=True, help="folder for <site>.key (private, stays at the site) and <site>.pub")
     p = sub.add_parser("supernode", help="start a Flower SuperNode serving one site")
     p.add_argument("--site", required=True, help="site id this node serves")
     p.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink Fleet API HOST:PORT")
@@ -254,6 +295,8 @@ def main(argv: Sequence[str]) -> int:
                                        "$FML_HOME/node-cache/<site>; 'none' disables)")
     p.add_argument("--certificates", help="folder with ca.crt (the SuperLink's CA)")
     p.add_argument("--insecure", action="store_true")
+    p.add_argument("--private-key", metavar="PATH",
+                   help="the site's private key (fml federate keys) when the SuperLink authenticates SuperNodes")
     for name, helptext in (("run", "launch a federated run on a SuperLink"),
                            ("simulate", "run the federation in Flower's simulation engine")):
         p = sub.add_parser(name, help=helptext)
@@ -276,19 +319,37 @@ def main(argv: Sequence[str]) -> int:
         print(APP_DIR)
         print((APP_DIR / "pyproject.toml").read_text())
         return 0
+    if args.command == "keys":
+        from pipelines.federate_keys import make_key_pair
+
+        private, public = make_key_pair(args.site, Path(args.out))
+        print(f"private key (keep it at the site, pass it to fml federate supernode --private-key): {private}\n"
+              f"public key (send it to the coordinator for --supernode-keys): {public}")
+        return 0
+    auth = AUTH_OPTIONS.get(args.command)
+    if auth and args.insecure and getattr(args, auth.replace("-", "_").lstrip("_")):
+        # Flower's SuperLink refuses --enable-supernode-auth without TLS; say so before anything starts
+        print(f"fml federate {args.command}: error: {auth} (SuperNode authentication) needs TLS: give "
+              "--certificates DIR instead of --insecure", file=sys.stderr)
+        return 2
     if args.command in ("superlink", "supernode", "run") and args.insecure:
         what = {"superlink": "SuperLink", "supernode": "SuperNode's link to the SuperLink", "run": "SuperLink"}
         where = f"{args.address}:{args.port}" if args.command == "superlink" else args.superlink
         print(insecure_warning(what[args.command], where), file=sys.stderr)
     if args.command == "superlink":
-        return run_foreground(superlink_command(args.address, _tls_args(args, True), args.database, args.port),
-                              env=_env())
+        return serve_superlink(args)
     if args.command == "supernode":
         cache = args.cache_dir or str(Path(os.environ.get("FML_HOME", Path.home() / ".fml")).expanduser()
                                       / "node-cache" / args.site)
+        key = None
+        if args.private_key:
+            from pipelines.federate_keys import check_private_key
+
+            key = str(check_private_key(args.private_key))
         return run_foreground(supernode_command(args.superlink, args.site, _tls_args(args, False), args.runtime_port,
                                                 args.data, args.mode, args.vertical, args.role,
-                                                None if cache == "none" else cache, isolation=args.isolation),
+                                                None if cache == "none" else cache, isolation=args.isolation,
+                                                private_key=key),
                               env=_env(), companion=node_companion(args.isolation, args.runtime_port))
     if args.command == "run":
         env = _env()

@@ -8,22 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from core.federation.settings import FederatedRun, FlowerSettings
+from core.federation.settings import FederatedRun
 from pipelines.federate_node import data_config, load_site, vertical_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESERVED = ("vertical", "preset", "algorithm", "experiment", "run-name", "run_name")
-
-
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.replace("-", "_").split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
 
 
 def _json_object(value: Any, key: str) -> dict[str, Any]:
@@ -40,10 +29,7 @@ def _json_object(value: Any, key: str) -> dict[str, Any]:
 
 def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     """A flat Flower run config -> ``FederatedRun`` (vertical preset <- overrides, typed and validated)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from core.config import algorithm_settings, check_algorithm_overrides, to_plain
+    from core.config import algorithm_settings, check_algorithm_overrides, from_flat, to_plain
     from pipelines.config import ConfigError, load_preset
 
     if "vertical" not in config:
@@ -51,28 +37,32 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     config = {k: v for k, v in config.items() if v != ""}  # "" = not set (Flower run configs need every key)
     spec = vertical_spec(str(config["vertical"]))
     preset = str(config.get("preset") or "") or None
-    options = {k: v for k, v in config.items()
-               if k not in RESERVED and k not in ("data", "options") and not k.startswith("flower.")}
+    options = {k: v for k, v in config.items() if k not in RESERVED and k not in ("data", "options")}
     for key in ("data", "options"):
         if key in config:
             extra = _json_object(config[key], key)
             options.update({(f"data.{k}" if key == "data" else k): v for k, v in extra.items()})
-    base = OmegaConf.structured(load_preset(spec, preset))
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.create(_nest(options))))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"run config: {str(err).splitlines()[0]}") from None
+        cfg = from_flat(load_preset(spec, preset), options)  # flower.<field> keys fill cfg.flower
+    except ValueError as err:
+        raise ConfigError(f"run config: {err}") from None
     algorithm = str(config.get("algorithm") or next((a for a in cfg.algorithms if a != "fedavg"), "fedavg"))
     try:
         check_algorithm_overrides(cfg, list(dict.fromkeys(["fedavg", *cfg.algorithms, algorithm])))
         settings = algorithm_settings(cfg, algorithm)
     except ValueError as err:
         raise ConfigError(f"run config: {err}") from None
-    flower = FlowerSettings.from_flat(config)
-    if cfg.fed.dp_clip > 0 and (flower.secagg or flower.strategy != "core"):
-        raise ConfigError("fed.dp_clip (DP-FedAvg) clips each site's update on the server: it needs "
-                          "flower.strategy=core without flower.secagg; with a Flower strategy use flower.dp_noise "
+    flower = cfg.flower
+    if cfg.fed.dp_clip > 0 and flower.strategy != "core":
+        raise ConfigError("fed.dp_clip (DP-FedAvg) needs flower.strategy=core (the server clips each update, or "
+                          "with flower.secagg each site clips its own); with a Flower strategy use flower.dp_noise "
                           "and flower.dp_clip")
+    from core.federation.secure_dp import check_secure_dp
+
+    try:  # with flower.secagg the sites clip: the clip must fit SecAgg+'s quantization range
+        check_secure_dp(cfg.fed, flower)
+    except ValueError as err:
+        raise ConfigError(f"run config: {err}") from None
     from core.sampling import NEEDS_STRATA
 
     if cfg.fed.sampler in NEEDS_STRATA:
@@ -91,6 +81,18 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     )
 
 
+def privacy_spent(run: FederatedRun, result: Any, num_train_sites: int) -> dict[str, float]:
+    """Site-level epsilon of the federated meta-init, as ``fml run`` reports it (``core.privacy.run_epsilon``):
+    every applied round spends privacy (a skipped round released nothing); empty without DP noise. The same
+    whether the server clipped (core rule) or the sites did (SecAgg+): the released mechanism is the same."""
+    from core.privacy import run_epsilon
+
+    if run.fed.dp_noise <= 0:
+        return {}
+    rounds = sum(1 for r in result.rounds if r.applied)
+    return {run.algorithm: run_epsilon(run.fed, num_train_sites, rounds)}
+
+
 def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Optional[dict[str, Any]]:
     """After the last round, inside the run's MLflow run: the held-out protocol of ``fml run``
     (``pipelines.run.evaluate_and_register``) for ``local`` and the federated meta-init -- ``fedavg`` and
@@ -101,7 +103,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     import torch
 
     from core.evaluation import Method
-    from core.privacy import run_epsilon
+    from core.federation.secure_dp import privacy_mode
     from pipelines.run import dataset_fingerprint, environment_info, evaluate_and_register
 
     cfg = run.extra
@@ -119,14 +121,12 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
         methods += [Method(run.algorithm, meta, trained_lr=run.inner.lr, inner=run.inner)]
     mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
     mlflow.set_tags({f"env.{k}": v for k, v in environment_info().items()})
-    privacy = {}
-    if cfg.fed.dp_noise > 0:  # every applied round spends privacy
-        rounds = sum(1 for r in result.rounds if r.applied)
-        privacy = {run.algorithm: run_epsilon(cfg.fed, len(problem.train_site_ids()), rounds)}
+    privacy = privacy_spent(run, result, len(problem.train_site_ids()))
+    tags = {"engine": "flower", "fed_privacy": privacy_mode(cfg.fed, run.flower)}
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate_and_register(spec, problem, cfg, model, methods, candidates=[methods[-1].name],
                                        run_id=tracker.run_id, out=Path(tmp), progress=False,
-                                       extra_tags={"engine": "flower"}, privacy=privacy)
+                                       extra_tags=tags, privacy=privacy)
     return {"model_uri": report.model_uri, "registered": report.registered, "heldout": report.heldout_value,
             "summary": report.summary}
 

@@ -32,10 +32,27 @@ def heldout_table(summary: pd.DataFrame, paired: pd.DataFrame, headline: str, sh
     return "\n".join(lines)
 
 
+DEFAULT_DATA = "the vertical's default data"
+OTHER_DATA = "not the vertical's default data: models trained on it register under their own name"
+
+
+def schema_line(schema: dict[str, Any], limit: int = 12) -> str:
+    """The schema in one Markdown line: each key with its value (lists shortened to ``limit`` items)."""
+    def show(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            head = ", ".join(f"`{v}`" for v in value[:limit])
+            return f"{len(value)} ({head}{' ...' if len(value) > limit else ''})"
+        return f"`{value}`"
+
+    return "; ".join(f"{key}: {show(value)}" for key, value in schema.items())
+
+
 def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str, Any], bundle: list[Any],
                default_reason: str, summary: pd.DataFrame, paired: pd.DataFrame, headline: str,
-               higher_is_better: bool, shots: int, run_id: str, site_statistics: bool = False) -> str:
-    """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first)."""
+               higher_is_better: bool, shots: int, run_id: str, site_statistics: bool = False,
+               dataset: Any = None) -> str:
+    """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first;
+    ``dataset``: its :class:`pipelines.dataset_identity.DatasetIdentity`)."""
     best = bundle[0]
     roles = fingerprint.get("roles", {})
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
@@ -50,6 +67,9 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
                f"the FedAvg model with recipe `{best.recipe}` is the default: no FML algorithm beat it clearly"
                if best.name.startswith("fedavg+") else f"`{best.name}` is the default")
     direction = "higher" if higher_is_better else "lower"
+    dataset_lines = "" if dataset is None else (
+        f"- dataset: `{dataset.name}` ({DEFAULT_DATA if dataset.default else OTHER_DATA})\n"
+        f"- schema (sha256 `{dataset.schema_sha256[:16]}...`): {schema_line(dataset.schema)}\n")
     return f"""# {name} v{version}: `{vertical}`
 
 **Default starting point: `{best.name}`** ({best.best_steps} adaptation steps at lr {best.best_lr:.3g});
@@ -59,7 +79,7 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
 that site's own labelled support set (it keeps the default when the support is too small to split).
 
 ## Data
-- dataset fingerprint: sha256 `{fingerprint.get('sha256', '?')[:16]}...`, {fingerprint.get('rows', '?')} rows,
+{dataset_lines}- dataset fingerprint: sha256 `{fingerprint.get('sha256', '?')[:16]}...`, {fingerprint.get('rows', '?')} rows,
   {fingerprint.get('sites', '?')} sites
 - inputs: {inputs}
 - sites by role: {sites or 'not recorded'}

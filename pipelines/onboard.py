@@ -28,6 +28,7 @@ from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame
+from pipelines.onboard_site import find_site_model, site_for_model
 
 
 @dataclass
@@ -70,31 +71,15 @@ def onboard(
     The choice and adaptation run on ``device`` (``auto``: a GPU when there is one); the model is saved from the CPU."""
     target = resolve_device(device)  # a missing GPU fails before anything is read
     tracking.setup_tracking()
-    model_uri = model_uri or f"models:/fml-{spec.name}@champion"
-    loaded = tracking.load_meta_init(model_uri)
-    info = loaded.info
-    if info.get("vertical") != spec.name:
-        raise ValueError(f"{model_uri} is a {info.get('vertical')!r} model, not {spec.name!r}")
-    data_cfg = spec.data_config(**{k: v for k, v in info.get("data", {}).items()
-                                   if k in {f.name for f in dataclasses.fields(spec.data_config)}})
-    changes = dict(overrides or {})
-    if data is not None:
-        if not Path(data).exists():
-            raise FileNotFoundError(f"--data {data}: no such file; give the new site's labelled data file")
-        changes["path"] = data
-    unknown = set(changes) - {f.name for f in dataclasses.fields(spec.data_config)}
-    if unknown:
-        raise ValueError(f"unknown data option(s) {sorted(unknown)} for vertical {spec.name!r}")
-    data_cfg = dataclasses.replace(data_cfg, **changes)
+    if data is not None and not Path(data).exists():
+        raise FileNotFoundError(f"--data {data}: no such file; give the new site's labelled data file")
     if site_id is not None:
         site_slug(site_id)  # refuse an unusable id before reading anything
-    preprocessing = info.get("preprocessing", {})
-    extra = unlabeled_inputs(spec, data_cfg, preprocessing, site_id, unlabeled)
-    problem, site = spec.new_site(data_cfg, preprocessing, site_id, extra)
-    if len(site) == 0:
-        raise SiteDataError(f"{data_cfg.path}: site {site.site_id!r} has no labelled row (no label column, or every "
-                            "label empty); onboarding adapts on labelled examples. Pass a file of inputs without "
-                            "labels as --unlabeled")
+    overrides = dict(overrides or {})
+    found = (site_for_model(spec, model_uri, data, overrides, site_id, unlabeled) if model_uri
+             else find_site_model(spec, data, overrides, site_id, unlabeled))  # the first registered model it fits
+    loaded, problem, site, extra = found.loaded, found.problem, found.site, found.extra
+    model_uri, info = loaded.uri, loaded.info
     if SITE_STATISTICS in site.metadata:
         unlabeled_rows = sum(len(t) for t in extra) + (len(site.unlabeled) if site.unlabeled is not None else 0)
         console.print(f"site statistics: inputs standardized by the site's own {len(site) + unlabeled_rows} inputs "

@@ -32,6 +32,7 @@ from core.devices import describe_device, resolve_device
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
                              on_device, paired_differences, select_adaptation, summarize, trained_name, validation_fn,
                              with_recipes)
+from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
@@ -43,8 +44,9 @@ from core.shift import site_shift_report
 from core.types import Params
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame, progress_bar
+from pipelines.dataset_identity import dataset_identity
 from pipelines.model_card import model_card
-from pipelines.run_state import RunState
+from pipelines.run_state import ResumeError, RunState
 
 
 @dataclass
@@ -134,10 +136,15 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     return learner
 
 
-def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict) -> MetaLearner:
-    """A learner whose meta-training finished before the run was interrupted, from its saved final state."""
+def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, where: str = "the saved state") -> MetaLearner:
+    """A learner whose meta-training finished before the run was interrupted, from its saved final state
+    (``where``: the file it was read from, named in the error when it does not fit the model)."""
     settings = algorithm_settings(cfg, algorithm)
     learner = MetaLearner(problem, algorithm, settings.inner, cfg.fed, settings.server, cfg.seed, None)
+    differs = mismatch(learner.state_dict(), state["state_dict"])
+    if differs:
+        raise ResumeError(f"--resume: {where} does not match {algorithm}'s model ({differs}); it was saved by "
+                          "other code or options: run again without --resume")
     learner.load_state_dict(state["state_dict"])
     learner.diverged_at = state.get("diverged_at")
     return learner
@@ -194,7 +201,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         train_seconds: dict[str, float] = {}
         for name in ["fedavg", *algorithms]:
             if name in state.trained:
-                learners[name] = trained_learner(problem, name, cfg, state.final(name))
+                learners[name] = trained_learner(problem, name, cfg, state.final(name), str(state.final_path(name)))
                 train_seconds[name] = state.seconds[name]
                 console.print(f"[bold cyan]{name}[/]: meta-training had finished before the interruption (restored)")
                 continue
@@ -397,6 +404,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
 
     held_value = held(best.name, best.best_steps)
     baseline_won = trained_name(best.name) == "fedavg"  # the FedAvg model, whatever its recipe
+    dataset = dataset_identity(spec, cfg.data, problem)  # decides the default model name, recorded in fml.json
     extra_tags = extra_tags or {}
     info = {"vertical": spec.name, "algorithm": best.name, "recipe": best.recipe, "adapt_lr": best.best_lr,
             "adapt_steps": best.best_steps, "shots": select_shots, "headline": problem.headline,
@@ -406,7 +414,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "default_by_steps": {str(k): v for k, v in default_by_steps.items()},
             "default_reason": veto or default_reason, "baseline_won": baseline_won,
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
-            "data": to_plain(cfg.data), **extra_tags}
+            "data": to_plain(cfg.data), "dataset": dataset.as_dict(), **extra_tags}
     if privacy:
         mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
         info["privacy"] = {"epsilon": max(privacy[trained_name(m.name)] for m in bundle), "delta": cfg.fed.dp_delta,
@@ -421,7 +429,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     mlflow.set_tags({"best_algorithm": best.name, "meta_init_uri": model_uri, **bundle_tags})
     registered = None
     if cfg.tracking.register:
-        name = cfg.tracking.model_name or f"fml-{spec.name}"
+        name = cfg.tracking.model_name or dataset.model_name(spec.name)
         fingerprint = dataset_fingerprint(problem)
         identity = tracking.evaluation_identity(vertical=spec.name, data=fingerprint["sha256"], roles=fingerprint["roles"],
                                                 headline=problem.headline, shots=list(cfg.eval.shots),
@@ -429,8 +437,9 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                                                 select_shots=select_shots)
         tags = {"algorithm": best.name, "recipe": best.recipe, "shots": select_shots, "adapt_lr": best.best_lr,
                 "adapt_steps": best.best_steps, "run_id": run_id, "vertical": spec.name, **bundle_tags, **extra_tags,
-                "dataset": fingerprint["sha256"][:12], tracking.IDENTITY_TAG: identity}
-        card = partial(model_card, vertical=spec.name, name=name, fingerprint=fingerprint,
+                "dataset": dataset.name, "data_sha256": fingerprint["sha256"][:12],
+                "schema_sha256": dataset.schema_sha256[:12], tracking.IDENTITY_TAG: identity}
+        card = partial(model_card, vertical=spec.name, name=name, fingerprint=fingerprint, dataset=dataset,
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
                        run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)))
@@ -438,6 +447,9 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                                                    problem.higher_is_better, describe=lambda v: card(version=v))
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
         registered = {"name": name, "version": version, "alias": alias, "reason": reason}
+        if not dataset.default and not cfg.tracking.model_name:
+            console.print(f"dataset [bold]{dataset.name}[/] is not the {spec.name} vertical's default data: its "
+                          f"versions register as {name} with their own @champion (--tracking.model-name to choose)")
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots)
     return HeldoutReport(summary, paired, selection, best, held_value, model_uri, registered)
 

@@ -29,8 +29,9 @@ class ResumeError(ValueError):
 
 def options_key(cfg: Any) -> str:
     """A hash of every option that shapes the run's results (``resume`` itself, the output folder and the device
-    excluded: a run interrupted on one machine may continue on another, its numbers equal up to rounding)."""
-    plain = {k: v for k, v in to_plain(cfg).items() if k not in {"resume", "output_dir", "device"}}
+    excluded: a run interrupted on one machine may continue on another, its numbers equal up to rounding; and the
+    ``flower`` section, which ``fml run`` does not read)."""
+    plain = {k: v for k, v in to_plain(cfg).items() if k not in {"resume", "output_dir", "device", "flower"}}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -20,11 +20,9 @@ from data_adapters.cmapss import (
 )
 from data_adapters.cmapss_features import (
     assign_conditions,
-    combine_moments,
     fit_conditions,
     normalization_from_moments,
     site_conditions,
-    site_moments,
     unit_windows,
     window_ends,
 )
@@ -35,6 +33,7 @@ from data_adapters.cmapss_io import (
     read_cmapss,
     read_fleet_table,
 )
+from data_adapters.sources import combine_moments, moments
 from data_adapters.cmapss_sim import (
     OperatorShift,
     apply_operator_shift,
@@ -198,8 +197,7 @@ def test_federated_normalization_equals_pooled_training_statistics(small_dir: Pa
 def test_moments_per_condition_match_pooled() -> None:
     rng = np.random.default_rng(0)
     parts = [(rng.normal(size=(50, 3)) * [1, 2, 0], rng.integers(0, 2, 50)) for _ in range(3)]
-    moments = combine_moments([site_moments(v, c, 2) for v, c in parts])
-    stats = normalization_from_moments(moments, min_std=1e-3)
+    stats = normalization_from_moments(combine_moments([moments(v, c, 2) for v, c in parts]), min_std=1e-3)
     allv = np.concatenate([v for v, _ in parts])
     allc = np.concatenate([c for _, c in parts])
     for c in range(2):

@@ -84,7 +84,7 @@ def test_split_is_by_site_seeded_and_validated() -> None:
         Federation.split(sites, validation=1, test=1, seed=0, test_ids=["nope"])
     with pytest.raises(SiteDataError, match="still leave training sites"):
         Federation.split(sites, validation=10, test=10, seed=0)
-    with pytest.raises(SiteDataError, match="unique"):
+    with pytest.raises(SiteDataError, match=r"site id\(s\) \['s00'\] appear more than once"):
         Federation.split(sites + [class_site("s00")], validation=1, test=1, seed=0)
     with pytest.raises(SiteDataError, match="unknown site 'ghost'"):
         a.role_of("ghost")

@@ -12,7 +12,7 @@ from core.algorithms import ALGORITHMS, InnerConfig, get_algorithm
 from core.config import FederatedConfig
 from core.problem import supervised_loss
 from core.replay import GraphReplay
-from core.rounds import client_updates, replay_for
+from core.rounds import client_updates
 from test_core_rounds import make_episodes, make_model, meta_for
 
 
@@ -31,14 +31,16 @@ def test_a_replayed_round_is_bitwise_the_eager_round_for_every_algorithm(name: s
     cfg = InnerConfig(steps=2, lr=0.1, weight_decay=1e-3, proximal=0.1)
     alg = get_algorithm(name)
     meta = meta_for(name, model, cfg)
-    traced = client_updates(alg, loss_fn, meta, make_episodes(4), cfg, trace_after=1)
-    assert replay_for(loss_fn).traced() == 1
+    replay = GraphReplay()
+    traced = client_updates(alg, loss_fn, meta, make_episodes(4), cfg, trace_after=1, replay=replay)
+    assert replay.traced() == 1
     assert_identical(traced, client_updates(alg, loss_fn, meta, make_episodes(4), cfg))
     # the graph takes the meta-parameters and episodes as inputs: other values give the eager numbers again
     moved = {k: v + 0.05 * torch.randn_like(v) for k, v in meta.items()}
     eager = client_updates(alg, loss_fn, moved, make_episodes(4, seed=5), cfg)
-    assert_identical(client_updates(alg, loss_fn, moved, make_episodes(4, seed=5), cfg, trace_after=1), eager)
-    assert replay_for(loss_fn).traced() == 1  # same signature, same graph
+    assert_identical(client_updates(alg, loss_fn, moved, make_episodes(4, seed=5), cfg, trace_after=1, replay=replay),
+                     eager)
+    assert replay.traced() == 1  # same signature, same graph
 
 
 def test_tracing_waits_for_the_signature_to_recur_and_keys_on_shapes() -> None:
@@ -74,16 +76,23 @@ def test_a_function_that_cannot_be_traced_warns_once_and_stays_eager() -> None:
     assert replay.traced() == 0
 
 
-def test_the_replays_go_with_their_loss_function() -> None:
+def test_the_replays_go_with_their_owner_and_keep_loss_functions_apart() -> None:
     model = make_model()
     loss_fn = supervised_loss(model, nn.functional.cross_entropy)
     cfg = InnerConfig(steps=1, lr=0.1)
-    client_updates(get_algorithm("fomaml"), loss_fn, meta_for("fomaml", model, cfg), make_episodes(3), cfg,
-                   trace_after=1)
-    ref = weakref.ref(loss_fn)
-    del loss_fn
+    alg, meta = get_algorithm("fomaml"), meta_for("fomaml", model, cfg)
+    replay = GraphReplay()
+    client_updates(alg, loss_fn, meta, make_episodes(3), cfg, trace_after=1, replay=replay)
+    other = supervised_loss(model, lambda logits, y: 2 * nn.functional.cross_entropy(logits, y))
+    doubled = client_updates(alg, other, meta, make_episodes(3), cfg, trace_after=1, replay=replay)
+    assert replay.traced() == 2  # another loss is another graph, never the first one's
+    assert_identical(doubled, client_updates(alg, other, meta, make_episodes(3), cfg))
+    # nothing outside the owner holds the graphs (no module-level cache): dropping it frees them
+    graphs, losses = weakref.ref(replay), weakref.ref(loss_fn)
+    del replay, loss_fn
     gc.collect()
-    assert ref() is None
+    assert graphs() is None and losses() is None
+    client_updates(alg, other, meta, make_episodes(3), cfg, trace_after=1)  # no replay: eager, nothing kept
 
 
 def test_trace_after_must_not_be_negative() -> None:
@@ -130,7 +139,7 @@ def test_a_meta_training_run_with_replayed_rounds_equals_one_without() -> None:
         fed = FederatedConfig(rounds=5, clients_per_round=4, val_every=5, trace_after=trace_after)
         learner = MetaLearner(problem, "maml", InnerConfig(steps=2, lr=0.01), fed, ServerConfig("adam", 1e-2), seed=3)
         fit_meta_learner(learner, progress=False)
-        assert replay_for(learner.loss_fn).traced() == (1 if trace_after else 0)
+        assert learner.replay.traced() == (1 if trace_after else 0)
         return learner.meta_params()
 
     eager, replayed = trained(0), trained(2)  # rounds 2-5 replay a graph

@@ -10,7 +10,7 @@ from core.config import FederatedConfig, RunConfig, ServerConfig, check_run_conf
 from core.learner import MetaLearner
 from core.sampling import sample_clients
 from core.site_descriptors import site_strata
-from core.tasks import round_generator
+from core.seeds import round_generator
 from data_adapters.digits import DigitsData, build_digits_federation
 from verticals.digits import problem_for
 

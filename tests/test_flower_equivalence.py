@@ -15,7 +15,6 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 from core.federation import records as R  # noqa: E402
-from core.federation.settings import FlowerSettings  # noqa: E402
 from core.learner import MetaLearner  # noqa: E402
 from pipelines.federate_node import data_config, vertical_spec  # noqa: E402
 from pipelines.federate_server import resolve_run, simulate  # noqa: E402
@@ -87,13 +86,14 @@ def test_dp_fedavg_rounds_on_flower_equal_in_process(tracking):
     assert any(not torch.allclose(plain[k], reference[k]) for k in reference)  # the noise is really there
 
 
-def test_dp_fedavg_needs_the_core_rule_without_secagg():
+def test_dp_fedavg_needs_the_core_rule():
+    """A Flower strategy cannot run DP-FedAvg (it has flower.dp_*); SecAgg+ can (tests/test_flower_secagg_dp.py)."""
     from pipelines.config import ConfigError
 
     config = {"vertical": "digits", "preset": "quick", "data": DATA, "fed.dp_clip": 0.5, "fed.dp_noise": 1.0}
-    for flower in ({"flower.secagg": True}, {"flower.strategy": "fedavg"}):
-        with pytest.raises(ConfigError, match="needs flower.strategy=core without flower.secagg"):
-            resolve_run({**config, **flower})
+    with pytest.raises(ConfigError, match="needs flower.strategy=core"):
+        resolve_run({**config, "flower.strategy": "fedavg"})
+    assert resolve_run({**config, "flower.secagg": True}).flower.secagg
 
 
 def test_update_checks_name_the_problem():
@@ -108,13 +108,6 @@ def test_update_checks_name_the_problem():
     assert "dtype" in R.check_update(ArrayRecord({"w": torch.zeros(2, 3, dtype=torch.float64),
                                                   "b": torch.zeros(2)}), expected)
     assert R.check_metrics({"weight": 0.0}) is not None and R.check_metrics({"weight": 2.0}) is None
-
-
-def test_flower_settings_from_run_config():
-    s = FlowerSettings.from_flat({"flower.secagg": "true", "flower.round-timeout": "30", "fed.rounds": 3})
-    assert s.secagg is True and s.round_timeout == 30.0
-    with pytest.raises(ValueError, match="flower.min_available_clients"):
-        FlowerSettings.from_flat({"flower.min_available": 2})
 
 
 def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):

@@ -13,7 +13,8 @@ import torch
 from _fraud_testdata import COLUMNS, ROLES, make_transactions
 from core.tasks import SiteDataError
 from data_adapters.tabular import TabularData, build_tabular_federation, infer_column_types, load_tabular_site
-from data_adapters.tabular_io import TabularDataError, read_table
+from data_adapters.sources import read_table
+from data_adapters.tabular_io import TabularDataError
 from data_adapters.tabular_preprocessing import UNKNOWN, merge_statistics, site_statistics
 
 
@@ -98,7 +99,7 @@ def test_federated_statistics_equal_pooled_statistics_of_training_sites(csv_path
 def test_statistics_are_aggregates_only():
     df = pd.DataFrame({"a": [1.0, 2.0, np.nan], "c": ["x", "y", None]})
     s = site_statistics(df, ["a"], ["c"], "site")
-    assert s["numeric"]["a"] == {"count": 2, "sum": 3.0, "sum_sq": 5.0, "missing": 1}
+    assert s["numeric"]["a"] == {"count": 2, "sum": 3.0, "sumsq": 5.0, "missing": 1}
     assert s["categorical"]["c"] == {"vocabulary": ["x", "y"], "missing": 1}
     prep = merge_statistics([s, site_statistics(df.iloc[:1], ["a"], ["c"], "other")], ["a"], ["c"])
     assert prep["feature_names"] == ["a", "a=<missing>", "c=<missing>", "c=x", "c=y", f"c={UNKNOWN}"]

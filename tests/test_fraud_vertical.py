@@ -22,8 +22,10 @@ from core.learner import MetaLearner, fit_meta_learner
 from core.tasks import SiteDataError
 from core.vertical import VERTICALS
 from data_adapters.fraud_claims import MAKES, default_real_path, synthetic_claims
+from data_adapters.sources import GeneratedDataWarning
 from verticals.fraud import FraudConfig, load_new_site, prepare
-from verticals.fraud.model import bce_loss, focal_loss, make_criterion, recall_at_fpr, score_metrics
+from verticals.fraud.metrics import recall_at_fpr, score_metrics
+from verticals.fraud.model import bce_loss, focal_loss, make_criterion
 from verticals.fraud.reference import METHOD, reference_baselines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,12 +65,13 @@ def test_generated_claims_are_deterministic_and_shaped_like_the_real_file():
         assert counts.loc[make, "count"] == n and counts.loc[make, "sum"] == round(n * rate)
 
 
-def test_default_config_falls_back_to_generated_claims(monkeypatch, tmp_path, capsys):
+def test_default_config_falls_back_to_generated_claims(monkeypatch, tmp_path):
     monkeypatch.setenv("FML_FRAUD_DATA", str(tmp_path / "absent.csv"))
     assert default_real_path() == tmp_path / "absent.csv"
-    problem = prepare(FraudConfig(hidden=[8]), seed=0)
-    expected = f"real data not found at {tmp_path / 'absent.csv'}; using generated synthetic claims"
-    assert expected in capsys.readouterr().out
+    expected = f"GENERATED DATA (vehicle-insurance claims): no data at {tmp_path / 'absent.csv'}; using generated"
+    with pytest.warns(GeneratedDataWarning, match=re.escape(expected)) as caught:
+        problem = prepare(FraudConfig(hidden=[8]), seed=0)
+    assert sum(isinstance(w.message, GeneratedDataWarning) for w in caught) == 1
     assert problem.federation.roles["test"] == ["Accura", "Ford", "Saab"]
     assert problem.federation.roles["validation"] == ["Chevrolet"]
     assert "generated synthetic claims" in problem.source

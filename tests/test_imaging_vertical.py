@@ -23,7 +23,7 @@ from data_adapters.medmnist import ImageDataError
 from imaging_files import write_manifest, write_npz
 from verticals.medical_imaging.augment import augment_support
 from verticals.medical_imaging.metrics import imaging_metrics, youden_threshold
-from verticals.medical_imaging.models import ModelSpec, build_model
+from verticals.medical_imaging.model import ModelSpec, build_model
 from verticals.medical_imaging.problem import patient_split
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")

@@ -12,7 +12,7 @@ from core.federation import node as N
 
 @pytest.fixture
 def loader(monkeypatch):
-    monkeypatch.setattr(N, "_CACHE", {})
+    monkeypatch.setattr(N, "NODE_CACHE", N.NodeCache())
     calls = []
 
     def load(request: N.NodeRequest) -> N.LoadedSite:
@@ -51,3 +51,19 @@ def test_a_replaced_data_file_is_read_again(tmp_path, loader):
     stat = data.stat()
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # coarse clocks: make it differ
     assert N.load_node(request(data), loader) is not first and len(loader.calls) == 2
+
+
+def test_the_cache_is_bounded_and_drops_the_least_recently_used_site(tmp_path, loader):
+    data = tmp_path / "site.csv"
+    data.write_text("a,b\n1,2\n")
+    cache = N.NodeCache(max_entries=2)
+    first = N.load_node(request(data, seed=0), loader, cache)
+    N.load_node(request(data, seed=1), loader, cache)
+    assert N.load_node(request(data, seed=0), loader, cache) is first  # seed 0 used last: seed 1 goes next
+    N.load_node(request(data, seed=2), loader, cache)
+    assert len(cache) == 2 and len(N.NODE_CACHE) == 0  # an explicit cache leaves the process-wide one alone
+    assert N.load_node(request(data, seed=0), loader, cache) is first
+    N.load_node(request(data, seed=1), loader, cache)
+    assert [r.seed for r in loader.calls] == [0, 1, 2, 1]
+    with pytest.raises(ValueError, match="max_entries"):
+        N.NodeCache(max_entries=0)

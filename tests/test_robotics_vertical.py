@@ -12,7 +12,8 @@ from core.algorithms import InnerConfig, get_algorithm
 from core.config import FederatedConfig, ServerConfig
 from core.learner import MetaLearner, fit_meta_learner
 from core.rounds import client_updates
-from core.tasks import round_generator
+from core.seeds import round_generator
+from core.tasks import SiteDataError
 from core.vertical import VERTICALS
 from data_adapters.robot_envs import RobotParamError, SimulationError
 from verticals.robotics import SPEC, load_new_site, prepare
@@ -112,7 +113,7 @@ def test_few_shot_task_uses_common_random_numbers(problem: RoboticsProblem) -> N
     assert task.support(params)[0].shape == (5 * 50, 2)
     adapted = adapt(problem.loss_fn(model), params, task.support(params), 1, 0.1)
     assert task.score(adapted) != task.score(params)
-    with pytest.raises(Exception, match="at least 1 rollout"):
+    with pytest.raises(SiteDataError, match="at least 1 rollout"):
         problem.few_shot_task(model, site, 0, torch.Generator().manual_seed(1)).support(params)
 
 

@@ -19,7 +19,8 @@ from core.config import EvalConfig, RunConfig
 from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites, select_adaptation
 from core.metrics import mse_metrics
 from core.problem import SupervisedProblem
-from core.tasks import EpisodeSpec, Federation, Site, SiteDataError, site_seed
+from core.seeds import site_seed
+from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
 from core.vertical import VerticalSpec
 
 W_TRUE = torch.tensor([[1.5], [-2.0], [0.5]])

@@ -145,7 +145,9 @@ def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(t
     cfg.output_dir = str(tmp_path / "out")
     result = run_pipeline(spec, cfg, progress=False)
     assert {"fedavg+head", "fomaml+head", "reptile+head"} <= set(result.summary["method"])
-    loaded = tracking.load_meta_init("models:/fml-fraud@champion")
+    name = result.registered["name"]  # another table than the claims: its own model (fml-fraud-txns-<hash>)
+    assert name.startswith("fml-fraud-txns-")
+    loaded = tracking.load_meta_init(f"models:/{name}@champion")
     assert loaded.info["preprocessing"][PREPROCESSING_KEY] is True
     assert all(set(r["recipe_by_steps"].values()) <= {"all", "head"} for r in loaded.info["candidates"].values())
     new = make_transactions(5, {"bank_new": (160, 0.2)})

@@ -93,6 +93,15 @@ def test_an_unwritable_fml_home_is_one_line(tmp_path):
     assert "is not a writable folder" in done.stderr
 
 
+def test_onboarding_with_an_unwritable_fml_home_stops_before_adapting(tmp_path):
+    """Regression (issue 15): ``fml onboard`` adapted first, then failed with an 89-line MLflow dump."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = _fml(["onboard", "digits"], {"FML_HOME": str(blocker / "home"), "MLFLOW_TRACKING_URI": ""}, timeout=180)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert "is not a writable folder" in done.stderr and "fml onboard: error:" in done.stderr
+
+
 def test_a_tracking_server_that_never_answers_fails_with_one_line(tmp_path):
     """A port that accepts connections but never replies (a hung server): a readable error, not a hang."""
     import socket

@@ -1,4 +1,4 @@
-"""benchmarks/where_fml_helps.py: the README table is generated from the benchmarks' JSON lines."""
+"""benchmarks/where_fml_helps.py: the tables of verticals/README.md are generated from the benchmarks' JSON lines."""
 from __future__ import annotations
 
 import json
@@ -25,16 +25,16 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
               entry("auto", "ALL", 10, -1.0, -2.0, -0.5), entry("auto", "A", 10, -2.0, -3.0, -1.0),
               entry("auto", "B", 10, 0.5, -0.2, 1.2), entry("fomaml", "ALL", 10, -1.5, -2.5, -0.5)]
     (tmp_path / "toy.json").write_text("progress line\n" + json.dumps(bench("rmse_last", paired)) + "\n")
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n"
+    page = tmp_path / "README.md"
+    page.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n"
                       "<!-- recipe-ablation:start -->\nold table\n<!-- recipe-ablation:end -->\n")
-    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), "--readme", str(readme)],
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), "--page", str(page)],
                           capture_output=True, text=True, check=True)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| toy"))
     # RMSE: a negative difference is a gain, so it is printed positive; the worst site is B (RMSE +0.5)
     assert "| 5 | 10 | +1.00 [+0.50, +2.00]* |" in row
     assert "B: -0.50 [-1.20, +0.20]" in row and "fomaml: +1.50 [+0.50, +2.50]*" in row
-    text = readme.read_text()
+    text = page.read_text()
     assert "old" not in text and text.startswith("intro\n") and "fedavg+ft 75%" in text
 
 
@@ -56,3 +56,16 @@ def test_ablation_rows_are_init_by_recipe_beside_the_run_without_the_settings(tm
     assert "| toy (quick, data.site_statistics=true, seeds 0,1): rmse_last | k = 5 |" in text
     assert "| `oracle no shift (non-federated)` | 10.50 |" in text and "`local`" not in text
     assert "elsewhere (quick" not in done.stdout.split("Cells:")[0].split("| toy (quick, seeds 0,1): rmse_last")[1]
+
+
+def test_the_verticals_page_holds_the_tables_of_the_committed_results(tmp_path):
+    """The page is what the documented command writes from ``benchmarks/results/*.json`` (non-vertical
+    reports in that folder, e.g. R1's pretty-printed JSON, are skipped), so its tables cannot drift."""
+    page = REPO_ROOT / "verticals" / "README.md"
+    copy = tmp_path / "README.md"
+    copy.write_text(page.read_text())
+    results = sorted(str(f) for f in (REPO_ROOT / "benchmarks" / "results").glob("*.json"))
+    subprocess.run([sys.executable, str(SCRIPT), *results, "--page", str(copy)], capture_output=True, text=True,
+                   check=True)
+    assert copy.read_text() == page.read_text(), "regenerate: python benchmarks/where_fml_helps.py " \
+        "benchmarks/results/*.json --page verticals/README.md"

@@ -44,10 +44,13 @@ class InnerConfig:
         return {**self.adapt_kwargs(), "trainable": self.trainable or None}
 
 
+#: What a client update returns: ``(direction, metrics)``, ``direction`` keyed and shaped like the
+#: meta-parameters, ``metrics`` scalar tensors keyed ``train/...``.
+ClientResult = tuple[Params, dict[str, torch.Tensor]]
 #: ``client_update(loss_fn, meta, episode, cfg) -> (direction, metrics)``; pure and vmap-able when
 #: ``Algorithm.vectorizable``. ``direction`` is keyed like ``meta`` and is applied by the server
 #: optimizer as a gradient (``meta -= server_lr * direction``).
-ClientUpdateFn = Callable[[LossFn, Params, Episode, InnerConfig], tuple[Params, dict[str, torch.Tensor]]]
+ClientUpdateFn = Callable[[LossFn, Params, Episode, InnerConfig], ClientResult]
 
 
 def no_extra(params: Params, cfg: InnerConfig) -> Params:

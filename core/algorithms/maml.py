@@ -9,12 +9,14 @@ from __future__ import annotations
 from functools import partial
 
 from core.adapt import adapt
-from core.algorithms.base import ALGORITHMS, Algorithm, InnerConfig
+from core.algorithms.base import ALGORITHMS, Algorithm, ClientResult, InnerConfig
 from core.autodiff import grad, grad_and_value
 from core.types import Episode, LossFn, Params
 
 
-def maml_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *, first_order: bool):
+def maml_update(
+    loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *, first_order: bool
+) -> ClientResult:
     """One client's MAML direction.
 
     Args:
@@ -26,8 +28,8 @@ def maml_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfi
             through the inner loop.
 
     Returns:
-        ``(direction, metrics)``: ``direction`` keyed and shaped like ``meta`` (a gradient for the server
-        optimizer); ``metrics`` scalar tensors (``train/query_loss`` ...).
+        ``(direction, metrics)`` with ``direction`` keyed and shaped like ``meta`` (a gradient for the server
+        optimizer) and ``metrics`` the scalar losses ``train/support_loss_before`` and ``train/query_loss``.
     """
     if first_order:
         adapted = adapt(loss_fn, meta, episode.support, cfg.steps, cfg.lr, first_order=True, **cfg.inner_kwargs())

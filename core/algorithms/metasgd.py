@@ -8,16 +8,31 @@ from __future__ import annotations
 import torch
 
 from core.adapt import adapt
-from core.algorithms.base import ALGORITHMS, LR_PREFIX, Algorithm, InnerConfig, split_meta
+from core.algorithms.base import ALGORITHMS, LR_PREFIX, Algorithm, ClientResult, InnerConfig, split_meta
 from core.autodiff import grad
 from core.types import Episode, LossFn, Params
 
 
 def init_step_sizes(params: Params, cfg: InnerConfig) -> Params:
+    """Meta-SGD's extra meta-parameters: ``inner_lr/<name>`` shaped like parameter ``<name>``, all ``cfg.lr``."""
     return {LR_PREFIX + k: torch.full_like(v, cfg.lr) for k, v in params.items()}
 
 
-def metasgd_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig):
+def metasgd_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig) -> ClientResult:
+    """One client's Meta-SGD direction: the meta-gradient of the query loss after ``cfg.steps`` inner steps
+    whose step size is learned per parameter entry, with respect to the initialization AND the step sizes.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        meta: the model's parameters ``{name: tensor}`` plus their step sizes ``{"inner_lr/" + name: tensor
+            shaped like that parameter}`` (see ``init_step_sizes``).
+        episode: ``support`` and ``query`` batches, e.g. ``(x [n, ...], y [n])`` each.
+        cfg: the inner loop (``steps``; ``weight_decay`` and ``proximal`` regularize it).
+
+    Returns:
+        ``(direction, metrics)`` with ``direction`` keyed and shaped like ``meta`` (step sizes included) and
+        ``metrics`` the scalar losses ``train/support_loss_before`` and ``train/query_loss``.
+    """
     def meta_loss(m: Params):
         params, lrs = split_meta(m)
         adapted = adapt(loss_fn, params, episode.support, cfg.steps, cfg.lr, lrs=lrs, **cfg.adapt_kwargs())

@@ -2,6 +2,7 @@
 Guarantees: A Model-Agnostic Meta-Learning Approach").
 
 One inner step ``theta' = theta - a * grad L(theta; D_s)``, then the direction
+
 - FO: ``grad L(theta'; D_q)``;
 - HF: ``grad L(theta'; D_q) - a * H(theta; D_s) grad L(theta'; D_q)``, the Hessian-vector product computed
   exactly by forward-over-reverse differentiation (the paper's finite-difference estimate converges to it).
@@ -14,12 +15,29 @@ from functools import partial
 from torch.func import jvp
 
 from core.adapt import adapt, regularized_loss
-from core.algorithms.base import ALGORITHMS, Algorithm, InnerConfig
+from core.algorithms.base import ALGORITHMS, Algorithm, ClientResult, InnerConfig
 from core.autodiff import grad, grad_and_value
 from core.types import Episode, LossFn, Params
 
 
-def perfedavg_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *, hessian_free: bool):
+def perfedavg_update(
+    loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *, hessian_free: bool
+) -> ClientResult:
+    """One client's Per-FedAvg direction after ONE inner step ``theta' = theta - lr * grad L(theta; support)``.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        meta: the meta-parameters, ``{name: tensor shaped like the model's parameter}``.
+        episode: ``support`` and ``query`` batches, e.g. ``(x [n, ...], y [n])`` each; for rollout tasks
+            ``query_fn`` produces the query from the adapted weights.
+        cfg: the inner step's ``lr`` and regularization (``steps`` is ignored: Per-FedAvg takes one step).
+        hessian_free: subtract ``lr * H(theta; support) g`` from the query gradient ``g`` (Per-FedAvg HF,
+            an exact Hessian-vector product) instead of returning ``g`` alone (first order).
+
+    Returns:
+        ``(direction, metrics)`` with ``direction`` keyed and shaped like ``meta`` and ``metrics`` the
+        scalar losses ``train/support_loss_before`` and ``train/query_loss``.
+    """
     adapted = adapt(loss_fn, meta, episode.support, 1, cfg.lr, first_order=True, **cfg.adapt_kwargs())
     query = episode.query_for(adapted)
     g_query, query_loss = grad_and_value(loss_fn)(adapted, query)  # one forward for both

@@ -11,6 +11,7 @@ Modules (import them directly; this package imports nothing heavy so a ClientApp
 - ``node``: which site a node serves (node config) and its data, loaded once per process.
 - ``client``: ``make_client_app(loader)`` -> the ``ClientApp`` (train / evaluate / query handlers).
 - ``roster``: the server's view of the nodes (site, role, size; lost nodes).
+- ``bindings``: node id -> site fixed by the node's registered key (SuperNode authentication).
 - ``strategies``: the server rule: core aggregation + core optimizer, or a Flower strategy.
 - ``secagg``: one round's secure aggregate through Flower's SecAgg+ workflow.
 - ``driver``: the round loop (sampling, fault handling, logging).

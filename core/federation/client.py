@@ -7,6 +7,8 @@ Handlers (the server's instructions arrive in the message's ``config`` record, s
 - ``train``: draw this site's episode for the round from ``site_generator(seed, round, site)``, run the
   registered algorithm's client update (``core.rounds.client_updates``) and return ONLY the direction
   (or ``init - direction`` for Flower's strategies), ``num-examples``, ``weight`` and scalar metrics.
+  In a SecAgg+ round with ``fml.dp-clip`` set, the direction is first clipped to that L2 norm (DP-FedAvg's
+  clipping moved to the site, ``core.federation.secure_dp``).
 - ``evaluate``: few-shot adaptation on this site (``problem.few_shot_task`` + ``core.adapt``), scored on
   the site's remaining rows; returns the mean metrics.
 
@@ -21,7 +23,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from core.federation import records as R
-from core.federation.node import NodeData, NodeRequest, SiteLoader, load_node, make_request
+from core.federation.node import NodeConfigError, NodeData, NodeRequest, SiteLoader, load_node, make_request
 
 SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 LEGACY_FITINS = "fitins.parameters"
@@ -70,11 +72,12 @@ def client_update(node: NodeData, meta, config: Any) -> tuple[dict, int, dict[st
     from core.algorithms.base import get_algorithm
     from core.learner import with_group
     from core.rounds import client_updates
-    from core.tasks import site_generator
+    from core.seeds import site_generator
 
     if node.loaded.role != "train":
-        raise PermissionError(f"site {node.site_id!r} has role {node.loaded.role!r}; only training sites compute "
-                              "updates (held-out sites must stay out of meta-training)")
+        raise NodeConfigError(f"site {node.site_id!r} has role {node.loaded.role!r} and was asked to train: only "
+                              "training sites compute updates (held-out sites stay out of meta-training); serve a "
+                              "training site from this node, or set its node config role='train'")
     seed, round_index = int(config[R.SEED]), int(config[R.ROUND])
     episode = node.problem.train_episode(node.site_id, meta, site_generator(seed, round_index, node.site_id))
     # one episode: nothing to vectorize (the direct call gives the in-process vmap's numbers, and is faster)
@@ -121,6 +124,11 @@ def _train_secagg(msg: Message, context: Context, loader: SiteLoader) -> Message
     meta = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(names, arrays)}
     node = _node(config, context, loader)
     direction, n, metrics = client_update(node, meta, config)
+    clip = float(config.get(R.DP_CLIP, 0.0) or 0.0)
+    if clip > 0:  # DP-FedAvg under SecAgg+: the site clips its own direction (core.federation.secure_dp)
+        from core.privacy import clip_update
+
+        direction = clip_update(direction, clip)
     weight = _weight(config, n)
     params = ndarrays_to_parameters([direction[k].numpy() for k in names])
     res = FitRes(Status(Code.OK, "ok"), params, int(round(weight)), {R.NUM_EXAMPLES: n, **metrics})
@@ -131,7 +139,7 @@ def evaluate(msg: Message, context: Context, loader: SiteLoader) -> Message:
     import torch
 
     from core.evaluation import Method, adapt_along
-    from core.tasks import site_generator
+    from core.seeds import site_generator
 
     config = msg.content[R.CONFIG]
     node = _node(config, context, loader)

@@ -1,6 +1,7 @@
 """The federated round loop on a Flower ``Grid``: the same round as ``MetaLearner.run_round``.
 
 Round ``r`` (1-based, in-process round index ``r - 1``):
+
 1. sample training sites with ``core.sampling.sample_clients`` and ``round_generator(seed, r - 1)``
    from the alive training nodes (in the federation's order);
 2. send each sampled node the meta-parameters and the round's instructions; collect replies;
@@ -8,8 +9,9 @@ Round ``r`` (1-based, in-process round index ``r - 1``):
    values (logged with the reason); a node that does not answer within ``round_timeout`` is marked lost
    (logged: which round lost which node) and no longer sampled;
 4. apply the server rule to the accepted updates in sampled order (core aggregation + core optimizer,
-   a Flower strategy, or SecAgg+ then the core optimizer); fewer than ``min_fit_clients`` accepted
-   updates skip the round.
+   a Flower strategy, or SecAgg+ then the core optimizer; SecAgg+ with ``fed.dp_clip``: the sites clip,
+   the server adds DP-FedAvg's noise to the secure sum, ``core.federation.secure_dp``); fewer than
+   ``min_fit_clients`` accepted updates skip the round.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from core.federation import records as R
+from core.federation.bindings import SiteBindings
 from core.federation.messaging import exchange
 from core.federation.roster import Roster
+from core.federation.secure_dp import check_secure_dp, privacy_mode, release
 from core.federation.settings import FederatedRun
 from core.federation.strategies import Accepted, CoreRule, make_rule
 
@@ -60,17 +64,20 @@ class FederationDriver:
     """Runs ``run`` on ``grid``; ``on_round`` receives each round's metrics, ``on_event`` every event."""
 
     def __init__(self, grid: Any, context: Any, run: FederatedRun,
-                 on_round: Optional[RoundSink] = None, on_event: Optional[EventSink] = None) -> None:
+                 on_round: Optional[RoundSink] = None, on_event: Optional[EventSink] = None,
+                 bindings: Optional[SiteBindings] = None) -> None:
         if run.flower.secagg and (run.flower.strategy != "core" or run.fed.aggregation != "mean"):
             raise ValueError("flower.secagg needs flower.strategy=core and fed.aggregation=mean "
                              f"(got {run.flower.strategy!r}, {run.fed.aggregation!r}): a secure sum can only average")
+        check_secure_dp(run.fed, run.flower)
         self.grid, self.context, self.run = grid, context, run
         self.settings = run.flower
         self._on_round = on_round or (lambda r, m: None)
         self._on_event = on_event
         self.events: list[dict[str, Any]] = []
-        self.roster = Roster(silent_retry=max(30.0, 2 * run.flower.round_timeout))
+        self.roster = Roster(silent_retry=max(30.0, 2 * run.flower.round_timeout), bindings=bindings)
         self.rule: Any = None
+        self._secret_noise: Any = None  # DP noise of SecAgg+ rounds: secret, drawn on first use
 
     # ----------------------------------------------------------------------------------------- events
     def event(self, **fields: Any) -> None:
@@ -116,14 +123,15 @@ class FederationDriver:
         self.rule = (CoreRule(meta, self.run.fed, self.run.server, self.run.seed) if self.settings.secagg
                      else make_rule(self.run, meta))
         self.event(kind="run_started", nodes=len(self.roster.nodes), train_nodes=len(pool),
-                   strategy=self.settings.strategy, secagg=self.settings.secagg)
+                   strategy=self.settings.strategy, secagg=self.settings.secagg,
+                   privacy=privacy_mode(self.run.fed, self.settings))
         return meta
 
     # ----------------------------------------------------------------------------------------- rounds
     def sample(self, server_round: int) -> list:
         """The nodes of this round's sampled sites (``core.sampling`` with the in-process generator)."""
         from core.sampling import sample_clients
-        from core.tasks import round_generator
+        from core.seeds import round_generator
 
         s, fed = self.settings, self.run.fed
         pool = self.roster.wait_for(self.grid, "train", s.min_available_clients, server_round, s.connect_timeout,
@@ -201,6 +209,8 @@ class FederationDriver:
 
         by_node = {n.node_id: n for n in chosen}
         config = {**self.base_config(), R.ROUND: server_round - 1, R.REPLY: "direction"}
+        if self.run.fed.dp_clip > 0:  # DP-FedAvg under SecAgg+: every site clips its own direction
+            config[R.DP_CLIP] = float(self.run.fed.dp_clip)
         result = secure_mean(self.grid, self.context, list(by_node), self.rule.meta(), config, self.settings,
                              self.run.fed.weighting, server_round,
                              on_reject=lambda nid, why: self._reject(server_round, by_node[nid], why, report))
@@ -218,7 +228,18 @@ class FederationDriver:
         if not all(bool(v.isfinite().all()) for v in result.direction.values()):
             self.event(kind="round_skipped", round=server_round, reason="secure aggregate is not finite")
             return
-        self.rule.step(result.direction)
+        direction = result.direction
+        if self.run.fed.dp_clip > 0:  # ... and the server adds DP-FedAvg's noise to their secure sum
+            from core.privacy import secret_generator
+
+            if self._secret_noise is None:
+                self._secret_noise = secret_generator()
+            try:
+                direction = release(direction, len(result.included), self.run.fed, self.settings, self._secret_noise)
+            except ValueError as err:
+                self.event(kind="round_skipped", round=server_round, reason=str(err))
+                return
+        self.rule.step(direction)
         report.applied = True
         report.metrics.update(_mean_metrics(list(result.metrics.values())))
 

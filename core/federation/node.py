@@ -23,8 +23,9 @@ mtime of its data and preprocessing files, so a site that replaces its data file
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Optional
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,8 +87,36 @@ class NodeData:
         return self.loaded.problem
 
 
-_CACHE: dict[tuple, NodeData] = {}
-_CACHE_SIZE = 4096
+class NodeCache:
+    """Prepared sites by request, least recently used dropped first beyond ``max_entries``."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._entries: "OrderedDict[Hashable, NodeData]" = OrderedDict()
+
+    def get(self, key: Hashable) -> Optional[NodeData]:
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+        return hit
+
+    def put(self, key: Hashable, data: NodeData) -> None:
+        self._entries[key] = data
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: The one process-wide cache, on purpose: Flower's simulation engine pickles the ClientApp with every
+#: message it sends an actor (``ray_actor.run(client_app_fn, ...)``), so state held by the app or its
+#: closures starts empty on each message; only module state outlives a message in the actor's process.
+#: Bounded (one actor serves many sites); ``load_node(..., cache=)`` takes another one.
+NODE_CACHE = NodeCache()
 
 
 def file_stamp(path: Optional[str]) -> Optional[tuple[int, int]]:
@@ -126,13 +155,14 @@ def make_request(node_config: Mapping[str, Any], vertical: str, data_json: str, 
     )
 
 
-def load_node(request: NodeRequest, loader: SiteLoader) -> NodeData:
+def load_node(request: NodeRequest, loader: SiteLoader, cache: Optional[NodeCache] = None) -> NodeData:
     """The node's data for ``request``: loaded on first use, then reused by every message this process
     handles (Flower's simulation engine keeps one process per actor, serving many sites). The deployment
     engine starts a process per message: with the node config's ``cache-dir`` the prepared site is read
-    back from disk instead of being prepared again."""
+    back from disk instead of being prepared again. ``cache``: :data:`NODE_CACHE` unless given."""
+    cache = NODE_CACHE if cache is None else cache
     key = (request, file_stamp(request.data_path), file_stamp(request.preprocessing_path))
-    hit = _CACHE.get(key)
+    hit = cache.get(key)
     if hit is not None:
         return hit
     loaded = _read_disk(request)
@@ -141,9 +171,7 @@ def load_node(request: NodeRequest, loader: SiteLoader) -> NodeData:
         _write_disk(request, loaded)
     model = loaded.problem.make_model()
     data = NodeData(loaded, model, loaded.problem.loss_fn(model))
-    if len(_CACHE) >= _CACHE_SIZE:  # one simulation actor serves many sites; keep memory bounded
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = data
+    cache.put(key, data)
     return data
 
 

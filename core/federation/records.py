@@ -33,6 +33,7 @@ REPLY = "fml.reply"  # "direction" (core rule) or "weights" (init - direction, f
 WEIGHTING = "fml.weighting"
 INCLUDE_INIT = "fml.include-init"
 PARAM_NAMES = "fml.param-names"  # SecAgg+ path: parameters travel as an ordered list
+DP_CLIP = "fml.dp-clip"  # SecAgg+ with DP-FedAvg: the L2 bound each site clips its own direction to
 EVAL_SHOTS = "eval.shots"
 EVAL_STEPS = "eval.steps"
 EVAL_LR = "eval.lr"

@@ -2,7 +2,9 @@
 
 Nodes describe themselves once (a ``query`` message); the roster keeps the training pool in the order
 the in-process engine samples from (the federation's own order when every node reports it, else by
-site id), so the same seed samples the same sites.
+site id), so the same seed samples the same sites. With ``bindings`` (SuperNode authentication) a node
+whose key is bound to no site is never asked anything, and a node that declares a site other than the
+one its key is bound to is refused.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from core.federation import records as R
+from core.federation.bindings import SiteBindings
 from core.federation.messaging import exchange
 
 
@@ -35,6 +38,8 @@ class Roster:
     silent: dict[int, float] = field(default_factory=dict)
     silent_retry: float = 120.0
     """Seconds before a node that did not answer its description request is asked again."""
+    bindings: Optional[SiteBindings] = None
+    """Node id -> site fixed by the node's registered key (None: a node serves the site it declares)."""
 
     def describe_new(self, grid: Any, base_config: dict[str, Any], timeout: float, poll: float,
                      want_init: bool = False, on_event: Callable[..., None] = lambda **kw: None):
@@ -45,6 +50,7 @@ class Roster:
         now = time.monotonic()
         new = [n for n in connected if n not in self.nodes and n not in self.refused and n not in self.lost
                and now - self.silent.get(n, -1e18) >= self.silent_retry]
+        new = self._admissible(new, on_event)
         if not new:
             return None
         messages = []
@@ -56,12 +62,20 @@ class Roster:
                                     dst_node_id=node_id, group_id="describe"))
         result = exchange(grid, messages, timeout, poll)
         init = None
-        for node_id, reply in result.ok().items():
+        # by node id: of two nodes claiming one site, the same one is kept whatever order the replies came in
+        for node_id, reply in sorted(result.ok().items()):
             info = reply.content[R.CONFIG]
             site = str(info["site-id"])
+            claim = self.bindings.claim_reason(node_id, site) if self.bindings is not None else None
+            if claim is not None:
+                self.refused[node_id] = claim
+                on_event(kind="node_refused", node=node_id, site=site, bound_site=self.bindings.site_of(node_id),
+                         reason=claim)
+                continue
             clash = self.node_of_site(site)
             if clash is not None:
-                self.refused[node_id] = f"site {site!r} is already served by node {clash.node_id}"
+                self.refused[node_id] = (f"site {site!r} is already served by node {clash.node_id}; a site has one "
+                                         "node: stop this one or start it with another site-id")
                 on_event(kind="node_refused", node=node_id, site=site, reason=self.refused[node_id])
                 continue
             self.nodes[node_id] = NodeInfo(node_id, site, str(info["role"]), int(info["size"]), int(info["order"]))
@@ -79,6 +93,21 @@ class Roster:
             # the node asked for the init failed: ask a described one
             return self._init_from_any(grid, base_config, timeout, poll)
         return init
+
+    def _admissible(self, node_ids: list[int], on_event: Callable[..., None]) -> list[int]:
+        """``node_ids`` minus the nodes bound to no site (refused at once: they are not even sent the run's
+        description request, which carries the run's data options)."""
+        if self.bindings is None:
+            return node_ids
+        keep = []
+        for node_id in node_ids:
+            reason = self.bindings.unbound_reason(node_id)
+            if reason is None:
+                keep.append(node_id)
+            else:
+                self.refused[node_id] = reason
+                on_event(kind="node_refused", node=node_id, reason=reason)
+        return keep
 
     def _init_from_any(self, grid: Any, base_config: dict[str, Any], timeout: float, poll: float):
         from flwr.app import ConfigRecord, Message, MessageType, RecordDict

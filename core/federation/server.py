@@ -20,12 +20,18 @@ FinishHook = Callable[[FederatedRun, Any, Any], Any]
 
 def run_federation(grid: Grid, context: Context, run: FederatedRun, finish: Optional[FinishHook] = None,
                    mode: str = "deployment"):
-    """Drive ``run`` on ``grid`` inside one MLflow run; returns the ``DriverResult``."""
+    """Drive ``run`` on ``grid`` inside one MLflow run; returns the ``DriverResult``.
+
+    In a deployment, ``$FML_SITE_BINDINGS`` (set by ``fml federate superlink --supernode-keys``) binds each
+    authenticated node to the one site it may serve (``core.federation.bindings``)."""
+    from core.federation.bindings import bindings_from_env
     from core.federation.driver import FederationDriver
     from core.federation.tracking import MlflowTracker
 
+    bindings = bindings_from_env() if mode == "deployment" else None  # read before any MLflow run is opened
     with MlflowTracker(run, flower_run_id=getattr(context, "run_id", None), mode=mode) as tracker:
-        driver = FederationDriver(grid, context, run, on_round=tracker.log_round, on_event=tracker.log_event)
+        driver = FederationDriver(grid, context, run, on_round=tracker.log_round, on_event=tracker.log_event,
+                                  bindings=bindings)
         result = driver.run_all()
         tracker.log_summary()
         result.mlflow_run_id = tracker.run_id

@@ -1,15 +1,13 @@
 """What a federated run trains (``FederatedRun``) and how it runs on Flower (``FlowerSettings``).
 
-Both are plain dataclasses; no torch import here, so the ClientApp module stays light. The run config
-of a Flower app is a flat ``{key: scalar}`` table: ``flower.<field>`` keys fill :class:`FlowerSettings`
-(``-`` and ``_`` are interchangeable), the others are the vertical's run options (resolved by the
-pipeline layer into :class:`FederatedRun`).
+Both are plain dataclasses; no torch import here, so the ClientApp module stays light. ``FlowerSettings``
+is the ``flower`` section of ``core.config.RunConfig``: presets, ``--set flower.<field>=...`` and the
+``flower.<field>`` keys of a Flower run config all reach it through ``core.config.from_flat``.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass
@@ -34,13 +32,15 @@ class FlowerSettings:
     """Rounds after which a lost node may be sampled again (0 = never in this run)."""
     secagg: bool = False
     """Aggregate with Flower's SecAgg+ (the server sees only the weighted mean); needs strategy ``core``,
-    aggregation ``mean`` and the ClientApp's ``secaggplus_mod`` (built in)."""
+    aggregation ``mean`` and the ClientApp's ``secaggplus_mod`` (built in). With ``fed.dp_clip`` the sites
+    clip their own updates and the server adds DP-FedAvg's noise to the secure sum (``core.federation.secure_dp``)."""
     secagg_shares: float = 1.0
     """SecAgg+ shares per client as a fraction of the sampled clients (Flower's ``num_shares``)."""
     secagg_threshold: float = 0.67
     """SecAgg+ reconstruction threshold as a fraction of the shares (Flower's ``reconstruction_threshold``)."""
     secagg_clip: float = 8.0
-    """SecAgg+ clipping range: each weighted direction entry is clipped to [-clip, clip] before quantization."""
+    """SecAgg+ clipping range: each weighted direction entry is clipped to [-clip, clip] before quantization
+    (with DP it must be >= ``fed.dp_clip``, so that it never changes a DP-clipped update)."""
     secagg_quantization: int = 2**22
     """SecAgg+ quantization levels over [-clip, clip] (resolution 2*clip/levels)."""
     secagg_max_weight: float = 0.0
@@ -70,42 +70,11 @@ class FlowerSettings:
     finish: bool = True
     """Run the finish hook (held-out evaluation and registration, as ``fml run``) after the last round."""
 
-    @classmethod
-    def from_flat(cls, config: Mapping[str, Any], prefix: str = "flower.") -> "FlowerSettings":
-        """Settings from ``flower.<field>`` keys of a flat run config; unknown keys are errors."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in config.items():
-            if not key.startswith(prefix) or value == "":
-                continue
-            name = key[len(prefix):].replace("-", "_")
-            if name not in names:
-                raise ValueError(f"unknown run config key {key!r}; flower settings are: "
-                                 + ", ".join(prefix + n for n in sorted(names)))
-            values[name] = _coerce(value, names[name].type, key)
-        return cls(**values)
-
     def roles_to_evaluate(self) -> list[str]:
         return [r.strip() for r in self.eval_roles.split(",") if r.strip()]
 
     def steps_to_evaluate(self) -> list[int]:
         return sorted({int(s) for s in str(self.eval_steps).split(",") if s.strip()})
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(annotation))
-    if kind is bool:
-        if isinstance(value, str):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(f"run config key {key!r}: expected true/false, got {value!r}")
-        return bool(value)
-    try:
-        return kind(value) if kind is not None else value
-    except (TypeError, ValueError):
-        raise ValueError(f"run config key {key!r}: expected {annotation}, got {value!r}") from None
 
 
 @dataclass

@@ -4,7 +4,8 @@ Per round: ``train/*`` (clients' mean metrics), ``fed/clients`` (accepted update
 ``fed/rejected``, ``fed/lost``, ``fed/round_ms``; per federated evaluation ``val/<metric>/steps<s>``.
 Every event (node joined/lost, update rejected, round skipped) goes to ``federation/events.json`` and,
 if ``flower.event_log`` is set, to that JSON-lines file as it happens. Lost nodes and rejected updates
-are also summarized in the run's tags ``fed.lost_nodes`` and ``fed.rejected_updates``.
+are also summarized in the run's tags ``fed.lost_nodes`` and ``fed.rejected_updates``; the tag ``fed.privacy``
+says how the updates were protected (SecAgg+, DP-FedAvg, both or none).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class MlflowTracker:
         import mlflow
 
         from core import tracking
+        from core.federation.secure_dp import privacy_mode
 
         tracking.setup_tracking()
         experiment = self.run.experiment or f"fml-{self.run.vertical}"
@@ -47,7 +49,8 @@ class MlflowTracker:
         self.run_id = active.info.run_id
         mlflow.log_params({k: str(v)[:500] for k, v in run_params(self.run).items()})
         mlflow.set_tags({"engine": "flower", "flower.mode": self.mode, "vertical": self.run.vertical,
-                         "algorithm": self.run.algorithm, "flower.run_id": str(self.flower_run_id or "")})
+                         "algorithm": self.run.algorithm, "flower.run_id": str(self.flower_run_id or ""),
+                         "fed.privacy": privacy_mode(self.run.fed, self.run.flower)})
         if self.run.extra is not None:
             from core.config import to_plain
 

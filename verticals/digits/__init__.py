@@ -1,4 +1,7 @@
-"""Demo vertical: few-shot handwritten digits (R1), data shipped with scikit-learn."""
+"""Demo vertical: few-shot handwritten digits (R1), data shipped with scikit-learn.
+
+One file (plus ``presets/``): a demo whose config, model and metrics are a few lines of core building blocks.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +12,8 @@ from torch import nn
 from core.losses import cross_entropy
 from core.metrics import accuracy_metrics
 from core.problem import SupervisedProblem
-from core.tasks import EpisodeSpec, Federation, Site, site_seed
+from core.seeds import site_seed
+from core.tasks import EpisodeSpec, Federation, Site
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.digits import DigitsData, build_digits_federation, load_digit_arrays, make_task_site
 

@@ -4,40 +4,26 @@ Institutions (by default the car ``Make`` of the vehicle-insurance claims file) 
 FML algorithms meta-learn an MLP initialization that a new institution adapts with k frauds + k
 non-frauds. Data: any CSV/Parquet through :mod:`data_adapters.tabular` (generated synthetic claims when
 the real file is absent); see :mod:`verticals.fraud.problem` for episodes and scoring.
+
+Files: ``config.py``, ``model.py``, ``problem.py``, ``metrics.py``, ``presets/``, this module (registration),
+and ``reference.py`` (the non-federated baselines of the held-out table).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from core.site_statistics import SiteStatisticsOption
 from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
-from data_adapters.fraud_claims import FraudData, resolve_claims, without_claims_defaults
-from data_adapters.tabular_io import read_table
-from data_adapters.tabular import build_tabular_federation, load_tabular_site
+from data_adapters.fraud_claims import resolve_claims, without_claims_defaults
+from data_adapters.sources import read_table
+from data_adapters.tabular import build_tabular_federation, load_tabular_site, tabular_schema
+from verticals.fraud.config import FraudConfig
 from verticals.fraud.problem import FraudProblem, fraud_problem, model_settings
 from verticals.fraud.reference import reference_baselines
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FraudConfig(FraudData, SiteStatisticsOption):
-    """Data options of the fraud vertical plus its model options."""
-
-    hidden: list[int] = field(default_factory=lambda: [64, 32])
-    """Hidden widths of the MLP."""
-    loss: str = "bce"
-    """Training loss: bce (pos_weight-weighted binary cross-entropy) or focal."""
-    pos_weight: float = 1.0
-    """Weight of fraud rows in bce (episodes are balanced, so 1 = balanced)."""
-    focal_gamma: float = 2.0
-    """Focusing exponent of the focal loss."""
-    focal_alpha: float = 0.5
-    """Weight of frauds in the focal loss (0.5 = symmetric)."""
 
 
 def describe(problem: FraudProblem) -> str:
@@ -84,5 +70,6 @@ SPEC = register_vertical(
         load_new_site=load_new_site,
         presets_dir=Path(__file__).parent / "presets",
         reference_baselines=reference_baselines,
+        schema=lambda problem: tabular_schema(problem.preprocessing),
     )
 )

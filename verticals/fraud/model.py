@@ -1,21 +1,16 @@
-"""Model, losses and metrics of the fraud vertical (pure functions; vmap-safe losses).
+"""Model and losses of the fraud vertical (pure functions; vmap-safe losses); metrics: ``metrics.py``.
 
 - Model: an MLP on the preprocessed (standardized + one-hot) claim features, one logit per row.
 - Losses (registry ``LOSSES``): ``bce`` (binary cross-entropy with ``pos_weight``) and ``focal``
   (Lin et al. 2017, "Focal Loss for Dense Object Detection"): both see balanced episodes (k frauds +
   k non-frauds), so imbalance is handled by the sampling; focal additionally down-weights the easy
   examples that dominate real claim streams.
-- Metrics at the site's NATURAL fraud rate: ``average_precision`` (PR-AUC, the headline), ``roc_auc``,
-  ``recall_at_1pct_fpr`` and the held-out ``base_rate`` (the PR-AUC of a random scorer).
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Callable, Sequence
 
-import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -61,34 +56,3 @@ LOSSES.register("focal", lambda gamma=2.0, alpha=0.5, **_: partial(focal_loss, g
 def make_criterion(name: str, *, pos_weight: float = 1.0, gamma: float = 2.0, alpha: float = 0.5) -> Criterion:
     """The loss ``name`` from :data:`LOSSES` with its options."""
     return LOSSES.get(name)(pos_weight=pos_weight, gamma=gamma, alpha=alpha)
-
-
-def recall_at_fpr(y: np.ndarray, scores: np.ndarray, max_fpr: float = 0.01) -> float:
-    """Highest recall (TPR) reachable with a false-positive rate <= ``max_fpr``."""
-    fpr, tpr, _ = roc_curve(y, scores)
-    ok = fpr <= max_fpr + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-def score_metrics(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Ranking metrics of fraud scores (any monotone score: logits or probabilities)."""
-    y = np.asarray(y).astype(int).reshape(-1)
-    scores = np.asarray(scores, dtype=float).reshape(-1)
-    base = float(y.mean()) if y.size else float("nan")
-    if y.size == 0 or y.min() == y.max():  # one class only: ranking metrics undefined
-        return {"average_precision": float("nan"), "roc_auc": float("nan"), "recall_at_1pct_fpr": float("nan"),
-                "base_rate": base}
-    return {"average_precision": float(average_precision_score(y, scores)),
-            "roc_auc": float(roc_auc_score(y, scores)),
-            "recall_at_1pct_fpr": recall_at_fpr(y, scores, 0.01),
-            "base_rate": base}
-
-
-def fraud_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
-    """:func:`score_metrics` of model logits ``[n, 1]`` plus the unweighted log-loss."""
-    z = logits.detach().reshape(-1).float()
-    y = targets.reshape(-1)
-    out = score_metrics(z.numpy(), y.numpy())
-    loss = float(F.binary_cross_entropy_with_logits(z, y.float()))
-    out["log_loss"] = loss if math.isfinite(loss) else float("nan")
-    return out

@@ -17,7 +17,8 @@ from core.problem import FewShotTask, SupervisedProblem
 from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Federation, Site, SiteDataError
 from data_adapters.tabular_preprocessing import numeric_feature_indices
-from verticals.fraud.model import fraud_metrics, make_criterion, make_mlp
+from verticals.fraud.metrics import fraud_metrics
+from verticals.fraud.model import make_criterion, make_mlp
 
 HEADLINE = "average_precision"
 

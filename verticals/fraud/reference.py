@@ -21,7 +21,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from core.evaluation import task_generator
 from core.problem import Problem
 from core.tasks import Site
-from verticals.fraud.model import score_metrics
+from verticals.fraud.metrics import score_metrics
 
 METHOD = "pooled-hgb (non-federated)"
 

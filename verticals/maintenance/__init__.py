@@ -3,41 +3,21 @@
 Operators of similar machines meta-learn a degradation model together without sharing sensor data;
 a new fleet adapts it from a few run-to-failure histories. Default data: NASA C-MAPSS FD001 cut into
 simulated operators (see :mod:`data_adapters.cmapss`); a GENERATED stand-in when the files are absent.
+
+Files: ``config.py``, ``model.py``, ``problem.py``, ``metrics.py``, ``presets/``, this module (registration),
+and ``reference.py`` (the non-federated baselines of the held-out table).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.site_statistics import SiteStatisticsOption
 from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
-from data_adapters.cmapss import CmapssConfig, build_cmapss_federation, load_new_fleet_site
+from data_adapters.cmapss import build_cmapss_federation, load_new_fleet_site
+from verticals.maintenance.config import MaintenanceData
 from verticals.maintenance.problem import MaintenanceProblem
 from verticals.maintenance.reference import reference_baselines
-
-
-@dataclass
-class MaintenanceData(CmapssConfig, SiteStatisticsOption):
-    """Data, episode and model options of the maintenance vertical."""
-
-    model: str = "cnn"
-    """Model over windows: cnn (1D-CNN, default) or gru."""
-    channels: int = 16
-    """Convolution channels of the 1D-CNN."""
-    hidden: int = 32
-    """Hidden width (CNN head / GRU state)."""
-    kernel: int = 5
-    """Temporal kernel size of the 1D-CNN."""
-    train_units: int = 2
-    """Support units (engines) per meta-training episode."""
-    query_units: int = 2
-    """Query units per meta-training episode."""
-    windows_per_unit: int = 32
-    """Windows drawn per unit in a meta-training episode (equal shapes across clients -> one vmap call)."""
-    support_windows: int = 64
-    """Windows per support unit at evaluation and onboarding, evenly spaced incl. the last (0 = all)."""
 
 
 def model_spec(cfg: MaintenanceData, sensors: int, rul_cap: float) -> dict:
@@ -74,6 +54,9 @@ SPEC = register_vertical(
         load_new_site=load_new_site,
         presets_dir=Path(__file__).parent / "presets",
         onboard_flags={"rul": "rul_path"},
+        schema=lambda problem: {"settings": problem.preprocessing["settings"], "window": problem.preprocessing["window"],
+                                "sensors": sorted(problem.preprocessing["sensors"]
+                                                  + problem.preprocessing.get("dropped_sensors", []))},
         reference_baselines=reference_baselines,
     )
 )

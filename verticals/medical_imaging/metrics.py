@@ -5,7 +5,7 @@ but balanced accuracy, sensitivity and specificity do, and a shifted clinic move
 the reference run lost about 0.1 balanced accuracy at 1 image per class with the default 0.5 cut-off.
 So the threshold is part of what adaptation sets: for binary tasks, after adapting on the support set,
 the decision threshold on the log-odds is the one that maximizes Youden's J (sensitivity + specificity
-- 1) ON THE SUPPORT SET (midpoint between adjacent support scores; the middle of tied maxima); when the
+minus 1) ON THE SUPPORT SET (midpoint between adjacent support scores; the middle of tied maxima); when the
 support gives no information (best J <= 0) it stays at log-odds 0 (probability 0.5). Scored images
 never influence it. Multi-class predictions use the arg-max (no threshold); sensitivity is then the
 macro recall and specificity the macro specificity.

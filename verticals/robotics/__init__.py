@@ -3,6 +3,10 @@
 Each site is a robot (a Gymnasium environment parameterized per robot, ``data_adapters/robot_envs``);
 the meta-initialization is a Gaussian MLP policy that a new robot adapts with a few policy-gradient
 steps on a few episodes of its own experience. Runs with no data files.
+
+Files: ``config.py``, ``policy.py`` (the model), ``problem.py``, ``presets/``, this module (registration), and
+``pg.py`` (policy-gradient math); no ``metrics.py``: the metrics are the rollouts' return and success rate,
+two lines of ``problem.py``.
 """
 from __future__ import annotations
 

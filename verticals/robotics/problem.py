@@ -1,6 +1,7 @@
 """The robotics :class:`~core.problem.Problem`: sites are robots, data are rollouts of the policy itself.
 
 A meta-training episode of robot r with meta-parameters theta is
+
 - ``support``: K rollouts of theta in r's environment, as a policy-gradient batch;
 - ``query``: K more rollouts of theta (a FIXED batch: FedAvg/Reptile train on support + query, which
   makes ``fedavg`` the pretrained multi-task policy-gradient baseline);
