@@ -101,14 +101,17 @@ def stack_updates(updates: Sequence[ClientUpdate]) -> tuple[Params, Tensor]:
 
 
 def aggregate_round(stacked: Params, num_examples: Sequence[int] | Tensor, fed: Any, seed: int,
-                    round_index: int, metrics: Optional[Mapping[str, Tensor]] = None) -> Params:
+                    round_index: int, metrics: Optional[Mapping[str, Tensor]] = None,
+                    noise: Optional[torch.Generator] = None) -> Params:
     """The server direction of round ``round_index`` under ``fed`` (a ``FederatedConfig``), shared by the
-    in-process learner and the Flower core rule: DP-FedAvg's clipped, noised mean (noise seeded by
-    (seed, round)) when ``fed.dp_clip`` is set, else ``fed.aggregation`` with ``fed.weighting``."""
+    in-process learner and the Flower core rule: DP-FedAvg's clipped, noised mean when ``fed.dp_clip`` is set,
+    else ``fed.aggregation`` with ``fed.weighting``. The noise comes from ``noise`` when given (a deployment's
+    server keeps it secret: :func:`core.privacy.secret_generator`), else from (seed, round), so that an
+    in-process run is reproducible and resumable."""
     if fed.dp_clip > 0:
         from core.privacy import clip_by_norm, noisy_mean
         from core.seeds import round_generator
 
         return noisy_mean(clip_by_norm(stacked, fed.dp_clip), fed.clients_per_round, fed.dp_noise, fed.dp_clip,
-                          round_generator(seed, round_index, salt=2))
+                          noise if noise is not None else round_generator(seed, round_index, salt=2))
     return aggregate(stacked, client_weights(num_examples, fed.weighting, metrics), fed.aggregation)

@@ -79,7 +79,8 @@ class MetaLearner(pl.LightningModule):
         self.algorithm = get_algorithm(algorithm)
         self.validate_fn = validate
         self.model = initial_model(problem, self.algorithm, seed, start)
-        self.inner = with_group(inner, problem, self.model)
+        group = self.algorithm.inner_group
+        self.inner = with_group(replace(inner, group=group) if group else inner, problem, self.model)
         self.loss_fn = problem.loss_fn(self.model)
         self.replay = GraphReplay()
         """This learner's traced rounds (``fed.trace_after``): they go with it, as its loss function does."""

@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
 from core.devices import device_of, to_device
+from core.context import context_names
 from core.recipes import head_names
 from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Federation, Site, sample_episode, split_indices
@@ -96,9 +97,12 @@ class Problem(ABC):
 
     def param_groups(self, model: nn.Module) -> dict[str, tuple[str, ...]]:
         """Named groups of ``model``'s parameters that recipes adapt separately (:mod:`core.recipes`): ``head``
-        (default: the last module that owns parameters) and ``body`` (the rest)."""
-        head = head_names(model)
-        return {"head": head, "body": tuple(n for n, _ in model.named_parameters() if n not in head)}
+        (default: the last module that owns parameters), ``context`` (context vectors, :mod:`core.context`, when
+        the model has any) and ``body`` (the rest)."""
+        names = [n for n, _ in model.named_parameters()]
+        head, context = head_names(model), context_names(names)
+        groups = {"head": head, "body": tuple(n for n in names if n not in head and n not in context)}
+        return {**groups, "context": context} if context else groups
 
     def site_size(self, site_id: str) -> int:
         return len(self.federation.sites[site_id])

@@ -4,7 +4,8 @@ with the registered model and chosen on validation sites like the step size).
 Plain fine-tuning of every weight is hard to beat (Chen et al. ICLR 2019; Tian et al. ECCV 2020), but
 WHAT is adapted matters once sites shift: the head alone (ANIL, Raghu et al. ICLR 2020), the head first and
 then everything (LP-FT, Kumar et al. ICLR 2022: +10% out of distribution over full fine-tuning), or the head
-fitted in closed form on the body's features (R2-D2 / MetaOptNet: no step-size or step-count noise).
+fitted in closed form on the body's features (R2-D2 / MetaOptNet: no step-size or step-count noise), or
+only a context vector the network reads (CAVIA, :mod:`core.context`).
 
 Every recipe is built from the ONE :func:`core.adapt.adapt` (parameter groups through its ``trainable``
 argument), so evaluation and onboarding run the same math. A recipe's ``rate`` is the searched step size,
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from core.adapt import adapt, adapt_trajectory
+from core.context import context_names
 from core.registry import Registry
 from core.types import Batch, LossFn, Params
 
@@ -102,6 +104,18 @@ def _body(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[
           proximal: float = 0.0) -> dict[int, Params]:
     return _head(loss_fn, params, support, steps_grid, rate, head=[k for k in params if k not in head], lrs=lrs,
                  weight_decay=weight_decay, proximal=proximal)
+
+
+@register_recipe("context", "adapt the context vector only; every weight stays the meta-learned one (CAVIA)")
+def _context(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+             head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+             proximal: float = 0.0) -> dict[int, Params]:
+    context = context_names(params)
+    if not context:
+        raise ValueError("recipe 'context' adapts a context vector and this model has none "
+                         "(the robotics and maintenance models take one: --data.context-dim 4)")
+    return _head(loss_fn, params, support, steps_grid, rate, head=context, lrs=lrs, weight_decay=weight_decay,
+                 proximal=proximal)
 
 
 @register_recipe("lp-ft", "the head for the first half of the steps, then every parameter (LP-FT)")

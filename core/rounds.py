@@ -73,10 +73,11 @@ def client_updates(
     that call as a traced graph, held in ``replay`` (the caller's), once the calls with this loss, algorithm,
     ``cfg`` and episode shapes number ``trace_after`` (0 or no ``replay`` = never)."""
     if any(e.query_fn is not None for e in episodes) and not algorithm.supports_rollouts:
-        raise ValueError(
-            f"algorithm {algorithm.name!r} needs a fixed query set; rollout tasks support "
-            "fomaml, reptile and perfedavg"
-        )
+        from core.algorithms.base import ALGORITHMS
+
+        able = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).supports_rollouts and ALGORITHMS.get(n).is_meta]
+        raise ValueError(f"algorithm {algorithm.name!r} needs a fixed query set; rollout tasks support "
+                         f"{', '.join(able)}")
     meta = {k: v.detach() for k, v in meta.items()}
     sizes = torch.tensor([_episode_size(e) for e in episodes])
     ids = [e.site_id for e in episodes]

@@ -32,6 +32,7 @@ class VerticalSpec:
             serves loss/metrics/few-shot tasks for that site.
         presets_dir: folder of ``<preset>.yaml`` files (at least ``quick`` and ``full``).
         onboard_flags: extra ``fml onboard`` flags mapped to data-config fields, e.g. ``{"rul": "rul_path"}``.
+        onboard_args: what a new site passes to ``fml onboard`` (the model card's command).
         rows_based: whether sites hold rows (site-shift report applies).
         reference_baselines: optional NON-federated reference rows for the held-out table:
             ``reference_baselines(problem, run_cfg, test_sites) -> DataFrame`` with columns
@@ -48,6 +49,7 @@ class VerticalSpec:
     load_new_site: Callable[[Any, dict, Optional[str]], tuple[Problem, Site]]
     presets_dir: Path
     onboard_flags: dict[str, str] = field(default_factory=dict)
+    onboard_args: str = "--data NEW_SITE_FILE"
     rows_based: bool = True
     reference_baselines: Optional[Callable[[Problem, Any, list[Site]], Any]] = None
     schema: Optional[Callable[[Problem], dict[str, Any]]] = None

@@ -175,20 +175,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from core.registry import UnknownNameError
     from core.tracking import RegistryError
     from pipelines.config import ConfigError
+    from pipelines.interrupts import exit_on_interrupt
 
-    try:
-        return COMMANDS[command](rest)
-    except (UnknownNameError, RegistryError, ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"fml {command}: error: {err}", file=sys.stderr)
-        return 1
-    except MlflowException as err:
-        print(f"fml {command}: error: MLflow at {_uri()}: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        hint = "; continue it with the same command plus --resume" if command in {"run", "evaluate"} else ""
-        print(f"fml {command}: interrupted; nothing was registered (an MLflow run it had started is not FINISHED)"
-              f"{hint}", file=sys.stderr)
-        return 130
+    hint = "; continue it with the same command plus --resume" if command in {"run", "evaluate"} else ""
+    interrupted = (f"fml {command}: interrupted; nothing was registered (an MLflow run it had started is not "
+                   f"FINISHED){hint}")
+    with exit_on_interrupt(interrupted) as reported:
+        try:
+            return COMMANDS[command](rest)
+        except KeyboardInterrupt:
+            print(interrupted, file=sys.stderr)
+            reported.set()
+            return 130
+        except (UnknownNameError, RegistryError, ConfigError, FileNotFoundError, ValueError) as err:
+            print(f"fml {command}: error: {err}", file=sys.stderr)
+            return 1
+        except MlflowException as err:
+            print(f"fml {command}: error: MLflow at {_uri()}: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ def schema_line(schema: dict[str, Any], limit: int = 12) -> str:
 def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str, Any], bundle: list[Any],
                default_reason: str, summary: pd.DataFrame, paired: pd.DataFrame, headline: str,
                higher_is_better: bool, shots: int, run_id: str, site_statistics: bool = False,
-               dataset: Any = None) -> str:
+               dataset: Any = None, onboard_args: str = "--data NEW_SITE_FILE") -> str:
     """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first;
-    ``dataset``: its :class:`pipelines.dataset_identity.DatasetIdentity`)."""
+    ``dataset``: its :class:`pipelines.dataset_identity.DatasetIdentity`; ``onboard_args``: what a new site passes
+    to ``fml onboard``, the vertical's ``VerticalSpec.onboard_args``)."""
     best = bundle[0]
     roles = fingerprint.get("roles", {})
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
@@ -91,7 +92,7 @@ Pooled over the test sites and their support draws; `auto` is the per-site choic
 
 ## Onboard a new site
 ```
-fml onboard {vertical} --data NEW_SITE_FILE --model models:/{name}/{version} --shots {shots}
+fml onboard {vertical} {onboard_args} --model models:/{name}/{version} --shots {shots}
 ```
 (`fml onboard {vertical} --help` lists the vertical's data options.) Run `{run_id}` has every table and plot.
 """

@@ -101,7 +101,7 @@ def preflight_shots(problem: Problem, cfg: Any) -> None:
 
 
 #: An algorithm meta-trained with an inner-loop group adapts that group at evaluation and onboarding too.
-GROUP_RECIPES = {"head": "head", "body": "body"}
+GROUP_RECIPES = {"head": "head", "body": "body", "context": "context"}
 
 
 def check_clients_per_round(problem: Problem, clients_per_round: int) -> None:
@@ -150,6 +150,19 @@ def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, whe
     return learner
 
 
+def check_parameter_groups(problem: Problem, cfg: Any, algorithms: list[str]) -> None:
+    """Before any training: every inner-loop group and recipe the run asks for exists on the model (CAVIA and
+    the ``context`` recipe need a context vector)."""
+    groups = problem.param_groups(problem.make_model())
+    wanted = [(f"{name}'s inner loop", get_algorithm(name).inner_group or algorithm_settings(cfg, name).inner.group)
+              for name in algorithms] + [("--eval.recipes context", "context")] * ("context" in cfg.eval.recipes)
+    for who, group in wanted:
+        if group != "all" and group not in groups:
+            hint = " (the robotics and maintenance models take one: --data.context-dim 4)" if group == "context" else ""
+            raise ValueError(f"{who} adapts the {group!r} parameter group, which this model does not have"
+                             f"{hint}; its groups: {', '.join(sorted(groups))}")
+
+
 def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunResult:
     """Run the vertical end to end; nothing is registered unless every stage succeeded."""
     check_run_config(cfg)
@@ -171,6 +184,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     for name in algorithms:
         get_algorithm(name)
     check_algorithm_overrides(cfg, ["fedavg", *algorithms])
+    check_parameter_groups(problem, cfg, algorithms)
     run_name = f"{spec.name}-{'+'.join(algorithms)}-seed{cfg.seed}"
     resumed = RunState.resume(out, cfg) if cfg.resume else None
     if resumed is None:
@@ -187,7 +201,8 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             mlflow.set_tag("resumed", "true")
         else:
             plain = to_plain(cfg)
-            mlflow.log_params({k: str(v)[:500] for k, v in flatten(plain).items()})
+            # flower.* configures `fml federate` runs only: an in-process run's params leave them out
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(plain).items() if not k.startswith("flower.")})
             mlflow.log_dict(plain, "config.yaml")
             mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
         # 2. site-shift report
@@ -442,7 +457,8 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         card = partial(model_card, vertical=spec.name, name=name, fingerprint=fingerprint, dataset=dataset,
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
-                       run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)))
+                       run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)),
+                       onboard_args=spec.onboard_args)
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
                                                    problem.higher_is_better, describe=lambda v: card(version=v))
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})

@@ -13,7 +13,7 @@ from core.config import FederatedConfig
 from core.problem import supervised_loss
 from core.replay import GraphReplay
 from core.rounds import client_updates
-from test_core_rounds import make_episodes, make_model, meta_for
+from test_core_rounds import make_episodes, make_model, meta_for, model_for
 
 
 def assert_identical(a, b) -> None:
@@ -26,9 +26,8 @@ def assert_identical(a, b) -> None:
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_a_replayed_round_is_bitwise_the_eager_round_for_every_algorithm(name: str) -> None:
-    model = make_model()
+    model, cfg = model_for(name, InnerConfig(steps=2, lr=0.1, weight_decay=1e-3, proximal=0.1))
     loss_fn = supervised_loss(model, nn.functional.cross_entropy)
-    cfg = InnerConfig(steps=2, lr=0.1, weight_decay=1e-3, proximal=0.1)
     alg = get_algorithm(name)
     meta = meta_for(name, model, cfg)
     replay = GraphReplay()

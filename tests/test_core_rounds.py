@@ -5,7 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from dataclasses import replace
+
 from core.algorithms import ALGORITHMS, InnerConfig, get_algorithm
+from core.context import ContextVector, context_names
 from core.problem import supervised_loss
 from core.rounds import client_updates
 from core.tasks import stack_episodes
@@ -15,9 +18,20 @@ from core.types import Episode, Params
 WAYS = 3
 
 
-def make_model() -> nn.Module:
+def make_model(context_dim: int = 0) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, WAYS))
+    context = [ContextVector(context_dim)] if context_dim else []
+    return nn.Sequential(*context, nn.Linear(8 + context_dim, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, WAYS))
+
+
+def model_for(name: str, cfg: InnerConfig) -> tuple[nn.Module, InnerConfig]:
+    """The test model and inner config of algorithm ``name``: CAVIA's model reads a context vector, which its
+    inner loop adapts (the learner resolves that group; here it is set by hand)."""
+    if get_algorithm(name).inner_group != "context":
+        return make_model(), cfg
+    model = make_model(context_dim=2)
+    return model, replace(cfg, trainable=context_names(n for n, _ in model.named_parameters()))
 
 
 def make_episodes(n: int, shots: int = 2, query: int = 4, seed: int = 0, shots_of: dict[int, int] | None = None) -> list[Episode]:
@@ -49,9 +63,8 @@ def assert_rounds_agree(a, b, atol: float = 1e-5) -> None:
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_vmap_and_loop_agree_for_every_algorithm(name: str) -> None:
-    model = make_model()
+    model, cfg = model_for(name, InnerConfig(steps=3, lr=0.1, weight_decay=1e-3, proximal=0.1))
     loss_fn = supervised_loss(model, nn.functional.cross_entropy)
-    cfg = InnerConfig(steps=3, lr=0.1, weight_decay=1e-3, proximal=0.1)
     meta = meta_for(name, model, cfg)
     episodes = make_episodes(5)
     alg = get_algorithm(name)

@@ -20,14 +20,11 @@ import torch
 
 pytest.importorskip("flwr")
 
-from pipelines.federate import APP_DIR, flower_bin  # noqa: E402
+from pipelines.federate import APP_DIR  # noqa: E402
 from pipelines.federate_local import LocalFederation  # noqa: E402
+from tests._flower_processes import require_flower_executables  # noqa: E402
 
-try:
-    for _exe in ("flower-superlink", "flower-supernode", "flwr"):
-        flower_bin(_exe)
-except FileNotFoundError as err:  # pragma: no cover
-    pytest.skip(f"Flower executables missing: {err}", allow_module_level=True)
+require_flower_executables()
 
 pytestmark = pytest.mark.slow  # real processes / end-to-end runs: `-m "not slow"` skips them
 

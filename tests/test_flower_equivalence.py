@@ -73,17 +73,20 @@ def test_flower_fedavg_strategy_equals_core_fedavg(tracking):
         torch.testing.assert_close(result.meta[name], reference[name], rtol=1e-5, atol=1e-6)
 
 
-def test_dp_fedavg_rounds_on_flower_equal_in_process(tracking):
-    """DP-FedAvg (fed.dp_clip / fed.dp_noise) clips and noises on the Flower server exactly as in-process."""
+def test_dp_fedavg_rounds_on_flower_clip_like_in_process_and_draw_secret_noise(tracking):
+    """DP-FedAvg (fed.dp_clip / fed.dp_noise) clips on the Flower server exactly as in-process; its noise is
+    NOT the in-process run's seeded noise (every node knows the seed and could subtract it)."""
     config = {"vertical": "digits", "preset": "quick", "algorithm": "fomaml", "data": DATA, "seed": SEED,
-              "fed.rounds": 2, "fed.clients_per_round": 4, "fed.dp_clip": 0.5, "fed.dp_noise": 0.7,
+              "fed.rounds": 2, "fed.clients_per_round": 4, "fed.dp_clip": 0.5, "fed.dp_noise": 0.0,
               "flower.finish": False, "flower.eval_roles": ","}
-    result = simulate(config, num_nodes=13)
+    clipped = simulate(config, num_nodes=13)
     reference = in_process(config, rounds=2)
     for name in reference:
-        torch.testing.assert_close(result.meta[name], reference[name], rtol=1e-5, atol=1e-6)
-    plain = in_process({**config, "fed.dp_noise": 0.0}, rounds=2)
-    assert any(not torch.allclose(plain[k], reference[k]) for k in reference)  # the noise is really there
+        torch.testing.assert_close(clipped.meta[name], reference[name], rtol=1e-5, atol=1e-6)
+    noised = simulate({**config, "fed.dp_noise": 0.7}, num_nodes=13)
+    seeded = in_process({**config, "fed.dp_noise": 0.7}, rounds=2)
+    assert any(not torch.allclose(noised.meta[k], reference[k]) for k in reference)  # the noise is really there
+    assert any(not torch.allclose(noised.meta[k], seeded[k], atol=1e-4) for k in seeded)  # ... and not the seed's
 
 
 def test_dp_fedavg_needs_the_core_rule():

@@ -71,3 +71,26 @@ def test_dp_rounds_are_seeded_and_noisy() -> None:
         assert torch.equal(v, again.meta_params()[k])  # the noise is seeded by (seed, round)
     assert any(not torch.allclose(v, clipped_only.meta_params()[k]) for k, v in noisy.meta_params().items())
     assert any(not torch.allclose(v, plain.meta_params()[k]) for k, v in clipped_only.meta_params().items())
+
+
+def test_core_rule_noise_is_secret_and_has_the_dp_fedavg_scale():
+    """The deployed core rule draws DP noise from the OS (two rules, same seed: different noise) with
+    std noise_multiplier * clip / clients_per_round per coordinate; without a generator it is the seeded one."""
+    import types
+
+    pytest.importorskip("flwr")
+    from core.federation import records as R
+    from core.federation.strategies import CoreRule, make_rule
+
+    fed = types.SimpleNamespace(dp_clip=1.0, dp_noise=2.0, clients_per_round=4, aggregation="mean",
+                                weighting="uniform")
+    run = types.SimpleNamespace(fed=fed, server=types.SimpleNamespace(optimizer="sgd", lr=1.0), seed=7,
+                                flower=types.SimpleNamespace(strategy="core", dp_noise=0.0))
+    meta = {"w": torch.zeros(20_000)}
+    accepted = [types.SimpleNamespace(record=R.params_to_record({"w": torch.zeros(20_000)}),
+                                      metrics={R.NUM_EXAMPLES: 5}) for _ in range(4)]
+    first, second = (make_rule(run, meta).aggregate(1, accepted)["w"] for _ in range(2))
+    assert not torch.allclose(first, second)
+    assert float(first.std()) == pytest.approx(2.0 * 1.0 / 4, rel=0.03)
+    seeded = [CoreRule(meta, fed, run.server, 7).aggregate(1, accepted)["w"] for _ in range(2)]
+    torch.testing.assert_close(seeded[0], seeded[1])

@@ -156,7 +156,7 @@ def linear_spec() -> VerticalSpec:
 
     return VerticalSpec(name="linear", description="test", data_config=LinearData,
                         prepare=lambda cfg, seed: linear_problem(linear_federation()),
-                        load_new_site=load_new_site, presets_dir=Path("."))
+                        load_new_site=load_new_site, presets_dir=Path("."), onboard_args="--site NEW_SITE_ID")
 
 
 def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, tmp_path):
@@ -183,7 +183,7 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     card = version.description  # the model card the MLflow UI shows
     assert f"# fml-linear v{version.version}: `linear`" in card and "Default starting point: `fedavg+ft`" in card
     assert "| `auto` |" in card and "| `fomaml` |" in card and "minus `fedavg+ft`" in card
-    assert f"fml onboard linear --data NEW_SITE_FILE --model models:/fml-linear/{version.version}" in card
+    assert f"fml onboard linear --site NEW_SITE_ID --model models:/fml-linear/{version.version}" in card
     assert "test: s0, s1" in card
     loaded = tracking.load_meta_init("models:/fml-linear@champion")
     assert set(loaded.candidates) == {"fedavg+ft", "fomaml"}

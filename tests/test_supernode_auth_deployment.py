@@ -29,12 +29,9 @@ from pipelines.federate import flower_bin, flower_home  # noqa: E402
 from pipelines.federate_keys import make_key_pair  # noqa: E402
 from pipelines.federate_local import free_port  # noqa: E402
 from tests._flower_tls import make_certificates  # noqa: E402
+from tests._flower_processes import require_flower_executables  # noqa: E402
 
-try:
-    for _exe in ("flower-superlink", "flower-supernode", "flwr"):
-        flower_bin(_exe)
-except FileNotFoundError as err:  # pragma: no cover
-    pytest.skip(f"Flower executables missing: {err}", allow_module_level=True)
+require_flower_executables()
 
 pytestmark = pytest.mark.slow  # real processes / end-to-end runs: `-m "not slow"` skips them
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -23,7 +23,7 @@ class InnerConfig:
         weight_decay: L2 regularization of the adapted weights.
         proximal: pull of the adapted weights toward the initialization.
         group: the parameters the inner loop of MAML / FO-MAML / Reptile adapts in meta-training: ``all``,
-            ``head`` (ANIL, Raghu et al. 2020) or ``body`` (BOIL, Oh et al. 2021), a group of
+            ``head`` (ANIL, Raghu et al. 2020), ``body`` (BOIL, Oh et al. 2021) or ``context``, a group of
             :meth:`core.problem.Problem.param_groups`; the other parameters are still meta-learned.
         trainable: the names of that group (resolved by the learner; empty = every parameter).
     """
@@ -68,6 +68,8 @@ class Algorithm:
         is_meta: whether it meta-learns (FedAvg does not: its server default is SGD lr 1).
         vectorizable: whether clients of a round may run in one ``vmap`` call.
         supports_rollouts: whether it accepts episodes whose query is produced from adapted weights.
+        inner_group: the parameter group its inner loop always adapts (CAVIA: ``context``), whatever
+            ``inner.group`` says; None = ``inner.group``.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Algorithm:
     is_meta: bool = True
     vectorizable: bool = True
     supports_rollouts: bool = True
+    inner_group: Optional[str] = None
 
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")

@@ -2,7 +2,8 @@
 
 - ``core``: the in-process engine's rule: ``core.aggregation`` (weights by ``fed.weighting``, rule
   ``fed.aggregation``) on the clients' DIRECTIONS, then the ``core.server`` optimizer step (``server.optimizer``
-  at ``server.lr``). Bit-for-bit the computation of ``MetaLearner.run_round``.
+  at ``server.lr``). Bit-for-bit the computation of ``MetaLearner.run_round``, except DP-FedAvg's noise: the
+  deployed server draws it from a secret generator, not from the run's seed that every node knows.
 - Flower strategies, where Flower already implements the rule: clients reply ``init - direction`` so the
   strategy sees ordinary model weights. ``fedavg`` (= server SGD at lr 1), ``fedavgm``, ``fedadam``,
   ``fedyogi``, ``fedadagrad`` (FedOpt family, server lr = ``server.lr``), ``fedmedian``, ``fedtrimmedavg``,
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from core.registry import Registry
 
@@ -34,13 +35,13 @@ class CoreRule:
 
     reply = "direction"
 
-    def __init__(self, meta, fed: Any, server: Any, seed: int) -> None:
+    def __init__(self, meta, fed: Any, server: Any, seed: int, noise: Optional["torch.Generator"] = None) -> None:
         import torch
         from torch import nn
 
         from core.server import make_server_optimizer
 
-        self.fed, self.seed = fed, seed
+        self.fed, self.seed, self.noise = fed, seed, noise
         self.params = {k: nn.Parameter(v.detach().clone()) for k, v in meta.items()}
         self.optimizer: torch.optim.Optimizer = make_server_optimizer(server.optimizer, self.params.values(), server.lr)
 
@@ -49,7 +50,8 @@ class CoreRule:
 
     def aggregate(self, server_round: int, accepted: Sequence[Accepted]):
         """The aggregated direction of ``accepted`` (in the order given: keep the sampled order); with
-        ``fed.dp_clip`` the DP-FedAvg mean of ``MetaLearner.run_round`` (same clip, same seeded noise)."""
+        ``fed.dp_clip`` the DP-FedAvg mean of ``MetaLearner.run_round`` (same clip; the noise from ``noise``
+        when given, else seeded like the in-process run's)."""
         import torch
 
         from core.aggregation import aggregate_round
@@ -60,7 +62,8 @@ class CoreRule:
         sizes = [int(a.metrics[NUM_EXAMPLES]) for a in accepted]
         shared = set.intersection(*(set(a.metrics) for a in accepted))
         metrics = {k: torch.tensor([float(a.metrics[k]) for a in accepted]) for k in shared if k.startswith("train/")}
-        return aggregate_round(stacked, sizes, self.fed, self.seed, server_round - 1, metrics)  # rounds count from 1
+        return aggregate_round(stacked, sizes, self.fed, self.seed, server_round - 1, metrics,  # rounds count from 1
+                               noise=self.noise)
 
     def step(self, direction) -> None:
         """Apply an aggregated direction as the meta-gradient (``set_direction_as_grad`` + optimizer step)."""
@@ -142,7 +145,10 @@ def make_rule(run: Any, meta) -> CoreRule | FlowerRule:
     """The server rule of ``run.flower.strategy`` (``core`` or a registered Flower strategy)."""
     name = run.flower.strategy
     if name == "core":
-        return CoreRule(meta, run.fed, run.server, run.seed)
+        from core.privacy import secret_generator
+
+        # every node knows the run's seed: noise seeded by it could be regenerated and subtracted
+        return CoreRule(meta, run.fed, run.server, run.seed, noise=secret_generator())
     if not FLOWER_STRATEGIES.names():
         _register_flower_strategies()
     if name not in FLOWER_STRATEGIES:

@@ -60,5 +60,6 @@ SPEC = register_vertical(
         prepare=prepare,
         load_new_site=load_new_site,
         presets_dir=Path(__file__).parent / "presets",
+        onboard_args="--site NEW_SITE_ID",
     )
 )

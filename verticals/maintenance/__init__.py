@@ -22,6 +22,10 @@ from verticals.maintenance.reference import reference_baselines
 
 def model_spec(cfg: MaintenanceData, sensors: int, rul_cap: float) -> dict:
     spec = {"kind": cfg.model, "sensors": sensors, "window": cfg.window, "hidden": cfg.hidden, "rul_cap": rul_cap}
+    if cfg.context_dim < 0:
+        raise ValueError(f"maintenance: --data.context-dim must be >= 0, got {cfg.context_dim}")
+    if cfg.context_dim:
+        spec["context_dim"] = cfg.context_dim
     if cfg.model == "cnn":
         spec.update(channels=cfg.channels, kernel=cfg.kernel)
     return spec
@@ -53,6 +57,7 @@ SPEC = register_vertical(
         prepare=prepare,
         load_new_site=load_new_site,
         presets_dir=Path(__file__).parent / "presets",
+        onboard_args="--data FLEET_FILE [--rul RUL_FILE]",
         onboard_flags={"rul": "rul_path"},
         schema=lambda problem: {"settings": problem.preprocessing["settings"], "window": problem.preprocessing["window"],
                                 "sensors": sorted(problem.preprocessing["sensors"]

@@ -20,6 +20,9 @@ class MaintenanceData(CmapssConfig, SiteStatisticsOption):
     """Hidden width (CNN head / GRU state)."""
     kernel: int = 5
     """Temporal kernel size of the 1D-CNN."""
+    context_dim: int = 0
+    """Context vector the model reads beside the sensors (CAVIA; the `cavia` algorithm and the `context` recipe
+    adapt only it); 0 = none."""
     train_units: int = 2
     """Support units (engines) per meta-training episode."""
     query_units: int = 2

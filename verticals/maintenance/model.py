@@ -3,6 +3,8 @@
 Both are plain ``nn.Module``s without normalization-layer state, so ``torch.func.functional_call``
 and ``vmap`` carry them (see ``STYLE.md``). Outputs are in cycles: the network predicts
 ``RUL / rul_cap`` and the module multiplies by the fixed ``rul_cap`` (a Python float, not a parameter).
+With ``context_dim`` > 0 each reads a zero-initialized context vector (CAVIA, :mod:`core.context`) appended
+to the sensors at every time step: an operator's offsets and gains can be absorbed by a few numbers.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from core.context import ContextVector
 from core.registry import Registry
 
 
@@ -19,14 +22,15 @@ class RulCNN(nn.Module):
 
     Args:
         sensors: input channels. window: window length. channels: conv channels. hidden: MLP width.
-        kernel: temporal kernel size. rul_cap: output scale (cycles).
+        kernel: temporal kernel size. rul_cap: output scale (cycles). context_dim: context vector (0 = none).
     """
 
     def __init__(self, sensors: int, window: int, channels: int = 16, hidden: int = 32, kernel: int = 5,
-                 rul_cap: float = 125.0) -> None:
+                 rul_cap: float = 125.0, context_dim: int = 0) -> None:
         super().__init__()
+        self.context = ContextVector(context_dim) if context_dim > 0 else None
         self.conv = nn.Sequential(
-            nn.Conv1d(sensors, channels, kernel, padding=kernel // 2), nn.ReLU(),
+            nn.Conv1d(sensors + context_dim, channels, kernel, padding=kernel // 2), nn.ReLU(),
             nn.Conv1d(channels, channels, kernel, padding=kernel // 2), nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * window, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -36,6 +40,7 @@ class RulCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [batch, window, sensors]`` -> RUL ``[batch]`` (cycles)."""
+        x = x if self.context is None else self.context(x)
         return self.head(self.conv(x.transpose(1, 2))).squeeze(-1) * self.rul_cap
 
 
@@ -44,11 +49,14 @@ class RulGRU(nn.Module):
 
     Args:
         sensors: input features. window: unused (any length). hidden: state size. rul_cap: output scale.
+        context_dim: context vector (0 = none).
     """
 
-    def __init__(self, sensors: int, window: int, hidden: int = 32, rul_cap: float = 125.0, **_: int) -> None:
+    def __init__(self, sensors: int, window: int, hidden: int = 32, rul_cap: float = 125.0, context_dim: int = 0,
+                 **_: int) -> None:
         super().__init__()
-        self.inp = nn.Linear(sensors, 3 * hidden)
+        self.context = ContextVector(context_dim) if context_dim > 0 else None
+        self.inp = nn.Linear(sensors + context_dim, 3 * hidden)
         self.rec = nn.Linear(hidden, 3 * hidden, bias=False)
         self.out = nn.Linear(hidden, 1)
         self.hidden = hidden
@@ -57,7 +65,7 @@ class RulGRU(nn.Module):
             self.out.bias.fill_(0.6)
 
     def forward(self, x: Tensor) -> Tensor:
-        gates_x = self.inp(x)  # [b, T, 3h]
+        gates_x = self.inp(x if self.context is None else self.context(x))  # [b, T, 3h]
         h = x.new_zeros(x.shape[0], self.hidden)
         for t in range(x.shape[1]):
             xr, xz, xn = gates_x[:, t].chunk(3, dim=-1)

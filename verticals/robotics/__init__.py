@@ -31,13 +31,15 @@ def preprocessing_for(cfg: RoboticsData) -> dict[str, Any]:
         "gae_lambda": cfg.gae_lambda, "surrogate": cfg.surrogate,
         "vary": list(cfg.vary) or [p.name for p in fam.params],
         "train_ranges": {p.name: list(p.train) for p in fam.params}, "has_success": bool(fam.success),
+        **({"context_dim": int(cfg.context_dim)} if cfg.context_dim else {}),
     }
 
 
 def problem_for(federation: Federation, pre: dict[str, Any]) -> RoboticsProblem:
     settings = RolloutSettings(
         obs_dim=int(pre["obs_dim"]), act_dim=int(pre["act_dim"]), horizon=int(pre["horizon"]), hidden=tuple(int(h) for h in pre["hidden"]),
-        init_log_std=float(pre["init_log_std"]), train_rollouts=int(pre["train_rollouts"]),
+        init_log_std=float(pre["init_log_std"]), context_dim=int(pre.get("context_dim", 0)),
+        train_rollouts=int(pre["train_rollouts"]),
         eval_rollouts=int(pre["eval_rollouts"]), gamma=float(pre["gamma"]), gae_lambda=float(pre["gae_lambda"]),
         surrogate=str(pre["surrogate"]), has_success=bool(pre["has_success"]),
     )
@@ -75,6 +77,7 @@ SPEC = register_vertical(
         prepare=prepare,
         load_new_site=load_new_site,
         presets_dir=Path(__file__).parent / "presets",
+        onboard_args="--robot 'goal=0.3,-0.2;gain=1.5'",
         onboard_flags={"robot": "robot"},
         rows_based=False,
     )

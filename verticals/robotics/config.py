@@ -37,6 +37,9 @@ class RoboticsData:
     """Hidden widths of the Gaussian MLP policy."""
     init_log_std: float = -0.5
     """Initial log standard deviation of the policy's actions (actions live in [-1, 1])."""
+    context_dim: int = 0
+    """Context vector the policy reads beside the observation (CAVIA; the `cavia` algorithm and the `context`
+    recipe adapt only it); 0 = none."""
     robot: Optional[str] = None
     """Onboarding only (fml onboard robotics --robot ...): the new robot, e.g. 'goal=0.3,-0.2;gain=1.5;rotation=20';
     parameters left out take the family's defaults."""

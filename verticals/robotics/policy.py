@@ -2,7 +2,8 @@
 
 ``forward(obs)`` returns the mean action (what is deployed); the state-independent ``log_std`` is a
 parameter too (used clamped to ``[LOG_STD_MIN, LOG_STD_MAX]``, see ``pg.py``), so adaptation can also
-change how much a robot explores.
+change how much a robot explores. With ``context_dim`` > 0 the network also reads a zero-initialized context
+vector (CAVIA, :mod:`core.context`) appended to every observation.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from core.context import ContextVector, append_context
 from core.types import Params
 from verticals.robotics.pg import bounded_log_std
 
@@ -24,12 +26,15 @@ class GaussianMLPPolicy(nn.Module):
         act_dim: action size (actions live in ``[-1, 1]``; the environment clips).
         hidden: hidden layer widths (ReLU).
         init_log_std: initial log standard deviation of the actions.
+        context_dim: size of the context vector the network reads beside the observation (0 = none).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64), init_log_std: float = -0.5):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64), init_log_std: float = -0.5,
+                 context_dim: int = 0):
         super().__init__()
+        self.context = ContextVector(context_dim) if context_dim > 0 else None
         layers: list[nn.Module] = []
-        width = obs_dim
+        width = obs_dim + context_dim
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
@@ -37,7 +42,7 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs)
+        return self.net(obs if self.context is None else self.context(obs))
 
 
 def mean_fn(model: nn.Module, params: Params) -> Callable[[Tensor], Tensor]:
@@ -48,9 +53,10 @@ def mean_fn(model: nn.Module, params: Params) -> Callable[[Tensor], Tensor]:
         return lambda obs: functional_call(model, params, (obs,))
     layers = [(params[f"net.{i}.weight"], params[f"net.{i}.bias"])
               for i, m in enumerate(model.net) if isinstance(m, nn.Linear)]
+    context = params["context.context"] if model.context is not None else None
 
     def mean(obs: Tensor) -> Tensor:
-        h = obs
+        h = obs if context is None else append_context(obs, context)
         for j, (w, b) in enumerate(layers):
             h = torch.nn.functional.linear(h, w, b)
             if j < len(layers) - 1:

@@ -46,6 +46,7 @@ class RolloutSettings:
     Args:
         obs_dim: observation size. act_dim: action size. horizon: steps per episode.
         hidden: policy hidden widths. init_log_std: initial action log-std.
+        context_dim: the policy's context vector (0 = none).
         train_rollouts: episodes per support / query batch in meta-training.
         eval_rollouts: episodes scoring a policy on a held-out robot.
         gamma: discount. gae_lambda: GAE lambda.
@@ -58,6 +59,7 @@ class RolloutSettings:
     horizon: int
     hidden: tuple[int, ...] = (64, 64)
     init_log_std: float = -0.5
+    context_dim: int = 0
     train_rollouts: int = 20
     eval_rollouts: int = 20
     gamma: float = 0.99
@@ -69,6 +71,8 @@ class RolloutSettings:
         SURROGATES.get(self.surrogate)
         if self.train_rollouts < 1 or self.eval_rollouts < 1:
             raise ValueError("robotics: train_rollouts and eval_rollouts must be >= 1")
+        if self.context_dim < 0:
+            raise ValueError(f"robotics: --data.context-dim must be >= 0, got {self.context_dim}")
 
 
 def policy_loss(model: nn.Module, surrogate: str) -> LossFn:
@@ -153,7 +157,7 @@ class RoboticsProblem(Problem):
 
     def make_model(self) -> nn.Module:
         s = self.settings
-        return GaussianMLPPolicy(s.obs_dim, s.act_dim, s.hidden, s.init_log_std)
+        return GaussianMLPPolicy(s.obs_dim, s.act_dim, s.hidden, s.init_log_std, s.context_dim)
 
     def loss_fn(self, model: nn.Module) -> LossFn:
         return policy_loss(model, self.settings.surrogate)
