@@ -257,6 +257,7 @@ def check_run_config(cfg: Any) -> None:
         ("fed.attack_fraction", fed.attack_fraction, 0 <= fed.attack_fraction < 1, "in [0, 1)"),
         ("inner.steps", cfg.inner.steps, cfg.inner.steps >= 0, ">= 0"),
         ("inner.lr", cfg.inner.lr, cfg.inner.lr > 0, "> 0"),
+        ("inner.meta_dropout", cfg.inner.meta_dropout, 0 <= cfg.inner.meta_dropout < 1, "in [0, 1)"),
         ("inner.group", cfg.inner.group, cfg.inner.group in ("all", "head", "body", "context"),
          "all, head, body or context"),
         ("eval.shots", ev.shots, bool(ev.shots) and min(ev.shots) >= 1, "non-empty, each >= 1"),

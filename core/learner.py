@@ -26,7 +26,8 @@ from core.problem import Problem
 from core.replay import GraphReplay
 from core.rounds import RoundResult, client_updates
 from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
-from core.seeds import round_generator, site_generator
+from core.meta_dropout import meta_training_episode
+from core.seeds import round_generator
 from core.site_descriptors import site_strata
 from core.server import make_server_optimizer, set_direction_as_grad
 from core.types import Params
@@ -38,8 +39,11 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def with_group(inner: InnerConfig, problem: Problem, model: nn.Module) -> InnerConfig:
-    """``inner`` with the names of its inner-loop parameter group (``inner.group``) resolved on ``model``."""
+def with_group(inner: InnerConfig, problem: Problem, model: nn.Module, group: Optional[str] = None) -> InnerConfig:
+    """``inner`` with the names of its inner-loop parameter group resolved on ``model``: ``group`` when given
+    (an algorithm's own, ``Algorithm.inner_group``), else ``inner.group``."""
+    if group:
+        inner = replace(inner, group=group)
     if inner.group == "all" or inner.trainable:
         return inner
     groups = problem.param_groups(model)
@@ -79,8 +83,7 @@ class MetaLearner(pl.LightningModule):
         self.algorithm = get_algorithm(algorithm)
         self.validate_fn = validate
         self.model = initial_model(problem, self.algorithm, seed, start)
-        group = self.algorithm.inner_group
-        self.inner = with_group(replace(inner, group=group) if group else inner, problem, self.model)
+        self.inner = with_group(inner, problem, self.model, self.algorithm.inner_group)
         self.loss_fn = problem.loss_fn(self.model)
         self.replay = GraphReplay()
         """This learner's traced rounds (``fed.trace_after``): they go with it, as its loss function does."""
@@ -118,7 +121,8 @@ class MetaLearner(pl.LightningModule):
         ids = sample_clients(self._train_ids, self._sizes, self.fed.clients_per_round, gen,
                              self.fed.sampler, self.fed.dropout, self._strata)
         meta = self.meta_params()
-        episodes = [to_device(self.problem.train_episode(sid, meta, site_generator(self.seed, round_index, sid)),
+        dropout = self.inner.meta_dropout if self.algorithm.is_meta else 0.0  # FedAvg trains on clean rows
+        episodes = [to_device(meta_training_episode(self.problem, sid, meta, self.seed, round_index, dropout),
                               self.device) for sid in ids]
         result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize,
                                 self.fed.trace_after, self.replay)

@@ -185,6 +185,9 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         get_algorithm(name)
     check_algorithm_overrides(cfg, ["fedavg", *algorithms])
     check_parameter_groups(problem, cfg, algorithms)
+    if not spec.rows_based and any(algorithm_settings(cfg, a).inner.meta_dropout > 0 for a in algorithms):
+        raise ValueError(f"inner.meta_dropout drops input features of row data; a {spec.name} site's support is collected "
+                         "by the policy itself: use inner.meta_dropout=0")
     run_name = f"{spec.name}-{'+'.join(algorithms)}-seed{cfg.seed}"
     resumed = RunState.resume(out, cfg) if cfg.resume else None
     if resumed is None:

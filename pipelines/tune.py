@@ -1,7 +1,7 @@
 """``fml tune <vertical>``: federated hyperparameter optimization of one FML algorithm with Optuna.
 
-The study searches meta-training's inner lr (log scale), inner steps K and server lr (log scale); the toolkit
-has no meta-dropout, so there is none to tune. Every trial is a SHORTENED meta-training -- the run's own
+The study searches meta-training's inner lr (log scale), inner steps K and server lr (log scale), and with
+``--meta-dropout LOW HIGH`` the support inputs' meta-dropout (``inner.meta_dropout``). Every trial is a SHORTENED meta-training -- the run's own
 ``train_one``: same seed, so the same initialization, rounds' clients and episodes, and the same
 validation-site check that picks the run's checkpoint -- scored ONLY on the run's validation sites: the
 federation is built once per process with the run's seed and its test sites are dropped before the first
@@ -61,6 +61,8 @@ class SearchSpace:
     """Inner-loop steps K (integers)."""
     server_lr: tuple[float, float]
     """Server learning rate (log scale)."""
+    meta_dropout: Optional[tuple[float, float]] = None
+    """Meta-dropout of the support inputs (``inner.meta_dropout``, linear scale); None = not searched."""
 
     @classmethod
     def around(cls, hand_set: dict[str, Any], eval_steps: Sequence[int]) -> "SearchSpace":
@@ -70,16 +72,28 @@ class SearchSpace:
         return cls((lr / 10, lr * 10), (1, max(k, *eval_steps, 1)), (slr / 10, slr * 10))
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {"inner.lr": trial.suggest_float("inner.lr", *self.inner_lr, log=True),
-                "inner.steps": trial.suggest_int("inner.steps", *self.inner_steps),
-                "server.lr": trial.suggest_float("server.lr", *self.server_lr, log=True)}
+        params = {"inner.lr": trial.suggest_float("inner.lr", *self.inner_lr, log=True),
+                  "inner.steps": trial.suggest_int("inner.steps", *self.inner_steps),
+                  "server.lr": trial.suggest_float("server.lr", *self.server_lr, log=True)}
+        if self.meta_dropout is not None:
+            params["inner.meta_dropout"] = trial.suggest_float("inner.meta_dropout", *self.meta_dropout)
+        return params
 
     def contains(self, params: dict[str, Any]) -> bool:
-        ranges = {"inner.lr": self.inner_lr, "inner.steps": self.inner_steps, "server.lr": self.server_lr}
+        ranges = {"inner.lr": self.inner_lr, "inner.steps": self.inner_steps, "server.lr": self.server_lr,
+                  **({"inner.meta_dropout": self.meta_dropout} if self.meta_dropout is not None else {})}
         return all(lo <= params[k] <= hi for k, (lo, hi) in ranges.items())
 
     def check(self) -> None:
-        for name, (lo, hi) in dataclasses.asdict(self).items():
+        for name, bounds in dataclasses.asdict(self).items():
+            if bounds is None:
+                continue
+            lo, hi = bounds
+            if name == "meta_dropout":
+                if not 0 <= lo <= hi < 1:
+                    raise ValueError(f"search range meta_dropout ({lo}, {hi}) must read LOW HIGH with "
+                                     "0 <= LOW <= HIGH < 1")
+                continue
             if not (0 < lo <= hi if name != "inner_steps" else 0 <= lo <= hi):
                 raise ValueError(f"search range {name} ({lo}, {hi}) must read LOW HIGH with "
                                  f"{'0 <=' if name == 'inner_steps' else '0 <'} LOW <= HIGH")
@@ -386,6 +400,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--inner-lr", type=float, nargs=2, metavar=("LOW", "HIGH"), help="inner lr range (log)")
     parser.add_argument("--inner-steps", type=int, nargs=2, metavar=("LOW", "HIGH"), help="inner steps range")
     parser.add_argument("--server-lr", type=float, nargs=2, metavar=("LOW", "HIGH"), help="server lr range (log)")
+    parser.add_argument("--meta-dropout", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="also search inner.meta_dropout in this range (row-data verticals)")
     args, rest = parser.parse_known_args(argv)
     if any(a == "--algorithms" or a.startswith("--algorithms=") for a in rest):
         parser.error("--algorithms: fml tune tunes one algorithm, named by --algorithm")
@@ -397,12 +413,13 @@ def main(argv: Sequence[str]) -> int:
     spec = VERTICALS.get(args.vertical)
     cfg = resolve_run_config(spec, args.preset, rest, prog=f"fml tune {spec.name} --preset {args.preset}")
     space = None
-    if args.inner_lr or args.inner_steps or args.server_lr:
+    if args.inner_lr or args.inner_steps or args.server_lr or args.meta_dropout:
         settings = algorithm_settings(cfg, args.algorithm)
         around = SearchSpace.around({"inner.lr": settings.inner.lr, "inner.steps": settings.inner.steps,
                                      "server.lr": settings.server.lr}, cfg.eval.steps)
         space = SearchSpace(tuple(args.inner_lr or around.inner_lr), tuple(args.inner_steps or around.inner_steps),
-                            tuple(args.server_lr or around.server_lr))
+                            tuple(args.server_lr or around.server_lr),
+                            tuple(args.meta_dropout) if args.meta_dropout else None)
     options = TuneOptions(algorithm=args.algorithm, trials=args.trials, rounds=args.rounds, val_every=args.val_every,
                           study_name=args.study_name, storage=args.storage, output=args.output, timeout=args.timeout,
                           pruner=args.pruner, space=space)

@@ -11,15 +11,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: a block that swallows every KeyboardInterrupt: without the watchdog it never ends
+#: a block that swallows every KeyboardInterrupt: without the watchdog it never ends (two nested handlers, so
+#: an interrupt landing in the inner ``except`` clause is swallowed too)
 SWALLOWING = """
 import sys, time
 from pipelines.interrupts import exit_on_interrupt
+
+def spin():
+    while True:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+
 with exit_on_interrupt("fml run: interrupted", grace_s={grace}) as reported:
     print("ready", flush=True)
     while True:
         try:
-            time.sleep(0.05)
+            spin()
         except KeyboardInterrupt:
             pass
 """

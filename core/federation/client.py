@@ -72,18 +72,19 @@ def client_update(node: NodeData, meta, config: Any) -> tuple[dict, int, dict[st
     from core.algorithms.base import get_algorithm
     from core.learner import with_group
     from core.rounds import client_updates
-    from core.seeds import site_generator
+    from core.meta_dropout import meta_training_episode
 
     if node.loaded.role != "train":
         raise NodeConfigError(f"site {node.site_id!r} has role {node.loaded.role!r} and was asked to train: only "
                               "training sites compute updates (held-out sites stay out of meta-training); serve a "
                               "training site from this node, or set its node config role='train'")
     seed, round_index = int(config[R.SEED]), int(config[R.ROUND])
-    episode = node.problem.train_episode(node.site_id, meta, site_generator(seed, round_index, node.site_id))
+    algorithm = get_algorithm(str(config[R.ALGORITHM]))
+    inner = with_group(R.inner_from_config(config), node.problem, node.model, algorithm.inner_group)
+    dropout = inner.meta_dropout if algorithm.is_meta else 0.0  # FedAvg trains on clean rows
+    episode = meta_training_episode(node.problem, node.site_id, meta, seed, round_index, dropout)
     # one episode: nothing to vectorize (the direct call gives the in-process vmap's numbers, and is faster)
-    inner = with_group(R.inner_from_config(config), node.problem, node.model)
-    result = client_updates(get_algorithm(str(config[R.ALGORITHM])), node.loss_fn, meta, [episode], inner,
-                            vectorize=False)
+    result = client_updates(algorithm, node.loss_fn, meta, [episode], inner, vectorize=False)
     direction = {k: v[0].detach() for k, v in result.directions.items()}
     if not all(torch.isfinite(v).all() for v in direction.values()):
         raise FloatingPointError(f"site {node.site_id!r}: the update is not finite at round {round_index}; "
