@@ -106,6 +106,9 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
     from pipelines.config import load_preset
     from pipelines.run import run_pipeline
 
+    from pipelines.process_setup import configure_process
+
+    configure_process()  # the fml command's named warnings and loggers: a benchmark's console reads like a run's
     verticals.load_all()
     spec = VERTICALS.get(vertical)
     torch.set_num_threads(flags.threads)
