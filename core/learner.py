@@ -26,7 +26,7 @@ from core.problem import Problem
 from core.replay import GraphReplay
 from core.rounds import RoundResult, client_updates
 from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
-from core.meta_dropout import meta_training_episode
+from core.meta_dropout import dropout_for, meta_training_episode
 from core.seeds import round_generator
 from core.site_descriptors import site_strata
 from core.server import make_server_optimizer, set_direction_as_grad
@@ -121,7 +121,7 @@ class MetaLearner(pl.LightningModule):
         ids = sample_clients(self._train_ids, self._sizes, self.fed.clients_per_round, gen,
                              self.fed.sampler, self.fed.dropout, self._strata)
         meta = self.meta_params()
-        dropout = self.inner.meta_dropout if self.algorithm.is_meta else 0.0  # FedAvg trains on clean rows
+        dropout = dropout_for(self.algorithm, self.inner)
         episodes = [to_device(meta_training_episode(self.problem, sid, meta, self.seed, round_index, dropout),
                               self.device) for sid in ids]
         result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize,

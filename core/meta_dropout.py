@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from core.algorithms.base import Algorithm, InnerConfig
 from core.problem import Problem
 from core.seeds import site_generator, site_seed
 from core.types import Episode, Params
@@ -42,3 +43,9 @@ def meta_training_episode(problem: Problem, site_id: str, meta: Params, seed: in
         return episode
     gen = torch.Generator().manual_seed(site_seed(seed, round_index, site_id, "meta-dropout"))
     return drop_support_inputs(episode, meta_dropout, gen)
+
+
+def dropout_for(algorithm: Algorithm, inner: InnerConfig) -> float:
+    """The meta-dropout an algorithm's episodes get: ``inner.meta_dropout`` for a meta-learner, 0 for FedAvg
+    (the baseline trains on clean rows), in both engines."""
+    return inner.meta_dropout if algorithm.is_meta else 0.0
