@@ -5,12 +5,15 @@ the adaptation recipe chosen on validation sites). The site splits its k labelle
 (stratified by class; whole units such as engines never straddle folds), adapts each candidate on the
 training folds with its recipe and measures a loss for every held-out unit: the training loss, or for a
 binary task ranked by AUROC / PR-AUC a pairwise ranking loss (a smooth 1 - AUROC that ignores a shift
-of the scores, which few balanced examples would otherwise reward or punish). A candidate
-replaces the DEFAULT -- the start the validation sites support: the tuned FedAvg baseline unless an FML
-algorithm beat it clearly there -- only when its held-out loss is clearly lower: a one-sided Wilcoxon
-signed-rank test of the paired per-unit differences at p < 0.1, so that noise on a handful of examples
-does not hand a site a worse start. A support too small to split (fewer than two units of some class)
-keeps the default. Only the support set is read: the rows a held-out
+of the scores, which few balanced examples would otherwise reward or punish). When the support splits, the
+BASELINE (the tuned FedAvg model) stays the site's start unless another candidate's held-out loss is clearly
+lower: a one-sided Wilcoxon signed-rank test of the paired per-unit differences at p < 0.1, so that neither
+noise on a handful of examples nor validation sites unlike this one hand the site a worse start. Only a
+support too small to split (fewer than two units of some class) falls back to the DEFAULT, the start the
+validation sites support (the baseline unless an FML algorithm beat it clearly there). Units whose rows are
+ordered in time (an engine's windows) are cut into contiguous blocks (:func:`time_blocks`) when there are too
+few of them for the test: one engine still tells which start predicts the rest of ITS life better.
+Only the support set is read: the rows a held-out
 protocol scores never reach these functions.
 """
 from __future__ import annotations
@@ -94,6 +97,27 @@ def fold_units(units: Tensor, strata: Optional[Tensor], max_folds: int) -> Optio
         held = [torch.tensor(rows) for u, rows in rows_of.items() if fold_of[u] == f]
         folds.append((torch.tensor(sorted(train)), held))
     return folds
+
+
+#: The fewest paired units a one-sided Wilcoxon signed-rank test can pass at p < 0.1 (p = 1/16 when all 4 agree).
+MIN_PAIRS = 4
+
+
+def time_blocks(units: Tensor, min_parts: int = MIN_PAIRS) -> Tensor:
+    """``[n]`` part ids that cut each unit's rows, in their order, into contiguous blocks when there are fewer
+    than ``min_parts`` units -- ``ceil(min_parts / units)`` blocks each (a unit with fewer rows: one per row);
+    ``units`` itself when there are enough. Contiguous, not interleaved: neighbouring windows overlap, so an
+    interleaved split would score a candidate on rows it has nearly seen."""
+    ids = list(dict.fromkeys(units.tolist()))
+    if len(ids) >= min_parts or not ids:
+        return units
+    per = math.ceil(min_parts / len(ids))
+    parts = torch.empty_like(units)
+    for j, u in enumerate(ids):
+        rows = torch.nonzero(units == u).flatten()
+        blocks = min(per, rows.numel())
+        parts[rows] = j * per + torch.arange(rows.numel(), device=units.device) * blocks // rows.numel()
+    return parts
 
 
 def split_support(support: Batch, units: Optional[Tensor], strata: Optional[Tensor], max_folds: int) -> Optional[Folds]:
@@ -181,12 +205,13 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
-                     defaults: Mapping[int, str], criterion: Optional[Criterion] = None) -> dict[int, SiteChoice]:
+                     defaults: Mapping[int, str], criterion: Optional[Criterion] = None,
+                     baseline: Optional[str] = None) -> dict[int, SiteChoice]:
     """The choice at each steps count of ``defaults`` (every candidate adapts that many steps).
 
-    ``defaults[s]`` -- the start validation sites support at ``s`` steps -- is kept unless another candidate
-    is clearly better on the site's own folds by ``criterion`` (default: the held-out units' loss), and
-    whenever the support cannot be split."""
+    On the site's own folds, ``baseline`` (when it is a candidate; else ``defaults[s]``) is kept unless another
+    candidate is clearly better by ``criterion`` (default: the held-out units' loss); ``defaults[s]`` -- the
+    start validation sites support at ``s`` steps -- only when the support cannot be split."""
     names = [c.name for c in candidates]
     for name in defaults.values():
         if name not in names:
@@ -200,17 +225,18 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
     losses = {c.name: unit_losses(criterion, loss_fn, c, folds, steps_grid) for c in candidates}
     out = {}
     for s in steps_grid:
+        anchor = baseline if baseline in names else defaults[s]
         by_name = {name: by_steps[s] for name, by_steps in losses.items()}
-        name = choose(by_name, defaults[s])
+        name = choose(by_name, anchor)
+        test = "one-sided Wilcoxon signed-rank test, p < 0.1"
         reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
-                  (f"no candidate clearly beat the default {defaults[s]} (one-sided Wilcoxon signed-rank test, p < 0.1)"
-                   if name == defaults[s] else f"clearly beats the default {defaults[s]} (one-sided Wilcoxon signed-rank test, p < 0.1)"))
+                  (f"no candidate clearly beat {anchor} ({test})" if name == anchor else f"clearly beats {anchor} ({test})"))
         out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason)
     return out
 
 
 def choose_candidate(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds], steps: int,
-                     default: str, criterion: Optional[Criterion] = None) -> SiteChoice:
-    """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; ``default`` is
-    kept unless another candidate is clearly better on the folds (or there are no folds)."""
-    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion)[steps]
+                     default: str, criterion: Optional[Criterion] = None, baseline: Optional[str] = None) -> SiteChoice:
+    """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; ``baseline`` is
+    kept unless another candidate is clearly better on the folds, ``default`` when there are no folds."""
+    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion, baseline)[steps]

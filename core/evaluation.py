@@ -203,8 +203,9 @@ def select_adaptation(
 @dataclass(frozen=True)
 class AutoChoice:
     """The ``auto`` row of the protocol: on each draw, the onboarding choice among ``candidates`` (method
-    names) by cross-validation on that draw's support set only (:mod:`core.choice`): the default at a steps
-    count (``default_by_steps``, else ``default``) is kept unless another candidate is clearly better."""
+    names) by cross-validation on that draw's support set only (:mod:`core.choice`): the baseline is kept
+    unless another candidate is clearly better; the default at a steps count (``default_by_steps``, else
+    ``default``) when the support cannot be split."""
 
     candidates: tuple[str, ...]
     default: str
@@ -281,7 +282,7 @@ def evaluate_auto(
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
-                                           task.choice_criterion(loss_fn))
+                                           task.choice_criterion(loss_fn), BASELINE)
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,

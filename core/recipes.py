@@ -137,34 +137,36 @@ def _newton_head(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Se
                  head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
                  proximal: float = 0.0) -> dict[int, Params]:
     return _continued(params, steps_grid,
-                      lambda p, more: newton_head(loss_fn, p, support, head, rate, more, anchor=params))
+                      lambda p, more: _detached(newton_head(loss_fn, p, support, head, rate, more, anchor=params)))
 
 
 def newton_head(loss_fn: LossFn, params: Params, support: Batch, head: Sequence[str], penalty: float,
                 iterations: int, anchor: Optional[Params] = None) -> Params:
     """``iterations`` Newton steps on ``loss_fn(params, support) + penalty / 2 * ||head - anchor_head||^2`` over
     the ``head`` parameters only (the body's features are fixed). For a squared loss one step is the exact
-    ridge solution, for a log loss a few steps converge to the L2-regularized logistic regression."""
+    ridge solution, for a log loss a few steps converge to the L2-regularized logistic regression.
+    Differentiable in ``params`` (the body's features, the anchor): an outer ``torch.func.grad`` meta-trains
+    the body THROUGH the solve (``r2d2``, :mod:`core.algorithms.r2d2`); the recipe detaches its result."""
     if iterations <= 0 or not head:
         return params
     anchor = params if anchor is None else anchor
     names = list(head)
     shapes = [params[n].shape for n in names]
     sizes = [params[n].numel() for n in names]
-    centre = torch.cat([anchor[n].detach().reshape(-1) for n in names])
-    frozen = {k: v.detach() for k, v in params.items() if k not in head}
+    centre = torch.cat([anchor[n].reshape(-1) for n in names])
+    frozen = {k: v for k, v in params.items() if k not in head}
 
     def objective(flat: torch.Tensor) -> torch.Tensor:
         parts = torch.split(flat, sizes)
         p = {**frozen, **{n: t.reshape(sh) for n, t, sh in zip(names, parts, shapes)}}
         return loss_fn(p, support) + 0.5 * penalty * ((flat - centre) ** 2).sum()
 
-    w = torch.cat([params[n].detach().reshape(-1) for n in names])
+    w = torch.cat([params[n].reshape(-1) for n in names])
     with torch.enable_grad():
         for _ in range(iterations):
             g = torch.func.grad(objective)(w)
             h = torch.func.hessian(objective)(w)
-            w = (w - torch.linalg.solve(h, g)).detach()
+            w = w - torch.linalg.solve(h, g)
     parts = torch.split(w, sizes)
     return {**params, **{n: t.reshape(sh) for n, t, sh in zip(names, parts, shapes)}}
 

@@ -104,7 +104,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
 
     from core.evaluation import Method
     from core.federation.secure_dp import privacy_mode
-    from pipelines.run import dataset_fingerprint, environment_info, evaluate_and_register
+    from pipelines.run import algorithm_recipe, dataset_fingerprint, environment_info, evaluate_and_register
 
     cfg = run.extra
     spec = vertical_spec(run.vertical)
@@ -118,7 +118,8 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
         methods += [Method("fedavg", meta, adapts=False),
                     Method("fedavg+ft", meta, trained_lr=run.inner.lr, inner=run.inner)]
     else:
-        methods += [Method(run.algorithm, meta, trained_lr=run.inner.lr, inner=run.inner)]
+        methods += [Method(run.algorithm, meta, trained_lr=run.inner.lr, inner=run.inner,
+                           recipes=(algorithm_recipe(run.algorithm, run.inner.group),))]
     mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
     mlflow.set_tags({f"env.{k}": v for k, v in environment_info().items()})
     privacy = privacy_spent(run, result, len(problem.train_site_ids()))

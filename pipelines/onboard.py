@@ -23,7 +23,7 @@ from core.recipes import DEFAULT_RECIPE, adapt_with_recipe
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
 from core.devices import DeviceLike, describe_device, resolve_device, to_device
-from core.evaluation import task_generator
+from core.evaluation import BASELINE, task_generator
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
@@ -100,7 +100,7 @@ def onboard(
     else:
         loss_fn = problem.loss_fn(model)
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
-                                  steps, default, task.choice_criterion(loss_fn))
+                                  steps, default, task.choice_criterion(loss_fn), BASELINE)
     chosen = candidates[choice.name]
     used_lr = chosen.lr_for(steps)
     support = task.support(chosen.params)

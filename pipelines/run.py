@@ -104,6 +104,13 @@ def preflight_shots(problem: Problem, cfg: Any) -> None:
 GROUP_RECIPES = {"head": "head", "body": "body", "context": "context"}
 
 
+def algorithm_recipe(name: str, group: str) -> str:
+    """The recipe a model of algorithm ``name`` adapts with at evaluation and onboarding: the one its inner loop
+    is (``r2d2``: ``newton-head``), else its inner-loop group's (its own, or ``group`` = ``inner.group``)."""
+    algorithm = get_algorithm(name)
+    return algorithm.recipe or GROUP_RECIPES.get(algorithm.inner_group or group, DEFAULT_RECIPE)
+
+
 def check_clients_per_round(problem: Problem, clients_per_round: int) -> None:
     """A round cannot sample more distinct sites than there are training sites (checked before any MLflow run)."""
     train = problem.train_site_ids()
@@ -251,7 +258,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
             Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
             Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=fedavg_inner.lr, inner=fedavg_inner),
             *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner,
-                     recipes=(GROUP_RECIPES.get(learners[a].inner.group, DEFAULT_RECIPE),))
+                     recipes=(algorithm_recipe(a, learners[a].inner.group),))
               for a in algorithms],
         ]
         methods, ablation = with_recipes(methods, cfg.eval.recipes)

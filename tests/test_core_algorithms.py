@@ -184,6 +184,43 @@ def test_metasgd_init_extra_is_inner_lr() -> None:
     assert all(torch.all(v == 0.07) for v in extra.values())
 
 
+def test_metasgd_layer_learns_one_step_size_per_tensor() -> None:
+    """One scalar rate per tensor: dL_q/dalpha = -<grad L_q(w'), g_s>, the per-entry gradients summed."""
+    alg = get_algorithm("metasgd-layer")
+    extra = alg.init_extra(mlp_params(), InnerConfig(lr=0.07))
+    assert set(extra) == {LR_PREFIX + k for k in mlp_params()}
+    assert all(v.shape == () and float(v) == pytest.approx(0.07) for v in extra.values())
+    episode = lsq_episode()
+    w = torch.randn(4, generator=torch.Generator().manual_seed(11))
+    alpha = torch.tensor(0.2)
+    direction, _ = alg.client_update(lsq_loss, {"w": w, LR_PREFIX + "w": alpha}, episode, InnerConfig(steps=1, lr=0.123))
+    g_s = lsq_grad(w, episode.support)
+    g_q = lsq_grad(w - alpha * g_s, episode.query)
+    assert direction[LR_PREFIX + "w"].shape == ()
+    torch.testing.assert_close(direction[LR_PREFIX + "w"], -(g_q * g_s).sum(), atol=ATOL, rtol=1e-4)
+
+
+def test_r2d2_meta_gradient_flows_through_the_closed_form_ridge_head() -> None:
+    """R2-D2 on the tanh network with MSE: one Newton step IS ridge toward the meta head,
+    w* = (2/n F^T F + lam I)^-1 (2/n F^T y + lam w0) on features F = [tanh(x W1^T + b1), 1]; the direction
+    is the gradient of the query loss at w* with respect to the body AND the meta head w0."""
+    params, episode, lam = mlp_params(), regression_episode(), 0.5
+    cfg = InnerConfig(steps=1, lr=lam, trainable=("w2", "b2"))
+    direction, _ = get_algorithm("r2d2").client_update(mlp_loss, params, episode, cfg)
+
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    xs, ys = episode.support
+    feats = torch.cat([torch.tanh(xs @ leaves["w1"].T + leaves["b1"]), torch.ones(len(xs), 1)], dim=1)
+    w0 = torch.cat([leaves["w2"].reshape(-1), leaves["b2"]])
+    n = len(xs)
+    w = torch.linalg.solve(2 / n * feats.T @ feats + lam * torch.eye(5), 2 / n * feats.T @ ys.reshape(-1) + lam * w0)
+    fitted = {"w1": leaves["w1"], "b1": leaves["b1"], "w2": w[:4].reshape(1, 4), "b2": w[4:]}
+    expected = dict(zip(leaves, torch.autograd.grad(mlp_loss(fitted, episode.query), list(leaves.values()))))
+    assert_params_close(direction, expected)
+    with pytest.raises(ValueError, match="head"):
+        get_algorithm("r2d2").client_update(mlp_loss, params, episode, InnerConfig(steps=1, lr=lam))
+
+
 def test_fedavg_direction_is_init_minus_local_weights_on_all_data() -> None:
     params, episode = mlp_params(), regression_episode()
     direction, _ = get_algorithm("fedavg").client_update(mlp_loss, params, episode, InnerConfig(steps=3, lr=0.05))

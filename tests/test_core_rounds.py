@@ -11,6 +11,7 @@ from core.algorithms import ALGORITHMS, InnerConfig, get_algorithm
 from core.context import ContextVector, context_names
 from core.problem import supervised_loss
 from core.rounds import client_updates
+from core.recipes import head_names
 from core.tasks import stack_episodes
 from core.types import Episode, Params
 
@@ -27,9 +28,13 @@ def make_model(context_dim: int = 0) -> nn.Module:
 
 def model_for(name: str, cfg: InnerConfig) -> tuple[nn.Module, InnerConfig]:
     """The test model and inner config of algorithm ``name``: CAVIA's model reads a context vector, which its
-    inner loop adapts (the learner resolves that group; here it is set by hand)."""
-    if get_algorithm(name).inner_group != "context":
+    inner loop adapts; R2-D2's inner loop fits the head (the learner resolves the group; here it is set by hand)."""
+    group = get_algorithm(name).inner_group
+    if group is None:
         return make_model(), cfg
+    if group == "head":
+        model = make_model()
+        return model, replace(cfg, trainable=head_names(model))
     model = make_model(context_dim=2)
     return model, replace(cfg, trainable=context_names(n for n, _ in model.named_parameters()))
 

@@ -100,6 +100,18 @@ def test_few_shot_task_support_units_disjoint_from_scored_units(problem) -> None
         problem.few_shot_task(model, site, 4, torch.Generator().manual_seed(1))
 
 
+def test_one_engine_support_is_cross_validated_over_contiguous_stretches_of_its_life(problem) -> None:
+    site = problem.federation.role("test")[0]
+    task = problem.few_shot_task(problem.make_model(), site, 1, torch.Generator().manual_seed(1))
+    folds = task.support_folds(5)
+    assert folds is not None and len(folds) == 4  # one engine, 8 windows: 4 blocks of 2
+    x = task.support_batch[0]
+    for train, held in folds:
+        assert len(held) == 1 and held[0][0].shape[0] == 2
+        assert train[0].shape[0] == 6
+        assert not any(torch.equal(h, t) for h in held[0][0] for t in train[0])
+
+
 def test_eval_mask_one_window_per_unit(problem) -> None:
     site = problem.federation.role("train")[0]
     mask = eval_mask(site)

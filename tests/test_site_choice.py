@@ -14,7 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from core.choice import Candidate, choose, clearly_better, choose_candidate, fold_units, pairwise_ranking, split_support
+from core.choice import (Candidate, choose, choose_candidate, clearly_better, fold_units, pairwise_ranking, split_support,
+                         time_blocks)
 from core.config import EvalConfig, RunConfig
 from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites, select_adaptation
 from core.metrics import mse_metrics
@@ -77,6 +78,46 @@ def test_a_support_too_small_to_split_falls_back_to_the_default():
     cands = [Candidate("fedavg+ft", BAD, lambda s: 0.1), Candidate("fomaml", GOOD, lambda s: 0.1)]
     choice = choose_candidate(loss, cands, split_support(support, None, None, 5), 1, default="fomaml")
     assert choice.name == "fomaml" and choice.folds == 0 and "cannot be split" in choice.reason
+
+
+def test_too_few_units_are_cut_into_contiguous_blocks_of_their_life():
+    one_engine = torch.zeros(10, dtype=torch.long)
+    parts = time_blocks(one_engine)
+    assert parts.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]  # 4 blocks in time order: a Wilcoxon test can pass
+    two = torch.tensor([5] * 4 + [2] * 4)
+    assert time_blocks(two).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # never a block across two engines
+    enough = torch.tensor([0, 1, 2, 3, 3])
+    assert time_blocks(enough) is enough  # 4 units: whole units, as before
+    folds = fold_units(parts, None, max_folds=5)
+    assert folds is not None and len(folds) == 4
+    for train, held in folds:
+        rows = held[0].tolist()
+        assert rows == list(range(rows[0], rows[-1] + 1))  # a contiguous stretch held out
+        assert set(rows).isdisjoint(train.tolist())
+
+
+def test_one_unit_split_in_time_lets_the_site_overrule_a_bad_default():
+    site = linear_site("one-engine", 40)
+    loss = linear_problem(linear_federation()).loss_fn(nn.Linear(3, 1))
+    cands = [Candidate("fedavg+ft", GOOD, lambda s: 0.05), Candidate("fomaml", BAD, lambda s: 0.05)]
+    units = torch.zeros(40, dtype=torch.long)  # one unit: whole-unit folds cannot split it
+    assert split_support((site.x, site.y), units, None, 5) is None
+    folds = split_support((site.x, site.y), time_blocks(units), None, 5)
+    choice = choose_candidate(loss, cands, folds, 2, default="fomaml")
+    assert choice.name == "fedavg+ft" and choice.folds == 4
+
+
+def test_a_split_support_keeps_the_baseline_unless_the_site_shows_a_clear_gain():
+    """Validation sites unlike this one must not decide for it: with folds, the baseline is the anchor."""
+    site = linear_site("new-site")
+    loss = linear_problem(linear_federation()).loss_fn(nn.Linear(3, 1))
+    folds = split_support((site.x[:8], site.y[:8]), None, None, 4)
+    tie = [Candidate("fedavg+ft", GOOD, lambda s: 0.05), Candidate("fomaml", GOOD, lambda s: 0.05)]
+    choice = choose_candidate(loss, tie, folds, 2, default="fomaml", baseline="fedavg+ft")
+    assert choice.name == "fedavg+ft" and "no candidate clearly beat fedavg+ft" in choice.reason
+    assert choose_candidate(loss, tie, None, 2, default="fomaml", baseline="fedavg+ft").name == "fomaml"  # no folds
+    better = [Candidate("fedavg+ft", BAD, lambda s: 0.05), Candidate("fomaml", GOOD, lambda s: 0.05)]
+    assert choose_candidate(loss, better, folds, 2, default="fedavg+ft", baseline="fedavg+ft").name == "fomaml"
 
 
 def test_choose_needs_a_clear_gain_over_the_anchor():

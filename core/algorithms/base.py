@@ -73,6 +73,8 @@ class Algorithm:
         supports_rollouts: whether it accepts episodes whose query is produced from adapted weights.
         inner_group: the parameter group its inner loop always adapts (CAVIA: ``context``), whatever
             ``inner.group`` says; None = ``inner.group``.
+        recipe: the adaptation recipe its inner loop IS, used at evaluation and onboarding (``r2d2``:
+            ``newton-head``); None = the recipe of its inner-loop group.
     """
 
     name: str
@@ -83,6 +85,7 @@ class Algorithm:
     vectorizable: bool = True
     supports_rollouts: bool = True
     inner_group: Optional[str] = None
+    recipe: Optional[str] = None
 
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from core.choice import Folds, split_support
+from core.choice import Folds, split_support, time_blocks
 from core.devices import device_of, to_device
 from core.problem import FewShotTask, Problem, predict_batched
 from core.site_statistics import SiteStatistics
@@ -63,14 +63,16 @@ class UnitFewShotTask(FewShotTask):
     y_eval: Tensor
     last_eval: Tensor
     support_units: Optional[Tensor] = None
-    """``[n_support]`` unit of each support window: cross-validation folds hold out whole units."""
+    """``[n_support]`` unit of each support window, in time order: cross-validation folds hold out whole units,
+    or contiguous blocks of a unit's life when there are too few units (:func:`core.choice.time_blocks`)."""
     eval_batch_size: int = 4096
 
     def support(self, params: Params) -> Batch:
         return self.support_batch
 
     def support_folds(self, max_folds: int) -> Optional[Folds]:
-        return split_support(self.support_batch, self.support_units, None, max_folds)
+        parts = time_blocks(self.support_units) if self.support_units is not None else None
+        return split_support(self.support_batch, parts, None, max_folds)
 
     def score(self, params: Params) -> dict[str, float]:
         return rul_metrics(predict_batched(self.model, params, self.x_eval, self.eval_batch_size), self.y_eval,
