@@ -12,9 +12,8 @@ noise on a handful of examples nor validation sites unlike this one hand the sit
 support too small to split (fewer than two units of some class) falls back to the DEFAULT, the start the
 validation sites support (the baseline unless an FML algorithm beat it clearly there). Units whose rows are
 ordered in time (an engine's windows) are cut into contiguous blocks (:func:`time_blocks`) when there are too
-few of them for the test: one engine still tells which start predicts the rest of ITS life better.
-Only the support set is read: the rows a held-out
-protocol scores never reach these functions.
+few of them for the test: one engine still tells which start predicts the rest of ITS life better. Only
+the support set is read: the rows a held-out protocol scores never reach these functions.
 """
 from __future__ import annotations
 
