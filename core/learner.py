@@ -40,16 +40,17 @@ def _key(name: str) -> str:
 
 
 def with_group(inner: InnerConfig, problem: Problem, model: nn.Module, group: Optional[str] = None) -> InnerConfig:
-    """``inner`` with the names of its inner-loop parameter group resolved on ``model``: ``group`` when given
-    (an algorithm's own, ``Algorithm.inner_group``), else ``inner.group``."""
+    """``inner`` with the names of its inner-loop parameter group resolved on ``model`` -- ``group`` when given
+    (an algorithm's own, ``Algorithm.inner_group``), else ``inner.group`` -- and those of every group
+    (``rate_groups``, for step sizes learned per group)."""
     if group:
         inner = replace(inner, group=group)
-    if inner.group == "all" or inner.trainable:
-        return inner
     groups = problem.param_groups(model)
-    if inner.group not in groups:
+    if inner.group != "all" and inner.group not in groups:
         raise ValueError(f"inner.group {inner.group!r}: choose all or one of the problem's groups {sorted(groups)}")
-    return replace(inner, trainable=tuple(groups[inner.group]))
+    trainable = inner.trainable or (tuple(groups[inner.group]) if inner.group != "all" else ())
+    return replace(inner, trainable=trainable,
+                   rate_groups=inner.rate_groups or tuple(tuple(names) for names in groups.values() if names))
 
 
 class MetaLearner(pl.LightningModule):

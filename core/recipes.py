@@ -122,13 +122,20 @@ def _context(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequen
 def _lp_ft(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
            head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
            proximal: float = 0.0) -> dict[int, Params]:
-    out: dict[int, Params] = {}
-    kw = dict(lrs=lrs, weight_decay=weight_decay, proximal=proximal, anchor=params)
-    for s in sorted(set(steps_grid)):
-        probe = math.ceil(s / 2)
-        probed = adapt(loss_fn, params, support, probe, rate, trainable=head, **kw)
-        out[s] = _detached(adapt(loss_fn, probed, support, s - probe, rate, **kw))
-    return out
+    return {s: _detached(lp_ft(loss_fn, params, support, s, rate, head, lrs=lrs, weight_decay=weight_decay,
+                               proximal=proximal)) for s in sorted(set(steps_grid))}
+
+
+def lp_ft(loss_fn: LossFn, params: Params, support: Batch, steps: int, rate: float, head: Sequence[str], *,
+          first_order: bool = False, lrs: Optional[Params] = None, weight_decay: float = 0.0,
+          proximal: float = 0.0) -> Params:
+    """LP-FT (Kumar et al. ICLR 2022) in ``steps`` gradient steps: the ``head`` alone for ``ceil(steps / 2)``,
+    then every parameter, the proximal term pulling toward ``params`` throughout. Differentiable (first order
+    when asked): ``fomaml-lpft`` meta-trains the initialization through this schedule, the recipe detaches."""
+    kw = dict(first_order=first_order, lrs=lrs, weight_decay=weight_decay, proximal=proximal, anchor=params)
+    probe = math.ceil(steps / 2)
+    probed = adapt(loss_fn, params, support, probe, rate, trainable=head, **kw)
+    return adapt(loss_fn, probed, support, steps - probe, rate, **kw)
 
 
 @register_recipe("newton-head", "the head fitted by Newton steps on the support with an L2 pull toward the "

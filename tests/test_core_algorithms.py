@@ -271,3 +271,71 @@ def test_adapt_step_size_forms_agree() -> None:
     c = adapt(mlp_loss, params, episode.support, 2, 0.5, lrs={k: torch.full_like(v, 0.1) for k, v in params.items()})
     assert_params_close(a, b, atol=1e-6)
     assert_params_close(a, c, atol=1e-6)
+
+
+# ---------------------------------------------------------------- step sizes learned per parameter group
+GROUPS = (("w1", "b1"), ("w2", "b2"))
+
+
+def layer_rates(value: float) -> Params:
+    return {LR_PREFIX + k: torch.tensor(value) for k in mlp_params()}
+
+
+def test_metasgd_group_ties_each_groups_rate_to_the_sum_of_its_tensors() -> None:
+    """Second order: the initialization's direction is Meta-SGD's, and every tensor of a group gets the gradient
+    with respect to the ONE rate they share: the sum of their per-tensor (metasgd-layer) rate gradients."""
+    params, episode = mlp_params(), regression_episode()
+    meta = {**params, **layer_rates(0.15)}
+    cfg = InnerConfig(steps=2, lr=0.123, rate_groups=GROUPS)
+    grouped, _ = get_algorithm("metasgd-group").client_update(mlp_loss, meta, episode, cfg)
+    per_tensor, _ = get_algorithm("metasgd-layer").client_update(mlp_loss, meta, episode, cfg)
+    assert_params_close({k: grouped[k] for k in params}, {k: per_tensor[k] for k in params})
+    for names in GROUPS:
+        total = sum(per_tensor[LR_PREFIX + n] for n in names)
+        for n in names:
+            torch.testing.assert_close(grouped[LR_PREFIX + n], total, atol=ATOL, rtol=1e-4)
+    assert not torch.allclose(grouped[LR_PREFIX + "w1"], grouped[LR_PREFIX + "w2"])
+    with pytest.raises(ValueError, match="rate_groups"):
+        get_algorithm("metasgd-group").client_update(mlp_loss, meta, episode, InnerConfig(steps=1))
+
+
+def test_fomaml_group_is_fomaml_plus_a_first_order_rate_gradient() -> None:
+    """One step, rate a_g per group: w' = w - a_g g_s. First order: the initialization's direction is FO-MAML's
+    query gradient at w', the group rate's is -sum over the group's tensors of <grad L_q(w'), g_s>."""
+    params, episode = mlp_params(), regression_episode()
+    rates = {"w1": 0.1, "b1": 0.1, "w2": 0.3, "b2": 0.3}
+    meta = {**params, **{LR_PREFIX + k: torch.tensor(v) for k, v in rates.items()}}
+    direction, _ = get_algorithm("fomaml-group").client_update(
+        mlp_loss, meta, episode, InnerConfig(steps=1, lr=0.123, rate_groups=GROUPS))
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    g_s = dict(zip(params, torch.autograd.grad(mlp_loss(leaves, episode.support), list(leaves.values()))))
+    adapted = {k: (v - rates[k] * g_s[k]).requires_grad_(True) for k, v in params.items()}
+    g_q = dict(zip(adapted, torch.autograd.grad(mlp_loss(adapted, episode.query), list(adapted.values()))))
+    assert_params_close({k: direction[k] for k in params}, g_q)
+    for names in GROUPS:
+        expected = -sum((g_q[n] * g_s[n]).sum() for n in names)
+        for n in names:
+            torch.testing.assert_close(direction[LR_PREFIX + n], expected, atol=ATOL, rtol=1e-4)
+
+
+def test_fomaml_lpft_probes_the_head_then_tunes_everything_and_takes_the_query_gradient_there() -> None:
+    """Two inner steps: step 1 moves only the head (w2, b2), step 2 every tensor; the direction is the query
+    gradient at that point (first order), and the ``lp-ft`` recipe a new site adapts with reaches the same point."""
+    from core.recipes import adapt_with_recipe
+
+    params, episode, lr = mlp_params(), regression_episode(), 0.2
+    head = ("w2", "b2")
+    direction, _ = get_algorithm("fomaml-lpft").client_update(
+        mlp_loss, params, episode, InnerConfig(steps=2, lr=lr, trainable=head))
+    current = dict(params)
+    for only in (head, tuple(params)):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in current.items()}
+        grads = dict(zip(leaves, torch.autograd.grad(mlp_loss(leaves, episode.support), list(leaves.values()))))
+        current = {k: (v - lr * grads[k] if k in only else v).detach() for k, v in current.items()}
+    assert not torch.equal(current["w1"], params["w1"])
+    leaves = {k: v.clone().requires_grad_(True) for k, v in current.items()}
+    expected = dict(zip(leaves, torch.autograd.grad(mlp_loss(leaves, episode.query), list(leaves.values()))))
+    assert_params_close(direction, expected)
+    assert_params_close(adapt_with_recipe("lp-ft", mlp_loss, params, episode.support, 2, lr, head=head), current)
+    with pytest.raises(ValueError, match="head"):
+        get_algorithm("fomaml-lpft").client_update(mlp_loss, params, episode, InnerConfig(steps=2, lr=lr))

@@ -119,3 +119,23 @@ def test_a_diverged_round_stops_training_with_the_last_finite_parameters(problem
     fit_meta_learner(learner, progress=False)
     assert learner.diverged_at is not None and learner.diverged_at < 40
     assert all(torch.isfinite(p).all() for p in learner.meta_params().values())
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml-group", "metasgd-group"])
+def test_step_sizes_learned_per_group_stay_tied_within_a_group_and_move_apart_across_groups(problem, algorithm) -> None:
+    """The learner names the problem's groups (head, body) for the algorithm; after meta-training every tensor
+    of a group still has its group's one step size, the groups' differ, and none stayed at inner.lr."""
+    from core.federation.records import inner_to_config
+
+    learner = make_learner(problem, algorithm, 8)
+    groups = problem.param_groups(learner.model)
+    assert learner.inner.rate_groups == tuple(tuple(v) for v in groups.values())
+    assert "inner.rate_groups" not in inner_to_config(learner.inner)  # each Flower node resolves its own
+    fit_meta_learner(learner, progress=False)
+    _, lrs = split_meta(learner.meta_params())
+    rate = {}
+    for group, names in groups.items():
+        values = {float(lrs[n]) for n in names}
+        assert len(values) == 1, f"{group}: {values}"
+        rate[group] = values.pop()
+    assert rate["head"] != rate["body"] and all(r != pytest.approx(learner.inner.lr) for r in rate.values())

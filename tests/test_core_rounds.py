@@ -28,15 +28,18 @@ def make_model(context_dim: int = 0) -> nn.Module:
 
 def model_for(name: str, cfg: InnerConfig) -> tuple[nn.Module, InnerConfig]:
     """The test model and inner config of algorithm ``name``: CAVIA's model reads a context vector, which its
-    inner loop adapts; R2-D2's inner loop fits the head (the learner resolves the group; here it is set by hand)."""
+    inner loop adapts; R2-D2's inner loop fits the head; the groups' names for step sizes learned per group
+    (the learner resolves these; here they are set by hand)."""
     group = get_algorithm(name).inner_group
-    if group is None:
-        return make_model(), cfg
+    model = make_model(context_dim=2) if group == "context" else make_model()
+    names = [n for n, _ in model.named_parameters()]
+    head, context = head_names(model), context_names(names)
+    cfg = replace(cfg, rate_groups=tuple(g for g in (head, context, tuple(n for n in names if n not in head + context)) if g))
     if group == "head":
-        model = make_model()
-        return model, replace(cfg, trainable=head_names(model))
-    model = make_model(context_dim=2)
-    return model, replace(cfg, trainable=context_names(n for n, _ in model.named_parameters()))
+        return model, replace(cfg, trainable=head)
+    if group == "context":
+        return model, replace(cfg, trainable=context)
+    return model, cfg
 
 
 def make_episodes(n: int, shots: int = 2, query: int = 4, seed: int = 0, shots_of: dict[int, int] | None = None) -> list[Episode]:

@@ -26,6 +26,8 @@ class InnerConfig:
             ``head`` (ANIL, Raghu et al. 2020), ``body`` (BOIL, Oh et al. 2021) or ``context``, a group of
             :meth:`core.problem.Problem.param_groups`; the other parameters are still meta-learned.
         trainable: the names of that group (resolved by the learner; empty = every parameter).
+        rate_groups: the names of each of the problem's parameter groups (resolved by the learner), whose
+            step sizes ``metasgd-group`` / ``fomaml-group`` learn one per group.
         meta_dropout: drop probability of the support inputs' entries in meta-training episodes
             (:mod:`core.meta_dropout`) of the meta-learners (not FedAvg); never at evaluation or onboarding.
     """
@@ -36,6 +38,7 @@ class InnerConfig:
     proximal: float = 0.0
     group: str = "all"
     trainable: tuple[str, ...] = ()
+    rate_groups: tuple[tuple[str, ...], ...] = ()
     meta_dropout: float = 0.0
 
     def adapt_kwargs(self) -> dict:

@@ -95,8 +95,9 @@ def check_metrics(metrics: Mapping[str, Any]) -> Optional[str]:
 
 def inner_to_config(inner: Any) -> dict[str, Any]:
     """An ``InnerConfig`` dataclass as ``inner.<field>`` config entries."""
-    # ``trainable`` is resolved on each node from ``group`` (its own model's parameter names)
-    return {INNER_PREFIX + f.name: getattr(inner, f.name) for f in dataclasses.fields(inner) if f.name != "trainable"}
+    # ``trainable`` and ``rate_groups`` are resolved on each node (its own model's parameter names)
+    return {INNER_PREFIX + f.name: getattr(inner, f.name) for f in dataclasses.fields(inner)
+            if f.name not in ("trainable", "rate_groups")}
 
 
 def inner_from_config(config: Mapping[str, Any]):
