@@ -84,6 +84,8 @@ class HeldoutRun:
     """Wall time of the last pipeline."""
     best_by_seed: dict[int, str] = dataclasses.field(default_factory=dict)
     """The default each seed's run registered."""
+    seconds_by_seed: dict[int, float] = dataclasses.field(default_factory=dict)
+    """Wall time of each seed's pipeline (the whole benchmark is their sum plus onboarding)."""
 
     @property
     def train_seconds(self) -> dict[str, float]:
@@ -112,7 +114,7 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
     verticals.load_all()
     spec = VERTICALS.get(vertical)
     torch.set_num_threads(flags.threads)
-    parts, best = [], {}
+    parts, best, seconds_by_seed = [], {}, {}
     for seed in flags.seeds:
         run_cfg = with_overrides(load_preset(spec, flags.preset), flags.set)
         run_cfg.seed, run_cfg.output_dir = seed, str(Path(flags.output_dir) / f"seed{seed}")
@@ -127,8 +129,8 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
         seconds = time.perf_counter() - start
         rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
         parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
-        best[seed] = result.best_algorithm
-    return HeldoutRun(spec, run_cfg, result, pd.concat(parts, ignore_index=True), seconds, best)
+        best[seed], seconds_by_seed[seed] = result.best_algorithm, round(seconds, 2)
+    return HeldoutRun(spec, run_cfg, result, pd.concat(parts, ignore_index=True), seconds, best, seconds_by_seed)
 
 
 def with_overrides(run_cfg: Any, dotlist: list[str]) -> Any:
@@ -165,6 +167,7 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
     picks = run.rows[run.rows["method"] == "auto"].drop_duplicates(["site", "shots", "steps", "draw"])
     counts = picks["choice"].value_counts().to_dict() if "choice" in picks else {}
     return {"seeds": list(flags.seeds), "overrides": list(flags.set), "registered_default": {str(k): v for k, v in run.best_by_seed.items()},
+            "pipeline_seconds_by_seed": {str(k): v for k, v in run.seconds_by_seed.items()},
             "auto_choices": {str(k): int(v) for k, v in counts.items()}}
 
 

@@ -25,9 +25,11 @@ def spin():
             pass
 
 with exit_on_interrupt("fml run: interrupted", grace_s={grace}) as reported:
-    print("ready", flush=True)
+    ready = False
     while True:
         try:
+            if not ready:  # inside the handler: a signal sent as soon as the test reads this is swallowed too
+                ready = print("ready", flush=True) or True
             spin()
         except KeyboardInterrupt:
             pass
