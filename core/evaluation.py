@@ -79,6 +79,14 @@ class Method:
     def lrs(self) -> Optional[Params]:
         return split_meta(self.meta)[1]
 
+    @property
+    def rate_text(self) -> str:
+        """What the best adaptation's rate is: ``lr 0.03``, ``penalty 0.1`` (the Newton head's), or ``learned
+        step sizes`` (Meta-SGD and its per-tensor / per-group variants, whose searched lr is unused)."""
+        if self.best_recipe == "newton-head":
+            return f"penalty {self.best_lr:.3g}"
+        return "learned step sizes" if self.lrs is not None else f"lr {self.best_lr:.3g}"
+
 
 def with_recipes(methods: Sequence[Method], recipes: Sequence[str]) -> tuple[list[Method], list[Method]]:
     """Every adapting initialization (not ``local``) searches ``recipes`` beside its own recipe on the

@@ -58,8 +58,7 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
     roles = fingerprint.get("roles", {})
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
                       for role, ids in roles.items() if ids)
-    candidates = ", ".join(f"`{m.name}` ({m.best_steps} steps at {'penalty' if m.recipe == 'newton-head' else 'lr'} "
-                           f"{m.best_lr:.3g}, recipe `{m.recipe}`)" for m in bundle)
+    candidates = ", ".join(f"`{m.name}` ({m.best_steps} steps at {m.rate_text}, recipe `{m.recipe}`)" for m in bundle)
     inputs = ("every site's input features are standardized by the site's OWN statistics (all its inputs, labels "
               "never read): onboarding does the same with the new site's rows (`--unlabeled FILE` adds more)"
               if site_statistics else "inputs use the preprocessing fitted on the training sites")
@@ -73,7 +72,7 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
         f"- schema (sha256 `{dataset.schema_sha256[:16]}...`): {schema_line(dataset.schema)}\n")
     return f"""# {name} v{version}: `{vertical}`
 
-**Default starting point: `{best.name}`** ({best.best_steps} adaptation steps at lr {best.best_lr:.3g});
+**Default starting point: `{best.name}`** ({best.best_steps} adaptation steps at {best.rate_text});
 {verdict}. Why: {default_reason}.
 
 **Candidates in this bundle:** {candidates}. `fml onboard` chooses one per new site by cross-validation on

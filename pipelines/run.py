@@ -504,9 +504,8 @@ def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.Data
         console.print(f"[bold yellow]{best.name} (the FedAvg model, recipe {best.recipe}) is the registered default: "
                       f"{reason}.[/]")
     else:
-        console.print(f"default: [bold]{best.name}[/] (adapt {best.best_steps} steps at lr {best.best_lr:.3g}): {reason}")
-    console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, {'penalty' if m.recipe == 'newton-head' else 'lr'} "
-                                         f"{m.best_lr:.3g})" for m in bundle)
+        console.print(f"default: [bold]{best.name}[/] (adapt {best.best_steps} steps at {best.rate_text}): {reason}")
+    console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, {m.rate_text})" for m in bundle)
                   + "; `fml onboard` chooses among them per site by cross-validation on its support set")
     if registered:
         console.print(f"registered [bold]{registered['name']}[/] v{registered['version']} as "

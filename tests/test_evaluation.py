@@ -87,3 +87,16 @@ def test_selection_uses_validation_sites_and_picks_best(problem):
     assert (chosen.lr == 0.3).all()
     assert ft.best_steps in {1, 3} and ft.best_lr == 0.3
     assert "fedavg" not in set(table.method)  # not adapted, nothing to choose
+
+
+def test_a_methods_rate_is_described_as_what_its_adaptation_uses() -> None:
+    """The console, the bundle line and the model card say ``learned step sizes`` for Meta-SGD-like candidates
+    (their searched lr is never used), ``penalty`` for the Newton head, else the lr."""
+    import torch
+
+    from core.evaluation import Method
+
+    plain = Method("fedavg+ft", {"w": torch.zeros(2)}, best_lr=0.03)
+    learned = Method("fomaml-group", {"w": torch.zeros(2), "inner_lr/w": torch.tensor(0.1)}, best_lr=0.03)
+    newton = Method("r2d2", {"w": torch.zeros(2)}, best_lr=0.1, best_recipe="newton-head")
+    assert (plain.rate_text, learned.rate_text, newton.rate_text) == ("lr 0.03", "learned step sizes", "penalty 0.1")
