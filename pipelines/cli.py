@@ -43,6 +43,11 @@ def cmd_verticals(argv: Sequence[str]) -> int:
     console.print("\n[bold]adaptation recipes[/] (--eval.recipes ...; every init always also adapts all parameters):")
     for name in RECIPES.names():
         console.print(f"  [bold]{name:12s}[/] {RECIPES.get(name).description}")
+    from core.algorithms import ALGORITHMS
+
+    console.print("\n[bold]algorithms[/] (--algorithms ...; FedAvg is always trained, for the fedavg+ft baseline):")
+    for name in ALGORITHMS.names():
+        console.print(f"  [bold]{name:14s}[/] {ALGORITHMS.get(name).summary}")
     return 0
 
 

@@ -183,3 +183,16 @@ def test_functional_call_of_the_fitted_head_predicts_better_than_the_start():
     fitted = recipe_trajectory("newton-head", loss, params, (x, y), [1], 0.01, head=head_names(model))[1]
     pred = functional_call(model, fitted, (x,)).squeeze(-1)
     assert F.mse_loss(pred, y) < loss(params, (x, y))
+
+
+def test_fml_verticals_lists_every_recipe_and_every_algorithm() -> None:
+    from core.algorithms import ALGORITHMS
+    from core.recipes import RECIPES
+    from pipelines.cli import cmd_verticals
+    from pipelines.console import console
+
+    with console.capture() as captured:
+        assert cmd_verticals([]) == 0
+    out = captured.get()
+    missing = [n for n in [*RECIPES.names(), *ALGORITHMS.names()] if f"\n  {n} " not in out]
+    assert not missing, out
