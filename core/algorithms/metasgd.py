@@ -18,7 +18,8 @@ def init_step_sizes(params: Params, cfg: InnerConfig) -> Params:
     return {LR_PREFIX + k: torch.full_like(v, cfg.lr) for k, v in params.items()}
 
 
-def metasgd_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig) -> ClientResult:
+def metasgd_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConfig, *,
+                   first_order: bool = False) -> ClientResult:
     """One client's Meta-SGD direction: the meta-gradient of the query loss after ``cfg.steps`` inner steps
     whose step size is learned per parameter entry, with respect to the initialization AND the step sizes.
 
@@ -28,15 +29,26 @@ def metasgd_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerCo
             shaped like that parameter}`` (see ``init_step_sizes``).
         episode: ``support`` and ``query`` batches, e.g. ``(x [n, ...], y [n])`` each.
         cfg: the inner loop (``steps``; ``weight_decay`` and ``proximal`` regularize it).
+        first_order: hold the inner gradients fixed (d adapted / d init = I, d adapted / d rates = minus the
+            inner gradients) instead of differentiating through them; a rollout task's query is then collected
+            by the adapted policy and held fixed.
 
     Returns:
         ``(direction, metrics)`` with ``direction`` keyed and shaped like ``meta`` (step sizes included) and
         ``metrics`` the scalar losses ``train/support_loss_before`` and ``train/query_loss``.
     """
+    kwargs = cfg.adapt_kwargs()
+    query = episode.query
+    if episode.query_fn is not None:  # rollouts of the adapted policy, then a fixed batch
+        params, lrs = split_meta(meta)
+        query = episode.query_for(adapt(loss_fn, params, episode.support, cfg.steps, cfg.lr, first_order=True,
+                                        lrs=lrs, **kwargs))
+
     def meta_loss(m: Params):
         params, lrs = split_meta(m)
-        adapted = adapt(loss_fn, params, episode.support, cfg.steps, cfg.lr, lrs=lrs, **cfg.adapt_kwargs())
-        loss = loss_fn(adapted, episode.query)
+        adapted = adapt(loss_fn, params, episode.support, cfg.steps, cfg.lr, first_order=first_order, lrs=lrs,
+                        **kwargs)
+        loss = loss_fn(adapted, query)
         return loss, loss
 
     direction, query_loss = grad(meta_loss, has_aux=True)(meta)

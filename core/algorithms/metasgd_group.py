@@ -18,10 +18,9 @@ from functools import partial
 
 import torch
 
-from core.adapt import adapt
-from core.algorithms.base import ALGORITHMS, LR_PREFIX, Algorithm, ClientResult, InnerConfig, split_meta
+from core.algorithms.base import ALGORITHMS, LR_PREFIX, Algorithm, ClientResult, InnerConfig
+from core.algorithms.metasgd import metasgd_update
 from core.algorithms.metasgd_layer import init_layer_step_sizes
-from core.autodiff import grad
 from core.types import Episode, LossFn, Params
 
 
@@ -57,25 +56,8 @@ def group_rate_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: Inne
     if not cfg.rate_groups:
         raise ValueError("step sizes per parameter group need the groups' names: the learner sets inner.rate_groups "
                          "from the problem's param_groups (core.learner.with_group)")
-    kwargs = cfg.adapt_kwargs()
-    query = episode.query
-    if episode.query_fn is not None:  # rollouts of the adapted policy, then a fixed batch
-        params, lrs = split_meta(meta)
-        query = episode.query_for(adapt(loss_fn, params, episode.support, cfg.steps, cfg.lr, first_order=True,
-                                        lrs=lrs, **kwargs))
-
-    def meta_loss(m: Params):
-        params, lrs = split_meta(m)
-        adapted = adapt(loss_fn, params, episode.support, cfg.steps, cfg.lr, first_order=first_order, lrs=lrs,
-                        **kwargs)
-        loss = loss_fn(adapted, query)
-        return loss, loss
-
-    direction, query_loss = grad(meta_loss, has_aux=True)(meta)
-    params, _ = split_meta(meta)
-    return tie_rates(direction, cfg.rate_groups), {"train/support_loss_before": loss_fn(params, episode.support),
-                                                   "train/query_loss": query_loss}
-
+    direction, metrics = metasgd_update(loss_fn, meta, episode, cfg, first_order=first_order)
+    return tie_rates(direction, cfg.rate_groups), metrics
 
 ALGORITHMS.register(
     "metasgd-group",
