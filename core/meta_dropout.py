@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from core.algorithms.base import Algorithm, InnerConfig
+from core.algorithms.base import Algorithm, InnerConfig, split_meta
 from core.problem import Problem
 from core.seeds import site_generator, site_seed
 from core.types import Episode, Params
@@ -37,8 +37,9 @@ def drop_support_inputs(episode: Episode, p: float, gen: torch.Generator) -> Epi
 
 def meta_training_episode(problem: Problem, site_id: str, meta: Params, seed: int, round_index: int,
                           meta_dropout: float = 0.0) -> Episode:
-    """Site ``site_id``'s episode of round ``round_index`` (the one both engines draw), with meta-dropout."""
-    episode = problem.train_episode(site_id, meta, site_generator(seed, round_index, site_id))
+    """Site ``site_id``'s episode of round ``round_index`` (the one both engines draw), with meta-dropout. A rollout
+    task collects its support with the model's parameters only (not learned step sizes ``inner_lr/*``)."""
+    episode = problem.train_episode(site_id, split_meta(meta)[0], site_generator(seed, round_index, site_id))
     if meta_dropout <= 0:
         return episode
     gen = torch.Generator().manual_seed(site_seed(seed, round_index, site_id, "meta-dropout"))

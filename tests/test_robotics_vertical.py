@@ -10,6 +10,7 @@ from torch.func import functional_call, grad
 from core.adapt import adapt
 from core.algorithms import InnerConfig, get_algorithm
 from core.config import FederatedConfig, ServerConfig
+from core.algorithms import split_meta
 from core.learner import MetaLearner, fit_meta_learner
 from core.rounds import client_updates
 from core.seeds import round_generator
@@ -172,6 +173,18 @@ def heldout_returns(problem: RoboticsProblem, model, meta, lr: float = 0.1) -> t
             before.append(task.score(meta)["return"])
             after.append(task.score(adapt(loss_fn, meta, task.support(meta), 1, lr))["return"])
     return sum(before) / len(before), sum(after) / len(after)
+
+
+def test_step_sizes_learned_per_group_meta_train_on_rollouts(problem: RoboticsProblem) -> None:
+    """fomaml-group through the learner: episodes are collected with the policy's parameters (not its step sizes),
+    the adapted policy's rollouts are the query, and each group's rate moves as one."""
+    learner = MetaLearner(problem, "fomaml-group", InnerConfig(steps=1, lr=0.1),
+                          FederatedConfig(rounds=3, clients_per_round=2, val_every=3), ServerConfig("adam", 0.02), seed=0)
+    fit_meta_learner(learner, progress=False)
+    lrs = split_meta(learner.meta_params())[1]
+    for group, names in problem.param_groups(learner.model).items():
+        assert len({float(lrs[n]) for n in names}) == 1, group
+    assert all(float(v) != pytest.approx(0.1) for v in lrs.values())
 
 
 def test_meta_training_improves_return_after_adaptation(problem: RoboticsProblem) -> None:
