@@ -125,13 +125,17 @@ def main(cfg: BenchConfig) -> dict:
         paired_heading="Paired RMSE difference vs tuned fedavg+ft (same draws; negative = better than fedavg+ft)")
     train = run.train_seconds
     print(f"\nonboarding: {what}: {onboarded.site_id}, before {onboarded.before[HEADLINE]:.2f} -> after "
-          f"{onboarded.after[HEADLINE]:.2f} last-window RMSE on {int(onboarded.after['units'])} units")
+          f"{onboarded.after[HEADLINE]:.2f} last-window RMSE on {int(onboarded.after['units'])} units (mean signed "
+          f"error {onboarded.before['bias_last']:+.2f} -> {onboarded.after['bias_last']:+.2f} cycles, + = late); "
+          f"start {onboarded.choice.name}")
     print(f"wall times: meta-training {train} s; whole pipeline {run.seconds:.1f} s; onboarding "
           f"(choice + adapt + score) {onboarded.seconds:.3f} s, whole onboard call {onboard_call_seconds:.1f} s; "
           f"registered default by seed: {run.best_by_seed}")
     out = {"vertical": "maintenance", "preset": cfg.preset, **seeds_json(run, cfg), **timing_json(run, onboarded, onboard_call_seconds),
            "onboard": {"data": what, "before": round(onboarded.before[HEADLINE], 3),
-                       "after": round(onboarded.after[HEADLINE], 3)},
+                       "after": round(onboarded.after[HEADLINE], 3), "start": onboarded.choice.name,
+                       "bias_before": round(onboarded.before["bias_last"], 3),
+                       "bias_after": round(onboarded.after["bias_last"], 3)},
            "headline_metric": HEADLINE, "rows": json_rows(summary, "site", digits=3),
            "paired_vs_fedavg_ft": json_paired(paired, "site", digits=3)}
     tmp.cleanup()

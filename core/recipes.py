@@ -118,6 +118,26 @@ def _context(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequen
                  proximal=proximal)
 
 
+def input_names(names: Sequence[str]) -> tuple[str, ...]:
+    """The parameters of the first module (in registration order) that owns parameters, context vectors
+    aside: the layer that reads the input."""
+    weights = [n for n in names if n not in set(context_names(list(names)))]
+    if not weights:
+        return ()
+    owner = weights[0].rpartition(".")[0]
+    return tuple(n for n in weights if n.rpartition(".")[0] == owner)
+
+
+@register_recipe("input", "adapt the first layer only (surgical fine-tuning, for shifts of the input such as a "
+                          "scanner's intensities); every other weight stays the meta-learned one")
+def _input(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+           head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+           proximal: float = 0.0) -> dict[int, Params]:
+    # Lee et al. ICLR 2023: for input-level shifts, tuning the first block beats tuning all or the last
+    return _head(loss_fn, params, support, steps_grid, rate, head=input_names(list(params)), lrs=lrs,
+                 weight_decay=weight_decay, proximal=proximal)
+
+
 @register_recipe("lp-ft", "the head for the first half of the steps, then every parameter (LP-FT)")
 def _lp_ft(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
            head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,

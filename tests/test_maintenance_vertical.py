@@ -126,6 +126,9 @@ def test_metrics_known_values() -> None:
     assert m["rmse_last"] == pytest.approx(10.0) and m["rmse_all"] == pytest.approx(math.sqrt(200 / 3))
     assert m["nasa_score"] == pytest.approx(math.exp(10 / 13) + math.exp(1.0) - 2, rel=1e-6)
     assert m["units"] == 2
+    # late (+10) and early (-10) cancel in the bias, not in the RMSE; a uniformly late model shows it
+    assert m["bias_last"] == pytest.approx(0.0)
+    assert rul_metrics(true + 5.0, true, torch.tensor([True, True, True]))["bias_last"] == pytest.approx(5.0)
 
 
 def test_short_meta_learner_run_improves_training_loss(problem) -> None:

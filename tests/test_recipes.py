@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from core.adapt import adapt
 from core.evaluation import Method, trained_name, with_recipes
 from core.problem import supervised_loss
-from core.recipes import RECIPES, head_names, newton_head, recipe_trajectory
+from core.recipes import RECIPES, head_names, input_names, newton_head, recipe_trajectory
 
 
 def _model(outputs: int = 1) -> nn.Module:
@@ -49,6 +49,20 @@ def test_a_head_only_recipe_leaves_the_body_bit_identical():
         assert torch.equal(out[s]["0.weight"], params["0.weight"]) and torch.equal(out[s]["0.bias"], params["0.bias"])
         assert not torch.equal(out[s]["2.weight"], params["2.weight"])
     assert loss(out[5], _data()) < loss(out[1], _data()) < loss(params, _data())
+
+
+def test_the_input_recipe_adapts_the_first_layer_only():
+    model = _model()
+    params = dict(model.named_parameters())
+    assert input_names(list(params)) == ("0.weight", "0.bias")
+    assert input_names(["context", "0.weight", "0.bias", "2.weight"]) == ("0.weight", "0.bias")  # a context is no layer
+    loss = supervised_loss(model, lambda out, y: F.mse_loss(out.squeeze(-1), y))
+    support = _data()
+    out = recipe_trajectory("input", loss, params, support, [3], 0.1, head=head_names(model))
+    assert torch.equal(out[3]["2.weight"], params["2.weight"]) and torch.equal(out[3]["2.bias"], params["2.bias"])
+    same = adapt(loss, params, support, 3, 0.1, trainable=("0.weight", "0.bias"))
+    assert all(torch.allclose(out[3][k], same[k]) for k in params)
+    assert not torch.equal(out[3]["0.weight"], params["0.weight"]) and loss(out[3], support) < loss(params, support)
 
 
 def test_lp_ft_probes_the_head_then_tunes_everything():

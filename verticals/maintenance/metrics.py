@@ -24,8 +24,9 @@ def rul_metrics(pred: Tensor, target: Tensor, last: Tensor) -> dict[str, float]:
         last: boolean mask ``[n]`` of each evaluation unit's evaluation window (one per unit).
 
     Returns:
-        ``rmse_last`` (headline, lower is better), ``mae_last``, ``rmse_all``, ``nasa_score`` (sum over
-        units, as published), ``nasa_per_unit`` (mean, comparable across sites) and ``units``.
+        ``rmse_last`` (headline, lower is better), ``mae_last``, ``bias_last`` (mean ``pred - target``:
+        positive = late, RUL over-estimated), ``rmse_all``, ``nasa_score`` (sum over units, as published),
+        ``nasa_per_unit`` (mean, comparable across sites) and ``units``.
     """
     pred, target = pred.reshape(-1).double(), target.reshape(-1).double()
     d_last = pred[last] - target[last]
@@ -33,6 +34,7 @@ def rul_metrics(pred: Tensor, target: Tensor, last: Tensor) -> dict[str, float]:
     return {
         "rmse_last": math.sqrt(float((d_last**2).mean())),
         "mae_last": float(d_last.abs().mean()),
+        "bias_last": float(d_last.mean()),
         "rmse_all": math.sqrt(float(((pred - target) ** 2).mean())),
         "nasa_score": float(score.sum()),
         "nasa_per_unit": float(score.mean()),
