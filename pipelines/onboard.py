@@ -110,6 +110,8 @@ def onboard(
     adapted = {k: v.detach() for k, v in adapted.items()}
     before, after = task.score(chosen.params), task.score(adapted)
     seconds = time.perf_counter() - start
+    headline = str(info.get("headline", next(iter(after))))
+    helped = adaptation_helped(before, after, headline, bool(info.get("higher_is_better", True)))
     # log the personalized model with its lineage
     exp_id = tracking.ensure_experiment(f"fml-{spec.name}-onboarding")
     lineage = {"source_model": loaded.name or model_uri, "source_version": loaded.version or "",
@@ -117,7 +119,7 @@ def onboard(
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()}),
-               "device": describe_device(target)}
+               "device": describe_device(target), "adaptation_helped": str(helped).lower()}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{slug}") as run:
         mlflow.set_tags(lineage)
         mlflow.log_metrics({**{f"before/{k}": v for k, v in before.items()},
@@ -130,14 +132,24 @@ def onboard(
         registered = None
         if register:
             name = f"fml-{spec.name}-site-{slug}"
-            headline = info.get("headline", next(iter(after)))
             version, alias, reason = tracking.register(uri, name, lineage, headline,
                                                        float(after.get(headline, float("nan"))),
                                                        bool(info.get("higher_is_better", True)))
             registered = {"name": name, "version": version, "alias": alias}
     result = OnboardResult(site.site_id, before, after, uri, run.info.run_id, registered, seconds, choice)
     _print(result, lineage)
+    if not helped:
+        console.print(f"[yellow]warning:[/] adaptation made {headline} on this site's other labelled rows worse "
+                      f"({before.get(headline, float('nan')):.4g} -> {after.get(headline, float('nan')):.4g}); the "
+                      "start itself scored better: `--steps 0` keeps it, or onboard with more labelled examples")
     return result
+
+
+def adaptation_helped(before: dict[str, float], after: dict[str, float], headline: str, higher_is_better: bool) -> bool:
+    """Whether adapting left the site's scored rows at least as good on ``headline`` as its start (a NaN
+    headline counts as not)."""
+    b, a = before.get(headline, float("nan")), after.get(headline, float("nan"))
+    return bool(a >= b if higher_is_better else a <= b)
 
 
 def unlabeled_inputs(spec: VerticalSpec, data_cfg: Any, preprocessing: dict, site_id: Optional[str],

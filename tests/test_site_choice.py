@@ -200,7 +200,7 @@ def linear_spec() -> VerticalSpec:
                         load_new_site=load_new_site, presets_dir=Path("."), onboard_args="--site NEW_SITE_ID")
 
 
-def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, tmp_path):
+def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, tmp_path, capsys):
     """FedAvg constructed to be the better initialization: the run registers it as the default (and says
     so), keeps the FML init in the bundle, and onboarding picks FedAvg on the new site's own support."""
     from core import tracking
@@ -236,6 +236,12 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert result.choice.estimates["fedavg+ft"] < result.choice.estimates["fomaml"]
     lineage = MlflowClient().get_run(result.run_id).data.tags
     assert lineage["candidate"] == "fedavg+ft" and "fomaml" in lineage["cv_losses"]
+    assert lineage["adaptation_helped"] == "true"
+    # a step size that overshoots makes the site's other rows worse: recorded, and said (not hidden)
+    overshoot = onboard(spec, data=None, site_id="clinic-new", shots=6, lr=50.0)
+    assert overshoot.after["mse"] > overshoot.before["mse"]
+    assert MlflowClient().get_run(overshoot.run_id).data.tags["adaptation_helped"] == "false"
+    assert "adaptation made mse on this site's other labelled rows worse" in capsys.readouterr().out
     forced = onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="fomaml")
     assert forced.choice.name == "fomaml" and forced.after["mse"] > result.after["mse"]
     with pytest.raises(ValueError, match="its candidates are"):
