@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ def onboard(
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()}),
-               "device": describe_device(target), "adaptation_helped": str(helped).lower()}
+               "device": describe_device(target), "adaptation_helped": {True: "true", False: "false", None: "unknown"}[helped]}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{slug}") as run:
         mlflow.set_tags(lineage)
         mlflow.log_metrics({**{f"before/{k}": v for k, v in before.items()},
@@ -138,17 +139,20 @@ def onboard(
             registered = {"name": name, "version": version, "alias": alias}
     result = OnboardResult(site.site_id, before, after, uri, run.info.run_id, registered, seconds, choice)
     _print(result, lineage)
-    if not helped:
+    if helped is False:
         console.print(f"[yellow]warning:[/] adaptation made {headline} on this site's other labelled rows worse "
                       f"({before.get(headline, float('nan')):.4g} -> {after.get(headline, float('nan')):.4g}); the "
                       "start itself scored better: `--steps 0` keeps it, or onboard with more labelled examples")
     return result
 
 
-def adaptation_helped(before: dict[str, float], after: dict[str, float], headline: str, higher_is_better: bool) -> bool:
-    """Whether adapting left the site's scored rows at least as good on ``headline`` as its start (a NaN
-    headline counts as not)."""
+def adaptation_helped(before: dict[str, float], after: dict[str, float], headline: str,
+                      higher_is_better: bool) -> Optional[bool]:
+    """Whether adapting left the site's scored rows at least as good on ``headline`` as its start; None when
+    either score is undefined (e.g. AUROC of scored rows of one class)."""
     b, a = before.get(headline, float("nan")), after.get(headline, float("nan"))
+    if math.isnan(a) or math.isnan(b):
+        return None
     return bool(a >= b if higher_is_better else a <= b)
 
 

@@ -242,6 +242,10 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert overshoot.after["mse"] > overshoot.before["mse"]
     assert MlflowClient().get_run(overshoot.run_id).data.tags["adaptation_helped"] == "false"
     assert "adaptation made mse on this site's other labelled rows worse" in capsys.readouterr().out
+    from pipelines.onboard import adaptation_helped
+
+    assert adaptation_helped({"auroc": 0.8}, {"auroc": 0.9}, "auroc", True)
+    assert adaptation_helped({"auroc": float("nan")}, {"auroc": 0.9}, "auroc", True) is None  # undefined, not worse
     forced = onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="fomaml")
     assert forced.choice.name == "fomaml" and forced.after["mse"] > result.after["mse"]
     with pytest.raises(ValueError, match="its candidates are"):
