@@ -58,13 +58,16 @@ def register_recipe(name: str, description: str) -> Callable[[RecipeFn], RecipeF
     return wrap
 
 
+def _module_of(names: Sequence[str], name: str) -> tuple[str, ...]:
+    """The parameters among ``names`` owned by the same module as ``name``."""
+    owner = name.rpartition(".")[0]
+    return tuple(n for n in names if n.rpartition(".")[0] == owner)
+
+
 def head_names(model: nn.Module) -> tuple[str, ...]:
     """The parameters of the last module (in registration order) that owns parameters: a linear head."""
     names = [n for n, _ in model.named_parameters()]
-    if not names:
-        return ()
-    owner = names[-1].rpartition(".")[0]
-    return tuple(n for n in names if n.rpartition(".")[0] == owner)
+    return _module_of(names, names[-1]) if names else ()
 
 
 def _continued(params: Params, steps_grid: Sequence[int], step: Callable[[Params, int], Params]) -> dict[int, Params]:
@@ -121,11 +124,9 @@ def _context(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequen
 def input_names(names: Sequence[str]) -> tuple[str, ...]:
     """The parameters of the first module (in registration order) that owns parameters, context vectors
     aside: the layer that reads the input."""
-    weights = [n for n in names if n not in set(context_names(list(names)))]
-    if not weights:
-        return ()
-    owner = weights[0].rpartition(".")[0]
-    return tuple(n for n in weights if n.rpartition(".")[0] == owner)
+    context = set(context_names(list(names)))
+    weights = [n for n in names if n not in context]
+    return _module_of(weights, weights[0]) if weights else ()
 
 
 @register_recipe("input", "adapt the first layer only (surgical fine-tuning, for shifts of the input such as a "
