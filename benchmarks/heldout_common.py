@@ -6,6 +6,7 @@ must point MLflow at the temporary store (environment variables) BEFORE those mo
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -86,6 +87,8 @@ class HeldoutRun:
     """The default each seed's run registered."""
     seconds_by_seed: dict[int, float] = dataclasses.field(default_factory=dict)
     """Wall time of each seed's pipeline (the whole benchmark is their sum plus onboarding)."""
+    fallback_by_seed: dict[int, dict] = dataclasses.field(default_factory=dict)
+    """Each seed's defaults for a support that cannot be split (its run's ``fallback_defaults.json``)."""
 
     @property
     def train_seconds(self) -> dict[str, float]:
@@ -114,7 +117,7 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
     verticals.load_all()
     spec = VERTICALS.get(vertical)
     torch.set_num_threads(flags.threads)
-    parts, best, seconds_by_seed = [], {}, {}
+    parts, best, seconds_by_seed, fallback = [], {}, {}, {}
     for seed in flags.seeds:
         run_cfg = with_overrides(load_preset(spec, flags.preset), flags.set)
         run_cfg.seed, run_cfg.output_dir = seed, str(Path(flags.output_dir) / f"seed{seed}")
@@ -130,7 +133,9 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
         rows = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
         parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
         best[seed], seconds_by_seed[seed] = result.best_algorithm, round(seconds, 2)
-    return HeldoutRun(spec, run_cfg, result, pd.concat(parts, ignore_index=True), seconds, best, seconds_by_seed)
+        fallback[seed] = json.loads((result.output_dir / "fallback_defaults.json").read_text())
+    return HeldoutRun(spec, run_cfg, result, pd.concat(parts, ignore_index=True), seconds, best, seconds_by_seed,
+                      fallback)
 
 
 def with_overrides(run_cfg: Any, dotlist: list[str]) -> Any:
@@ -168,7 +173,8 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
     counts = picks["choice"].value_counts().to_dict() if "choice" in picks else {}
     return {"seeds": list(flags.seeds), "overrides": list(flags.set), "registered_default": {str(k): v for k, v in run.best_by_seed.items()},
             "pipeline_seconds_by_seed": {str(k): v for k, v in run.seconds_by_seed.items()},
-            "auto_choices": {str(k): int(v) for k, v in counts.items()}}
+            "auto_choices": {str(k): int(v) for k, v in counts.items()},
+            "fallback_defaults": {str(k): v for k, v in run.fallback_by_seed.items()}}
 
 
 def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:

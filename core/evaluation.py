@@ -208,18 +208,61 @@ def select_adaptation(
     return pd.DataFrame.from_records(records)
 
 
+def validation_at_shots(
+    problem: Problem,
+    model: nn.Module,
+    methods: Sequence[Method],
+    sites: Sequence[Site],
+    *,
+    shots: int,
+    steps_grid: Sequence[int],
+    draws: int,
+    seed: int,
+    inner: InnerConfig,
+    max_folds: int,
+) -> Optional[dict[str, dict[int, list[float]]]]:
+    """Each method's headline on the validation (site, draw) pairs at ``shots`` per steps count, adapted with
+    the step size and recipe :func:`select_adaptation` chose -- the evidence for the default a site gets when
+    its support at ``shots`` cannot be split; None when every validation support at ``shots`` splits (the
+    per-site choice then never falls back to a default there). Same draws as the selection's, one order."""
+    loss_fn = problem.loss_fn(model)
+    head = problem.param_groups(model)["head"]
+    keys = [(i, d) for i in range(len(sites)) for d in range(draws)]
+
+    def task(i: int, d: int) -> FewShotTask:
+        return problem.few_shot_task(model, sites[i], shots, task_generator(seed + 17, i, shots, d))
+
+    if all(task(i, d).support_folds(max_folds) is not None for i, d in keys):
+        return None
+    out: dict[str, dict[int, list[float]]] = {m.name: {} for m in methods}
+    for i, d in keys:
+        t = task(i, d)
+        for m in methods:
+            for s, metrics in _score_method(loss_fn, m, t, steps_grid, inner, _lr_for(m), head).items():
+                out[m.name].setdefault(s, []).append(metrics[problem.headline])
+    return out
+
+
 @dataclass(frozen=True)
 class AutoChoice:
     """The ``auto`` row of the protocol: on each draw, the onboarding choice among ``candidates`` (method
     names) by cross-validation on that draw's support set only (:mod:`core.choice`): the baseline is kept
-    unless another candidate is clearly better; the default at a steps count (``default_by_steps``, else
-    ``default``) when the support cannot be split."""
+    unless another candidate is clearly better; when the support cannot be split, the default validated at
+    that shots count (``default_by_shots``), else at the selection's (``default_by_steps``, else ``default``)."""
 
     candidates: tuple[str, ...]
     default: str
     max_folds: int = 5
     default_by_steps: Mapping[int, str] = field(default_factory=dict)
     """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.validation_default``)."""
+    default_by_shots: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
+    """The default per steps count validated at a shots count whose supports cannot be split
+    (:func:`validation_at_shots`); ``default_by_steps`` at the other shots counts."""
+
+    def defaults_at(self, shots: int, steps_grid: Sequence[int]) -> dict[int, str]:
+        """The fallback start per steps count for a support of ``shots`` that cannot be split."""
+        at_shots = self.default_by_shots.get(shots, {})
+        return {s: at_shots.get(s, self.default_by_steps.get(s, self.default)) for s in steps_grid}
 
 
 def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:
@@ -282,14 +325,14 @@ def evaluate_auto(
     by_name = {m.name: m for m in methods}
     head = problem.param_groups(model)["head"]
     candidates = [method_candidate(by_name[c], inner, head) for c in auto.candidates]
-    defaults = {s: auto.default_by_steps.get(s, auto.default) for s in steps_grid}
     scored = rows.set_index(["site", "method", "shots", "steps", "draw"])
     records = []
     for i, site in enumerate(sites):
         for k in shots_grid:
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
-                choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
+                choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds),
+                                           auto.defaults_at(k, steps_grid),
                                            task.choice_criterion(loss_fn), BASELINE)
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]

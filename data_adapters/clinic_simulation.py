@@ -178,7 +178,7 @@ def apply_profile(x: Tensor, profile: AcquisitionProfile) -> Tensor:
     """
     n, c, h, w = x.shape
     out = profile_transform(profile, (h, w))(x.reshape(n * c, h, w).clone())
-    return torch.as_tensor(out).reshape(n, c, h, w).float().contiguous()
+    return torch.as_tensor(out).as_subclass(torch.Tensor).reshape(n, c, h, w).float().contiguous()  # no MetaTensor
 
 
 def dirichlet_partition(y: Tensor, clinics: int, alpha: float, min_per_class: int, rng: np.random.Generator) -> list[np.ndarray]:

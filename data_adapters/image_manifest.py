@@ -205,7 +205,7 @@ def load_images(files: Sequence[str], image_size: int, cache_dir: Optional[str] 
         warnings.simplefilter("ignore")
         for i in range(len(items)):
             try:
-                images.append(torch.as_tensor(ds[i]["image"]))
+                images.append(torch.as_tensor(ds[i]["image"]).as_subclass(torch.Tensor))  # no MetaTensor
             except Exception as err:  # noqa: BLE001 - collect every unreadable file, then fail once
                 reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
                 failed.append(f"{files[i]} ({reason})")

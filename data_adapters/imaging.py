@@ -108,7 +108,8 @@ def _resize(x: Tensor, size: int) -> Tensor:
     from monai.transforms import Resize
 
     n, c, h, w = x.shape
-    return torch.as_tensor(Resize((size, size), mode="area")(x.reshape(n * c, h, w))).reshape(n, c, size, size).float()
+    resized = Resize((size, size), mode="area")(x.reshape(n * c, h, w)).as_subclass(torch.Tensor)  # no MetaTensor
+    return resized.reshape(n, c, size, size).float()
 
 
 def _from_npz(cfg: ImageData, path: Path, expect: dict) -> ImagePool:

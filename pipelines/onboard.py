@@ -93,7 +93,7 @@ def onboard(
     model = loaded.model.to(target)
     task = problem.few_shot_task(model, site, shots, task_generator(seed, 0, shots, 0))
     candidates = bundle_candidates(loaded, lr, problem.param_groups(model)["head"], target)
-    default = str(info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default")))
+    default = fallback_default(info, shots, steps)
     if candidate is not None:
         if candidate not in candidates:
             raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}")
@@ -144,6 +144,17 @@ def onboard(
                       f"({before.get(headline, float('nan')):.4g} -> {after.get(headline, float('nan')):.4g}); the "
                       "start itself scored better: `--steps 0` keeps it, or onboard with more labelled examples")
     return result
+
+
+def fallback_default(info: dict, shots: int, steps: int) -> str:
+    """The start a site gets when its support cannot be split: the one validated at the run's shots count
+    nearest ``shots`` (``default_by_shots``; the selection's ``default_by_steps`` at the registration shots),
+    at ``steps`` steps; the registered algorithm when the model predates per-shots defaults."""
+    by_shots = {int(k): v for k, v in info.get("default_by_shots", {}).items()}
+    by_shots.setdefault(int(info.get("shots", shots)), info.get("default_by_steps", {}))
+    nearest = min(by_shots, key=lambda k: (abs(k - shots), k))
+    return str(by_shots[nearest].get(str(steps), info.get("default_by_steps", {}).get(str(steps),
+                                                                                       info.get("algorithm", "default"))))
 
 
 def adaptation_helped(before: dict[str, float], after: dict[str, float], headline: str,

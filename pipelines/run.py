@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import platform
 import subprocess
 import shutil
@@ -30,8 +31,8 @@ from core.config import algorithm_settings, check_algorithm_overrides, check_run
 from core.choice import clearly_better
 from core.devices import describe_device, resolve_device
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
-                             on_device, paired_differences, select_adaptation, summarize, trained_name, validation_fn,
-                             with_recipes)
+                             on_device, paired_differences, select_adaptation, summarize, trained_name, validation_at_shots,
+                             validation_fn, with_recipes)
 from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
@@ -290,15 +291,19 @@ class HeldoutReport:
     registered: Optional[dict[str, Any]]
 
 
-def validation_default(methods: list[Method], steps: Optional[int], higher_is_better: bool) -> tuple[Method, str]:
+def validation_default(methods: list[Method], steps: Optional[int], higher_is_better: bool,
+                       scores: Optional[dict[str, dict[int, list[float]]]] = None) -> tuple[Method, str]:
     """Among ``methods``: the tuned baseline (when there) unless the best method on validation sites beats it
     there clearly -- one-sided Wilcoxon signed-rank test over the (site, draw) pairs, p < 0.1
     (:func:`core.choice.clearly_better`)
-    -- at ``steps`` adaptation steps (None: each method at its own best steps). Returns it and why."""
+    -- at ``steps`` adaptation steps (None: each method at its own best steps). ``scores`` (method -> steps ->
+    per-draw headline, :func:`core.evaluation.validation_at_shots`) replaces the selection's draws. Returns it
+    and why."""
     sign = 1 if higher_is_better else -1
 
     def draws(m: Method) -> list[float]:
-        return m.validation_draws.get(m.best_steps if steps is None else steps, [])
+        by_steps = m.validation_draws if scores is None else scores.get(m.name, {})
+        return by_steps.get(m.best_steps if steps is None else steps, [])
 
     def score(m: Method) -> float:
         values = draws(m)
@@ -382,6 +387,15 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     # the default a site gets when its support cannot be split, per steps count (registered steps: the bundle's)
     default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name for s in cfg.eval.steps}
     default_by_steps[bundle[0].best_steps] = bundle[0].name
+    # where a support cannot be split (one image per class, rollouts), the default validated at THOSE shots
+    default_by_shots = {}
+    for k in (k for k in cfg.eval.shots if k != select_shots):
+        scores = validation_at_shots(problem, model, bundle, val_sites, shots=k, steps_grid=cfg.eval.steps,
+                                     draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner,
+                                     max_folds=cfg.eval.choice_folds)
+        if scores is not None:
+            default_by_shots[k] = {s: validation_default(bundle, s, problem.higher_is_better, scores)[0].name
+                                   for s in cfg.eval.steps}
     # 5. held-out test sites (the auto row sees only each draw's support)
     test_sites = problem.federation.role("test")
     total = len(test_sites) * len(cfg.eval.shots) * cfg.eval.draws
@@ -391,7 +405,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         task = bar.add_task("held-out evaluation", total=total)
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task), **grid)
     if len(bundle) > 1:
-        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
+        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps, default_by_shots)
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
                          ignore_index=True)
     if spec.reference_baselines is not None:
@@ -437,9 +451,14 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "heldout_auto_value": held("auto", best.best_steps),
             "candidates": candidate_recipes(bundle, cfg.inner), "choice_folds": cfg.eval.choice_folds,
             "default_by_steps": {str(k): v for k, v in default_by_steps.items()},
+            "default_by_shots": {str(k): {str(s): v for s, v in d.items()} for k, d in default_by_shots.items()},
             "default_reason": veto or default_reason, "baseline_won": baseline_won,
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), "dataset": dataset.as_dict(), **extra_tags}
+    fallback = out / "fallback_defaults.json"  # the start of a site whose support cannot be split
+    fallback.write_text(json.dumps({"shots": select_shots, "default_by_steps": info["default_by_steps"],
+                                    "default_by_shots": info["default_by_shots"]}, indent=1))
+    mlflow.log_artifact(str(fallback), "evaluation")
     if privacy:
         mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
         info["privacy"] = {"epsilon": max(privacy[trained_name(m.name)] for m in bundle), "delta": cfg.fed.dp_delta,

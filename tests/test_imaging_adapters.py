@@ -60,6 +60,7 @@ def test_manifest_png_nifti_dicom_with_sites_and_patients(tmp_path):
     path = write_manifest(tmp_path, formats=("png", "nii", "dcm"))
     m = load_manifest(path, classes=["normal", "pneumonia"], image_size=16)
     assert m.x.shape == (16, 1, 16, 16) and m.num_classes == 2 and m.class_names == ["normal", "pneumonia"]
+    assert type(m.x) is torch.Tensor  # plain tensors, not MetaTensors
     assert sorted(set(m.sites)) == ["a", "b"]
     # every format keeps the array's row/column order (bright bar at rows 2-5, columns 3-11)
     for i in range(3):

@@ -123,6 +123,7 @@ def test_support_augmentation_is_seeded():
     c, _ = augment_support(x, y, 2, seed=6)
     assert a.shape == (12, 1, 16, 16) and ya.tolist() == [0, 1, 0, 1] * 3
     assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(a[:4], x)
+    assert type(a) is torch.Tensor  # not MONAI's MetaTensor: its per-op bookkeeping slows every adaptation step
 
 
 # ---------------------------------------------------------------- the vertical
@@ -149,6 +150,7 @@ def test_generated_fallback_warns_and_short_meta_training_runs(no_real_data):
     site = problem.federation.role("test")[1]
     task = problem.few_shot_task(learner.model, site, 2, torch.Generator().manual_seed(0))
     assert task.support(after)[0].shape[0] == 2 * 2 * 2  # 2 shots x 2 classes x (1 + 1 augmented copy)
+    assert type(task.support(after)[0]) is torch.Tensor  # augmented by MONAI, yet no MetaTensor
     scores = task.score(after)
     assert {"auroc", "balanced_accuracy", "sensitivity", "specificity", "threshold"} <= set(scores)
 
@@ -175,6 +177,8 @@ def test_load_new_site_npz_and_manifest(tmp_path, no_real_data):
     npz = write_npz(tmp_path / "clinic.npz", classes=2, n=10, size=28)
     new_problem, site = mi.load_new_site(small_cfg(path=str(npz), onboard_protocol="inverted"), prep, None)
     assert site.site_id == "clinic" and site.x.shape == (30, 1, 28, 28) and site.metadata["protocol"] == "inverted"
+    _, small = mi.load_new_site(small_cfg(path=str(write_npz(tmp_path / "s20.npz", classes=2, n=10, size=20))), prep, None)
+    assert small.x.shape == (30, 1, 28, 28) and type(small.x) is torch.Tensor  # resized to the model's size by MONAI
     task = new_problem.few_shot_task(problem.make_model(), site, 3, torch.Generator().manual_seed(0))
     assert 0.0 <= task.score(dict(problem.make_model().named_parameters()))["auroc"] <= 1.0
     with pytest.raises(ImageDataError, match=r"outside the declared classes \(0..1\)"):

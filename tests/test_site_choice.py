@@ -17,7 +17,7 @@ from torch import nn
 from core.choice import (Candidate, choose, choose_candidate, clearly_better, fold_units, pairwise_ranking, split_support,
                          time_blocks)
 from core.config import EvalConfig, RunConfig
-from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites, select_adaptation
+from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites, select_adaptation, validation_at_shots
 from core.metrics import mse_metrics
 from core.problem import SupervisedProblem
 from core.seeds import site_seed
@@ -182,6 +182,37 @@ def test_the_auto_choice_never_reads_the_scored_rows():
     swapped = rows.assign(value=rows["value"].where(rows["method"] != "fedavg+ft", 1e9))
     again = evaluate_auto(problem, model, methods, sites, swapped, auto, **grid)
     pd.testing.assert_series_equal(again["choice"], picked["choice"])
+    # a default validated at the unsplittable shots count replaces the selection's there, and only there
+    per_shots = AutoChoice(("fedavg+ft", "fomaml"), default="fomaml", default_by_shots={1: {0: "fedavg+ft", 3: "fedavg+ft"}})
+    at_one = evaluate_auto(problem, model, methods, sites, rows, per_shots, **grid)
+    one = at_one[at_one["shots"] == 1].drop_duplicates(["site", "steps", "draw"]).set_index("steps")["choice"]
+    assert set(one.loc[[0, 3]]) == {"fedavg+ft"} and set(one.loc[[1]]) == {"fomaml"}
+    assert at_one[at_one["shots"] == 6]["choice"].tolist() == picked[picked["shots"] == 6]["choice"].tolist()
+
+
+def test_the_default_for_an_unsplittable_support_is_validated_at_its_shots():
+    """One row per support cannot be cross-validated: the evidence for its default comes from validation
+    sites at that shots count, paired draw by draw; a shots count whose supports all split needs none."""
+    from pipelines.onboard import fallback_default
+    from pipelines.run import validation_default
+
+    problem = linear_problem(linear_federation())
+    model, methods = nn.Linear(3, 1), _methods(problem)
+    sites = problem.federation.role("validation")
+    common = dict(steps_grid=[0, 1, 3], draws=3, seed=0, inner=RunConfig(data=None).inner, max_folds=5)
+    assert validation_at_shots(problem, model, methods, sites, shots=6, **common) is None  # 6 rows split
+    scores = validation_at_shots(problem, model, methods, sites, shots=1, **common)
+    assert set(scores) == {"fedavg+ft", "fomaml"} and all(len(v) == 2 * 3 for v in scores["fomaml"].values())
+    assert all(scores["fedavg+ft"][s] != scores["fomaml"][s] for s in (0, 1, 3))
+    base, fml = methods
+    fml.validation_draws = {s: [v - 1e3 for v in base.validation_draws[s]] for s in base.validation_draws}
+    assert validation_default(methods, 3, higher_is_better=False)[0] is fml  # the selection's draws favour it
+    assert validation_default(methods, 3, higher_is_better=False, scores=scores)[0] is base  # at 1 shot: not
+    info = {"shots": 6, "algorithm": "fomaml", "default_by_steps": {"3": "fomaml"},
+            "default_by_shots": {"1": {"3": "fedavg+ft"}}}
+    assert fallback_default(info, 1, 3) == "fedavg+ft" and fallback_default(info, 2, 3) == "fedavg+ft"
+    assert fallback_default(info, 5, 3) == "fomaml" and fallback_default(info, 20, 3) == "fomaml"
+    assert fallback_default({"algorithm": "fomaml"}, 1, 3) == "fomaml"  # a model from before per-shots defaults
 
 
 # --------------------------------------------------------------- registration and onboarding of a bundle
@@ -230,6 +261,7 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert set(loaded.candidates) == {"fedavg+ft", "fomaml"}
     assert torch.equal(loaded.candidates["fomaml"]["weight"], BAD["weight"])
     assert (tmp_path / "auto_choices.csv").stat().st_size > 0
+    assert loaded.info["default_by_shots"] == {"1": {"0": "fedavg+ft", "1": "fedavg+ft", "3": "fedavg+ft"}}
 
     result = onboard(spec, data=None, site_id="clinic-new", shots=6)
     assert result.choice.name == "fedavg+ft" and result.choice.folds >= 2

@@ -35,7 +35,8 @@ def augment_support(x: Tensor, y: Tensor, copies: int, seed: int) -> tuple[Tenso
     if copies <= 0 or x.shape[0] == 0:
         return x, y
     pipe = augmentation(seed)
-    extra = [torch.as_tensor(pipe(img.clone())).float() for _ in range(copies) for img in x]
+    # MONAI returns MetaTensors, whose per-op metadata tracking would slow every later step (plain tensors)
+    extra = [pipe(img.clone()).as_subclass(torch.Tensor).float() for _ in range(copies) for img in x]
     return torch.cat([x, torch.stack(extra)]), torch.cat([y, y.repeat(copies)])
 
 
