@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,6 +102,8 @@ def onboard(
         loss_fn = problem.loss_fn(model)
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
                                   steps, default, task.choice_criterion(loss_fn), BASELINE)
+        if choice.folds == 0 and len(candidates) > 1:
+            choice = replace(choice, reason=f"{choice.reason}, validated on supports of {validated_shots(info, shots)} shots")
     chosen = candidates[choice.name]
     used_lr = chosen.lr_for(steps)
     support = task.support(chosen.params)
@@ -150,11 +152,20 @@ def fallback_default(info: dict, shots: int, steps: int) -> str:
     """The start a site gets when its support cannot be split: the one validated at the run's shots count
     nearest ``shots`` (``default_by_shots``; the selection's ``default_by_steps`` at the registration shots),
     at ``steps`` steps; the registered algorithm when the model predates per-shots defaults."""
+    by_shots = _defaults_by_shots(info, shots)
+    return str(by_shots[validated_shots(info, shots)].get(
+        str(steps), info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default"))))
+
+
+def validated_shots(info: dict, shots: int) -> int:
+    """The shots count of the run's grid whose validated default a site of ``shots`` gets (the nearest)."""
+    return min(_defaults_by_shots(info, shots), key=lambda k: (abs(k - shots), k))
+
+
+def _defaults_by_shots(info: dict, shots: int) -> dict[int, dict]:
     by_shots = {int(k): v for k, v in info.get("default_by_shots", {}).items()}
     by_shots.setdefault(int(info.get("shots", shots)), info.get("default_by_steps", {}))
-    nearest = min(by_shots, key=lambda k: (abs(k - shots), k))
-    return str(by_shots[nearest].get(str(steps), info.get("default_by_steps", {}).get(str(steps),
-                                                                                       info.get("algorithm", "default"))))
+    return by_shots
 
 
 def adaptation_helped(before: dict[str, float], after: dict[str, float], headline: str,

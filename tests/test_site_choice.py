@@ -193,7 +193,7 @@ def test_the_auto_choice_never_reads_the_scored_rows():
 def test_the_default_for_an_unsplittable_support_is_validated_at_its_shots():
     """One row per support cannot be cross-validated: the evidence for its default comes from validation
     sites at that shots count, paired draw by draw; a shots count whose supports all split needs none."""
-    from pipelines.onboard import fallback_default
+    from pipelines.onboard import fallback_default, validated_shots
     from pipelines.run import validation_default
 
     problem = linear_problem(linear_federation())
@@ -213,6 +213,7 @@ def test_the_default_for_an_unsplittable_support_is_validated_at_its_shots():
     assert fallback_default(info, 1, 3) == "fedavg+ft" and fallback_default(info, 2, 3) == "fedavg+ft"
     assert fallback_default(info, 5, 3) == "fomaml" and fallback_default(info, 20, 3) == "fomaml"
     assert fallback_default({"algorithm": "fomaml"}, 1, 3) == "fomaml"  # a model from before per-shots defaults
+    assert validated_shots(info, 2) == 1 and validated_shots(info, 4) == 6
 
 
 # --------------------------------------------------------------- registration and onboarding of a bundle
@@ -263,6 +264,8 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert (tmp_path / "auto_choices.csv").stat().st_size > 0
     assert loaded.info["default_by_shots"] == {"1": {"0": "fedavg+ft", "1": "fedavg+ft", "3": "fedavg+ft"}}
 
+    one = onboard(spec, data=None, site_id="clinic-new", shots=1)  # one row: the default validated at 1 shot
+    assert one.choice.folds == 0 and one.choice.name == "fedavg+ft" and "supports of 1 shots" in one.choice.reason
     result = onboard(spec, data=None, site_id="clinic-new", shots=6)
     assert result.choice.name == "fedavg+ft" and result.choice.folds >= 2
     assert result.choice.estimates["fedavg+ft"] < result.choice.estimates["fomaml"]
