@@ -247,8 +247,8 @@ def validation_at_shots(
 class AutoChoice:
     """The ``auto`` row of the protocol: on each draw, the onboarding choice among ``candidates`` (method
     names) by cross-validation on that draw's support set only (:mod:`core.choice`): the baseline is kept
-    unless another candidate is clearly better; when the support cannot be split, the default validated at
-    that shots count (``default_by_shots``), else at the selection's (``default_by_steps``, else ``default``)."""
+    unless another candidate is clearly better; when the support cannot be split, the default at that shots
+    count (``default_by_shots``), else the selection's (``default_by_steps``, else ``default``)."""
 
     candidates: tuple[str, ...]
     default: str
@@ -256,8 +256,8 @@ class AutoChoice:
     default_by_steps: Mapping[int, str] = field(default_factory=dict)
     """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.validation_default``)."""
     default_by_shots: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
-    """The default per steps count validated at a shots count whose supports cannot be split
-    (:func:`validation_at_shots`); ``default_by_steps`` at the other shots counts."""
+    """The default per steps count at a shots count whose supports cannot be split, confirmed on validation
+    supports of that size (:func:`validation_at_shots`); ``default_by_steps`` at the other shots counts."""
 
     def defaults_at(self, shots: int, steps_grid: Sequence[int]) -> dict[int, str]:
         """The fallback start per steps count for a support of ``shots`` that cannot be split."""

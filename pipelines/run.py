@@ -321,6 +321,12 @@ def validation_default(methods: list[Method], steps: Optional[int], higher_is_be
                       f"over {len(gains)} validation draws, p < 0.1 needed): {BASELINE} stays the default")
 
 
+def confirmed_default(at_selection: str, at_shots: str, names: Sequence[str]) -> str:
+    """The default for a support that cannot be split at another shots count: the selection's default where
+    validation supports of those shots choose the same start, else the tuned baseline (when in the bundle)."""
+    return at_selection if at_selection == at_shots or BASELINE not in names else BASELINE
+
+
 def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bool,
               size: int = 3) -> tuple[list[Method], str]:
     """The starting points a registered model carries, default first (:func:`validation_default`, each
@@ -387,15 +393,17 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     # the default a site gets when its support cannot be split, per steps count (registered steps: the bundle's)
     default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name for s in cfg.eval.steps}
     default_by_steps[bundle[0].best_steps] = bundle[0].name
-    # where a support cannot be split (one image per class, rollouts), the default validated at THOSE shots
+    # where a support cannot be split (one image per class, rollouts): an FML default only where validation
+    # supports of THOSE shots confirm it (a start that wins with 10 examples can lose with 1), else the baseline
     default_by_shots = {}
     for k in (k for k in cfg.eval.shots if k != select_shots):
         scores = validation_at_shots(problem, model, bundle, val_sites, shots=k, steps_grid=cfg.eval.steps,
                                      draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner,
                                      max_folds=cfg.eval.choice_folds)
         if scores is not None:
-            default_by_shots[k] = {s: validation_default(bundle, s, problem.higher_is_better, scores)[0].name
-                                   for s in cfg.eval.steps}
+            at_k = {s: validation_default(bundle, s, problem.higher_is_better, scores)[0].name for s in cfg.eval.steps}
+            default_by_shots[k] = {s: confirmed_default(default_by_steps[s], at_k[s], names) for s in cfg.eval.steps}
+    used_by_steps = dict(default_by_steps)  # what the auto rows use, before a registration veto
     # 5. held-out test sites (the auto row sees only each draw's support)
     test_sites = problem.federation.role("test")
     total = len(test_sites) * len(cfg.eval.shots) * cfg.eval.draws
@@ -456,7 +464,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), "dataset": dataset.as_dict(), **extra_tags}
     fallback = out / "fallback_defaults.json"  # the start of a site whose support cannot be split
-    fallback.write_text(json.dumps({"shots": select_shots, "default_by_steps": info["default_by_steps"],
+    fallback.write_text(json.dumps({"shots": select_shots, "default_by_steps": {str(s): v for s, v in used_by_steps.items()},
                                     "default_by_shots": info["default_by_shots"]}, indent=1))
     mlflow.log_artifact(str(fallback), "evaluation")
     if privacy:

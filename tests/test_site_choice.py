@@ -194,7 +194,7 @@ def test_the_default_for_an_unsplittable_support_is_validated_at_its_shots():
     """One row per support cannot be cross-validated: the evidence for its default comes from validation
     sites at that shots count, paired draw by draw; a shots count whose supports all split needs none."""
     from pipelines.onboard import fallback_default, validated_shots
-    from pipelines.run import validation_default
+    from pipelines.run import confirmed_default, validation_default
 
     problem = linear_problem(linear_federation())
     model, methods = nn.Linear(3, 1), _methods(problem)
@@ -208,6 +208,12 @@ def test_the_default_for_an_unsplittable_support_is_validated_at_its_shots():
     fml.validation_draws = {s: [v - 1e3 for v in base.validation_draws[s]] for s in base.validation_draws}
     assert validation_default(methods, 3, higher_is_better=False)[0] is fml  # the selection's draws favour it
     assert validation_default(methods, 3, higher_is_better=False, scores=scores)[0] is base  # at 1 shot: not
+    names = ["fedavg+ft", "fomaml", "reptile"]  # an FML default stands only where both shots counts agree
+    assert confirmed_default("fomaml", "fomaml", names) == "fomaml"
+    assert confirmed_default("fomaml", "fedavg+ft", names) == "fedavg+ft"
+    assert confirmed_default("fedavg+ft", "fomaml", names) == "fedavg+ft"
+    assert confirmed_default("fomaml", "reptile", names) == "fedavg+ft"
+    assert confirmed_default("fomaml", "reptile", ["fomaml", "reptile"]) == "fomaml"  # no baseline to fall back on
     info = {"shots": 6, "algorithm": "fomaml", "default_by_steps": {"3": "fomaml"},
             "default_by_shots": {"1": {"3": "fedavg+ft"}}}
     assert fallback_default(info, 1, 3) == "fedavg+ft" and fallback_default(info, 2, 3) == "fedavg+ft"
