@@ -52,9 +52,9 @@ class BenchConfig(ShortenableFlags):
     """Test clinic onboarded after the run (default: the last test clinic, the unseen-protocol one)."""
     onboard_shots: int = 10
     """Images per class the onboarded clinic adapts on (and chooses its starting point with)."""
-    threads: int = 1
-    """torch threads (1, like the other held-out benchmarks: the CNN is small, and two OpenMP threads spin
-    against any other job on a 2-core machine; the figures in verticals/README.md use 1 since 2026-12-03)."""
+    threads: int = 2
+    """torch threads (BENCHMARKS.md figures and the JSONs in benchmarks/results use 2; use 1 on a machine shared
+    with other jobs: two OpenMP threads spin against any other process on 2 cores)."""
 
 
 def export_clinic(site, path: Path) -> Path:

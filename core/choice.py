@@ -10,8 +10,7 @@ BASELINE (the tuned FedAvg model) stays the site's start unless another candidat
 lower: a one-sided Wilcoxon signed-rank test of the paired per-unit differences at p < 0.1, so that neither
 noise on a handful of examples nor validation sites unlike this one hand the site a worse start. Only a
 support too small to split (fewer than two units of some class) falls back to the DEFAULT, the start the
-validation sites support (the baseline unless an FML algorithm beat it clearly there, both at the
-registration shots and with supports of the same size: ``core.evaluation.validation_at_shots``). Units whose rows are
+validation sites support (the baseline unless an FML algorithm beat it clearly there). Units whose rows are
 ordered in time (an engine's windows) are cut into contiguous blocks (:func:`time_blocks`) when there are too
 few of them for the test: one engine still tells which start predicts the rest of ITS life better. Only
 the support set is read: the rows a held-out protocol scores never reach these functions.

@@ -222,9 +222,9 @@ def validation_at_shots(
     max_folds: int,
 ) -> Optional[dict[str, dict[int, list[float]]]]:
     """Each method's headline on the validation (site, draw) pairs at ``shots`` per steps count, adapted with
-    the step size and recipe :func:`select_adaptation` chose -- the evidence for the default a site gets when
-    its support at ``shots`` cannot be split; None when every validation support at ``shots`` splits (the
-    per-site choice then never falls back to a default there). Same draws as the selection's, one order."""
+    the step size and recipe :func:`select_adaptation` chose: whether validation supports of the size where a
+    site falls back to the default (it cannot be split) would choose that default too. None when every
+    validation support at ``shots`` splits (no site of that size falls back). Same draws as the selection's."""
     loss_fn = problem.loss_fn(model)
     head = problem.param_groups(model)["head"]
     keys = [(i, d) for i in range(len(sites)) for d in range(draws)]
@@ -247,22 +247,14 @@ def validation_at_shots(
 class AutoChoice:
     """The ``auto`` row of the protocol: on each draw, the onboarding choice among ``candidates`` (method
     names) by cross-validation on that draw's support set only (:mod:`core.choice`): the baseline is kept
-    unless another candidate is clearly better; when the support cannot be split, the default at that shots
-    count (``default_by_shots``), else the selection's (``default_by_steps``, else ``default``)."""
+    unless another candidate is clearly better; the default at a steps count (``default_by_steps``, else
+    ``default``) when the support cannot be split."""
 
     candidates: tuple[str, ...]
     default: str
     max_folds: int = 5
     default_by_steps: Mapping[int, str] = field(default_factory=dict)
     """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.validation_default``)."""
-    default_by_shots: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
-    """The default per steps count at a shots count whose supports cannot be split, confirmed on validation
-    supports of that size (:func:`validation_at_shots`); ``default_by_steps`` at the other shots counts."""
-
-    def defaults_at(self, shots: int, steps_grid: Sequence[int]) -> dict[int, str]:
-        """The fallback start per steps count for a support of ``shots`` that cannot be split."""
-        at_shots = self.default_by_shots.get(shots, {})
-        return {s: at_shots.get(s, self.default_by_steps.get(s, self.default)) for s in steps_grid}
 
 
 def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:
@@ -325,14 +317,14 @@ def evaluate_auto(
     by_name = {m.name: m for m in methods}
     head = problem.param_groups(model)["head"]
     candidates = [method_candidate(by_name[c], inner, head) for c in auto.candidates]
+    defaults = {s: auto.default_by_steps.get(s, auto.default) for s in steps_grid}
     scored = rows.set_index(["site", "method", "shots", "steps", "draw"])
     records = []
     for i, site in enumerate(sites):
         for k in shots_grid:
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
-                choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds),
-                                           auto.defaults_at(k, steps_grid),
+                choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
                                            task.choice_criterion(loss_fn), BASELINE)
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]

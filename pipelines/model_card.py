@@ -77,8 +77,7 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
 
 **Candidates in this bundle:** {candidates}. `fml onboard` chooses one per new site by cross-validation on
 that site's own labelled support set: the tuned FedAvg model unless another candidate is clearly better there,
-and, when the support is too small to split, this default where validation supports of that size choose it
-too, else `fedavg+ft` (`default_by_shots` in `fml.json`).
+and the default above when the support is too small to split.
 
 ## Data
 {dataset_lines}- dataset fingerprint: sha256 `{fingerprint.get('sha256', '?')[:16]}...`, {fingerprint.get('rows', '?')} rows,

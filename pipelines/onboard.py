@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -93,7 +93,8 @@ def onboard(
     model = loaded.model.to(target)
     task = problem.few_shot_task(model, site, shots, task_generator(seed, 0, shots, 0))
     candidates = bundle_candidates(loaded, lr, problem.param_groups(model)["head"], target)
-    default = fallback_default(info, shots, steps)
+    default = str(info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default")))
+    checked = None  # what validation supports of about this size chose, when the site falls back to the default
     if candidate is not None:
         if candidate not in candidates:
             raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}")
@@ -103,7 +104,11 @@ def onboard(
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
                                   steps, default, task.choice_criterion(loss_fn), BASELINE)
         if choice.folds == 0 and len(candidates) > 1:
-            choice = replace(choice, reason=f"{choice.reason}, validated on supports of {validated_shots(info, shots)} shots")
+            checked = validation_choice(info, shots, steps)
+    if checked is not None and checked[1] != default:
+        console.print(f"[yellow]note:[/] this support cannot be cross-validated, so the site starts from the default "
+                      f"{default}; validation supports of {checked[0]} shots chose {checked[1]} "
+                      f"(`--candidate {checked[1]}` starts from it)")
     chosen = candidates[choice.name]
     used_lr = chosen.lr_for(steps)
     support = task.support(chosen.params)
@@ -122,7 +127,8 @@ def onboard(
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()}),
-               "device": describe_device(target), "adaptation_helped": {True: "true", False: "false", None: "unknown"}[helped]}
+               "device": describe_device(target), "adaptation_helped": {True: "true", False: "false", None: "unknown"}[helped],
+               "default_confirmed": "unknown" if checked is None else str(checked[1] == default).lower()}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{slug}") as run:
         mlflow.set_tags(lineage)
         mlflow.log_metrics({**{f"before/{k}": v for k, v in before.items()},
@@ -148,24 +154,17 @@ def onboard(
     return result
 
 
-def fallback_default(info: dict, shots: int, steps: int) -> str:
-    """The start a site gets when its support cannot be split: the one validated at the run's shots count
-    nearest ``shots`` (``default_by_shots``; the selection's ``default_by_steps`` at the registration shots),
-    at ``steps`` steps; the registered algorithm when the model predates per-shots defaults."""
-    by_shots = _defaults_by_shots(info, shots)
-    return str(by_shots[validated_shots(info, shots)].get(
-        str(steps), info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default"))))
-
-
-def validated_shots(info: dict, shots: int) -> int:
-    """The shots count of the run's grid whose validated default a site of ``shots`` gets (the nearest)."""
-    return min(_defaults_by_shots(info, shots), key=lambda k: (abs(k - shots), k))
-
-
-def _defaults_by_shots(info: dict, shots: int) -> dict[int, dict]:
-    by_shots = {int(k): v for k, v in info.get("default_by_shots", {}).items()}
+def validation_choice(info: dict, shots: int, steps: int) -> Optional[tuple[int, str]]:
+    """``(k, start)``: what validation supports of ``k`` shots chose at ``steps`` steps, ``k`` the shots count
+    of the run's grid nearest ``shots`` among those checked (``validation_choice_by_shots`` in ``fml.json``;
+    the registration shots: the default itself); None when the model records no check."""
+    by_shots = {int(k): v for k, v in info.get("validation_choice_by_shots", {}).items()}
+    if not by_shots:
+        return None
     by_shots.setdefault(int(info.get("shots", shots)), info.get("default_by_steps", {}))
-    return by_shots
+    k = min(by_shots, key=lambda n: (abs(n - shots), n))
+    name = by_shots[k].get(str(steps))
+    return (k, str(name)) if name is not None else None
 
 
 def adaptation_helped(before: dict[str, float], after: dict[str, float], headline: str,

@@ -321,10 +321,19 @@ def validation_default(methods: list[Method], steps: Optional[int], higher_is_be
                       f"over {len(gains)} validation draws, p < 0.1 needed): {BASELINE} stays the default")
 
 
-def confirmed_default(at_selection: str, at_shots: str, names: Sequence[str]) -> str:
-    """The default for a support that cannot be split at another shots count: the selection's default where
-    validation supports of those shots choose the same start, else the tuned baseline (when in the bundle)."""
-    return at_selection if at_selection == at_shots or BASELINE not in names else BASELINE
+def choices_at_unsplittable_shots(problem: Problem, model: torch.nn.Module, bundle: list[Method], val_sites: list,
+                                  cfg: Any, select_shots: int) -> dict[int, dict[int, str]]:
+    """For every shots count of the grid (but the selection's) whose validation supports cannot be split, the
+    start :func:`validation_default` picks per steps count on validation supports of that size -- the check of
+    the default where sites of that size fall back to it (:func:`core.evaluation.validation_at_shots`)."""
+    out = {}
+    for k in (k for k in cfg.eval.shots if k != select_shots):
+        scores = validation_at_shots(problem, model, bundle, val_sites, shots=k, steps_grid=cfg.eval.steps,
+                                     draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner,
+                                     max_folds=cfg.eval.choice_folds)
+        if scores is not None:
+            out[k] = {s: validation_default(bundle, s, problem.higher_is_better, scores)[0].name for s in cfg.eval.steps}
+    return out
 
 
 def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bool,
@@ -393,16 +402,6 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     # the default a site gets when its support cannot be split, per steps count (registered steps: the bundle's)
     default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name for s in cfg.eval.steps}
     default_by_steps[bundle[0].best_steps] = bundle[0].name
-    # where a support cannot be split (one image per class, rollouts): an FML default only where validation
-    # supports of THOSE shots confirm it (a start that wins with 10 examples can lose with 1), else the baseline
-    default_by_shots = {}
-    for k in (k for k in cfg.eval.shots if k != select_shots):
-        scores = validation_at_shots(problem, model, bundle, val_sites, shots=k, steps_grid=cfg.eval.steps,
-                                     draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner,
-                                     max_folds=cfg.eval.choice_folds)
-        if scores is not None:
-            at_k = {s: validation_default(bundle, s, problem.higher_is_better, scores)[0].name for s in cfg.eval.steps}
-            default_by_shots[k] = {s: confirmed_default(default_by_steps[s], at_k[s], names) for s in cfg.eval.steps}
     used_by_steps = dict(default_by_steps)  # what the auto rows use, before a registration veto
     # 5. held-out test sites (the auto row sees only each draw's support)
     test_sites = problem.federation.role("test")
@@ -413,7 +412,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         task = bar.add_task("held-out evaluation", total=total)
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task), **grid)
     if len(bundle) > 1:
-        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps, default_by_shots)
+        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
                          ignore_index=True)
     if spec.reference_baselines is not None:
@@ -437,6 +436,9 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     headline_cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
     mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
                         float(r["mean"]) for _, r in headline_cells.iterrows()})
+    # where a support cannot be split (one image per class, rollouts) the site gets the default; what validation
+    # supports of THAT size would choose is recorded and said, not used (tried as a rule: a wash, verticals/README)
+    choice_at_shots = choices_at_unsplittable_shots(problem, model, bundle, val_sites, cfg, select_shots)
     # 7. log and register the bundle; its default is the validation winner unless the held-out sites veto it
     veto = heldout_veto(paired, bundle[0], names, select_shots, problem.higher_is_better)
     if veto:
@@ -459,13 +461,13 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "heldout_auto_value": held("auto", best.best_steps),
             "candidates": candidate_recipes(bundle, cfg.inner), "choice_folds": cfg.eval.choice_folds,
             "default_by_steps": {str(k): v for k, v in default_by_steps.items()},
-            "default_by_shots": {str(k): {str(s): v for s, v in d.items()} for k, d in default_by_shots.items()},
+            "validation_choice_by_shots": {str(k): {str(s): v for s, v in d.items()} for k, d in choice_at_shots.items()},
             "default_reason": veto or default_reason, "baseline_won": baseline_won,
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), "dataset": dataset.as_dict(), **extra_tags}
     fallback = out / "fallback_defaults.json"  # the start of a site whose support cannot be split
     fallback.write_text(json.dumps({"shots": select_shots, "default_by_steps": {str(s): v for s, v in used_by_steps.items()},
-                                    "default_by_shots": info["default_by_shots"]}, indent=1))
+                                    "validation_choice_by_shots": info["validation_choice_by_shots"]}, indent=1))
     mlflow.log_artifact(str(fallback), "evaluation")
     if privacy:
         mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
@@ -504,6 +506,13 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             console.print(f"dataset [bold]{dataset.name}[/] is not the {spec.name} vertical's default data: its "
                           f"versions register as {name} with their own @champion (--tracking.model-name to choose)")
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots)
+    for k, by_steps in choice_at_shots.items():
+        disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}
+        if disagree:
+            console.print(f"[yellow]note:[/] a site with {k} shots cannot be cross-validated and gets the default, but "
+                          f"validation supports of {k} shots choose otherwise at " + ", ".join(
+                              f"{s} steps ({c}, not {used_by_steps[s]})" for s, c in disagree.items())
+                          + "; `fml onboard --candidate NAME` starts from another candidate")
     return HeldoutReport(summary, paired, selection, best, held_value, model_uri, registered)
 
 

@@ -182,19 +182,14 @@ def test_the_auto_choice_never_reads_the_scored_rows():
     swapped = rows.assign(value=rows["value"].where(rows["method"] != "fedavg+ft", 1e9))
     again = evaluate_auto(problem, model, methods, sites, swapped, auto, **grid)
     pd.testing.assert_series_equal(again["choice"], picked["choice"])
-    # a default validated at the unsplittable shots count replaces the selection's there, and only there
-    per_shots = AutoChoice(("fedavg+ft", "fomaml"), default="fomaml", default_by_shots={1: {0: "fedavg+ft", 3: "fedavg+ft"}})
-    at_one = evaluate_auto(problem, model, methods, sites, rows, per_shots, **grid)
-    one = at_one[at_one["shots"] == 1].drop_duplicates(["site", "steps", "draw"]).set_index("steps")["choice"]
-    assert set(one.loc[[0, 3]]) == {"fedavg+ft"} and set(one.loc[[1]]) == {"fomaml"}
-    assert at_one[at_one["shots"] == 6]["choice"].tolist() == picked[picked["shots"] == 6]["choice"].tolist()
 
 
-def test_the_default_for_an_unsplittable_support_is_validated_at_its_shots():
-    """One row per support cannot be cross-validated: the evidence for its default comes from validation
-    sites at that shots count, paired draw by draw; a shots count whose supports all split needs none."""
-    from pipelines.onboard import fallback_default, validated_shots
-    from pipelines.run import confirmed_default, validation_default
+def test_the_default_of_an_unsplittable_support_is_checked_at_its_shots():
+    """One row per support cannot be cross-validated, so such a site gets the default: what validation
+    supports of that size choose is measured, paired draw by draw (a shots count whose supports all split
+    needs no check), and onboarding finds the check nearest its own shots."""
+    from pipelines.onboard import validation_choice
+    from pipelines.run import validation_default
 
     problem = linear_problem(linear_federation())
     model, methods = nn.Linear(3, 1), _methods(problem)
@@ -208,18 +203,12 @@ def test_the_default_for_an_unsplittable_support_is_validated_at_its_shots():
     fml.validation_draws = {s: [v - 1e3 for v in base.validation_draws[s]] for s in base.validation_draws}
     assert validation_default(methods, 3, higher_is_better=False)[0] is fml  # the selection's draws favour it
     assert validation_default(methods, 3, higher_is_better=False, scores=scores)[0] is base  # at 1 shot: not
-    names = ["fedavg+ft", "fomaml", "reptile"]  # an FML default stands only where both shots counts agree
-    assert confirmed_default("fomaml", "fomaml", names) == "fomaml"
-    assert confirmed_default("fomaml", "fedavg+ft", names) == "fedavg+ft"
-    assert confirmed_default("fedavg+ft", "fomaml", names) == "fedavg+ft"
-    assert confirmed_default("fomaml", "reptile", names) == "fedavg+ft"
-    assert confirmed_default("fomaml", "reptile", ["fomaml", "reptile"]) == "fomaml"  # no baseline to fall back on
     info = {"shots": 6, "algorithm": "fomaml", "default_by_steps": {"3": "fomaml"},
-            "default_by_shots": {"1": {"3": "fedavg+ft"}}}
-    assert fallback_default(info, 1, 3) == "fedavg+ft" and fallback_default(info, 2, 3) == "fedavg+ft"
-    assert fallback_default(info, 5, 3) == "fomaml" and fallback_default(info, 20, 3) == "fomaml"
-    assert fallback_default({"algorithm": "fomaml"}, 1, 3) == "fomaml"  # a model from before per-shots defaults
-    assert validated_shots(info, 2) == 1 and validated_shots(info, 4) == 6
+            "validation_choice_by_shots": {"1": {"3": "fedavg+ft"}}}
+    assert validation_choice(info, 1, 3) == (1, "fedavg+ft") and validation_choice(info, 2, 3) == (1, "fedavg+ft")
+    assert validation_choice(info, 5, 3) == (6, "fomaml") and validation_choice(info, 20, 3) == (6, "fomaml")
+    assert validation_choice(info, 1, 7) is None  # no such steps count checked
+    assert validation_choice({"algorithm": "fomaml"}, 1, 3) is None  # a model from before the check
 
 
 # --------------------------------------------------------------- registration and onboarding of a bundle
@@ -268,10 +257,11 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert set(loaded.candidates) == {"fedavg+ft", "fomaml"}
     assert torch.equal(loaded.candidates["fomaml"]["weight"], BAD["weight"])
     assert (tmp_path / "auto_choices.csv").stat().st_size > 0
-    assert loaded.info["default_by_shots"] == {"1": {"0": "fedavg+ft", "1": "fedavg+ft", "3": "fedavg+ft"}}
+    assert loaded.info["validation_choice_by_shots"] == {"1": {"0": "fedavg+ft", "1": "fedavg+ft", "3": "fedavg+ft"}}
 
-    one = onboard(spec, data=None, site_id="clinic-new", shots=1)  # one row: the default validated at 1 shot
-    assert one.choice.folds == 0 and one.choice.name == "fedavg+ft" and "supports of 1 shots" in one.choice.reason
+    one = onboard(spec, data=None, site_id="clinic-new", shots=1)  # one row: the default, checked at 1 shot
+    assert one.choice.folds == 0 and one.choice.name == "fedavg+ft"
+    assert MlflowClient().get_run(one.run_id).data.tags["default_confirmed"] == "true"
     result = onboard(spec, data=None, site_id="clinic-new", shots=6)
     assert result.choice.name == "fedavg+ft" and result.choice.folds >= 2
     assert result.choice.estimates["fedavg+ft"] < result.choice.estimates["fomaml"]
