@@ -511,7 +511,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         if disagree:
             console.print(f"[yellow]note:[/] a site with {k} shots cannot be cross-validated and gets the default, but "
                           f"validation supports of {k} shots choose otherwise at " + ", ".join(
-                              f"{s} steps ({c}, not {used_by_steps[s]})" for s, c in disagree.items())
+                              f"{s} step{'' if s == 1 else 's'} ({c}, not {used_by_steps[s]})" for s, c in disagree.items())
                           + "; `fml onboard --candidate NAME` starts from another candidate")
     return HeldoutReport(summary, paired, selection, best, held_value, model_uri, registered)
 

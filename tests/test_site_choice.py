@@ -227,7 +227,7 @@ def linear_spec() -> VerticalSpec:
                         load_new_site=load_new_site, presets_dir=Path("."), onboard_args="--site NEW_SITE_ID")
 
 
-def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, tmp_path, capsys):
+def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, tmp_path, capsys, monkeypatch):
     """FedAvg constructed to be the better initialization: the run registers it as the default (and says
     so), keeps the FML init in the bundle, and onboarding picks FedAvg on the new site's own support."""
     from core import tracking
@@ -262,6 +262,16 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     one = onboard(spec, data=None, site_id="clinic-new", shots=1)  # one row: the default, checked at 1 shot
     assert one.choice.folds == 0 and one.choice.name == "fedavg+ft"
     assert MlflowClient().get_run(one.run_id).data.tags["default_confirmed"] == "true"
+    import pipelines.onboard as onboarding  # validation supports of that size chose otherwise: said and tagged
+
+    checked = onboarding.validation_choice
+    monkeypatch.setattr(onboarding, "validation_choice", lambda info, shots, steps: (1, "fomaml"))
+    capsys.readouterr()
+    unconfirmed = onboard(spec, data=None, site_id="clinic-new", shots=1)
+    assert unconfirmed.choice.name == "fedavg+ft"  # still the default: the check informs, it does not choose
+    assert MlflowClient().get_run(unconfirmed.run_id).data.tags["default_confirmed"] == "false"
+    assert "validation supports of 1 shots chose fomaml (`--candidate fomaml`" in capsys.readouterr().out
+    monkeypatch.setattr(onboarding, "validation_choice", checked)
     result = onboard(spec, data=None, site_id="clinic-new", shots=6)
     assert result.choice.name == "fedavg+ft" and result.choice.folds >= 2
     assert result.choice.estimates["fedavg+ft"] < result.choice.estimates["fomaml"]
