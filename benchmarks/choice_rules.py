@@ -1,121 +1,215 @@
 """Which per-site choice rule keeps every held-out site at or above ``fedavg+ft``? A diagnostic, not a
-headline benchmark: it re-runs ``fml run maintenance --preset full`` per seed, reloads the registered
-bundle, recomputes every candidate's cross-validation losses on each test draw's support (exactly what the
-``auto`` row sees) and applies four rules to the same draws:
+headline benchmark: it runs ``fml run <vertical> --preset P`` per seed (with ``--set`` overrides, like the
+held-out benchmarks) and, on every test draw whose support splits, recomputes each candidate's
+cross-validation losses exactly as the ``auto`` row does (same candidates, recipes, step sizes, folds and
+criterion), then applies several rules to the same losses:
 
-- ``R0``: the validated default is the anchor (the rule before this session);
-- ``R1``: ``fedavg+ft`` is the anchor whenever the support splits (the rule now);
+- ``R0``: the validated default is the anchor;
+- ``R1``: ``fedavg+ft`` is the anchor (the rule ``auto`` and ``fml onboard`` use): a candidate replaces it
+  when its one-sided Wilcoxon p-value is below 0.1; the lowest mean loss among those;
 - ``R2``: the lowest mean cross-validation loss, no test;
-- ``R3``: R0, then an FML pick whose mean loss is above ``fedavg+ft``'s falls back to ``fedavg+ft``.
+- ``R3``: R1 with Holm's step-down correction over the candidates compared with ``fedavg+ft`` (the
+  family-wise false-positive rate of the m comparisons at 0.1 instead of up to m x 0.1);
+- ``R4``: R1 with the FOLDS as the test's units (each fold's mean gain): the units of one fold are scored by
+  models adapted on the same training fold, so their differences are not independent, which the per-unit
+  test assumes.
 
-It prints, per steps and shots, each rule's pooled paired difference against ``fedavg+ft`` (positive =
-better; RMSE negated) and its worst test operator, with 95% intervals over seeds x draws. The test
-operators' scores are read only to report the rules, never by a rule.
+The JSON line keeps every draw's per-unit losses and fold sizes, so ``--from-json FILE`` applies the rules
+again (e.g. after adding one) without re-running anything.
 
-    python benchmarks/choice_rules.py --seeds 0 1 2
+It prints, per steps and shots, each rule's pooled paired difference against ``fedavg+ft`` on the draws
+that split (positive = better; error metrics negated), its worst test site, and how often it left
+``fedavg+ft``, with 95% intervals over seeds x draws; it checks that R1 reproduces the ``auto`` row's
+choices. The test sites' scores are read only to report the rules, never by a rule.
+
+    python benchmarks/choice_rules.py fraud --preset full --seeds 0 1 2
+    python benchmarks/choice_rules.py maintenance --preset full --seeds 0 1 2 --set 'algorithms=[fomaml-group,fomaml-lpft,r2d2]'
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import math
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+RULES = ["R0", "R1", "R2", "R3", "R4"]
+ALPHA = 0.1
 
-def run_seed(seed: int, home: str) -> list[dict]:
-    """Train, register and score one seed; then every candidate's CV losses on every test draw."""
-    import pandas as pd
-    import torch
 
-    import verticals
-    from core.choice import Candidate, unit_loss, unit_losses
-    from core.evaluation import task_generator
-    from core.tracking import load_meta_init
-    from core.vertical import VERTICALS
-    from pipelines.config import load_preset
-    from pipelines.onboard import bundle_candidates
-    from pipelines.run import run_pipeline
+def holm(pvalues: dict[str, float], alpha: float = ALPHA) -> list[str]:
+    """The names whose null Holm's step-down procedure rejects at family-wise level ``alpha``."""
+    ordered = sorted(pvalues, key=pvalues.get)
+    rejected = []
+    for i, name in enumerate(ordered):
+        if pvalues[name] >= alpha / (len(ordered) - i):
+            break
+        rejected.append(name)
+    return rejected
 
-    verticals.load_all()
-    spec = VERTICALS.get("maintenance")
-    cfg = load_preset(spec, "full")
-    cfg.seed, cfg.output_dir, cfg.tracking.experiment = seed, f"{home}/seed{seed}", "choice-rules"
-    result = run_pipeline(spec, cfg, progress=False)
-    rows = pd.read_parquet(Path(cfg.output_dir) / "evaluation_rows.parquet")
-    rows = rows[rows.metric == "rmse_last"].set_index(["site", "method", "shots", "steps", "draw"])["value"]
-    loaded = load_meta_init(f"models:/{result.registered['name']}/{result.registered['version']}")
-    default = {int(k): v for k, v in loaded.info["default_by_steps"].items()}
-    problem = spec.build(cfg.data, seed)
-    model = problem.make_model()
-    loss_fn = problem.loss_fn(model)
-    candidates = bundle_candidates(loaded, None, problem.param_groups(model)["head"])
-    out = []
-    for i, site in enumerate(problem.federation.role("test")):
-        for k in cfg.eval.shots:
-            for d in range(cfg.eval.draws):
-                task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
-                folds = task.support_folds(cfg.eval.choice_folds)
-                for steps in [s for s in cfg.eval.steps if s > 0]:
-                    cv = {name: unit_losses(unit_loss(loss_fn), loss_fn,
-                                            Candidate(name, c.params, lambda s, c=c, n=steps: c.lr_for(n)), folds,
-                                            [steps])[steps] for name, c in candidates.items()}
-                    true = {name: float(rows[(site.site_id, name, k, steps, d)]) for name in cv}
-                    out.append(dict(seed=seed, site=site.site_id, shots=k, steps=steps, draw=d,
-                                    default=default[steps], cv=cv, true=true))
+
+def fold_means(losses: list[float], fold_sizes: list[int]) -> list[float]:
+    """The mean of ``losses`` (units in the folds' order) over each fold."""
+    out, start = [], 0
+    for n in fold_sizes:
+        out.append(sum(losses[start:start + n]) / n)
+        start += n
     return out
 
 
-def apply_rules(record: dict) -> dict[str, str]:
-    from core.choice import clearly_better
+def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
+                base: str = "fedavg+ft") -> dict[str, str]:
+    """Each rule's choice from the candidates' paired per-unit cross-validation losses ``cv``."""
+    from core.choice import choose, gain_pvalue
 
-    cv, default, base = record["cv"], record["default"], "fedavg+ft"
     mean = {n: sum(v) / len(v) for n, v in cv.items()}
-
-    def anchored(anchor: str) -> str:
-        better = [n for n in cv if n != anchor and clearly_better([b - a for a, b in zip(cv[n], cv[anchor])])]
-        best = min(better, key=lambda n: mean[n], default=anchor)
-        return best if mean[best] <= mean[anchor] else anchor
-
-    r0 = anchored(default)
-    return {"R0": r0, "R1": anchored(base), "R2": min(cv, key=lambda n: mean[n]),
-            "R3": r0 if r0 == base or mean[r0] <= mean[base] else base}
+    pvalues = {n: gain_pvalue([b - a for a, b in zip(cv[n], cv[base])]) for n in cv if n != base}
+    passing = [n for n in holm(pvalues) if mean[n] < mean[base]]
+    by_fold = {n: fold_means(v, fold_sizes) for n, v in cv.items()}
+    return {"R0": choose(cv, default), "R1": choose(cv, base), "R2": min(cv, key=lambda n: mean[n]),
+            "R3": min(passing, key=lambda n: mean[n], default=base), "R4": choose(by_fold, base)}
 
 
-def interval(values: list[float]) -> str:
+def capture_auto(records: list[dict[str, Any]], seed: int) -> Any:
+    """A stand-in for ``pipelines.run.evaluate_auto`` that also records, for each test draw whose support
+    splits, every candidate's cross-validation losses and every candidate's true score."""
+    from core import evaluation
+    from core.choice import unit_losses
+    from core.evaluation import BASELINE, method_candidate, task_generator
+
+    def wrapped(problem, model, methods, sites, rows, auto, *, shots_grid, steps_grid, draws, seed_, inner):
+        out = evaluation.evaluate_auto(problem, model, methods, sites, rows, auto, shots_grid=shots_grid,
+                                       steps_grid=steps_grid, draws=draws, seed=seed_, inner=inner)
+        loss_fn = problem.loss_fn(model)
+        by_name = {m.name: m for m in methods}
+        head = problem.param_groups(model)["head"]
+        candidates = [method_candidate(by_name[c], inner, head) for c in auto.candidates]
+        headline = rows[rows["metric"] == problem.headline].set_index(["site", "method", "shots", "steps", "draw"])
+        sign = 1.0 if problem.higher_is_better else -1.0
+        chosen = out.drop_duplicates(["site", "shots", "steps", "draw"]).set_index(["site", "shots", "steps", "draw"])
+        for i, site in enumerate(sites):
+            for k in shots_grid:
+                for d in range(draws):
+                    task = problem.few_shot_task(model, site, k, task_generator(seed_, i, k, d))
+                    folds = task.support_folds(auto.max_folds)
+                    if folds is None or len(candidates) < 2:
+                        continue
+                    criterion = task.choice_criterion(loss_fn)
+                    losses = {c.name: unit_losses(criterion, loss_fn, c, folds, list(steps_grid)) for c in candidates}
+                    for s in steps_grid:
+                        records.append(dict(
+                            seed=seed, site=site.site_id, shots=k, steps=s, draw=d,
+                            default=auto.default_by_steps.get(s, auto.default),
+                            auto=str(chosen.loc[(site.site_id, k, s, d), "choice"]),
+                            fold_sizes=[len(held) for _, held in folds],
+                            cv={n: [round(x, 6) for x in v[s]] for n, v in losses.items()},
+                            true={n: sign * float(headline.loc[(site.site_id, n, k, s, d), "value"]) for n in losses}))
+        return out
+
+    def adapter(problem, model, methods, sites, rows, auto, *, shots_grid, steps_grid, draws, seed, inner):
+        return wrapped(problem, model, methods, sites, rows, auto, shots_grid=shots_grid, steps_grid=steps_grid,
+                       draws=draws, seed_=seed, inner=inner)
+
+    return adapter
+
+
+def interval(values: Sequence[float], digits: int) -> str:
     n = len(values)
     m = sum(values) / n
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     h = 1.96 * sd / math.sqrt(n) if n > 1 else 0.0
     star = "*" if h > 0 and abs(m) > h else ""
-    return f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{star}"
+    return f"{m:+.{digits}f} [{m - h:+.{digits}f}, {m + h:+.{digits}f}]{star}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = parser.parse_args()
-    home = tempfile.mkdtemp(prefix="fml-choice-rules-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
-    os.environ["FML_HOME"] = home
-    from pipelines.process_setup import configure_process
-
-    configure_process()
-    records = [r for seed in args.seeds for r in run_seed(seed, home)]
-    print("| steps | k | rule | all test operators | worst operator |\n|---|---|---|---|---|")
+def table(records: list[dict[str, Any]], digits: int) -> list[str]:
+    lines = ["| steps | k | rule | left `fedavg+ft` | all test sites (draws that split) | worst test site |",
+             "|---|---|---|---|---|---|"]
     for steps in sorted({r["steps"] for r in records}):
         for k in sorted({r["shots"] for r in records}):
             cell = [r for r in records if r["steps"] == steps and r["shots"] == k]
-            for rule in ["R0", "R1", "R2", "R3"]:
-                gains = [(r["site"], r["true"]["fedavg+ft"] - r["true"][apply_rules(r)[rule]]) for r in cell]
+            if not cell:
+                continue
+            for rule in RULES:
+                picks = [r["rules"][rule] for r in cell]
+                gains = [(r["site"], r["true"][p] - r["true"]["fedavg+ft"]) for r, p in zip(cell, picks)]
                 by_site: dict[str, list[float]] = {}
                 for site, g in gains:
                     by_site.setdefault(site, []).append(g)
                 worst = min(by_site, key=lambda s: sum(by_site[s]) / len(by_site[s]))
-                print(f"| {steps} | {k} | {rule} | {interval([g for _, g in gains])} | {worst}: {interval(by_site[worst])} |")
+                left = sum(p != "fedavg+ft" for p in picks) / len(picks)
+                lines.append(f"| {steps} | {k} | {rule} | {left:.0%} | {interval([g for _, g in gains], digits)} | "
+                             f"{worst}: {interval(by_site[worst], digits)} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("vertical")
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", nargs="*", default=[], help="run options over the preset, dotted KEY=VALUE")
+    parser.add_argument("--digits", type=int, default=3)
+    parser.add_argument("--json-out", help="also write the closing JSON line to this file (gzipped if it ends in .gz)")
+    parser.add_argument("--from-json", help="apply the rules to the records of this JSON line (.json or .json.gz) "
+                                            "instead of running")
+    args = parser.parse_args()
+    if args.from_json:
+        report(json.loads(read_text(args.from_json).strip().splitlines()[-1]), args.digits, args.json_out)
+        return
+    home = tempfile.mkdtemp(prefix="fml-choice-rules-")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
+    os.environ.setdefault("FML_HOME", home)
+    import torch
+
+    import verticals
+    from benchmarks.heldout_common import with_overrides
+    from core.vertical import VERTICALS
+    from pipelines import run as run_module
+    from pipelines.config import load_preset
+    from pipelines.process_setup import configure_process
+
+    configure_process()
+    torch.set_num_threads(1)
+    verticals.load_all()
+    spec = VERTICALS.get(args.vertical)
+    records: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        cfg = with_overrides(load_preset(spec, args.preset), args.set)
+        cfg.seed, cfg.output_dir, cfg.tracking.experiment = seed, f"{home}/seed{seed}", "choice-rules"
+        run_module.evaluate_auto = capture_auto(records, seed)
+        run_module.run_pipeline(spec, cfg, progress=False)
+    out = {"benchmark": "choice_rules", "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
+           "overrides": args.set, "alpha": ALPHA, "records": records}
+    report(out, args.digits, args.json_out)
+
+
+def report(out: dict[str, Any], digits: int, json_out: str | None) -> None:
+    """Apply the rules to ``out``'s records, print the table and the closing JSON line."""
+    records = out["records"]
+    for r in records:
+        r["rules"] = apply_rules(r["cv"], r["default"], r["fold_sizes"])
+    mismatched = sum(r["rules"]["R1"] != r["auto"] for r in records)
+    lines = table(records, digits)
+    print("\n".join(lines))
+    print(f"R1 reproduces the auto row's choice on {len(records) - mismatched} of {len(records)} draws")
+    out.update(draws_that_split=len(records), r1_mismatches=mismatched, table=lines)
+    line = json.dumps(out)
+    if json_out:
+        data = (line + "\n").encode()
+        Path(json_out).write_bytes(gzip.compress(data, mtime=0) if json_out.endswith(".gz") else data)
+    print(json.dumps({k: v for k, v in out.items() if k != "records"}))  # the records are in the file
+
+
+def read_text(path: str) -> str:
+    data = Path(path).read_bytes()
+    return (gzip.decompress(data) if path.endswith(".gz") else data).decode()
 
 
 if __name__ == "__main__":

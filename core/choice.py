@@ -175,17 +175,22 @@ def unit_losses(criterion: Criterion, loss_fn: LossFn, candidate: Candidate, fol
     return out
 
 
-def clearly_better(gains: Sequence[float], confidence: float = 0.9) -> bool:
-    """Whether paired ``gains`` (positive = better) are above zero at one-sided ``confidence`` by the
-    Wilcoxon signed-rank test (exact for small samples), and on average. A rank test, because per-example
-    losses are heavy-tailed (one badly fitted example swamps a t statistic), and a handful of pairs (two
-    validation draws, two engines) can never pass it on noise: two pairs cannot reach p < 0.25."""
+def gain_pvalue(gains: Sequence[float]) -> float:
+    """One-sided p-value that paired ``gains`` (positive = better) are above zero, by the Wilcoxon
+    signed-rank test (exact for small samples); 1 unless they are positive on average. A rank test, because
+    per-example losses are heavy-tailed (one badly fitted example swamps a t statistic), and a handful of
+    pairs (two validation draws, two engines) can never pass it on noise: two pairs cannot reach p < 0.25."""
     from scipy.stats import wilcoxon
 
     values = [g for g in gains if g != 0]
     if len(values) < 2 or not all(math.isfinite(g) for g in values) or _mean(values) <= 0:
-        return False
-    return float(wilcoxon(values, alternative="greater").pvalue) < 1 - confidence
+        return 1.0
+    return float(wilcoxon(values, alternative="greater").pvalue)
+
+
+def clearly_better(gains: Sequence[float], confidence: float = 0.9) -> bool:
+    """Whether :func:`gain_pvalue` of ``gains`` is below ``1 - confidence``."""
+    return gain_pvalue(gains) < 1 - confidence
 
 
 def choose(losses: Mapping[str, Sequence[float]], anchor: str) -> str:

@@ -1,0 +1,66 @@
+"""benchmarks/choice_rules.py: the rules it compares, on losses built so that each rule's answer is known."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.choice_rules import apply_rules, fold_means, holm
+from tests.conftest import REPO_ROOT
+
+
+def test_holm_steps_down_and_stops_at_the_first_p_value_it_keeps() -> None:
+    assert holm({"a": 0.04, "b": 0.06}) == ["a", "b"]      # 0.04 < 0.1 / 2, then 0.06 < 0.1 / 1
+    assert holm({"a": 0.06, "b": 0.07}) == []              # 0.06 >= 0.05: nothing, though each is < 0.1
+    assert holm({"a": 0.01, "b": 0.2, "c": 0.02}) == ["a", "c"]
+    assert holm({"a": 0.09}) == ["a"]                      # one comparison: the uncorrected test
+
+
+def test_fold_means_follow_the_folds_order() -> None:
+    assert fold_means([1.0, 3.0, 5.0, 2.0, 2.0, 8.0], [2, 1, 3]) == [2.0, 5.0, 4.0]
+
+
+def _losses(gains: list[float], base: float = 1.0) -> list[float]:
+    return [base - g for g in gains]
+
+
+def test_the_rules_differ_where_they_should() -> None:
+    base = [1.0] * 8
+    # "fml" is better on every unit (the exact one-sided p of 8 agreeing pairs is 1/256), "other" on 6 of 8
+    cv = {"fedavg+ft": base, "fml": _losses([0.3] * 8), "other": _losses([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, -0.1, -0.1])}
+    folds = [2, 2, 2, 2]
+    picks = apply_rules(cv, default="other", fold_sizes=folds)
+    assert picks["R2"] == "other"            # the lowest mean loss, no test
+    assert picks["R1"] == "other"            # both pass p < 0.1 per unit; the lower mean wins
+    assert picks["R4"] == "fml"              # per fold: "other" has 3 of 4 folds better, p = 1/8 > 0.1
+    assert picks["R0"] == "other"            # the default as anchor
+    # two candidates, each p in [0.05, 0.1): R1 takes one, Holm none
+    near = {"fedavg+ft": base[:5], "a": _losses([0.2, 0.2, 0.2, 0.2, -0.05]), "b": _losses([0.3, 0.3, 0.3, 0.3, -0.05])}
+    picks = apply_rules(near, default="fedavg+ft", fold_sizes=[1] * 5)
+    assert picks["R1"] == "b" and picks["R3"] == "fedavg+ft"
+
+
+def test_from_json_applies_the_rules_without_running(tmp_path) -> None:
+    record = dict(seed=0, site="s1", shots=2, steps=5, draw=0, default="fedavg+ft", auto="fml", fold_sizes=[1] * 6,
+                  cv={"fedavg+ft": [1.0] * 6, "fml": [0.5] * 6}, true={"fedavg+ft": 0.2, "fml": 0.3})
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"benchmark": "choice_rules", "vertical": "fraud", "records": [record]}) + "\n")
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "choice_rules.py"), "fraud",
+                          "--from-json", str(path)], capture_output=True, text=True, check=True).stdout
+    assert "| 5 | 2 | R1 | 100% | +0.100 [+0.100, +0.100] | s1: +0.100 [+0.100, +0.100] |" in out
+    assert "R1 reproduces the auto row's choice on 1 of 1 draws" in out
+    assert json.loads(out.strip().splitlines()[-1])["r1_mismatches"] == 0
+    # and again from its own gzipped output, records and all
+    again = tmp_path / "again.json.gz"
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "choice_rules.py"), "fraud", "--from-json", str(path),
+                    "--json-out", str(again)], capture_output=True, text=True, check=True)
+    kept = json.loads(gzip.decompress(again.read_bytes()))
+    assert kept["records"][0]["rules"]["R1"] == "fml" and kept["records"][0]["cv"] == record["cv"]
+
+
+@pytest.mark.parametrize("p_values", [{"x": 0.5}, {}])
+def test_holm_keeps_nothing_it_cannot_reject(p_values: dict[str, float]) -> None:
+    assert holm(p_values) == []
