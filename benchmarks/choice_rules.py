@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import os
 import sys
 import tempfile
@@ -76,16 +75,16 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
             "R3": min(passing, key=lambda n: mean[n], default=base), "R4": choose(by_fold, base)}
 
 
-def capture_auto(records: list[dict[str, Any]], seed: int) -> Any:
+def capture_auto(records: list[dict[str, Any]], run_seed: int) -> Any:
     """A stand-in for ``pipelines.run.evaluate_auto`` that also records, for each test draw whose support
     splits, every candidate's cross-validation losses and every candidate's true score."""
     from core import evaluation
     from core.choice import unit_losses
-    from core.evaluation import BASELINE, method_candidate, task_generator
+    from core.evaluation import method_candidate, task_generator
 
-    def wrapped(problem, model, methods, sites, rows, auto, *, shots_grid, steps_grid, draws, seed_, inner):
+    def recording(problem, model, methods, sites, rows, auto, *, shots_grid, steps_grid, draws, seed, inner):
         out = evaluation.evaluate_auto(problem, model, methods, sites, rows, auto, shots_grid=shots_grid,
-                                       steps_grid=steps_grid, draws=draws, seed=seed_, inner=inner)
+                                       steps_grid=steps_grid, draws=draws, seed=seed, inner=inner)
         loss_fn = problem.loss_fn(model)
         by_name = {m.name: m for m in methods}
         head = problem.param_groups(model)["head"]
@@ -96,7 +95,7 @@ def capture_auto(records: list[dict[str, Any]], seed: int) -> Any:
         for i, site in enumerate(sites):
             for k in shots_grid:
                 for d in range(draws):
-                    task = problem.few_shot_task(model, site, k, task_generator(seed_, i, k, d))
+                    task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                     folds = task.support_folds(auto.max_folds)
                     if folds is None or len(candidates) < 2:
                         continue
@@ -104,7 +103,7 @@ def capture_auto(records: list[dict[str, Any]], seed: int) -> Any:
                     losses = {c.name: unit_losses(criterion, loss_fn, c, folds, list(steps_grid)) for c in candidates}
                     for s in steps_grid:
                         records.append(dict(
-                            seed=seed, site=site.site_id, shots=k, steps=s, draw=d,
+                            seed=run_seed, site=site.site_id, shots=k, steps=s, draw=d,
                             default=auto.default_by_steps.get(s, auto.default),
                             auto=str(chosen.loc[(site.site_id, k, s, d), "choice"]),
                             fold_sizes=[len(held) for _, held in folds],
@@ -112,20 +111,16 @@ def capture_auto(records: list[dict[str, Any]], seed: int) -> Any:
                             true={n: sign * float(headline.loc[(site.site_id, n, k, s, d), "value"]) for n in losses}))
         return out
 
-    def adapter(problem, model, methods, sites, rows, auto, *, shots_grid, steps_grid, draws, seed, inner):
-        return wrapped(problem, model, methods, sites, rows, auto, shots_grid=shots_grid, steps_grid=steps_grid,
-                       draws=draws, seed_=seed, inner=inner)
-
-    return adapter
+    return recording
 
 
 def interval(values: Sequence[float], digits: int) -> str:
-    n = len(values)
-    m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    h = 1.96 * sd / math.sqrt(n) if n > 1 else 0.0
-    star = "*" if h > 0 and abs(m) > h else ""
-    return f"{m:+.{digits}f} [{m - h:+.{digits}f}, {m + h:+.{digits}f}]{star}"
+    """Mean and 95% interval as the benchmarks' tables print them (``core.metrics.mean_ci95``)."""
+    from core.metrics import mean_ci95
+
+    m, lo, hi = mean_ci95(values)
+    star = "*" if hi > lo and (lo > 0 or hi < 0) else ""  # one value (or all equal) proves nothing
+    return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}"
 
 
 def table(records: list[dict[str, Any]], digits: int) -> list[str]:
