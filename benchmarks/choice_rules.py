@@ -1,8 +1,8 @@
 """Which per-site choice rule keeps every held-out site at or above ``fedavg+ft``? A diagnostic, not a
 headline benchmark: it runs ``fml run <vertical> --preset P`` per seed (with ``--set`` overrides, like the
-held-out benchmarks) and, on every test draw whose support splits, recomputes each candidate's
-cross-validation losses exactly as the ``auto`` row does (same candidates, recipes, step sizes, folds and
-criterion), then applies several rules to the same losses:
+held-out benchmarks) and, on every test draw whose support splits, records the per-unit cross-validation
+losses the ``auto`` row's choice compared (its candidates, recipes, step sizes, folds and criterion), then
+applies several rules to the same losses:
 
 - ``R0``: the validated default is the anchor;
 - ``R1``: ``fedavg+ft`` is the anchor (the rule ``auto`` and ``fml onboard`` use): a candidate replaces it
@@ -19,8 +19,8 @@ again (e.g. after adding one) without re-running anything.
 
 It prints, per steps and shots, each rule's pooled paired difference against ``fedavg+ft`` on the draws
 that split (positive = better; error metrics negated), its worst test site, and how often it left
-``fedavg+ft``, with 95% intervals over seeds x draws; it checks that R1 reproduces the ``auto`` row's
-choices. The test sites' scores are read only to report the rules, never by a rule.
+``fedavg+ft``, with 95% intervals over seeds x draws; it checks that R1, re-applied to the recorded losses,
+reproduces the ``auto`` row's choices. The test sites' scores are read only to report the rules, never by a rule.
 
     python benchmarks/choice_rules.py fraud --preset full --seeds 0 1 2
     python benchmarks/choice_rules.py maintenance --preset full --seeds 0 1 2 --set 'algorithms=[fomaml-group,fomaml-lpft,r2d2]'
@@ -77,38 +77,26 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
 
 def capture_auto(records: list[dict[str, Any]], run_seed: int) -> Any:
     """A stand-in for ``pipelines.run.evaluate_auto`` that also records, for each test draw whose support
-    splits, every candidate's cross-validation losses and every candidate's true score."""
+    splits, the per-unit cross-validation losses the ``auto`` choice compared and every candidate's true
+    score (read after the choice, as the ``auto`` row reads it)."""
     from core import evaluation
-    from core.choice import unit_losses
-    from core.evaluation import method_candidate, task_generator
 
-    def recording(problem, model, methods, sites, rows, auto, *, shots_grid, steps_grid, draws, seed, inner):
-        out = evaluation.evaluate_auto(problem, model, methods, sites, rows, auto, shots_grid=shots_grid,
-                                       steps_grid=steps_grid, draws=draws, seed=seed, inner=inner)
-        loss_fn = problem.loss_fn(model)
-        by_name = {m.name: m for m in methods}
-        head = problem.param_groups(model)["head"]
-        candidates = [method_candidate(by_name[c], inner, head) for c in auto.candidates]
+    def recording(problem, model, methods, sites, rows, auto, **grid):
+        seen: list[tuple[str, int, int, dict]] = []
+        out = evaluation.evaluate_auto(problem, model, methods, sites, rows, auto, **grid,
+                                       on_choice=lambda site, k, d, choices: seen.append((site.site_id, k, d, choices)))
         headline = rows[rows["metric"] == problem.headline].set_index(["site", "method", "shots", "steps", "draw"])
         sign = 1.0 if problem.higher_is_better else -1.0
-        chosen = out.drop_duplicates(["site", "shots", "steps", "draw"]).set_index(["site", "shots", "steps", "draw"])
-        for i, site in enumerate(sites):
-            for k in shots_grid:
-                for d in range(draws):
-                    task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
-                    folds = task.support_folds(auto.max_folds)
-                    if folds is None or len(candidates) < 2:
-                        continue
-                    criterion = task.choice_criterion(loss_fn)
-                    losses = {c.name: unit_losses(criterion, loss_fn, c, folds, list(steps_grid)) for c in candidates}
-                    for s in steps_grid:
-                        records.append(dict(
-                            seed=run_seed, site=site.site_id, shots=k, steps=s, draw=d,
-                            default=auto.default_by_steps.get(s, auto.default),
-                            auto=str(chosen.loc[(site.site_id, k, s, d), "choice"]),
-                            fold_sizes=[len(held) for _, held in folds],
-                            cv={n: [round(x, 6) for x in v[s]] for n, v in losses.items()},
-                            true={n: sign * float(headline.loc[(site.site_id, n, k, s, d), "value"]) for n in losses}))
+        for site, k, d, choices in seen:
+            for s, choice in choices.items():
+                if not choice.fold_sizes:
+                    continue  # the support did not split: the default, no evidence to re-score
+                records.append(dict(
+                    seed=run_seed, site=site, shots=k, steps=s, draw=d,
+                    default=auto.default_by_steps.get(s, auto.default), auto=choice.name,
+                    fold_sizes=list(choice.fold_sizes),
+                    cv={n: [round(x, 6) for x in v] for n, v in choice.unit_losses.items()},
+                    true={n: sign * float(headline.loc[(site, n, k, s, d), "value"]) for n in choice.unit_losses}))
         return out
 
     return recording

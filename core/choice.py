@@ -59,12 +59,16 @@ class Candidate:
 @dataclass(frozen=True)
 class SiteChoice:
     """What the choice saw and decided: ``estimates`` maps candidate -> mean held-out loss per unit (empty
-    when the support could not be split, ``folds`` is 0 then)."""
+    when the support could not be split, ``folds`` is 0 then); ``unit_losses`` the paired per-unit losses the
+    test compared (candidate -> one loss per held-out unit, in the folds' order) and ``fold_sizes`` the number
+    of held-out units of each fold, kept so that a diagnostic can re-apply other rules to the same evidence."""
 
     name: str
     estimates: dict[str, float]
     folds: int
     reason: str
+    unit_losses: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    fold_sizes: tuple[int, ...] = ()
 
 
 def fold_units(units: Tensor, strata: Optional[Tensor], max_folds: int) -> Optional[list[tuple[Tensor, list[Tensor]]]]:
@@ -235,7 +239,8 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         test = "one-sided Wilcoxon signed-rank test, p < 0.1"
         reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
                   (f"no candidate clearly beat {anchor} ({test})" if name == anchor else f"clearly beats {anchor} ({test})"))
-        out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason)
+        out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason, by_name,
+                            tuple(len(held) for _, held in folds))
     return out
 
 

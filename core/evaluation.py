@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
-from core.choice import Candidate, choose_per_steps
+from core.choice import Candidate, SiteChoice, choose_per_steps
 from core.devices import DeviceLike, to_device
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
@@ -309,10 +309,12 @@ def evaluate_auto(
     draws: int,
     seed: int,
     inner: InnerConfig,
+    on_choice: Optional[Callable[[Site, int, int, Mapping[int, SiteChoice]], None]] = None,
 ) -> pd.DataFrame:
     """The ``auto`` rows of the draws of :func:`evaluate_sites` (same seed and grids): on each draw the
     choice sees ONLY that draw's support folds; ``rows`` (the scores) are read afterwards, to copy the
-    chosen candidate's metrics. Column ``choice`` names the candidate."""
+    chosen candidate's metrics. Column ``choice`` names the candidate. ``on_choice(site, shots, draw,
+    choices by steps)`` sees every draw's choices with their evidence (``benchmarks/choice_rules.py``)."""
     loss_fn = problem.loss_fn(model)
     by_name = {m.name: m for m in methods}
     head = problem.param_groups(model)["head"]
@@ -326,6 +328,8 @@ def evaluate_auto(
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
                                            task.choice_criterion(loss_fn), BASELINE)
+                if on_choice is not None:
+                    on_choice(site, k, d, choices)
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,

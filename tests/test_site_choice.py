@@ -184,6 +184,31 @@ def test_the_auto_choice_never_reads_the_scored_rows():
     pd.testing.assert_series_equal(again["choice"], picked["choice"])
 
 
+def test_each_draws_choice_carries_the_evidence_that_decided_it():
+    """``on_choice`` sees every draw's per-unit losses; re-applying the rule to them gives the same start,
+    and ``benchmarks/choice_rules.py`` records exactly those (no second cross-validation)."""
+    from benchmarks.choice_rules import apply_rules, capture_auto
+    from core.choice import choose
+
+    problem = linear_problem(linear_federation())
+    model, methods = nn.Linear(3, 1), _methods(problem)
+    sites = problem.federation.role("test")
+    grid = dict(shots_grid=[1, 6], steps_grid=[0, 1, 3], draws=3, seed=0, inner=RunConfig(data=None).inner)
+    rows = evaluate_sites(problem, model, methods, sites, **grid)
+    auto = AutoChoice(("fedavg+ft", "fomaml"), default="fomaml")
+    seen = []
+    evaluate_auto(problem, model, methods, sites, rows, auto, **grid, on_choice=lambda *a: seen.append(a))
+    assert len(seen) == len(sites) * 2 * 3
+    split = [c for *_, choices in seen for c in choices.values() if c.folds]
+    assert split and all(c.name == choose(c.unit_losses, "fedavg+ft") for c in split)
+    assert all(sum(c.fold_sizes) == len(c.unit_losses["fomaml"]) for c in split)
+    assert all(not c.unit_losses for _, k, _, choices in seen if k == 1 for c in choices.values())
+    records: list = []
+    capture_auto(records, run_seed=7)(problem, model, methods, sites, rows, auto, **grid)
+    assert len(records) == len(split) and {r["shots"] for r in records} == {6} and {r["seed"] for r in records} == {7}
+    assert all(apply_rules(r["cv"], r["default"], r["fold_sizes"])["R1"] == r["auto"] for r in records)
+
+
 def test_the_default_of_an_unsplittable_support_is_checked_at_its_shots():
     """One row per support cannot be cross-validated, so such a site gets the default: what validation
     supports of that size choose is measured, paired draw by draw (a shots count whose supports all split
