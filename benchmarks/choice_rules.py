@@ -168,8 +168,10 @@ def main() -> None:
         cfg.seed, cfg.output_dir, cfg.tracking.experiment = seed, f"{home}/seed{seed}", "choice-rules"
         run_module.evaluate_auto = capture_auto(records, seed)
         run_module.run_pipeline(spec, cfg, progress=False)
+    from benchmarks.provenance import machine
+
     out = {"benchmark": "choice_rules", "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
-           "overrides": args.set, "alpha": ALPHA, "records": records}
+           "overrides": args.set, "alpha": ALPHA, "machine": machine(), "records": records}
     report(out, args.digits, args.json_out)
 
 

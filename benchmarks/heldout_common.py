@@ -178,10 +178,16 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
 
 
 def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:
-    """Print the closing JSON line (and write it to ``flags.json_out``)."""
+    """Print the closing JSON line (and write it to ``flags.json_out``), with the ``machine`` it was measured on
+    (:func:`provenance.machine`: CPU, kernels, torch, commit)."""
     import json
 
-    line = json.dumps(out)
+    if __package__:  # imported as benchmarks.heldout_common
+        from .provenance import machine
+    else:  # a script's own folder on sys.path
+        from provenance import machine
+
+    line = json.dumps({**out, "machine": machine()})
     if flags.json_out:
         Path(flags.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(flags.json_out).write_text(line + "\n")

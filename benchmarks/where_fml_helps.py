@@ -102,7 +102,19 @@ def table(files: list[Path]) -> str:
             defaults = ", ".join(f"seed {s}: {d}" for s, d in bench.get("registered_default", {}).items())
             choices.append(f"- {bench['vertical']} ({bench['preset']}): `auto` chose {picks}; registered default "
                            f"{defaults}")
-    return "\n".join(lines + [""] + choices)
+    return "\n".join(lines + [""] + choices + measured_on(vertical_benches(files)))
+
+
+def measured_on(benches: list[dict[str, Any]]) -> list[str]:
+    """One line per machine the JSON lines were measured on (``machine``, recorded since 2026-12-03)."""
+    by_machine: dict[str, list[str]] = {}
+    for bench in benches:
+        m = bench.get("machine")
+        where = (f"{m['cpu']} ({m['cpu_capability']}, {m['cores']} cores), torch {m['torch']}" +
+                 "".join(f", {k}={v}" for k, v in m.get("kernel_env", {}).items()) if m else
+                 "not recorded (measured before the JSON lines named their machine)")
+        by_machine.setdefault(where, []).append(label(bench))
+    return [f"- measured on {where}: {len(names)} of {len(benches)} lines" for where, names in sorted(by_machine.items())]
 
 
 def label(bench: dict[str, Any]) -> str:

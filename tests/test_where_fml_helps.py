@@ -36,6 +36,19 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     assert "B: -0.50 [-1.20, +0.20]" in row and "fomaml: +1.50 [+0.50, +2.50]*" in row
     text = page.read_text()
     assert "old" not in text and text.startswith("intro\n") and "fedavg+ft 75%" in text
+    assert "- measured on not recorded (measured before the JSON lines named their machine): 1 of 1 lines" in text
+
+
+def test_the_table_says_which_machine_measured_each_line(tmp_path):
+    paired = [entry("auto", "ALL", 10, 0.1, 0.0, 0.2)]
+    machine = {"cpu": "Xeon X", "cpu_capability": "AVX2", "cores": 2, "torch": "2.14.1", "kernel_env": {"MKL_CBWR": "COMPATIBLE"}}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**bench("auroc", paired), "machine": machine}) + "\n")
+    (tmp_path / "c.json").write_text(json.dumps(bench("auroc", paired)) + "\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), *(str(tmp_path / f"{n}.json") for n in "abc")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "- measured on Xeon X (AVX2, 2 cores), torch 2.14.1, MKL_CBWR=COMPATIBLE: 2 of 3 lines" in out
+    assert "not recorded (measured before the JSON lines named their machine): 1 of 3 lines" in out
 
 
 def test_ablation_rows_are_init_by_recipe_beside_the_run_without_the_settings(tmp_path):
