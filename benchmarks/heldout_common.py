@@ -178,8 +178,8 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
 
 
 def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:
-    """Print the closing JSON line (and write it to ``flags.json_out``), with the ``machine`` it was measured on
-    (:func:`provenance.machine`: CPU, kernels, torch, commit)."""
+    """Print the closing JSON line (and write it to ``flags.json_out``), with the ``command`` that wrote it and
+    the ``machine`` it was measured on (:func:`provenance.machine`: CPU, kernels, torch, commit)."""
     import json
 
     if __package__:  # imported as benchmarks.heldout_common
@@ -187,7 +187,13 @@ def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:
     else:  # a script's own folder on sys.path
         from provenance import machine
 
-    line = json.dumps({**out, "machine": machine()})
+    import shlex
+    import sys
+
+    script = Path(sys.argv[0]).resolve()
+    where = script.relative_to(Path.cwd()) if script.is_relative_to(Path.cwd()) else script
+    command = shlex.join(["python", str(where), *sys.argv[1:]])  # benchmarks/regenerate.py replays it
+    line = json.dumps({**out, "command": command, "machine": machine()})
     if flags.json_out:
         Path(flags.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(flags.json_out).write_text(line + "\n")

@@ -17,7 +17,7 @@ def test_the_json_line_records_the_machine_and_the_commit(tmp_path, monkeypatch,
     line = json.loads(path.read_text())
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == line
     seen = line["machine"]
-    assert line["vertical"] == "sine" and seen["torch"] == torch.__version__
+    assert line["vertical"] == "sine" and seen["torch"] == torch.__version__ and line["command"].startswith("python ")
     assert seen["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and seen["cpu"]
     assert seen["kernel_env"]["MKL_CBWR"] == "COMPATIBLE"
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", seen["commit"])  # the test runs in the project's clone
@@ -28,3 +28,26 @@ def test_outside_git_the_commit_is_empty(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(provenance, "REPO", tmp_path)
     assert machine()["commit"] == ""
+
+
+def test_regenerate_replays_a_recorded_command_and_rebuilds_an_older_one(tmp_path) -> None:
+    from benchmarks.regenerate import REPO, command_of
+
+    path = REPO / "benchmarks" / "results" / "toy.json"
+    recorded = {"command": "python benchmarks/maintenance_heldout.py --preset full --onboard-shots 5 --json-out elsewhere.json"}
+    argv = command_of(path, recorded)
+    assert argv[1:] == ["benchmarks/maintenance_heldout.py", "--preset", "full", "--onboard-shots", "5",
+                        "--json-out", "benchmarks/results/toy.json"]
+    older = {"vertical": "medical_imaging", "preset": "quick", "seeds": [0, 1], "overrides": ["data.site_statistics=true"]}
+    assert command_of(path, older)[1:] == ["benchmarks/imaging_heldout.py", "--preset", "quick", "--seeds", "0", "1",
+                                           "--set", "data.site_statistics=true", "--json-out", "benchmarks/results/toy.json"]
+    assert command_of(path, {"workload": "r1"}) is None  # not a held-out benchmark's line
+
+
+def test_every_committed_vertical_line_has_a_command() -> None:
+    from benchmarks.regenerate import RESULTS, SCRIPTS, closing_line, command_of
+
+    lines = {p.name: closing_line(p) for p in RESULTS.glob("*.json")}
+    held_out = {name: line for name, line in lines.items() if line and line.get("vertical") in SCRIPTS}
+    assert len(held_out) >= 20
+    assert all(command_of(RESULTS / name, line) for name, line in held_out.items())

@@ -1,0 +1,97 @@
+"""Re-run, on THIS machine, the held-out benchmark behind each committed JSON line, then rewrite the tables.
+
+Full-preset rows reproduce per machine, not across CPUs (verticals/README, "Reproducing the tables on another
+machine"), and a change to the method or the choice rule makes every line it touches stale: the remedy is to
+regenerate all of them on one machine in one go. Each line names its command (``command``, recorded since
+2026-12-03); an older line's command is rebuilt from its vertical, preset, seeds and ``--set`` overrides.
+
+    python benchmarks/regenerate.py --dry-run                 # the commands, nothing run
+    python benchmarks/regenerate.py --match robotics --jobs 2 # the robotics lines, two at a time
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+#: The held-out benchmark script of each vertical.
+SCRIPTS = {"fraud": "fraud_heldout.py", "maintenance": "maintenance_heldout.py",
+           "medical_imaging": "imaging_heldout.py", "robotics": "robotics_heldout.py"}
+
+
+def closing_line(path: Path) -> Optional[dict]:
+    """The file's last line as JSON, or None when it is not a JSON line."""
+    try:
+        return json.loads(path.read_text().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def command_of(path: Path, line: dict) -> Optional[list[str]]:
+    """The argv that writes ``path`` again (``--json-out`` pointed at it), or None when no held-out benchmark
+    wrote it."""
+    if line.get("command"):
+        argv = shlex.split(line["command"])
+    elif line.get("vertical") in SCRIPTS and line.get("preset"):
+        argv = ["python", f"benchmarks/{SCRIPTS[line['vertical']]}", "--preset", line["preset"],
+                "--seeds", *(str(s) for s in line.get("seeds") or [0])]
+        if line.get("overrides"):
+            argv += ["--set", *line["overrides"]]
+    else:
+        return None
+    if "--json-out" in argv:
+        i = argv.index("--json-out")
+        del argv[i:i + 2]
+    return [sys.executable if argv[0] == "python" else argv[0], *argv[1:], "--json-out", str(path.relative_to(REPO))]
+
+
+def run(argv: list[str], log: Path) -> tuple[int, float]:
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+    return code, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path, help="JSON lines to regenerate (default: benchmarks/results/*.json)")
+    parser.add_argument("--match", default="", help="only files whose name contains this")
+    parser.add_argument("--jobs", type=int, default=1, help="benchmarks run at once (each uses one torch thread)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--logs", type=Path, default=Path("fml-output/regenerate"), help="one log per benchmark")
+    args = parser.parse_args()
+    files = [f.resolve() for f in (args.files or sorted(RESULTS.glob("*.json"))) if args.match in f.name]
+    todo = []
+    for path in files:
+        line = closing_line(path)
+        argv = command_of(path, line) if line else None
+        if argv is None:
+            print(f"skip {path.name}: not a held-out benchmark's JSON line")
+            continue
+        todo.append((path, argv))
+        print(("" if line.get("command") else "(rebuilt) ") + shlex.join(["python", *argv[1:]]))
+    if args.dry_run or not todo:
+        return 0
+    args.logs.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        done = list(pool.map(lambda job: (job[0], *run(job[1], args.logs / f"{job[0].stem}.log")), todo))
+    failed = [p.name for p, code, _ in done if code != 0]
+    for path, code, seconds in done:
+        print(f"{'ok ' if code == 0 else 'FAILED'} {path.name}: {seconds / 60:.1f} min (log {args.logs / (path.stem + '.log')})")
+    page = REPO / "verticals" / "README.md"
+    subprocess.run([sys.executable, "benchmarks/where_fml_helps.py", *sorted(str(f) for f in RESULTS.glob("*.json")),
+                    "--page", str(page)], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    print(f"tables rewritten in {page.relative_to(REPO)}; review `git diff` before committing")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
