@@ -239,3 +239,29 @@ def test_diverged_adaptation_scores_minus_infinity(problem: RoboticsProblem) -> 
     task = problem.few_shot_task(model, problem.federation.sites["test-000"], 2, torch.Generator().manual_seed(0))
     nan = {k: torch.full_like(v, float("nan")) for k, v in params.items()}
     assert task.score(nan) == {"return": float("-inf"), "success_rate": 0.0}
+
+
+def test_ppo_takes_the_reinforce_step_first_and_stays_near_the_batch_after() -> None:
+    """The default surrogate is PPO's clipped ratio: its first step on a batch collected by the same policy is
+    REINFORCE's, bit for bit (so one-inner-step meta-training is unchanged), while later steps on the SAME batch
+    stop pushing samples whose ratio left [0.8, 1.2] -- REINFORCE keeps going and leaves the batch behind
+    (measured: multi-step adaptation reached -inf returns on the full preset)."""
+    assert RoboticsData().surrogate == "ppo"
+    problems = {name: prepare(RoboticsData(**SMALL, surrogate=name), seed=0) for name in ("reinforce", "ppo")}
+    model, params = init_params(problems["ppo"])
+    batch = problems["ppo"].rollout_batch(problems["ppo"].federation.sites["train-000"], 10, 0, params)
+    obs, actions, _, logp_old = batch
+    moved = {}
+    for name, p in problems.items():
+        loss_fn = p.loss_fn(model)
+        one = adapt(loss_fn, params, batch, 1, 0.3)
+        moved[name] = adapt(loss_fn, params, batch, 20, 0.3)
+        if name == "reinforce":
+            first = one
+        else:
+            assert all(torch.equal(one[k], first[k]) for k in params)
+    def drift(p):  # how far the adapted policy's log-density of the batch's actions moved
+        from verticals.robotics.pg import gaussian_logp
+        return float((gaussian_logp(functional_call(model, p, (obs,)), p["log_std"], actions) - logp_old).abs().mean())
+    assert all(torch.isfinite(v).all() for v in moved["ppo"].values()) and drift(moved["ppo"]) < 0.5
+    assert not drift(moved["reinforce"]) < 2 * drift(moved["ppo"])  # much further, or diverged to NaN

@@ -64,7 +64,7 @@ class RolloutSettings:
     eval_rollouts: int = 20
     gamma: float = 0.99
     gae_lambda: float = 1.0
-    surrogate: str = "reinforce"
+    surrogate: str = "ppo"
     has_success: bool = True
 
     def __post_init__(self) -> None:
