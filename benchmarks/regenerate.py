@@ -47,10 +47,12 @@ def command_of(path: Path, line: dict) -> Optional[list[str]]:
             argv += ["--set", *line["overrides"]]
     else:
         return None
-    if "--json-out" in argv:
-        i = argv.index("--json-out")
-        del argv[i:i + 2]
-    return [sys.executable if argv[0] == "python" else argv[0], *argv[1:], "--json-out", str(path.relative_to(REPO))]
+    for flag, value in (("--output-dir", f"fml-output/regenerate/{path.stem}"), ("--json-out", str(path.relative_to(REPO)))):
+        if flag in argv:  # a recorded output folder is replaced too: two jobs must not share one
+            i = argv.index(flag)
+            del argv[i:i + 2]
+        argv += [flag, value]
+    return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
 
 
 def run(argv: list[str], log: Path) -> tuple[int, float]:

@@ -37,10 +37,11 @@ def test_regenerate_replays_a_recorded_command_and_rebuilds_an_older_one(tmp_pat
     recorded = {"command": "python benchmarks/maintenance_heldout.py --preset full --onboard-shots 5 --json-out elsewhere.json"}
     argv = command_of(path, recorded)
     assert argv[1:] == ["benchmarks/maintenance_heldout.py", "--preset", "full", "--onboard-shots", "5",
-                        "--json-out", "benchmarks/results/toy.json"]
+                        "--output-dir", "fml-output/regenerate/toy", "--json-out", "benchmarks/results/toy.json"]
     older = {"vertical": "medical_imaging", "preset": "quick", "seeds": [0, 1], "overrides": ["data.site_statistics=true"]}
     assert command_of(path, older)[1:] == ["benchmarks/imaging_heldout.py", "--preset", "quick", "--seeds", "0", "1",
-                                           "--set", "data.site_statistics=true", "--json-out", "benchmarks/results/toy.json"]
+                                           "--set", "data.site_statistics=true", "--output-dir", "fml-output/regenerate/toy",
+                                           "--json-out", "benchmarks/results/toy.json"]
     assert command_of(path, {"workload": "r1"}) is None  # not a held-out benchmark's line
 
 
