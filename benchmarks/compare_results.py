@@ -5,7 +5,8 @@ and the difference (second - first). For settings measured as separate runs of t
     python benchmarks/compare_results.py benchmarks/results/fraud_full.json \
         benchmarks/results/fraud_full_diversity_quality.json --steps 5
 
-Prints a markdown table (means over the seeds' sites and draws; the per-run intervals are in each JSON).
+Prints a markdown table (means over the seeds' test sites and draws, or of one site / group with ``--pool``;
+the per-run intervals are in each JSON).
 """
 from __future__ import annotations
 
@@ -25,14 +26,28 @@ class Config:
     """The compared run's JSON."""
     steps: int = 5
     """Adaptation steps of the compared cells (non-adapting rows use their 0-steps cell)."""
+    pool: str = "all"
+    """Which rows: ``all`` (every test site pooled), or one site / group as the JSON names it (e.g. ``Saab``,
+    ``in-range``, ``unseen-protocol``)."""
+
+#: The column naming a row's pool, per vertical's JSON (fraud / maintenance: site, imaging: clinics, robotics: robots).
+POOL_COLUMNS = ("site", "clinics", "robots")
 
 
-def means(path: Path) -> dict[tuple[str, int, int], float]:
-    return {(r["method"], r["shots"], r["steps"]): r["mean"] for r in json.loads(path.read_text())["rows"]}
+def means(path: Path, pool: str = "all") -> dict[tuple[str, int, int], float]:
+    """Mean headline per (method, shots, steps) of the rows of ``pool`` (every test site: ``all``)."""
+    rows = json.loads(path.read_text().strip().splitlines()[-1])["rows"]
+    def pool_of(row: dict) -> str:
+        value = next((row[c] for c in POOL_COLUMNS if c in row), "all")
+        return "all" if value in ("ALL", "all") else value
+    out = {(r["method"], r["shots"], r["steps"]): r["mean"] for r in rows if pool_of(r) == pool}
+    if not out:
+        raise SystemExit(f"{path}: no rows pooled as {pool!r} (pools: {sorted({pool_of(r) for r in rows})})")
+    return out
 
 
 def main(cfg: Config) -> str:
-    a, b = means(cfg.first), means(cfg.second)
+    a, b = means(cfg.first, cfg.pool), means(cfg.second, cfg.pool)
     shots = sorted({k[1] for k in a})
     methods = list(dict.fromkeys(k[0] for k in a))
     lines = [f"| method ({cfg.steps} steps) | " + " | ".join(f"k={k}: first, second, diff" for k in shots) + " |",
