@@ -17,6 +17,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 
+if __package__:  # imported as benchmarks.heldout_common
+    from .provenance import machine
+else:  # a script's own folder on sys.path
+    from provenance import machine
+
 if TYPE_CHECKING:
     from core.vertical import VerticalSpec
     from pipelines.onboard import OnboardResult
@@ -181,11 +186,6 @@ def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:
     """Print the closing JSON line (and write it to ``flags.json_out``), with the ``command`` that wrote it and
     the ``machine`` it was measured on (:func:`provenance.machine`: CPU, kernels, torch, commit)."""
     import json
-
-    if __package__:  # imported as benchmarks.heldout_common
-        from .provenance import machine
-    else:  # a script's own folder on sys.path
-        from provenance import machine
 
     import shlex
     import sys

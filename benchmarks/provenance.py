@@ -40,13 +40,17 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+#: The commit when the benchmark started (imported at its start): later commits while it runs do not count.
+COMMIT_AT_START = commit()
+
+
 def machine() -> dict[str, Any]:
-    """The ``machine`` field of a benchmark's JSON line."""
+    """The ``machine`` field of a benchmark's JSON line (``commit``: the one the benchmark started from)."""
     import torch
 
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl": torch.backends.mkl.is_available(),
-            "threads": torch.get_num_threads(), "python": platform.python_version(), "commit": commit(),
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "commit": COMMIT_AT_START,
             "kernel_env": {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}}
 
 

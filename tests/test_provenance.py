@@ -27,7 +27,7 @@ def test_outside_git_the_commit_is_empty(monkeypatch, tmp_path) -> None:
     import benchmarks.provenance as provenance
 
     monkeypatch.setattr(provenance, "REPO", tmp_path)
-    assert machine()["commit"] == ""
+    assert provenance.commit() == ""
 
 
 def test_regenerate_replays_a_recorded_command_and_rebuilds_an_older_one(tmp_path) -> None:
