@@ -23,10 +23,25 @@ LOG_STD_MIN, LOG_STD_MAX = -2.5, 1.0
 #: ``surrogate(logp [M], logp_old [M], adv [M]) -> scalar loss``.
 Surrogate = Callable[[Tensor, Tensor, Tensor], Tensor]
 SURROGATES: Registry[Surrogate] = Registry("policy-gradient surrogate")
+
+
+def probability_ratio(logp: Tensor, logp_old: Tensor) -> Tensor:
+    """``pi/pi_old = exp(logp - logp_old)`` in value and gradient (``ratio * grad logp``), with REINFORCE's second
+    derivative (``ratio * hess logp``): the exponential's own adds ``ratio * grad logp grad logp^T``, the
+    high-variance score term of DiCE-style estimators, which second-order meta-training (CAVIA) differentiates and
+    which made it collapse on some seeds (measured; verticals/robotics/README.md)."""
+    ratio = torch.exp(logp - logp_old).detach()
+    return ratio * (1 + (logp - logp.detach()))  # = ratio exactly: the bracket is 1 + 0
+
+
+def _ppo(logp: Tensor, logp_old: Tensor, adv: Tensor) -> Tensor:
+    ratio = probability_ratio(logp, logp_old)
+    return -torch.minimum(ratio * adv, torch.clamp(ratio, 0.8, 1.2) * adv).mean()
+
+
 SURROGATES.register("reinforce", lambda logp, logp_old, adv: -(logp * adv).mean())
-SURROGATES.register("ratio", lambda logp, logp_old, adv: -(torch.exp(logp - logp_old) * adv).mean())
-SURROGATES.register("ppo", lambda logp, logp_old, adv: -torch.minimum(
-    torch.exp(logp - logp_old) * adv, torch.clamp(torch.exp(logp - logp_old), 0.8, 1.2) * adv).mean())
+SURROGATES.register("ratio", lambda logp, logp_old, adv: -(probability_ratio(logp, logp_old) * adv).mean())
+SURROGATES.register("ppo", _ppo)
 
 
 def bounded_log_std(log_std: Tensor) -> Tensor:
