@@ -243,7 +243,7 @@ def test_diverged_adaptation_scores_minus_infinity(problem: RoboticsProblem) -> 
 
 def test_ppo_takes_the_reinforce_step_first_and_stays_near_the_batch_after() -> None:
     """The default surrogate is PPO's clipped ratio: its first step on a batch collected by the same policy is
-    REINFORCE's, bit for bit (so one-inner-step meta-training is unchanged), while later steps on the SAME batch
+    REINFORCE's, bit for bit (so first-order one-inner-step meta-training is unchanged), while later steps on the SAME batch
     stop pushing samples whose ratio left [0.8, 1.2] -- REINFORCE keeps going and leaves the batch behind
     (measured: multi-step adaptation reached -inf returns on the full preset)."""
     assert RoboticsData().surrogate == "ppo"
@@ -265,3 +265,20 @@ def test_ppo_takes_the_reinforce_step_first_and_stays_near_the_batch_after() -> 
         return float((gaussian_logp(functional_call(model, p, (obs,)), p["log_std"], actions) - logp_old).abs().mean())
     assert all(torch.isfinite(v).all() for v in moved["ppo"].values()) and drift(moved["ppo"]) < 0.5
     assert not drift(moved["reinforce"]) < 2 * drift(moved["ppo"])  # much further, or diverged to NaN
+
+
+def test_ppo_meta_gradient_through_one_step_is_reinforces() -> None:
+    """Second-order meta-training (CAVIA) differentiates THROUGH the inner step, so it sees the surrogate's second
+    derivative. The ratio keeps REINFORCE's there: the meta-gradient of a one-step inner loop equals REINFORCE's at
+    the policy that collected the batch (the exponential's extra score term made CAVIA collapse on some seeds)."""
+    problems = {name: prepare(RoboticsData(**SMALL, surrogate=name), seed=0) for name in ("reinforce", "ppo")}
+    model, params = init_params(problems["ppo"])
+    site = problems["ppo"].federation.sites["train-000"]
+    support = problems["ppo"].rollout_batch(site, 10, 0, params)
+    adapted = adapt(problems["ppo"].loss_fn(model), params, support, 1, 0.3)
+    query = problems["ppo"].rollout_batch(site, 10, 1, adapted)  # collected by the adapted policy, as in CAVIA
+    meta_grads = {}
+    for name, p in problems.items():
+        loss_fn = p.loss_fn(model)
+        meta_grads[name] = torch.func.grad(lambda q: loss_fn(adapt(loss_fn, q, support, 1, 0.3), query))(params)
+    assert all(torch.allclose(meta_grads["ppo"][k], meta_grads["reinforce"][k], rtol=1e-5, atol=1e-7) for k in params)

@@ -32,8 +32,9 @@ class RoboticsData:
     gae_lambda: float = 1.0
     """GAE lambda (1.0 = REINFORCE with a linear baseline)."""
     surrogate: str = "ppo"
-    """Policy-gradient loss: ppo (clipped ratio; the default: its first step on a batch is REINFORCE's, and later
-    steps on the same batch stay near it), reinforce (-logp*A), ratio (importance-weighted, unclipped)."""
+    """Policy-gradient loss: ppo (clipped ratio; the default: its first step on a batch is REINFORCE's, first and
+    second derivative, and later steps on the same batch stay near it), reinforce (-logp*A), ratio
+    (importance-weighted, unclipped)."""
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden widths of the Gaussian MLP policy."""
     init_log_std: float = -0.5
