@@ -179,7 +179,26 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
     return {"seeds": list(flags.seeds), "overrides": list(flags.set), "registered_default": {str(k): v for k, v in run.best_by_seed.items()},
             "pipeline_seconds_by_seed": {str(k): v for k, v in run.seconds_by_seed.items()},
             "auto_choices": {str(k): int(v) for k, v in counts.items()},
-            "fallback_defaults": {str(k): v for k, v in run.fallback_by_seed.items()}}
+            "fallback_defaults": {str(k): v for k, v in run.fallback_by_seed.items()},
+            "paired_by_seed": paired_by_seed(run.rows, run.result.paired)}
+
+
+def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each seed's mean paired difference against ``fedavg+ft`` over all its test sites and draws, per method,
+    shots and steps, on the headline metric (the one ``paired`` holds): whether a pooled result is every seed's
+    or one seed's."""
+    from core.evaluation import paired_differences
+
+    if paired.empty:
+        return []
+    metric = str(paired["metric"].iloc[0])
+    out = []
+    for seed, part in rows.groupby("seed"):
+        diffs = paired_differences(part, metric)
+        for _, r in diffs[diffs["site"] == "ALL"].iterrows():
+            out.append({"seed": int(seed), "method": r["method"], "shots": int(r["shots"]), "steps": int(r["steps"]),
+                        "mean_diff": round(float(r["mean_diff"]), 4)})
+    return out
 
 
 def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:

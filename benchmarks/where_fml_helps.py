@@ -88,6 +88,22 @@ def vertical_rows(bench: dict[str, Any]) -> list[str]:
     return out
 
 
+def by_seed(bench: dict[str, Any]) -> str:
+    """``; `auto` − `fedavg+ft` by seed ...`` at the table's steps count, one value per k (lines that record it)."""
+    entries = [e for e in bench.get("paired_by_seed", []) if e["method"] == "auto"]
+    if not entries:
+        return ""
+    lower = bench["headline_metric"] in LOWER_IS_BETTER
+    digits = 2 if lower or bench["headline_metric"] == "return" else 3
+    steps = max(e["steps"] for e in entries)
+    shots = sorted({e["shots"] for e in entries})
+    gain = {(e["seed"], e["shots"]): (-1 if lower else 1) * e["mean_diff"] + 0.0 for e in entries if e["steps"] == steps}
+    seeds = sorted({seed for seed, _ in gain})
+    parts = [f"seed {seed} " + " / ".join(f"{gain[(seed, k)]:+.{digits}f}" if (seed, k) in gain else "-" for k in shots)
+             for seed in seeds]
+    return f"; `auto` − `fedavg+ft` by seed (k = {' / '.join(map(str, shots))}, {steps} steps): " + ", ".join(parts)
+
+
 def table(files: list[Path]) -> str:
     header = ("| vertical (preset, seeds) | k | steps | `auto` − `fedavg+ft`, all test sites | `auto`, worst test "
               "site or group | best single method − `fedavg+ft` |\n|---|---|---|---|---|---|")
@@ -101,7 +117,7 @@ def table(files: list[Path]) -> str:
                                                                              key=lambda kv: -kv[1]))
             defaults = ", ".join(f"seed {s}: {d}" for s, d in bench.get("registered_default", {}).items())
             choices.append(f"- {bench['vertical']} ({bench['preset']}): `auto` chose {picks}; registered default "
-                           f"{defaults}")
+                           f"{defaults}{by_seed(bench)}")
     return "\n".join(lines + [""] + choices + measured_on(vertical_benches(files)))
 
 

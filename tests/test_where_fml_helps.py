@@ -82,3 +82,34 @@ def test_the_verticals_page_holds_the_tables_of_the_committed_results(tmp_path):
                    check=True)
     assert copy.read_text() == page.read_text(), "regenerate: python benchmarks/where_fml_helps.py " \
         "benchmarks/results/*.json --page verticals/README.md"
+
+
+def test_each_seed_of_auto_is_shown_signed_like_the_table(tmp_path):
+    """A pooled gain can be one seed's: the generated bullet lists `auto`'s difference per seed and k (RMSE:
+    lower is better, so a negative difference is printed as a gain)."""
+    by_seed = [{"seed": s, "method": m, "shots": k, "steps": st, "mean_diff": d}
+               for s, m, k, st, d in [(0, "auto", 5, 10, -1.0), (1, "auto", 5, 10, 2.5), (0, "auto", 5, 1, 9.0),
+                                      (0, "fomaml", 5, 10, -7.0), (1, "auto", 10, 10, 0.25), (0, "auto", 10, 10, 0.0)]]
+    line = {**bench("rmse_last", [entry("auto", "ALL", 10, 0.1, 0.0, 0.2)]), "paired_by_seed": by_seed}
+    (tmp_path / "toy.json").write_text(json.dumps(line) + "\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json")], capture_output=True, text=True,
+                         check=True).stdout
+    assert "`auto` − `fedavg+ft` by seed (k = 5 / 10, 10 steps): seed 0 +1.00 / +0.00, seed 1 -2.50 / -0.25" in out
+
+
+def test_paired_by_seed_pools_each_seeds_sites_on_the_headline():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import pandas as pd
+    from heldout_common import paired_by_seed
+
+    rows = pd.DataFrame([{"site": site, "method": method, "shots": 5, "steps": 1, "draw": seed * 10_000 + d,
+                          "metric": metric, "value": value + (1.0 if method == "auto" else 0.0) * (seed + 1) * (2 if site == "b" else 1),
+                          "seed": seed}
+                         for seed in (0, 1) for site in ("a", "b") for d in range(2)
+                         for method in ("fedavg+ft", "auto") for metric, value in (("rmse", 10.0), ("mae", 3.0))])
+    paired = pd.DataFrame([{"metric": "rmse"}])
+    out = paired_by_seed(rows, paired)
+    # seed 0: site a +1, site b +2 -> +1.5 pooled; seed 1: +2, +4 -> +3; one entry per seed (headline only)
+    assert out == [{"seed": 0, "method": "auto", "shots": 5, "steps": 1, "mean_diff": 1.5},
+                   {"seed": 1, "method": "auto", "shots": 5, "steps": 1, "mean_diff": 3.0}]
+    assert paired_by_seed(rows, pd.DataFrame()) == []
