@@ -43,6 +43,12 @@ def vertical_benches(files: list[Path]) -> list[dict[str, Any]]:
     return [b for b in reports if isinstance(b, dict) and "vertical" in b and "paired_vs_fedavg_ft" in b]
 
 
+def direction_and_digits(bench: dict[str, Any]) -> tuple[bool, int]:
+    """Whether the line's headline is lower-is-better, and the decimals its cells print."""
+    lower = bench["headline_metric"] in LOWER_IS_BETTER
+    return lower, 2 if lower or bench["headline_metric"] == "return" else 3
+
+
 def pool_key(entry: dict[str, Any]) -> str:
     return next(k for k in ("site", "clinics", "robots") if k in entry)
 
@@ -62,8 +68,7 @@ def cell(gain: Optional[tuple[float, float, float]], digits: int) -> str:
 
 
 def vertical_rows(bench: dict[str, Any]) -> list[str]:
-    lower = bench["headline_metric"] in LOWER_IS_BETTER
-    digits = 2 if lower or bench["headline_metric"] == "return" else 3
+    lower, digits = direction_and_digits(bench)
     paired = bench.get("paired_vs_fedavg_ft") or []
     if not paired:
         return []
@@ -93,8 +98,7 @@ def by_seed(bench: dict[str, Any]) -> str:
     entries = [e for e in bench.get("paired_by_seed", []) if e["method"] == "auto"]
     if not entries:
         return ""
-    lower = bench["headline_metric"] in LOWER_IS_BETTER
-    digits = 2 if lower or bench["headline_metric"] == "return" else 3
+    lower, digits = direction_and_digits(bench)
     steps = max(e["steps"] for e in entries)
     shots = sorted({e["shots"] for e in entries})
     gain = {(e["seed"], e["shots"]): (-1 if lower else 1) * e["mean_diff"] + 0.0 for e in entries if e["steps"] == steps}
@@ -150,8 +154,7 @@ def ablation(files: list[Path]) -> str:
     blocks = []
     for bench in sorted((b for b in benches if (b["vertical"], b["preset"]) in varied),
                         key=lambda b: (b["vertical"], b["preset"], len(b.get("overrides", [])), b.get("overrides"))):
-        lower = bench["headline_metric"] in LOWER_IS_BETTER
-        digits = 2 if lower or bench["headline_metric"] == "return" else 3
+        lower, digits = direction_and_digits(bench)
         rows = [r for r in bench["rows"] if r.get(pool_key(r)) in ALL_POOLS and r["method"] not in HIDDEN]
         paired = {(p["method"], p["shots"], p["steps"]): p for p in bench.get("paired_vs_fedavg_ft") or []
                   if p[pool_key(p)] in ALL_POOLS}

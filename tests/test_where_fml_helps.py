@@ -5,7 +5,12 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
+
 from tests.conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from heldout_common import paired_by_seed  # noqa: E402
 
 SCRIPT = REPO_ROOT / "benchmarks" / "where_fml_helps.py"
 
@@ -98,10 +103,6 @@ def test_each_seed_of_auto_is_shown_signed_like_the_table(tmp_path):
 
 
 def test_paired_by_seed_pools_each_seeds_sites_on_the_headline():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    import pandas as pd
-    from heldout_common import paired_by_seed
-
     rows = pd.DataFrame([{"site": site, "method": method, "shots": 5, "steps": 1, "draw": seed * 10_000 + d,
                           "metric": metric, "value": value + (1.0 if method == "auto" else 0.0) * (seed + 1) * (2 if site == "b" else 1),
                           "seed": seed}
