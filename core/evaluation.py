@@ -313,7 +313,8 @@ def evaluate_auto(
 ) -> pd.DataFrame:
     """The ``auto`` rows of the draws of :func:`evaluate_sites` (same seed and grids): on each draw the
     choice sees ONLY that draw's support folds; ``rows`` (the scores) are read afterwards, to copy the
-    chosen candidate's metrics. Column ``choice`` names the candidate. ``on_choice(site, shots, draw,
+    chosen candidate's metrics. Column ``choice`` names the candidate, ``cv_folds`` the folds its support split
+    into (0: it could not be split and got the default). ``on_choice(site, shots, draw,
     choices by steps)`` sees every draw's choices with their evidence (``benchmarks/choice_rules.py``)."""
     loss_fn = problem.loss_fn(model)
     by_name = {m.name: m for m in methods}
@@ -333,7 +334,7 @@ def evaluate_auto(
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,
-                                 "metric": m, "value": float(v), "choice": choice.name}
+                                 "metric": m, "value": float(v), "choice": choice.name, "cv_folds": choice.folds}
                                 for m, v in zip(chosen["metric"], chosen["value"])]
     return pd.DataFrame.from_records(records)
 

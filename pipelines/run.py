@@ -505,7 +505,8 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         if not dataset.default and not cfg.tracking.model_name:
             console.print(f"dataset [bold]{dataset.name}[/] is not the {spec.name} vertical's default data: its "
                           f"versions register as {name} with their own @champion (--tracking.model-name to choose)")
-    _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots)
+    _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots,
+                   split_draws(rows))
     for k, by_steps in choice_at_shots.items():
         disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}
         if disagree:
@@ -520,8 +521,28 @@ def _metric_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. " else "-" for c in name.replace("+", "-"))
 
 
+def split_draws(rows: pd.DataFrame) -> tuple[int, int]:
+    """``(draws whose support split for cross-validation, auto draws)`` over the test sites and shots."""
+    if "cv_folds" not in rows:
+        return 0, 0
+    picks = rows[rows["method"] == "auto"].drop_duplicates(["site", "shots", "draw"])
+    return int((picks["cv_folds"] > 0).sum()), len(picks)
+
+
+def onboarding_sentence(split: int, total: int) -> str:
+    """What ``fml onboard`` does with the bundle, in the words this run's test draws support."""
+    if total == 0:
+        return "`fml onboard` adapts the default"
+    if split == 0:
+        return (f"no test support here could be split for cross-validation (0 of {total} draws: rollouts, or one "
+                "example of a class), so `fml onboard` starts such a site from the default")
+    return (f"`fml onboard` chooses among them per site by cross-validation on its support set where it splits "
+            f"({split} of {total} test draws here; the others got the default)")
+
+
 def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.DataFrame, problem: Problem,
-                   bundle: list[Method], reason: str, registered: Optional[dict], shots: int) -> None:
+                   bundle: list[Method], reason: str, registered: Optional[dict], shots: int,
+                   split: tuple[int, int] = (0, 0)) -> None:
     cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)].copy()
     cells["cell"] = cells.apply(lambda r: f"{r['mean']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]", axis=1)
     table = cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").fillna("-")
@@ -542,7 +563,7 @@ def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.Data
     else:
         console.print(f"default: [bold]{best.name}[/] (adapt {best.best_steps} steps at {best.rate_text}): {reason}")
     console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, {m.rate_text})" for m in bundle)
-                  + "; `fml onboard` chooses among them per site by cross-validation on its support set")
+                  + "; " + onboarding_sentence(*split))
     if registered:
         console.print(f"registered [bold]{registered['name']}[/] v{registered['version']} as "
                       f"@{registered['alias']}: {registered['reason']}")
