@@ -40,8 +40,8 @@ def linear_problem(federation: Federation) -> SupervisedProblem:
                              higher_is_better=False)
 
 
-def linear_federation() -> Federation:
-    roles = {"train": ["t0", "t1"], "validation": ["v0", "v1"], "test": ["s0", "s1"]}
+def linear_federation(validation: int = 2) -> Federation:
+    roles = {"train": ["t0", "t1"], "validation": [f"v{i}" for i in range(validation)], "test": ["s0", "s1"]}
     return Federation({sid: linear_site(sid) for ids in roles.values() for sid in ids}, roles)
 
 
@@ -224,18 +224,18 @@ def test_the_default_of_an_unsplittable_support_is_checked_at_its_shots():
     from pipelines.onboard import validation_choice
     from pipelines.run import validation_default
 
-    problem = linear_problem(linear_federation())
+    problem = linear_problem(linear_federation(validation=4))  # 4 sites: the fewest a clear gain needs
     model, methods = nn.Linear(3, 1), _methods(problem)
     sites = problem.federation.role("validation")
     common = dict(steps_grid=[0, 1, 3], draws=3, seed=0, inner=RunConfig(data=None).inner, max_folds=5)
     assert validation_at_shots(problem, model, methods, sites, shots=6, **common) is None  # 6 rows split
     scores = validation_at_shots(problem, model, methods, sites, shots=1, **common)
-    assert set(scores) == {"fedavg+ft", "fomaml"} and all(len(v) == 2 * 3 for v in scores["fomaml"].values())
+    assert set(scores) == {"fedavg+ft", "fomaml"} and all(len(v) == 4 * 3 for v in scores["fomaml"].values())
     assert all(scores["fedavg+ft"][s] != scores["fomaml"][s] for s in (0, 1, 3))
     base, fml = methods
     fml.validation_draws = {s: [v - 1e3 for v in base.validation_draws[s]] for s in base.validation_draws}
-    assert validation_default(methods, 3, higher_is_better=False)[0] is fml  # the selection's draws favour it
-    assert validation_default(methods, 3, higher_is_better=False, scores=scores)[0] is base  # at 1 shot: not
+    assert validation_default(methods, 3, higher_is_better=False, sites=4)[0] is fml  # the selection's draws favour it
+    assert validation_default(methods, 3, higher_is_better=False, sites=4, scores=scores)[0] is base  # at 1 shot: not
     info = {"shots": 6, "algorithm": "fomaml", "default_by_steps": {"3": "fomaml"},
             "validation_choice_by_shots": {"1": {"3": "fedavg+ft"}}}
     assert validation_choice(info, 1, 3) == (1, "fedavg+ft") and validation_choice(info, 2, 3) == (1, "fedavg+ft")
@@ -355,11 +355,34 @@ def test_the_default_is_the_baseline_unless_validation_sites_show_a_clear_gain_a
                   validation_draws={0: [0.6, 0.7, 0.65, 0.6], 5: [0.70, 0.71, 0.69, 0.72]})
     noisy = Method("reptile", BAD, best_steps=5, selection_score=0.95,
                    validation_draws={0: [0.1] * 4, 5: [1.0, 0.45, 1.0, 0.45]})  # ahead on average, not clearly
-    assert validation_default([fml, base], 5, higher_is_better=True)[0] is fml
-    assert validation_default([fml, base], 0, higher_is_better=True)[0] is base  # unadapted, FML is worse
-    chosen, why = validation_default([noisy, base], 5, higher_is_better=True)
+    assert validation_default([fml, base], 5, higher_is_better=True, sites=4)[0] is fml
+    assert validation_default([fml, base], 0, higher_is_better=True, sites=4)[0] is base  # unadapted, FML is worse
+    chosen, why = validation_default([noisy, base], 5, higher_is_better=True, sites=4)
     assert chosen is base and "not clearly" in why
-    bundle, _ = bundle_of([noisy, base], ["fedavg+ft", "reptile"], higher_is_better=True)
+    bundle, _ = bundle_of([noisy, base], ["fedavg+ft", "reptile"], higher_is_better=True, sites=4)
     assert [m.name for m in bundle] == ["fedavg+ft", "reptile"]  # the default, then the best FML on validation
-    bundle, _ = bundle_of([noisy, fml, base], ["fedavg+ft", "fomaml", "reptile"], higher_is_better=True)
+    bundle, _ = bundle_of([noisy, fml, base], ["fedavg+ft", "fomaml", "reptile"], higher_is_better=True, sites=4)
     assert [m.name for m in bundle] == ["fomaml", "fedavg+ft", "reptile"]
+
+
+def test_validation_sites_not_their_draws_are_the_units_of_the_default():
+    """Four draws that all favour FML clearly pass as four sites, but not as two sites' two draws each: a claim
+    about new sites needs sites, and fewer than four can never pass (the baseline stays, and says why)."""
+    from pipelines.run import bundle_of, site_means, validation_default
+
+    fml = Method("fomaml", BAD, best_steps=5, selection_score=0.9, validation_draws={5: [0.90, 0.92, 0.88, 0.91]})
+    base = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7, validation_draws={5: [0.70, 0.71, 0.69, 0.72]})
+    assert validation_default([fml, base], 5, higher_is_better=True, sites=4)[0] is fml
+    chosen, why = validation_default([fml, base], 5, higher_is_better=True, sites=2)
+    assert chosen is base and "2 validation sites" in why and "4 sites are the fewest" in why
+    assert bundle_of([fml, base], ["fedavg+ft", "fomaml"], higher_is_better=True, sites=1)[0][0] is base
+    # site order: each site's run of draws is averaged before the test (one site's draws are one unit)
+    assert site_means([1.0, 3.0, 5.0, 7.0, 0.0, 2.0], 3) == [2.0, 6.0, 1.0]
+    with pytest.raises(ValueError, match="5 validation draws are not 2 sites"):
+        site_means([1.0] * 5, 2)
+    # a site whose draws disagree in sign still counts once: 3 clearly better sites and 1 worse one do not pass
+    mixed = Method("reptile", BAD, best_steps=5, selection_score=0.8,
+                   validation_draws={5: [0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.55, 0.75]})
+    flat = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7, validation_draws={5: [0.7] * 8})
+    assert validation_default([mixed, flat], 5, higher_is_better=True, sites=4)[0] is flat
+    assert validation_default([mixed, flat], 5, higher_is_better=True, sites=8)[0] is mixed  # as draws: 7 of 8 ahead
