@@ -316,7 +316,8 @@ def validation_default(methods: list[Method], steps: Optional[int], higher_is_be
     if baseline is None or leader is baseline:
         return leader, "best on validation sites"
     gains = site_means([sign * (a - b) for a, b in zip(draws(leader), draws(baseline))], sites)
-    test = f"one-sided Wilcoxon signed-rank test over the {len(gains)} validation sites' mean gains, p < 0.1"
+    units = "the 1 validation site's mean gain" if len(gains) == 1 else f"the {len(gains)} validation sites' mean gains"
+    test = f"one-sided Wilcoxon signed-rank test over {units}, p < 0.1"
     if clearly_better(gains):
         return leader, f"best on validation sites, clearly ahead of {BASELINE} ({test})"
     few = f"; {MIN_PAIRS} sites are the fewest that can pass" if len(gains) < MIN_PAIRS else ""

@@ -375,7 +375,8 @@ def test_validation_sites_not_their_draws_are_the_units_of_the_default():
     assert validation_default([fml, base], 5, higher_is_better=True, sites=4)[0] is fml
     chosen, why = validation_default([fml, base], 5, higher_is_better=True, sites=2)
     assert chosen is base and "2 validation sites" in why and "4 sites are the fewest" in why
-    assert bundle_of([fml, base], ["fedavg+ft", "fomaml"], higher_is_better=True, sites=1)[0][0] is base
+    bundle, why = bundle_of([fml, base], ["fedavg+ft", "fomaml"], higher_is_better=True, sites=1)
+    assert bundle[0] is base and "the 1 validation site's mean gain," in why
     # site order: each site's run of draws is averaged before the test (one site's draws are one unit)
     assert site_means([1.0, 3.0, 5.0, 7.0, 0.0, 2.0], 3) == [2.0, 6.0, 1.0]
     with pytest.raises(ValueError, match="5 validation draws are not 2 sites"):
