@@ -555,7 +555,7 @@ def onboarding_sentence(split: int, total: int) -> str:
 
 def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.DataFrame, problem: Problem,
                    bundle: list[Method], reason: str, registered: Optional[dict], shots: int,
-                   split: tuple[int, int] = (0, 0)) -> None:
+                   split: tuple[int, int]) -> None:
     cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)].copy()
     cells["cell"] = cells.apply(lambda r: f"{r['mean']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]", axis=1)
     table = cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").fillna("-")
