@@ -59,9 +59,9 @@ class Method:
     best_steps: int = 0
     best_lr: float = 0.0
     selection_score: float = float("nan")
-    validation_draws: dict[int, list[float]] = field(default_factory=dict)
-    """Per steps count (0 = the initialization as is), the headline of each validation (site, draw) at the
-    chosen step size, in one order for every method: what paired comparisons of methods use."""
+    validation_draws: dict[int, list[list[float]]] = field(default_factory=dict)
+    """Per steps count (0 = the initialization as is), each validation site's headline per draw at the chosen
+    step size, in one order for every method: what paired comparisons of methods use (sites are the units)."""
 
     @property
     def recipe(self) -> str:
@@ -200,8 +200,8 @@ def select_adaptation(
         best = max(means, key=lambda key: sign * means[key])
         method.best_steps, method.best_recipe, method.best_lr = best
         method.selection_score = means[best]
-        method.validation_draws = {0: unadapted, **{s: totals[(s, method.recipe_by_steps[s], method.lr_by_steps[s])]
-                                                    for s in positive_steps}}
+        chosen = {s: totals[(s, method.recipe_by_steps[s], method.lr_by_steps[s])] for s in positive_steps}
+        method.validation_draws = {s: by_site(v, draws) for s, v in {0: unadapted, **chosen}.items()}
         records += [{"method": method.name, "recipe": r, "steps": s, "lr": lr, "val_" + problem.headline: m,
                      "chosen": (method.recipe_by_steps.get(s), method.lr_by_steps.get(s)) == (r, lr)}
                     for (s, r, lr), m in sorted(means.items())]
@@ -220,8 +220,8 @@ def validation_at_shots(
     seed: int,
     inner: InnerConfig,
     max_folds: int,
-) -> Optional[dict[str, dict[int, list[float]]]]:
-    """Each method's headline on the validation (site, draw) pairs at ``shots`` per steps count, adapted with
+) -> Optional[dict[str, dict[int, list[list[float]]]]]:
+    """Each method's headline per validation site and draw at ``shots`` per steps count, adapted with
     the step size and recipe :func:`select_adaptation` chose: whether validation supports of the size where a
     site falls back to the default (it cannot be split) would choose that default too. None when every
     validation support at ``shots`` splits (no site of that size falls back). Same draws as the selection's."""
@@ -240,7 +240,12 @@ def validation_at_shots(
         for m in methods:
             for s, metrics in _score_method(loss_fn, m, t, steps_grid, inner, _lr_for(m), head).items():
                 out[m.name].setdefault(s, []).append(metrics[problem.headline])
-    return out
+    return {name: {s: by_site(v, draws) for s, v in by_steps.items()} for name, by_steps in out.items()}
+
+
+def by_site(values: list[float], draws: int) -> list[list[float]]:
+    """Site-major ``values`` (each site's ``draws`` in a run) as one list per site."""
+    return [values[i:i + draws] for i in range(0, len(values), draws)]
 
 
 @dataclass(frozen=True)

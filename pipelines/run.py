@@ -291,23 +291,23 @@ class HeldoutReport:
     registered: Optional[dict[str, Any]]
 
 
-def validation_default(methods: list[Method], steps: Optional[int], higher_is_better: bool, sites: int,
-                       scores: Optional[dict[str, dict[int, list[float]]]] = None) -> tuple[Method, str]:
+def validation_default(methods: list[Method], steps: Optional[int], higher_is_better: bool,
+                       scores: Optional[dict[str, dict[int, list[list[float]]]]] = None) -> tuple[Method, str]:
     """Among ``methods``: the tuned baseline (when there) unless the best method on validation sites beats it
-    there clearly -- one-sided Wilcoxon signed-rank test of each of the ``sites`` validation sites' mean gain
-    over its draws, p < 0.1 (:func:`core.choice.clearly_better`) -- at ``steps`` adaptation steps (None: each
-    method at its own best steps). Sites, not draws, are the units: the claim is about NEW sites, and one
-    site's draws repeat that site (fewer than 4 sites can never pass, so the baseline stays). ``scores``
-    (method -> steps -> per-draw headline in site-major order, :func:`core.evaluation.validation_at_shots`)
-    replaces the selection's draws. Returns it and why."""
+    there clearly -- one-sided Wilcoxon signed-rank test of each validation site's mean gain over its draws,
+    p < 0.1 (:func:`core.choice.clearly_better`) -- at ``steps`` adaptation steps (None: each method at its
+    own best steps). Sites, not draws, are the units: the claim is about NEW sites, and one site's draws
+    repeat that site (fewer than 4 sites can never pass, so the baseline stays). ``scores`` (method -> steps
+    -> each site's draws, :func:`core.evaluation.validation_at_shots`) replaces the selection's draws.
+    Returns it and why."""
     sign = 1 if higher_is_better else -1
 
-    def draws(m: Method) -> list[float]:
+    def draws(m: Method) -> list[list[float]]:
         by_steps = m.validation_draws if scores is None else scores.get(m.name, {})
         return by_steps.get(m.best_steps if steps is None else steps, [])
 
     def score(m: Method) -> float:
-        values = draws(m)
+        values = [v for site in draws(m) for v in site]
         return sign * sum(values) / len(values) if values else float("-inf")
 
     ranked = sorted(methods, key=score, reverse=True)
@@ -315,21 +315,13 @@ def validation_default(methods: list[Method], steps: Optional[int], higher_is_be
     baseline = next((m for m in ranked if m.name == BASELINE), None)
     if baseline is None or leader is baseline:
         return leader, "best on validation sites"
-    gains = site_means([sign * (a - b) for a, b in zip(draws(leader), draws(baseline))], sites)
+    gains = [sign * (sum(a) - sum(b)) / len(a) for a, b in zip(draws(leader), draws(baseline))]
     units = "the 1 validation site's mean gain" if len(gains) == 1 else f"the {len(gains)} validation sites' mean gains"
     test = f"one-sided Wilcoxon signed-rank test over {units}, p < 0.1"
     if clearly_better(gains):
         return leader, f"best on validation sites, clearly ahead of {BASELINE} ({test})"
     few = f"; {MIN_PAIRS} sites are the fewest that can pass" if len(gains) < MIN_PAIRS else ""
     return baseline, f"{leader.name} led on validation sites but not clearly ({test}{few}): {BASELINE} stays the default"
-
-
-def site_means(values: list[float], sites: int) -> list[float]:
-    """The mean of each site's values, ``values`` being ``sites`` equal runs of draws in site order."""
-    if sites < 1 or len(values) % sites:
-        raise ValueError(f"{len(values)} validation draws are not {sites} sites' equal runs of draws")
-    per = len(values) // sites
-    return [sum(values[i * per:(i + 1) * per]) / per for i in range(sites)]
 
 
 def choices_at_unsplittable_shots(problem: Problem, model: torch.nn.Module, bundle: list[Method], val_sites: list,
@@ -343,12 +335,12 @@ def choices_at_unsplittable_shots(problem: Problem, model: torch.nn.Module, bund
                                      draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner,
                                      max_folds=cfg.eval.choice_folds)
         if scores is not None:
-            out[k] = {s: validation_default(bundle, s, problem.higher_is_better, len(val_sites), scores)[0].name
+            out[k] = {s: validation_default(bundle, s, problem.higher_is_better, scores)[0].name
                       for s in cfg.eval.steps}
     return out
 
 
-def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bool, sites: int,
+def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bool,
               size: int = 3) -> tuple[list[Method], str]:
     """The starting points a registered model carries, default first (:func:`validation_default`, each
     method at its own best steps), then the tuned baseline and the best FML algorithm, at most ``size``;
@@ -357,7 +349,7 @@ def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bo
     ranked = sorted((m for m in methods if m.name in candidates), key=lambda m: -sign * m.selection_score)
     if not ranked:
         raise ValueError(f"none of the candidates {candidates} is among the evaluated methods")
-    leader, reason = validation_default(ranked, None, higher_is_better, sites)
+    leader, reason = validation_default(ranked, None, higher_is_better)
     rest = [m for m in ranked if m is not leader]
     keep = [leader] + [m for m in rest if m.name == BASELINE] + [m for m in rest if m.name != BASELINE][:1]
     return keep[:size], reason
@@ -409,10 +401,10 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     selection.to_csv(out / "adaptation_selection.csv", index=False)
     if not selection.empty:
         mlflow.log_table(selection, "adaptation_selection.json")
-    bundle, default_reason = bundle_of(methods, candidates, problem.higher_is_better, len(val_sites))
+    bundle, default_reason = bundle_of(methods, candidates, problem.higher_is_better)
     names = [m.name for m in bundle]
     # the default a site gets when its support cannot be split, per steps count (registered steps: the bundle's)
-    default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better, len(val_sites))[0].name
+    default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name
                         for s in cfg.eval.steps}
     default_by_steps[bundle[0].best_steps] = bundle[0].name
     used_by_steps = dict(default_by_steps)  # what the auto rows use, before a registration veto

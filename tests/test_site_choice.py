@@ -3,7 +3,7 @@ registered bundle and the choice at onboarding."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -50,6 +50,11 @@ def init(weight: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 GOOD, BAD = init(W_TRUE), init(-3 * W_TRUE)
+
+
+def per_site(*values: float) -> list[list[float]]:
+    """Validation draws of as many sites, one draw each."""
+    return [[v] for v in values]
 
 
 # ------------------------------------------------------------------------------------------------ folds
@@ -230,12 +235,15 @@ def test_the_default_of_an_unsplittable_support_is_checked_at_its_shots():
     common = dict(steps_grid=[0, 1, 3], draws=3, seed=0, inner=RunConfig(data=None).inner, max_folds=5)
     assert validation_at_shots(problem, model, methods, sites, shots=6, **common) is None  # 6 rows split
     scores = validation_at_shots(problem, model, methods, sites, shots=1, **common)
-    assert set(scores) == {"fedavg+ft", "fomaml"} and all(len(v) == 4 * 3 for v in scores["fomaml"].values())
+    assert set(scores) == {"fedavg+ft", "fomaml"}
+    assert all([len(site) for site in v] == [3] * 4 for v in scores["fomaml"].values())  # 4 sites' 3 draws
     assert all(scores["fedavg+ft"][s] != scores["fomaml"][s] for s in (0, 1, 3))
     base, fml = methods
-    fml.validation_draws = {s: [v - 1e3 for v in base.validation_draws[s]] for s in base.validation_draws}
-    assert validation_default(methods, 3, higher_is_better=False, sites=4)[0] is fml  # the selection's draws favour it
-    assert validation_default(methods, 3, higher_is_better=False, sites=4, scores=scores)[0] is base  # at 1 shot: not
+    assert [len(site) for site in base.validation_draws[3]] == [2] * 4  # the selection's draws, per site too
+    fml.validation_draws = {s: [[v - 1e3 for v in site] for site in base.validation_draws[s]]
+                            for s in base.validation_draws}
+    assert validation_default(methods, 3, higher_is_better=False)[0] is fml  # the selection's draws favour it
+    assert validation_default(methods, 3, higher_is_better=False, scores=scores)[0] is base  # at 1 shot: not
     info = {"shots": 6, "algorithm": "fomaml", "default_by_steps": {"3": "fomaml"},
             "validation_choice_by_shots": {"1": {"3": "fedavg+ft"}}}
     assert validation_choice(info, 1, 3) == (1, "fedavg+ft") and validation_choice(info, 2, 3) == (1, "fedavg+ft")
@@ -350,40 +358,40 @@ def test_the_default_is_the_baseline_unless_validation_sites_show_a_clear_gain_a
     from pipelines.run import bundle_of, validation_default
 
     fml = Method("fomaml", BAD, best_steps=5, selection_score=0.9,
-                 validation_draws={0: [0.2, 0.3, 0.25, 0.2], 5: [0.90, 0.92, 0.88, 0.91]})
+                 validation_draws={0: per_site(0.2, 0.3, 0.25, 0.2), 5: per_site(0.90, 0.92, 0.88, 0.91)})
     base = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7,
-                  validation_draws={0: [0.6, 0.7, 0.65, 0.6], 5: [0.70, 0.71, 0.69, 0.72]})
+                  validation_draws={0: per_site(0.6, 0.7, 0.65, 0.6), 5: per_site(0.70, 0.71, 0.69, 0.72)})
     noisy = Method("reptile", BAD, best_steps=5, selection_score=0.95,
-                   validation_draws={0: [0.1] * 4, 5: [1.0, 0.45, 1.0, 0.45]})  # ahead on average, not clearly
-    assert validation_default([fml, base], 5, higher_is_better=True, sites=4)[0] is fml
-    assert validation_default([fml, base], 0, higher_is_better=True, sites=4)[0] is base  # unadapted, FML is worse
-    chosen, why = validation_default([noisy, base], 5, higher_is_better=True, sites=4)
+                   validation_draws={0: per_site(*[0.1] * 4), 5: per_site(1.0, 0.45, 1.0, 0.45)})  # ahead, not clearly
+    assert validation_default([fml, base], 5, higher_is_better=True)[0] is fml
+    assert validation_default([fml, base], 0, higher_is_better=True)[0] is base  # unadapted, FML is worse
+    chosen, why = validation_default([noisy, base], 5, higher_is_better=True)
     assert chosen is base and "not clearly" in why
-    bundle, _ = bundle_of([noisy, base], ["fedavg+ft", "reptile"], higher_is_better=True, sites=4)
+    bundle, _ = bundle_of([noisy, base], ["fedavg+ft", "reptile"], higher_is_better=True)
     assert [m.name for m in bundle] == ["fedavg+ft", "reptile"]  # the default, then the best FML on validation
-    bundle, _ = bundle_of([noisy, fml, base], ["fedavg+ft", "fomaml", "reptile"], higher_is_better=True, sites=4)
+    bundle, _ = bundle_of([noisy, fml, base], ["fedavg+ft", "fomaml", "reptile"], higher_is_better=True)
     assert [m.name for m in bundle] == ["fomaml", "fedavg+ft", "reptile"]
 
 
 def test_validation_sites_not_their_draws_are_the_units_of_the_default():
     """Four draws that all favour FML clearly pass as four sites, but not as two sites' two draws each: a claim
     about new sites needs sites, and fewer than four can never pass (the baseline stays, and says why)."""
-    from pipelines.run import bundle_of, site_means, validation_default
+    from pipelines.run import bundle_of, validation_default
 
-    fml = Method("fomaml", BAD, best_steps=5, selection_score=0.9, validation_draws={5: [0.90, 0.92, 0.88, 0.91]})
-    base = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7, validation_draws={5: [0.70, 0.71, 0.69, 0.72]})
-    assert validation_default([fml, base], 5, higher_is_better=True, sites=4)[0] is fml
-    chosen, why = validation_default([fml, base], 5, higher_is_better=True, sites=2)
+    fml = Method("fomaml", BAD, best_steps=5, selection_score=0.9, validation_draws={5: per_site(0.90, 0.92, 0.88, 0.91)})
+    base = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7, validation_draws={5: per_site(0.70, 0.71, 0.69, 0.72)})
+    assert validation_default([fml, base], 5, higher_is_better=True)[0] is fml
+    fml.validation_draws, base.validation_draws = {5: [[0.90, 0.92], [0.88, 0.91]]}, {5: [[0.70, 0.71], [0.69, 0.72]]}
+    chosen, why = validation_default([fml, base], 5, higher_is_better=True)  # the same draws, as 2 sites' 2 each
     assert chosen is base and "2 validation sites" in why and "4 sites are the fewest" in why
-    bundle, why = bundle_of([fml, base], ["fedavg+ft", "fomaml"], higher_is_better=True, sites=1)
+    fml.validation_draws, base.validation_draws = {5: [[0.90, 0.92, 0.88, 0.91]]}, {5: [[0.70, 0.71, 0.69, 0.72]]}
+    bundle, why = bundle_of([fml, base], ["fedavg+ft", "fomaml"], higher_is_better=True)
     assert bundle[0] is base and "the 1 validation site's mean gain," in why
-    # site order: each site's run of draws is averaged before the test (one site's draws are one unit)
-    assert site_means([1.0, 3.0, 5.0, 7.0, 0.0, 2.0], 3) == [2.0, 6.0, 1.0]
-    with pytest.raises(ValueError, match="5 validation draws are not 2 sites"):
-        site_means([1.0] * 5, 2)
     # a site whose draws disagree in sign still counts once: 3 clearly better sites and 1 worse one do not pass
     mixed = Method("reptile", BAD, best_steps=5, selection_score=0.8,
-                   validation_draws={5: [0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.55, 0.75]})
-    flat = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7, validation_draws={5: [0.7] * 8})
-    assert validation_default([mixed, flat], 5, higher_is_better=True, sites=4)[0] is flat
-    assert validation_default([mixed, flat], 5, higher_is_better=True, sites=8)[0] is mixed  # as draws: 7 of 8 ahead
+                   validation_draws={5: [[0.9, 0.9], [0.9, 0.9], [0.9, 0.9], [0.55, 0.75]]})
+    flat = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7, validation_draws={5: [[0.7, 0.7]] * 4})
+    assert validation_default([mixed, flat], 5, higher_is_better=True)[0] is flat
+    as_draws = {5: [[v] for site in mixed.validation_draws[5] for v in site]}  # as 8 "sites": 7 of 8 ahead
+    assert validation_default([replace(mixed, validation_draws=as_draws),
+                               replace(flat, validation_draws={5: [[0.7]] * 8})], 5, higher_is_better=True)[0].name == "reptile"
