@@ -282,3 +282,29 @@ def test_ppo_meta_gradient_through_one_step_is_reinforces() -> None:
         loss_fn = p.loss_fn(model)
         meta_grads[name] = torch.func.grad(lambda q: loss_fn(adapt(loss_fn, q, support, 1, 0.3), query))(params)
     assert all(torch.allclose(meta_grads["ppo"][k], meta_grads["reinforce"][k], rtol=1e-5, atol=1e-7) for k in params)
+
+
+def test_the_reinforce_recipe_adapts_on_reinforces_surrogate_whatever_the_run_trained_with() -> None:
+    """`reinforce` lets the validation robots choose the surrogate per method, like the step size: on a PPO run it
+    is exactly `all` on a REINFORCE run (one step is the same under both; later steps on the same rollouts are
+    not), and it refuses a loss that is not a policy gradient's, saying so."""
+    from core.recipes import RecipeNotApplicable, recipe_trajectory
+    from core.types import Batch
+
+    problems = {name: prepare(RoboticsData(**SMALL, surrogate=name), seed=0) for name in ("reinforce", "ppo")}
+    model, params = init_params(problems["ppo"])
+    batch = problems["ppo"].rollout_batch(problems["ppo"].federation.sites["train-000"], 10, 0, params)
+    ppo, reinforce = problems["ppo"].loss_fn(model), problems["reinforce"].loss_fn(model)
+    recipe = recipe_trajectory("reinforce", ppo, params, batch, [1, 5], 0.3)
+    plain = recipe_trajectory("all", reinforce, params, batch, [1, 5], 0.3)
+    clipped = recipe_trajectory("all", ppo, params, batch, [1, 5], 0.3)
+    assert all(torch.equal(recipe[s][k], plain[s][k]) for s in (1, 5) for k in params)
+    assert all(torch.equal(recipe[1][k], clipped[1][k]) for k in params)
+    assert not all(torch.equal(recipe[5][k], clipped[5][k]) for k in params)
+    assert ppo.surrogate == "ppo"  # the run's loss is left as it was
+
+    def squared(p: dict, b: Batch) -> torch.Tensor:
+        return sum((v ** 2).sum() for v in p.values())
+
+    with pytest.raises(RecipeNotApplicable, match="not one \\(the robotics vertical's is\\)"):
+        recipe_trajectory("reinforce", squared, params, batch, [1], 0.3)

@@ -4,8 +4,9 @@ Each site is a robot (a Gymnasium environment parameterized per robot, ``data_ad
 the meta-initialization is a Gaussian MLP policy that a new robot adapts with a few policy-gradient
 steps on a few episodes of its own experience. Runs with no data files.
 
-Files: ``config.py``, ``policy.py`` (the model), ``problem.py``, ``presets/``, this module (registration), and
-``pg.py`` (policy-gradient math); no ``metrics.py``: the metrics are the rollouts' return and success rate,
+Files: ``config.py``, ``policy.py`` (the model), ``problem.py``, ``presets/``, this module (registration),
+``pg.py`` (policy-gradient math) and ``recipes.py`` (the ``reinforce`` adaptation recipe); no ``metrics.py``:
+the metrics are the rollouts' return and success rate,
 two lines of ``problem.py``.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.robot_envs import (Simulator, build_robot_federation, example_robot, get_family, parse_robot,
                                       robot_site)
+from verticals.robotics import recipes  # noqa: F401  (registers the `reinforce` adaptation recipe)
 from verticals.robotics.config import RoboticsData
 from verticals.robotics.problem import RoboticsProblem, RolloutSettings
 

@@ -19,7 +19,7 @@ inner loop and every robot adapts with the same code at onboarding.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -75,16 +75,29 @@ class RolloutSettings:
             raise ValueError(f"robotics: --data.context-dim must be >= 0, got {self.context_dim}")
 
 
-def policy_loss(model: nn.Module, surrogate: str) -> LossFn:
-    """The pure policy-gradient loss ``(params, (obs, actions, adv, logp_old)) -> scalar``."""
-    surr = SURROGATES.get(surrogate)
+@dataclass(frozen=True, eq=False)
+class PolicyLoss:
+    """The pure policy-gradient loss ``(params, (obs, actions, adv, logp_old)) -> scalar`` under the registered
+    ``surrogate``; :meth:`with_surrogate` gives the same loss under another (the ``reinforce`` recipe)."""
 
-    def loss_fn(params: Params, batch: Batch) -> Tensor:
+    model: nn.Module
+    surrogate: str
+
+    def __post_init__(self) -> None:
+        SURROGATES.get(self.surrogate)
+
+    def __call__(self, params: Params, batch: Batch) -> Tensor:
         obs, actions, adv, logp_old = batch
-        mean = functional_call(model, params, (obs,))
-        return surr(gaussian_logp(mean, params["log_std"], actions), logp_old, adv)
+        mean = functional_call(self.model, params, (obs,))
+        return SURROGATES.get(self.surrogate)(gaussian_logp(mean, params["log_std"], actions), logp_old, adv)
 
-    return loss_fn
+    def with_surrogate(self, surrogate: str) -> "PolicyLoss":
+        return replace(self, surrogate=surrogate)
+
+
+def policy_loss(model: nn.Module, surrogate: str) -> LossFn:
+    """The pure policy-gradient loss of ``model`` under ``surrogate`` (:class:`PolicyLoss`)."""
+    return PolicyLoss(model, surrogate)
 
 
 def draw_seed(gen: torch.Generator) -> int:
