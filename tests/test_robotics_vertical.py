@@ -308,3 +308,22 @@ def test_the_reinforce_recipe_adapts_on_reinforces_surrogate_whatever_the_run_tr
 
     with pytest.raises(RecipeNotApplicable, match="not one \\(the robotics vertical's is\\)"):
         recipe_trajectory("reinforce", squared, params, batch, [1], 0.3)
+
+
+def test_context_reinforce_adapts_only_the_context_on_reinforces_surrogate() -> None:
+    """CAVIA's recipe with the surrogate switched: every weight stays bit-identical, the context moves exactly as
+    `context` moves on a REINFORCE run."""
+    from core.context import context_names
+    from core.recipes import recipe_trajectory
+
+    problems = {name: prepare(RoboticsData(**SMALL, surrogate=name, context_dim=3), seed=0)
+                for name in ("reinforce", "ppo")}
+    model, params = init_params(problems["ppo"])
+    batch = problems["ppo"].rollout_batch(problems["ppo"].federation.sites["train-000"], 10, 0, params)
+    switched = recipe_trajectory("context-reinforce", problems["ppo"].loss_fn(model), params, batch, [1, 5], 1.0)
+    plain = recipe_trajectory("context", problems["reinforce"].loss_fn(model), params, batch, [1, 5], 1.0)
+    clipped = recipe_trajectory("context", problems["ppo"].loss_fn(model), params, batch, [1, 5], 1.0)
+    context = context_names(params)
+    assert context and all(torch.equal(switched[5][k], params[k]) for k in params if k not in context)
+    assert all(torch.equal(switched[s][k], plain[s][k]) for s in (1, 5) for k in params)
+    assert not all(torch.equal(switched[5][k], clipped[5][k]) for k in context)

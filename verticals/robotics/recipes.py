@@ -1,27 +1,37 @@
-"""The robotics vertical's adaptation recipe: ``reinforce``, every parameter on REINFORCE's unclipped surrogate.
+"""The robotics vertical's adaptation recipes: ``reinforce`` and ``context-reinforce``, the core's ``all`` and
+``context`` on REINFORCE's unclipped surrogate.
 
 The run's surrogate (PPO by default) is also the inner loop of meta-training; at adaptation its clip stops
 later steps on the SAME rollouts once the policy has moved 20% from the one that collected them, which
 measured helps some starts (FO-MAML) and costs others (`fedavg+ft`, CAVIA) 2.5 to 10 return after 5 steps
-(verticals/robotics/README.md). As a recipe, the surrogate is chosen per method on the validation robots like
+(verticals/robotics/README.md). As recipes, the surrogate is chosen per method on the validation robots like
 the step size (``--set 'eval.recipes=[reinforce]'``): one step is identical under both (the ratio is 1).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from core.recipes import RECIPES, RecipeNotApplicable, register_recipe
+from core.recipes import RECIPES, RecipeFn, RecipeNotApplicable, register_recipe
 from core.types import Batch, LossFn, Params
 from verticals.robotics.problem import PolicyLoss
 
 
-@register_recipe("reinforce", "every parameter on REINFORCE's unclipped policy-gradient surrogate (robotics): later "
-                              "steps on the same rollouts keep moving where PPO's clip stops them")
-def _reinforce(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
-               head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
-               proximal: float = 0.0) -> dict[int, Params]:
-    if not isinstance(loss_fn, PolicyLoss):
-        raise RecipeNotApplicable("recipe 'reinforce' changes a policy-gradient surrogate and this problem's loss is "
-                                  "not one (the robotics vertical's is)")
-    return RECIPES.get("all").run(loss_fn.with_surrogate("reinforce"), params, support, steps_grid, rate, head=head,
-                                  lrs=lrs, weight_decay=weight_decay, proximal=proximal)
+def on_reinforce(base: str) -> RecipeFn:
+    """The registered recipe ``base`` with the policy loss's surrogate switched to REINFORCE's."""
+
+    def run(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
+            head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
+            proximal: float = 0.0) -> dict[int, Params]:
+        if not isinstance(loss_fn, PolicyLoss):
+            raise RecipeNotApplicable(f"recipe '{base}' on REINFORCE changes a policy-gradient surrogate and this "
+                                      "problem's loss is not one (the robotics vertical's is)")
+        return RECIPES.get(base).run(loss_fn.with_surrogate("reinforce"), params, support, steps_grid, rate,
+                                     head=head, lrs=lrs, weight_decay=weight_decay, proximal=proximal)
+
+    return run
+
+
+register_recipe("reinforce", "every parameter on REINFORCE's unclipped policy-gradient surrogate (robotics): later "
+                             "steps on the same rollouts keep moving where PPO's clip stops them")(on_reinforce("all"))
+register_recipe("context-reinforce", "the context vector only (CAVIA), on REINFORCE's unclipped surrogate "
+                                     "(robotics)")(on_reinforce("context"))
