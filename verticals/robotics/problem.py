@@ -95,11 +95,6 @@ class PolicyLoss:
         return replace(self, surrogate=surrogate)
 
 
-def policy_loss(model: nn.Module, surrogate: str) -> LossFn:
-    """The pure policy-gradient loss of ``model`` under ``surrogate`` (:class:`PolicyLoss`)."""
-    return PolicyLoss(model, surrogate)
-
-
 def draw_seed(gen: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
@@ -173,7 +168,7 @@ class RoboticsProblem(Problem):
         return GaussianMLPPolicy(s.obs_dim, s.act_dim, s.hidden, s.init_log_std, s.context_dim)
 
     def loss_fn(self, model: nn.Module) -> LossFn:
-        return policy_loss(model, self.settings.surrogate)
+        return PolicyLoss(model, self.settings.surrogate)
 
     def rollouts(self, site: Site, params: Params, episodes: int, seed: int):
         """``episodes`` rollouts of ``params`` on ``site``'s robot. They always run on the CPU, whatever the
