@@ -47,12 +47,12 @@ class Recipe:
 
 
 RECIPES: Registry[Recipe] = Registry("adaptation recipe")
+DEFAULT_RECIPE = "all"
 
 
 class RecipeNotApplicable(ValueError):
     """A recipe cannot adapt this model or loss (e.g. ``context`` on a model without a context vector); the
     message says what would make it apply."""
-DEFAULT_RECIPE = "all"
 
 
 def register_recipe(name: str, description: str) -> Callable[[RecipeFn], RecipeFn]:
@@ -121,7 +121,7 @@ def _context(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequen
     context = context_names(params)
     if not context:
         raise RecipeNotApplicable("recipe 'context' adapts a context vector and this model has none "
-                         "(the robotics and maintenance models take one: --data.context-dim 4)")
+                                  "(the robotics and maintenance models take one: --data.context-dim 4)")
     return _head(loss_fn, params, support, steps_grid, rate, head=context, lrs=lrs, weight_decay=weight_decay,
                  proximal=proximal)
 

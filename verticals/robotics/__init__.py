@@ -5,9 +5,8 @@ the meta-initialization is a Gaussian MLP policy that a new robot adapts with a 
 steps on a few episodes of its own experience. Runs with no data files.
 
 Files: ``config.py``, ``policy.py`` (the model), ``problem.py``, ``presets/``, this module (registration),
-``pg.py`` (policy-gradient math) and ``recipes.py`` (the ``reinforce`` adaptation recipe); no ``metrics.py``:
-the metrics are the rollouts' return and success rate,
-two lines of ``problem.py``.
+``pg.py`` (policy-gradient math) and ``recipes.py`` (the ``reinforce`` and ``context-reinforce`` adaptation
+recipes); no ``metrics.py``: the metrics are the rollouts' return and success rate, two lines of ``problem.py``.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from core.tasks import Federation, Site
 from core.vertical import VerticalSpec, register_vertical
 from data_adapters.robot_envs import (Simulator, build_robot_federation, example_robot, get_family, parse_robot,
                                       robot_site)
-from verticals.robotics import recipes  # noqa: F401  (registers the `reinforce` adaptation recipe)
+from verticals.robotics import recipes  # noqa: F401  (registers `reinforce` and `context-reinforce`)
 from verticals.robotics.config import RoboticsData
 from verticals.robotics.problem import RoboticsProblem, RolloutSettings
 
