@@ -13,11 +13,12 @@ them to the device, one ``vmap`` over the clients, aggregate, step the server Ad
 Times are medians of ``--rounds`` (imaging: ``--imaging-rounds``) rounds after ``--warmup`` untimed ones
 (``torch.cuda.synchronize`` around each GPU round), with the vmap call replayed as a traced graph from round 0
 (``--trace-after 1``; ``0``: eager). ``max_abs_diff`` is the largest difference between the CPU's and the GPU's
-aggregated direction of round 0 from the same initialization (float32 reductions differ in order: about 1e-6
-relative is expected). Without CUDA the CPU side runs and the GPU side is reported as skipped. Prints a table,
+aggregated direction of round 0 from the same initialization, ``max_rel_diff`` the same relative to each tensor's
+largest CPU entry (float32 reductions differ in order: about 1e-6 relative is expected; cuDNN's TF32 convolutions,
+PyTorch's default on Ampere and later, give about 1e-3 on the imaging rows: ``--no-tf32`` turns them off). Without CUDA the CPU side runs and the GPU side is reported as skipped. Prints a table,
 then as its LAST line one JSON object (``../shared/BENCHMARKS.md``).
 
-    python benchmarks/gpu_check.py                          # the full check (a GPU machine: about 2 minutes)
+    python benchmarks/gpu_check.py                          # the full check (an H200 machine: about 2 minutes)
     python benchmarks/gpu_check.py --r1-clients 10 20 --imaging-px 32 --imaging-clients 2 --rounds 2 --imaging-rounds 1
 """
 from __future__ import annotations
@@ -74,6 +75,9 @@ class Config:
     replay the graph (what a long run does after its first rounds); 0 times the eager call."""
     threads: int = 0
     """``torch.set_num_threads`` for the CPU side (0 = every core of the machine)."""
+    tf32: bool = True
+    """cuDNN convolutions in TF32 on the GPU (PyTorch's default: about 1e-3 relative); ``--no-tf32`` computes them
+    in float32 like the CPU, so round 0's difference shows only the order of float32 reductions."""
     gpu: str = "cuda"
     """The GPU side's ``--device``; without one it is skipped."""
     cpu: bool = True
@@ -146,6 +150,11 @@ def max_abs_diff(a: Params, b: Params) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def max_rel_diff(a: Params, b: Params) -> float:
+    """The largest difference of a tensor relative to that tensor's largest CPU entry."""
+    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
+
+
 def compare(row: dict, problem: SupervisedProblem, algorithm: str, inner: InnerConfig, clients: int,
             cpu: Optional[torch.device], gpu: Optional[torch.device], rounds: int, cfg: Config) -> dict:
     """Fill ``row`` with the CPU and GPU times of one workload, their ratio and round 0's difference."""
@@ -159,8 +168,9 @@ def compare(row: dict, problem: SupervisedProblem, algorithm: str, inner: InnerC
     both = row["cpu_ms"] is not None and row["gpu_ms"] is not None
     row["cpu_over_gpu"] = round(row["cpu_ms"] / row["gpu_ms"], 2) if both else None
     row["max_abs_diff"] = float(f"{max_abs_diff(firsts['cpu'], firsts['gpu']):.3g}") if both else None
+    row["max_rel_diff"] = float(f"{max_rel_diff(firsts['cpu'], firsts['gpu']):.3g}") if both else None
     print(f"| {row['workload']} | {row.get('px', '-')} | {algorithm} | {clients} | {row['cpu_ms']} | {row['gpu_ms']} | "
-          f"{row['cpu_over_gpu']} | {row['max_abs_diff']} |", flush=True)
+          f"{row['cpu_over_gpu']} | {row['max_abs_diff']} | {row['max_rel_diff']} |", flush=True)
     return row
 
 
@@ -169,6 +179,7 @@ def main(cfg: Config) -> dict:
         raise ValueError("--rounds, --imaging-rounds, --imaging-clients and --imaging-shots must be >= 1, --warmup >= 0")
     # 1. the two sides: the CPU with every core (or --threads), the GPU if there is one
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
     cpu = torch.device("cpu") if cfg.cpu else None
     gpu, skipped = None, None
     try:
@@ -179,9 +190,9 @@ def main(cfg: Config) -> dict:
         skipped = str(err)
     print(f"GPU check: torch {torch.__version__}, CPU side {torch.get_num_threads()} threads on {os.cpu_count()} CPUs "
           f"(load average {os.getloadavg()[0]:.1f}), fed.trace_after {cfg.trace_after}, GPU side "
-          f"{describe_device(gpu) if gpu is not None else 'SKIPPED: ' + str(skipped)}")
-    print("| workload | px | algorithm | clients | CPU ms/round | GPU ms/round | CPU/GPU | max abs diff, round 0 |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{describe_device(gpu) if gpu is not None else 'SKIPPED: ' + str(skipped)}, TF32 convolutions {'on' if cfg.tf32 else 'off'}")
+    print("| workload | px | algorithm | clients | CPU ms/round | GPU ms/round | CPU/GPU | max abs diff, round 0 | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     # 2. R1 at each client count (as many sites as the largest count)
     if cfg.r1_clients:
@@ -201,7 +212,7 @@ def main(cfg: Config) -> dict:
     out = {"benchmark": "gpu_check", "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
            "gpu": describe_device(gpu) if gpu is not None else None, "gpu_skipped": skipped,
            "rounds": cfg.rounds, "imaging_rounds": cfg.imaging_rounds, "warmup": cfg.warmup,
-           "trace_after": cfg.trace_after, "results": results}
+           "trace_after": cfg.trace_after, "tf32": cfg.tf32, "results": results}
     print(json.dumps(out))
     return out
 

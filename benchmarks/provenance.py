@@ -45,13 +45,15 @@ COMMIT_AT_START = commit()
 
 
 def machine() -> dict[str, Any]:
-    """The ``machine`` field of a benchmark's JSON line (``commit``: the one the benchmark started from)."""
+    """The ``machine`` field of a benchmark's JSON line (``commit``: the one the benchmark started from; ``gpu``
+    and ``cuda`` where a GPU is visible, whether or not the run's ``--device`` used it)."""
     import torch
 
+    gpu = {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda} if torch.cuda.is_available() else {}
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl": torch.backends.mkl.is_available(),
             "threads": torch.get_num_threads(), "python": platform.python_version(), "commit": COMMIT_AT_START,
-            "kernel_env": {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}}
+            "kernel_env": {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}, **gpu}
 
 
 __all__ = ["commit", "cpu_model", "machine"]

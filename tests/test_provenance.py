@@ -52,3 +52,11 @@ def test_every_committed_vertical_line_has_a_command() -> None:
     held_out = {name: line for name, line in lines.items() if line and line.get("vertical") in SCRIPTS}
     assert len(held_out) >= 20
     assert all(command_of(RESULTS / name, line) for name, line in held_out.items())
+
+
+def test_the_machine_names_a_visible_gpu(monkeypatch) -> None:
+    assert "gpu" not in machine() or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    seen = machine()
+    assert seen["gpu"] == "NVIDIA H200" and seen["cuda"] == torch.version.cuda
