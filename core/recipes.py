@@ -39,11 +39,14 @@ class Recipe:
         name: the registry name (``all``, ``head``, ``lp-ft``, ``newton-head``).
         description: one line for ``fml verticals`` and the model card.
         run: the trajectory function (detached parameters after each steps count).
+        check: raises :class:`RecipeNotApplicable` when the recipe cannot adapt this loss and these parameters;
+            a run calls it before any training, so a wrong ``--eval.recipes`` fails in seconds, not after it.
     """
 
     name: str
     description: str
     run: RecipeFn
+    check: Callable[[LossFn, Params], None] = lambda loss_fn, params: None
 
 
 RECIPES: Registry[Recipe] = Registry("adaptation recipe")
@@ -55,9 +58,10 @@ class RecipeNotApplicable(ValueError):
     message says what would make it apply."""
 
 
-def register_recipe(name: str, description: str) -> Callable[[RecipeFn], RecipeFn]:
+def register_recipe(name: str, description: str,
+                    check: Optional[Callable[[LossFn, Params], None]] = None) -> Callable[[RecipeFn], RecipeFn]:
     def wrap(fn: RecipeFn) -> RecipeFn:
-        RECIPES.register(name, Recipe(name, description, fn))
+        RECIPES.register(name, Recipe(name, description, fn, *([check] if check else [])))
         return fn
 
     return wrap
@@ -114,16 +118,21 @@ def _body(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[
                  weight_decay=weight_decay, proximal=proximal)
 
 
-@register_recipe("context", "adapt the context vector only; every weight stays the meta-learned one (CAVIA)")
+def has_context(loss_fn: LossFn, params: Params) -> None:
+    """The ``context`` recipe's check: the model has a context vector."""
+    if not context_names(params):
+        raise RecipeNotApplicable("recipe 'context' adapts a context vector and this model has none "
+                                  "(the robotics and maintenance models take one: --data.context-dim 4)")
+
+
+@register_recipe("context", "adapt the context vector only; every weight stays the meta-learned one (CAVIA)",
+                 check=has_context)
 def _context(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
              head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
              proximal: float = 0.0) -> dict[int, Params]:
-    context = context_names(params)
-    if not context:
-        raise RecipeNotApplicable("recipe 'context' adapts a context vector and this model has none "
-                                  "(the robotics and maintenance models take one: --data.context-dim 4)")
-    return _head(loss_fn, params, support, steps_grid, rate, head=context, lrs=lrs, weight_decay=weight_decay,
-                 proximal=proximal)
+    has_context(loss_fn, params)
+    return _head(loss_fn, params, support, steps_grid, rate, head=context_names(params), lrs=lrs,
+                 weight_decay=weight_decay, proximal=proximal)
 
 
 def input_names(names: Sequence[str]) -> tuple[str, ...]:

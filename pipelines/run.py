@@ -37,7 +37,7 @@ from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
-from core.recipes import DEFAULT_RECIPE
+from core.recipes import DEFAULT_RECIPE, RECIPES, RecipeNotApplicable
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.tasks import LazySite
 from core.privacy import run_epsilon
@@ -159,11 +159,18 @@ def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, whe
 
 
 def check_parameter_groups(problem: Problem, cfg: Any, algorithms: list[str]) -> None:
-    """Before any training: every inner-loop group and recipe the run asks for exists on the model (CAVIA and
-    the ``context`` recipe need a context vector)."""
-    groups = problem.param_groups(problem.make_model())
+    """Before any training: every inner-loop group the run asks for exists on the model (CAVIA needs a context
+    vector), and every recipe of ``--eval.recipes`` applies to its model and loss (each recipe's ``check``)."""
+    model = problem.make_model()
+    groups = problem.param_groups(model)
+    params = dict(model.named_parameters())
+    for name in cfg.eval.recipes:
+        try:
+            RECIPES.get(name).check(problem.loss_fn(model), params)
+        except RecipeNotApplicable as err:
+            raise RecipeNotApplicable(f"--eval.recipes {name}: {err}") from None
     wanted = [(f"{name}'s inner loop", get_algorithm(name).inner_group or algorithm_settings(cfg, name).inner.group)
-              for name in algorithms] + [("--eval.recipes context", "context")] * ("context" in cfg.eval.recipes)
+              for name in algorithms]
     for who, group in wanted:
         if group != "all" and group not in groups:
             hint = " (the robotics and maintenance models take one: --data.context-dim 4)" if group == "context" else ""
@@ -183,11 +190,6 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     if spec.rows_based:
         preflight_shots(problem, cfg)
     check_clients_per_round(problem, cfg.fed.clients_per_round)
-    tracking.setup_tracking()
-    experiment = cfg.tracking.experiment or f"fml-{spec.name}"
-    exp_id = tracking.ensure_experiment(experiment)
-    for orphan in tracking.close_orphaned_runs(exp_id):
-        console.print(f"[yellow]MLflow run {orphan} was left RUNNING by a process that no longer exists: marked KILLED[/]")
     algorithms = list(dict.fromkeys(a for a in cfg.algorithms if a != "fedavg"))
     for name in algorithms:
         get_algorithm(name)
@@ -196,6 +198,11 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     if not spec.rows_based and any(algorithm_settings(cfg, a).inner.meta_dropout > 0 for a in algorithms):
         raise ValueError(f"inner.meta_dropout drops input features of row data; a {spec.name} site's support is collected "
                          "by the policy itself: use inner.meta_dropout=0")
+    tracking.setup_tracking()
+    experiment = cfg.tracking.experiment or f"fml-{spec.name}"
+    exp_id = tracking.ensure_experiment(experiment)
+    for orphan in tracking.close_orphaned_runs(exp_id):
+        console.print(f"[yellow]MLflow run {orphan} was left RUNNING by a process that no longer exists: marked KILLED[/]")
     run_name = f"{spec.name}-{'+'.join(algorithms)}-seed{cfg.seed}"
     resumed = RunState.resume(out, cfg) if cfg.resume else None
     if resumed is None:

@@ -215,6 +215,20 @@ def test_ctrl_c_during_meta_training_prints_one_line_and_exits_130(tmp_path):
     assert runs() and all(r.info.status != "FINISHED" for r in runs())
 
 
+@pytest.mark.parametrize("recipe,named", [("reinforce", "--eval.recipes reinforce: recipe 'all' on REINFORCE"),
+                                           ("context", "--eval.recipes context: recipe 'context' adapts a context vector"),
+                                           ("context-reinforce", "--eval.recipes context-reinforce: recipe 'context' on")])
+def test_a_recipe_that_cannot_adapt_the_model_stops_before_any_training(fml_home, capsys, recipe, named):
+    """Each recipe's check runs before meta-training (it used to fail only when the evaluation adapted with it,
+    after every model had trained), in one line, with no tracking store created."""
+    from pipelines.cli import main
+
+    assert main(["run", "sine", "--preset", "quick", "--eval.recipes", recipe]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0], err
+    assert not (fml_home / "mlflow.db").exists()
+
+
 def test_more_clients_per_round_than_training_sites_is_refused_before_any_run(fml_home, capsys):
     """Regression: the sampler silently capped the round at the training sites."""
     from pipelines.cli import main

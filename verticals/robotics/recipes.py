@@ -9,29 +9,36 @@ the step size (``--set 'eval.recipes=[reinforce]'``): one step is identical unde
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from core.recipes import RECIPES, RecipeFn, RecipeNotApplicable, register_recipe
 from core.types import Batch, LossFn, Params
 from verticals.robotics.problem import PolicyLoss
 
 
-def on_reinforce(base: str) -> RecipeFn:
-    """The registered recipe ``base`` with the policy loss's surrogate switched to REINFORCE's."""
+def on_reinforce(base: str) -> tuple[RecipeFn, Callable[[LossFn, Params], None]]:
+    """The registered recipe ``base`` with the policy loss's surrogate switched to REINFORCE's, and its check."""
+
+    def check(loss_fn: LossFn, params: Params) -> None:
+        if not isinstance(loss_fn, PolicyLoss):
+            raise RecipeNotApplicable(f"recipe '{base}' on REINFORCE changes a policy-gradient surrogate and this "
+                                      "problem's loss is not one (the robotics vertical's is)")
+        RECIPES.get(base).check(loss_fn, params)
 
     def run(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
             head: Sequence[str], lrs: Optional[Params] = None, weight_decay: float = 0.0,
             proximal: float = 0.0) -> dict[int, Params]:
-        if not isinstance(loss_fn, PolicyLoss):
-            raise RecipeNotApplicable(f"recipe '{base}' on REINFORCE changes a policy-gradient surrogate and this "
-                                      "problem's loss is not one (the robotics vertical's is)")
+        check(loss_fn, params)
         return RECIPES.get(base).run(loss_fn.with_surrogate("reinforce"), params, support, steps_grid, rate,
                                      head=head, lrs=lrs, weight_decay=weight_decay, proximal=proximal)
 
-    return run
+    return run, check
 
 
-register_recipe("reinforce", "every parameter on REINFORCE's unclipped policy-gradient surrogate (robotics): later "
-                             "steps on the same rollouts keep moving where PPO's clip stops them")(on_reinforce("all"))
-register_recipe("context-reinforce", "the context vector only (CAVIA), on REINFORCE's unclipped surrogate "
-                                     "(robotics)")(on_reinforce("context"))
+for _name, _base, _description in (
+        ("reinforce", "all", "every parameter on REINFORCE's unclipped policy-gradient surrogate (robotics): later "
+                             "steps on the same rollouts keep moving where PPO's clip stops them"),
+        ("context-reinforce", "context", "the context vector only (CAVIA), on REINFORCE's unclipped surrogate "
+                                         "(robotics)")):
+    _run, _check = on_reinforce(_base)
+    register_recipe(_name, _description, check=_check)(_run)
