@@ -116,6 +116,12 @@ def onboard(
         adapted = adapt_with_recipe(chosen.recipe_for(steps), problem.loss_fn(model), chosen.params, support, steps, used_lr,
                                     head=chosen.head, lrs=chosen.lrs, **dict(chosen.adapt_kwargs))
     adapted = {k: v.detach() for k, v in adapted.items()}
+    diverged = not all(bool(torch.isfinite(v).all()) for v in adapted.values())
+    if diverged:  # a NaN model must never be logged or registered as the site's
+        console.print(f"[bold yellow]warning:[/] adapting {choice.name} with lr {used_lr:g} for {steps} steps diverged "
+                      "(non-finite weights): the site keeps its start, unadapted; onboard with a smaller --lr or "
+                      "fewer --steps to adapt it")
+        adapted = {k: v.detach() for k, v in chosen.params.items()}
     before, after = task.score(chosen.params), task.score(adapted)
     seconds = time.perf_counter() - start
     headline = str(info.get("headline", next(iter(after))))
@@ -123,11 +129,11 @@ def onboard(
     # log the personalized model with its lineage
     exp_id = tracking.ensure_experiment(f"fml-{spec.name}-onboarding")
     lineage = {"source_model": loaded.name or model_uri, "source_version": loaded.version or "",
-               "site_id": site.site_id, "shots": shots, "adapt_steps": steps, "adapt_lr": used_lr, "recipe": chosen.recipe_for(steps),
+               "site_id": site.site_id, "shots": shots, "adapt_steps": 0 if diverged else steps, "adapt_lr": used_lr, "recipe": chosen.recipe_for(steps),
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()}),
-               "device": describe_device(target), "adaptation_helped": {True: "true", False: "false", None: "unknown"}[helped],
+               "device": describe_device(target), "adaptation_diverged": str(diverged).lower(), "adaptation_helped": {True: "true", False: "false", None: "unknown"}[helped],
                "default_confirmed": "unknown" if checked is None else str(checked[1] == default).lower()}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"onboard-{spec.name}-{slug}") as run:
         mlflow.set_tags(lineage)

@@ -58,6 +58,10 @@ def _run_and_onboard(tmp_path: Path, env: dict[str, str]) -> MlflowClient:
     onboard = fml(["onboard", "digits", "--site", "clinic-x", "--register"], env, tmp_path)
     assert onboard.returncode == 0, onboard.stdout[-3000:] + onboard.stderr[-3000:]
     assert "after adaptation" in onboard.stdout
+    # a step size that overflows the weights: the site keeps its start, and nothing non-finite is registered
+    wild = fml(["onboard", "digits", "--site", "clinic-y", "--lr", "1e30", "--steps", "5", "--register"], env, tmp_path)
+    assert wild.returncode == 0, wild.stdout[-3000:] + wild.stderr[-3000:]
+    assert "diverged (non-finite weights): the site keeps its start" in " ".join(wild.stdout.split())
     uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['FML_HOME']) / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)  # explicit: other tests set global URIs
 
@@ -73,7 +77,11 @@ def _check_registry(client: MlflowClient) -> None:
     site_model = client.get_model_version_by_alias("fml-digits-site-clinic-x", "champion")
     assert site_model.tags["source_model"] == "fml-digits"
     assert site_model.tags["source_version"] == "1", site_model.tags
-    assert site_model.tags["site_id"] == "clinic-x"
+    assert site_model.tags["site_id"] == "clinic-x" and site_model.tags["adaptation_diverged"] == "false"
+    wild = client.get_model_version_by_alias("fml-digits-site-clinic-y", "champion")
+    assert wild.tags["adaptation_diverged"] == "true" and wild.tags["adapt_steps"] == "0"
+    scores = client.get_run(wild.run_id).data.metrics  # the registered weights are the start: the same scores
+    assert scores["after/accuracy"] == scores["before/accuracy"] > 0.2
     run = client.get_run(champion.tags["run_id"])
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "dataset_fingerprint.json", "evaluation"} <= arts
@@ -215,9 +223,9 @@ def test_ctrl_c_during_meta_training_prints_one_line_and_exits_130(tmp_path):
     assert runs() and all(r.info.status != "FINISHED" for r in runs())
 
 
-@pytest.mark.parametrize("recipe,named", [("reinforce", "--eval.recipes reinforce: recipe 'all' on REINFORCE"),
+@pytest.mark.parametrize("recipe,named", [("reinforce", "--eval.recipes reinforce: recipe 'reinforce' switches a policy-gradient"),
                                            ("context", "--eval.recipes context: recipe 'context' adapts a context vector"),
-                                           ("context-reinforce", "--eval.recipes context-reinforce: recipe 'context' on")])
+                                           ("context-reinforce", "--eval.recipes context-reinforce: recipe 'context-reinforce' switches")])
 def test_a_recipe_that_cannot_adapt_the_model_stops_before_any_training(fml_home, capsys, recipe, named):
     """Each recipe's check runs before meta-training (it used to fail only when the evaluation adapted with it,
     after every model had trained), in one line, with no tracking store created."""

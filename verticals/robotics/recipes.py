@@ -16,13 +16,14 @@ from core.types import Batch, LossFn, Params
 from verticals.robotics.problem import PolicyLoss
 
 
-def on_reinforce(base: str) -> tuple[RecipeFn, Callable[[LossFn, Params], None]]:
-    """The registered recipe ``base`` with the policy loss's surrogate switched to REINFORCE's, and its check."""
+def on_reinforce(name: str, base: str) -> tuple[RecipeFn, Callable[[LossFn, Params], None]]:
+    """Recipe ``name``: the registered recipe ``base`` with the policy loss's surrogate switched to REINFORCE's,
+    and its check."""
 
     def check(loss_fn: LossFn, params: Params) -> None:
         if not isinstance(loss_fn, PolicyLoss):
-            raise RecipeNotApplicable(f"recipe '{base}' on REINFORCE changes a policy-gradient surrogate and this "
-                                      "problem's loss is not one (the robotics vertical's is)")
+            raise RecipeNotApplicable(f"recipe '{name}' switches a policy-gradient loss to REINFORCE's surrogate and "
+                                      "this problem's loss is not one (the robotics vertical's is)")
         RECIPES.get(base).check(loss_fn, params)
 
     def run(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[int], rate: float, *,
@@ -40,5 +41,5 @@ for _name, _base, _description in (
                              "steps on the same rollouts keep moving where PPO's clip stops them"),
         ("context-reinforce", "context", "the context vector only (CAVIA), on REINFORCE's unclipped surrogate "
                                          "(robotics)")):
-    _run, _check = on_reinforce(_base)
+    _run, _check = on_reinforce(_name, _base)
     register_recipe(_name, _description, check=_check)(_run)
