@@ -224,7 +224,6 @@ def test_ctrl_c_during_meta_training_prints_one_line_and_exits_130(tmp_path):
 
 
 @pytest.mark.parametrize("recipe,named", [("reinforce", "--eval.recipes reinforce: recipe 'reinforce' switches a policy-gradient"),
-                                           ("context", "--eval.recipes context: recipe 'context' adapts a context vector"),
                                            ("context-reinforce", "--eval.recipes context-reinforce: recipe 'context-reinforce' switches")])
 def test_a_recipe_that_cannot_adapt_the_model_stops_before_any_training(fml_home, capsys, recipe, named):
     """Each recipe's check runs before meta-training (it used to fail only when the evaluation adapted with it,
