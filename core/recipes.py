@@ -31,6 +31,10 @@ from core.types import Batch, LossFn, Params
 RecipeFn = Callable[..., dict[int, Params]]
 
 
+def applies_everywhere(loss_fn: LossFn, params: Params) -> None:
+    """The check of a recipe that adapts any model and loss."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A registered adaptation recipe.
@@ -46,7 +50,7 @@ class Recipe:
     name: str
     description: str
     run: RecipeFn
-    check: Callable[[LossFn, Params], None] = lambda loss_fn, params: None
+    check: Callable[[LossFn, Params], None] = applies_everywhere
 
 
 RECIPES: Registry[Recipe] = Registry("adaptation recipe")
@@ -61,7 +65,7 @@ class RecipeNotApplicable(ValueError):
 def register_recipe(name: str, description: str,
                     check: Optional[Callable[[LossFn, Params], None]] = None) -> Callable[[RecipeFn], RecipeFn]:
     def wrap(fn: RecipeFn) -> RecipeFn:
-        RECIPES.register(name, Recipe(name, description, fn, *([check] if check else [])))
+        RECIPES.register(name, Recipe(name, description, fn, check or applies_everywhere))
         return fn
 
     return wrap

@@ -163,10 +163,10 @@ def check_parameter_groups(problem: Problem, cfg: Any, algorithms: list[str]) ->
     vector), and every recipe of ``--eval.recipes`` applies to its model and loss (each recipe's ``check``)."""
     model = problem.make_model()
     groups = problem.param_groups(model)
-    params = dict(model.named_parameters())
+    params, loss_fn = dict(model.named_parameters()), problem.loss_fn(model)
     for name in cfg.eval.recipes:
         try:
-            RECIPES.get(name).check(problem.loss_fn(model), params)
+            RECIPES.get(name).check(loss_fn, params)
         except RecipeNotApplicable as err:
             raise RecipeNotApplicable(f"--eval.recipes {name}: {err}") from None
     wanted = [(f"{name}'s inner loop", get_algorithm(name).inner_group or algorithm_settings(cfg, name).inner.group)
