@@ -14,9 +14,10 @@ Times are medians of ``--rounds`` (imaging: ``--imaging-rounds``) rounds after `
 (``torch.cuda.synchronize`` around each GPU round), with the vmap call replayed as a traced graph from round 0
 (``--trace-after 1``; ``0``: eager). ``max_abs_diff`` is the largest difference between the CPU's and the GPU's
 aggregated direction of round 0 from the same initialization, ``max_rel_diff`` the same relative to each tensor's
-largest CPU entry (float32 reductions differ in order: about 1e-6 relative is expected; cuDNN's TF32 convolutions,
-PyTorch's default on Ampere and later, give about 1e-3 on the imaging rows: ``--no-tf32`` turns them off). Without CUDA the CPU side runs and the GPU side is reported as skipped. Prints a table,
-then as its LAST line one JSON object (``../shared/BENCHMARKS.md``).
+largest CPU entry (float32 sums in another order; cuDNN's TF32 convolutions, PyTorch's default on Ampere and later,
+move the imaging rows by up to 10% on an H200: ``--no-tf32`` turns them off, core/scale.md). Without CUDA the CPU
+side runs and the GPU side is reported as skipped. Prints a table, then as its LAST line one JSON object
+(``../shared/BENCHMARKS.md``).
 
     python benchmarks/gpu_check.py                          # the full check (an H200 machine: about 2 minutes)
     python benchmarks/gpu_check.py --r1-clients 10 20 --imaging-px 32 --imaging-clients 2 --rounds 2 --imaging-rounds 1
@@ -76,8 +77,8 @@ class Config:
     threads: int = 0
     """``torch.set_num_threads`` for the CPU side (0 = every core of the machine)."""
     tf32: bool = True
-    """cuDNN convolutions in TF32 on the GPU (PyTorch's default: about 1e-3 relative); ``--no-tf32`` computes them
-    in float32 like the CPU, so round 0's difference shows only the order of float32 reductions."""
+    """cuDNN convolutions in TF32 on the GPU (PyTorch's default); ``--no-tf32`` computes them in float32 like the
+    CPU."""
     gpu: str = "cuda"
     """The GPU side's ``--device``; without one it is skipped."""
     cpu: bool = True

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 CONTEXT = "context"
+#: What a user does about a model without a context vector (the errors that need one say it).
+HOW_TO_ADD = "the robotics and maintenance models take one: --data.context-dim 4"
 
 
 class ContextVector(nn.Module):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from core.adapt import adapt, adapt_trajectory
-from core.context import context_names
+from core.context import HOW_TO_ADD, context_names
 from core.registry import Registry
 from core.types import Batch, LossFn, Params
 
@@ -125,8 +125,7 @@ def _body(loss_fn: LossFn, params: Params, support: Batch, steps_grid: Sequence[
 def has_context(loss_fn: LossFn, params: Params) -> None:
     """The ``context`` recipe's check: the model has a context vector."""
     if not context_names(params):
-        raise RecipeNotApplicable("recipe 'context' adapts a context vector and this model has none "
-                                  "(the robotics and maintenance models take one: --data.context-dim 4)")
+        raise RecipeNotApplicable(f"recipe 'context' adapts a context vector and this model has none ({HOW_TO_ADD})")
 
 
 @register_recipe("context", "adapt the context vector only; every weight stays the meta-learned one (CAVIA)",

@@ -37,6 +37,7 @@ from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
+from core.context import HOW_TO_ADD
 from core.recipes import DEFAULT_RECIPE, RECIPES, RecipeNotApplicable
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.tasks import LazySite
@@ -158,7 +159,7 @@ def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, whe
     return learner
 
 
-def check_parameter_groups(problem: Problem, cfg: Any, algorithms: list[str]) -> None:
+def check_groups_and_recipes(problem: Problem, cfg: Any, algorithms: list[str]) -> None:
     """Before any training: every inner-loop group the run asks for exists on the model (CAVIA needs a context
     vector), and every recipe of ``--eval.recipes`` applies to its model and loss (each recipe's ``check``)."""
     model = problem.make_model()
@@ -173,7 +174,7 @@ def check_parameter_groups(problem: Problem, cfg: Any, algorithms: list[str]) ->
               for name in algorithms]
     for who, group in wanted:
         if group != "all" and group not in groups:
-            hint = " (the robotics and maintenance models take one: --data.context-dim 4)" if group == "context" else ""
+            hint = f" ({HOW_TO_ADD})" if group == "context" else ""
             raise ValueError(f"{who} adapts the {group!r} parameter group, which this model does not have"
                              f"{hint}; its groups: {', '.join(sorted(groups))}")
 
@@ -194,7 +195,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     for name in algorithms:
         get_algorithm(name)
     check_algorithm_overrides(cfg, ["fedavg", *algorithms])
-    check_parameter_groups(problem, cfg, algorithms)
+    check_groups_and_recipes(problem, cfg, algorithms)
     if not spec.rows_based and any(algorithm_settings(cfg, a).inner.meta_dropout > 0 for a in algorithms):
         raise ValueError(f"inner.meta_dropout drops input features of row data; a {spec.name} site's support is collected "
                          "by the policy itself: use inner.meta_dropout=0")
