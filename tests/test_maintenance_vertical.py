@@ -211,6 +211,28 @@ def test_oracle_row_scores_the_same_units_without_the_operator_simulation(small_
                                                         eval=run_cfg.eval), []).empty
 
 
+def test_the_oracle_keeps_the_learning_rate_and_step_with_the_lowest_validation_loss(small_dir: Path, problem) -> None:
+    from verticals.maintenance.reference import fit_central, unsimulated_sites
+
+    plain = unsimulated_sites(small_cfg(small_dir), 0, problem)
+    roles = problem.federation.roles
+    train, val = [plain[s] for s in roles["train"]], [plain[s] for s in roles["validation"]]
+    fit = fit_central(problem, train, val, seed=0, lrs=(1e-3, 1e-2), max_steps=400, every=20, patience=3)
+    losses = [loss for _, _, loss in fit.history]
+    assert {lr for lr, _, _ in fit.history} == {1e-3, 1e-2}
+    assert fit.val_loss == min(losses) and (fit.lr, fit.step, fit.val_loss) in fit.history
+    loss_fn = problem.loss_fn(problem.make_model())
+    val_xy = (torch.cat([s.x for s in val]), torch.cat([s.y for s in val]))
+    assert float(loss_fn(fit.params, val_xy)) == pytest.approx(fit.val_loss, rel=1e-5)  # the kept weights ARE the best
+    # a lr's run stops `patience` checks after its best: no lr ran past best + patience * every
+    for lr in (1e-3, 1e-2):
+        steps = [(step, loss) for r, step, loss in fit.history if r == lr]
+        best_step = min(steps, key=lambda s: s[1])[0]
+        assert steps[-1][0] <= best_step + 3 * 20
+    again = fit_central(problem, train, val, seed=0, lrs=(1e-3, 1e-2), max_steps=400, every=20, patience=3)
+    assert again.history == fit.history and all(torch.equal(again.params[k], v) for k, v in fit.params.items())
+
+
 def test_generated_operators_are_lazy_seeded_by_id_and_train(small_dir: Path) -> None:
     from core.learner import MetaLearner
     from core.algorithms import InnerConfig

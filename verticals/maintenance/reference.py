@@ -2,7 +2,8 @@
 
 ``oracle no shift (non-federated)``: the same architecture trained CENTRALLY on the training operators'
 UNSIMULATED rows (the source C-MAPSS fleet before the documented per-operator calibration, noise and
-regime simulation) and scored on the test operators' unsimulated rows, on exactly the units and
+regime simulation), its learning rate and stopping step chosen on the validation operators' unsimulated
+rows (it overfits the pooled windows within a few hundred Adam steps), and scored on the test operators' unsimulated rows, on exactly the units and
 evaluation windows the federated methods are scored on (same draws). It sees neither the simulated
 shift nor any adaptation: how close a method gets to it is how much of the operators' shift it undoes.
 Only defined when the sites are simulated operators cut from one fleet (``data.simulate``, not
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -43,22 +44,57 @@ def unsimulated_sites(data_cfg: Any, seed: int, problem: Problem) -> dict[str, S
     return out
 
 
-def fit_central(problem: Problem, sites: Sequence[Site], seed: int, steps: int = 2000, batch: int = 256) -> dict:
-    """The architecture trained on the pooled windows of ``sites`` (Adam, MSE on RUL / rul_cap)."""
-    torch.manual_seed(seed)
-    model = problem.make_model()
-    loss_fn = problem.loss_fn(model)
-    x = torch.cat([s.x for s in sites])
-    y = torch.cat([s.y for s in sites])
-    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
-    opt = torch.optim.Adam(params.values(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch,), generator=gen)
-        opt.zero_grad()
-        loss_fn(params, (x[idx], y[idx])).backward()
-        opt.step()
-    return {k: v.detach() for k, v in params.items()}
+@dataclasses.dataclass(frozen=True)
+class CentralFit:
+    """The chosen weights and how they were chosen: ``history`` holds ``(lr, step, validation loss)``."""
+
+    params: dict[str, torch.Tensor]
+    lr: float
+    step: int
+    val_loss: float
+    history: list[tuple[float, int, float]]
+
+
+def fit_central(problem: Problem, sites: Sequence[Site], val_sites: Sequence[Site], seed: int,
+                lrs: Sequence[float] = (3e-4, 1e-3), max_steps: int = 3000, every: int = 50, patience: int = 20,
+                batch: int = 256) -> CentralFit:
+    """The architecture trained on the pooled windows of ``sites`` (Adam, the problem's loss), keeping the
+    (lr, step) with the lowest loss on every window of ``val_sites``: checked every ``every`` steps, a lr's run
+    stops after ``patience`` checks without a new best."""
+    with torch.random.fork_rng(devices=[]):
+        loss_fn = problem.loss_fn(problem.make_model())
+    x, y = torch.cat([s.x for s in sites]), torch.cat([s.y for s in sites])
+    val = (torch.cat([s.x for s in val_sites]), torch.cat([s.y for s in val_sites]))
+    best: Optional[CentralFit] = None
+    history: list[tuple[float, int, float]] = []
+    for lr in lrs:
+        with torch.random.fork_rng(devices=[]):  # the same init for every lr; the caller's RNG untouched
+            torch.manual_seed(seed)
+            init = problem.make_model()
+        params = {k: v.detach().clone().requires_grad_() for k, v in init.named_parameters()}
+        opt = torch.optim.Adam(params.values(), lr=lr)
+        gen = torch.Generator().manual_seed(seed)
+        since_best = 0
+        for step in range(1, max_steps + 1):
+            idx = torch.randint(len(x), (batch,), generator=gen)
+            opt.zero_grad()
+            loss_fn(params, (x[idx], y[idx])).backward()
+            opt.step()
+            if step % every:
+                continue
+            with torch.no_grad():
+                val_loss = float(loss_fn(params, val))
+            history.append((lr, step, val_loss))
+            if best is None or val_loss < best.val_loss:
+                best = CentralFit({k: v.detach().clone() for k, v in params.items()}, lr, step, val_loss, history)
+                since_best = 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+    if best is None:
+        raise ValueError(f"fit_central: max_steps={max_steps} < every={every}: no validation check ran")
+    return dataclasses.replace(best, history=history)
 
 
 def reference_baselines(problem: Problem, run_cfg: Any, test_sites: Sequence[Site]) -> pd.DataFrame:
@@ -67,8 +103,14 @@ def reference_baselines(problem: Problem, run_cfg: Any, test_sites: Sequence[Sit
     if not plain:
         log.info("maintenance: no oracle row (the sites are not simulated operators of one fleet)")
         return pd.DataFrame(columns=["site", "method", "shots", "steps", "draw", "metric", "value"])
-    train = [plain[s] for s in problem.federation.roles["train"]]
-    params = fit_central(problem, train, int(run_cfg.seed))
+    roles = problem.federation.roles
+    if not roles.get("validation"):
+        log.info("maintenance: no oracle row (no validation operators to choose its learning rate and stop)")
+        return pd.DataFrame(columns=["site", "method", "shots", "steps", "draw", "metric", "value"])
+    fit = fit_central(problem, [plain[s] for s in roles["train"]], [plain[s] for s in roles["validation"]],
+                      int(run_cfg.seed))
+    log.info("maintenance: oracle lr %g, stopped at step %d (validation loss %.4f)", fit.lr, fit.step, fit.val_loss)
+    params = fit.params
     model = problem.make_model()
     records = []
     for i, site in enumerate(test_sites):
@@ -80,4 +122,4 @@ def reference_baselines(problem: Problem, run_cfg: Any, test_sites: Sequence[Sit
     return pd.DataFrame.from_records(records)
 
 
-__all__ = ["METHOD", "fit_central", "reference_baselines", "unsimulated_sites"]
+__all__ = ["METHOD", "CentralFit", "fit_central", "reference_baselines", "unsimulated_sites"]
