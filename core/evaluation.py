@@ -326,7 +326,7 @@ def evaluate_auto(
     head = problem.param_groups(model)["head"]
     candidates = [method_candidate(by_name[c], inner, head) for c in auto.candidates]
     defaults = {s: auto.default_by_steps.get(s, auto.default) for s in steps_grid}
-    scored = rows.set_index(["site", "method", "shots", "steps", "draw"])
+    scored = rows.set_index(["site", "method", "shots", "steps", "draw"]).sort_index()  # sorted: fast, no lexsort warning
     records = []
     for i, site in enumerate(sites):
         for k in shots_grid:

@@ -13,6 +13,7 @@ import torch
 from core.adapt import adapt
 from core.algorithms.base import ALGORITHMS, Algorithm, ClientResult, InnerConfig
 from core.autodiff import grad
+from core.context import HOW_TO_ADD
 from core.types import Episode, LossFn, Params
 
 
@@ -32,7 +33,7 @@ def cavia_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerConf
         ``train/support_loss_before`` and ``train/query_loss``.
     """
     if not cfg.trainable:
-        raise ValueError("cavia adapts the model's context vector: the model has none (e.g. --data.context-dim 4)")
+        raise ValueError(f"cavia adapts the model's context vector: the model has none ({HOW_TO_ADD})")
     kwargs = cfg.inner_kwargs()
     query = episode.query
     if episode.query_fn is not None:  # rollouts of the adapted policy, then a fixed batch
