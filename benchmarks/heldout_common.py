@@ -180,7 +180,8 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
             "pipeline_seconds_by_seed": {str(k): v for k, v in run.seconds_by_seed.items()},
             "auto_choices": {str(k): int(v) for k, v in counts.items()},
             "fallback_defaults": {str(k): v for k, v in run.fallback_by_seed.items()},
-            "paired_by_seed": paired_by_seed(run.rows, run.result.paired)}
+            "paired_by_seed": paired_by_seed(run.rows, run.result.paired),
+            "means_by_seed": means_by_seed(run.rows, run.result.paired)}
 
 
 def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame) -> list[dict[str, Any]]:
@@ -199,6 +200,17 @@ def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame) -> list[dict[str, A
             out.append({"seed": int(seed), "method": r["method"], "shots": int(r["shots"]), "steps": int(r["steps"]),
                         "mean_diff": round(float(r["mean_diff"]), 4)})
     return out
+
+
+def means_by_seed(rows: pd.DataFrame, paired: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each seed's mean of the headline metric over all its test sites and draws, per method, shots and steps
+    (reference rows included): a claim against a reference row, e.g. the maintenance oracle's floor, per seed."""
+    if paired.empty:
+        return []
+    part = rows[rows["metric"] == str(paired["metric"].iloc[0])]
+    means = part.groupby(["seed", "method", "shots", "steps"], as_index=False)["value"].mean()
+    return [{"seed": int(r.seed), "method": r.method, "shots": int(r.shots), "steps": int(r.steps),
+             "mean": round(float(r.value), 4)} for r in means.itertuples()]
 
 
 def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:

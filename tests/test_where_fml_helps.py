@@ -10,7 +10,7 @@ import pandas as pd
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from heldout_common import paired_by_seed  # noqa: E402
+from heldout_common import means_by_seed, paired_by_seed  # noqa: E402
 
 SCRIPT = REPO_ROOT / "benchmarks" / "where_fml_helps.py"
 
@@ -114,3 +114,15 @@ def test_paired_by_seed_pools_each_seeds_sites_on_the_headline():
     assert out == [{"seed": 0, "method": "auto", "shots": 5, "steps": 1, "mean_diff": 1.5},
                    {"seed": 1, "method": "auto", "shots": 5, "steps": 1, "mean_diff": 3.0}]
     assert paired_by_seed(rows, pd.DataFrame()) == []
+
+
+def test_means_by_seed_averages_each_seeds_sites_and_draws_on_the_headline_only():
+    rows = pd.DataFrame([{"site": site, "method": method, "shots": 1, "steps": 0, "draw": d, "metric": metric,
+                          "value": value + seed + (2.0 if site == "b" else 0.0) + d, "seed": seed}
+                         for seed in (0, 1) for site in ("a", "b") for d in range(2)
+                         for method in ("fedavg+ft", "oracle") for metric, value in (("rmse", 10.0), ("mae", 3.0))])
+    out = means_by_seed(rows, pd.DataFrame([{"metric": "rmse"}]))
+    # seed 0: sites a (10, 11) and b (12, 13) -> 11.5; seed 1: 12.5; every method, the mae rows left out
+    assert {(e["seed"], e["method"], e["mean"]) for e in out} == {(0, "fedavg+ft", 11.5), (0, "oracle", 11.5),
+                                                                  (1, "fedavg+ft", 12.5), (1, "oracle", 12.5)}
+    assert means_by_seed(rows, pd.DataFrame()) == []
