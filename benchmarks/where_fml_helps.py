@@ -10,8 +10,9 @@ marks a 95% interval (over seeds x draws) that excludes 0.
     python benchmarks/where_fml_helps.py benchmarks/results/*.json              # print the Markdown table
     python benchmarks/where_fml_helps.py benchmarks/results/*.json --page verticals/README.md   # rewrite it in place
 
-``--page`` rewrites that table and the recipe-ablation table between their markers in the page that holds
-them (``--readme`` is the same option's former name).
+``--page`` rewrites that table, the recipe-ablation table and the reference-gap table (each seed's distance
+to a non-federated reference row, e.g. the maintenance oracle's floor) between their markers in the page that
+holds them (``--readme`` is the same option's former name).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ LOWER_IS_BETTER = {"rmse_last", "rmse_all", "mse", "nasa_per_unit"}
 ALL_POOLS = {"ALL", "all"}
 START, END = "<!-- where-fml-helps:start -->", "<!-- where-fml-helps:end -->"
 ABLATION_START, ABLATION_END = "<!-- recipe-ablation:start -->", "<!-- recipe-ablation:end -->"
+GAP_START, GAP_END = "<!-- reference-gap:start -->", "<!-- reference-gap:end -->"
 HIDDEN = {"local", "fedavg"}  # from scratch / not adapted: in the benchmarks' own tables
 
 
@@ -182,6 +184,44 @@ def ablation(files: list[Path]) -> str:
     return "\n\n".join(blocks + [note]) if blocks else note
 
 
+def reference_gaps(files: list[Path]) -> str:
+    """Per line with a non-federated reference row and per seed (``means_by_seed``, recorded since
+    2026-12-04): the reference's mean at each k, then ``auto`` and that seed's best adapted method at the
+    largest steps count as ``method - reference`` in the metric's units."""
+    lines = []
+    for bench in vertical_benches(files):
+        means = {(e["seed"], e["method"], e["shots"], e["steps"]): e["mean"] for e in bench.get("means_by_seed", [])}
+        refs = sorted({m for _, m, _, _ in means if m.endswith("(non-federated)")})
+        if not refs:
+            continue
+        lower, digits = direction_and_digits(bench)
+        steps = max(s for *_, s in means)
+        shots = sorted({k for _, _, k, _ in means})
+        methods = {m for _, m, _, _ in means} - set(refs) - HIDDEN - {"auto"}
+        if not lines:
+            lines = [f"| line, reference | seed | " + " | ".join(f"k = {k}" for k in shots) + " |",
+                     "|---|---|" + "---|" * len(shots)]
+        for ref in refs:
+            for seed in sorted({sd for sd, *_ in means}):
+                cells = []
+                for k in shots:
+                    floor = means.get((seed, ref, k, 0))
+                    if floor is None:
+                        cells.append("-")
+                        continue
+                    pick = min if lower else max
+                    best = pick((m for m in methods if (seed, m, k, steps) in means),
+                                key=lambda m: means[(seed, m, k, steps)], default=None)
+                    parts = [f"{floor:.{digits}f}"]
+                    parts += [f"`auto` {means[(seed, 'auto', k, steps)] - floor:+.{digits}f}"] if (seed, "auto", k, steps) in means else []
+                    parts += [f"`{best}` {means[(seed, best, k, steps)] - floor:+.{digits}f}"] if best else []
+                    cells.append("; ".join(parts))
+                lines.append(f"| {label(bench)}, `{ref}` | {seed} | " + " | ".join(cells) + " |")
+    note = ("Cells: the reference's mean over that seed's test sites and draws, then `auto` and the seed's best adapted "
+            "method at the largest steps count as method − reference (for RMSE, positive = above the floor).")
+    return "\n".join(lines + ["", note]) if lines else note
+
+
 def _replace(page: str, start: str, end: str, text: str) -> str:
     if start not in page or end not in page:
         raise SystemExit(f"no {start} ... {end} markers to replace")
@@ -193,14 +233,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="files holding a benchmark's closing JSON line")
     parser.add_argument("--page", "--readme", type=Path, metavar="PAGE",
-                        help=f"replace the text between {START} and {END} (and the recipe-ablation markers) in "
+                        help=f"replace the text between {START} and {END} (and the recipe-ablation and reference-gap markers) in "
                              "this page: verticals/README.md")
     args = parser.parse_args()
-    text, recipes = table(args.files), ablation(args.files)
+    text, recipes, gaps = table(args.files), ablation(args.files), reference_gaps(args.files)
     if args.page:
         page = _replace(args.page.read_text(), START, END, text)
-        args.page.write_text(_replace(page, ABLATION_START, ABLATION_END, recipes))
-    print(text + "\n\n" + recipes)
+        page = _replace(page, ABLATION_START, ABLATION_END, recipes)
+        args.page.write_text(_replace(page, GAP_START, GAP_END, gaps))
+    print(text + "\n\n" + recipes + "\n\n" + gaps)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     (tmp_path / "toy.json").write_text("progress line\n" + json.dumps(bench("rmse_last", paired)) + "\n")
     page = tmp_path / "README.md"
     page.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n"
-                      "<!-- recipe-ablation:start -->\nold table\n<!-- recipe-ablation:end -->\n")
+                      "<!-- recipe-ablation:start -->\nold table\n<!-- recipe-ablation:end -->\n"
+                      "<!-- reference-gap:start -->\nold gaps\n<!-- reference-gap:end -->\n")
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), "--page", str(page)],
                           capture_output=True, text=True, check=True)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| toy"))
@@ -41,6 +42,7 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     assert "B: -0.50 [-1.20, +0.20]" in row and "fomaml: +1.50 [+0.50, +2.50]*" in row
     text = page.read_text()
     assert "old" not in text and text.startswith("intro\n") and "fedavg+ft 75%" in text
+    assert "<!-- reference-gap:start -->\nCells: the reference's mean" in text  # no reference row: only the note
     assert "- measured on not recorded (measured before the JSON lines named their machine): 1 of 1 lines" in text
 
 
@@ -126,3 +128,24 @@ def test_means_by_seed_averages_each_seeds_sites_and_draws_on_the_headline_only(
     assert {(e["seed"], e["method"], e["mean"]) for e in out} == {(0, "fedavg+ft", 11.5), (0, "oracle", 11.5),
                                                                   (1, "fedavg+ft", 12.5), (1, "oracle", 12.5)}
     assert means_by_seed(rows, pd.DataFrame()) == []
+
+
+def test_reference_gaps_are_per_seed_distances_to_the_non_federated_row(tmp_path):
+    def mean(seed: int, method: str, steps: int, value: float) -> dict:
+        return {"seed": seed, "method": method, "shots": 1, "steps": steps, "mean": value}
+
+    ref = "oracle no shift (non-federated)"
+    means = [mean(0, ref, 0, 13.0), mean(0, "auto", 0, 20.0), mean(0, "auto", 5, 14.5), mean(0, "fomaml", 5, 14.0),
+             mean(0, "fedavg+ft", 5, 14.5), mean(0, "local", 5, 1.0),  # local (from scratch) is not a candidate
+             mean(1, ref, 0, 12.0), mean(1, "auto", 5, 12.5), mean(1, "fomaml", 5, 13.0), mean(1, "fedavg+ft", 5, 12.5)]
+    line = {**bench("rmse_last", [entry("auto", "ALL", 5, 0.0, -1.0, 1.0)]), "means_by_seed": means}
+    (tmp_path / "toy.json").write_text(json.dumps(line) + "\n")
+    (tmp_path / "no_ref.json").write_text(json.dumps({**line, "means_by_seed": means[1:6]}) + "\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), str(tmp_path / "no_ref.json")],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [r for r in out.splitlines() if r.startswith("| toy (quick, seeds 0,1), `oracle")]
+    # seed 0: auto (5 steps, not 0) 1.5 above the floor, the best method fomaml 1.0; seed 1: fedavg+ft and
+    # auto tie at +0.5 (either may be named); a line without a reference row adds no row
+    assert rows[0] == "| toy (quick, seeds 0,1), `oracle no shift (non-federated)` | 0 | 13.00; `auto` +1.50; `fomaml` +1.00 |"
+    assert rows[1].startswith("| toy (quick, seeds 0,1), `oracle no shift (non-federated)` | 1 | 12.00; `auto` +0.50; `")
+    assert len(rows) == 2
