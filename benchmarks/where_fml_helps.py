@@ -210,7 +210,7 @@ def reference_gaps(files: list[Path]) -> str:
                         cells.append("-")
                         continue
                     pick = min if lower else max
-                    best = pick((m for m in methods if (seed, m, k, steps) in means),
+                    best = pick((m for m in sorted(methods) if (seed, m, k, steps) in means),
                                 key=lambda m: means[(seed, m, k, steps)], default=None)
                     parts = [f"{floor:.{digits}f}"]
                     parts += [f"`auto` {means[(seed, 'auto', k, steps)] - floor:+.{digits}f}"] if (seed, "auto", k, steps) in means else []
