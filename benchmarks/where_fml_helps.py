@@ -195,11 +195,12 @@ def reference_gaps(files: list[Path]) -> str:
         if not refs:
             continue
         lower, digits = direction_and_digits(bench)
+        pick = min if lower else max
         steps = max(s for *_, s in means)
         shots = sorted({k for _, _, k, _ in means})
         methods = {m for _, m, _, _ in means} - set(refs) - HIDDEN - {"auto"}
         if not lines:
-            lines = [f"| line, reference | seed | " + " | ".join(f"k = {k}" for k in shots) + " |",
+            lines = ["| line, reference | seed | " + " | ".join(f"k = {k}" for k in shots) + " |",
                      "|---|---|" + "---|" * len(shots)]
         for ref in refs:
             for seed in sorted({sd for sd, *_ in means}):
@@ -209,7 +210,6 @@ def reference_gaps(files: list[Path]) -> str:
                     if floor is None:
                         cells.append("-")
                         continue
-                    pick = min if lower else max
                     best = pick((m for m in sorted(methods) if (seed, m, k, steps) in means),
                                 key=lambda m: means[(seed, m, k, steps)], default=None)
                     parts = [f"{floor:.{digits}f}"]
