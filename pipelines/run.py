@@ -28,6 +28,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from core import tracking
 from core.algorithms.base import get_algorithm
 from core.config import algorithm_settings, check_algorithm_overrides, check_run_config, flatten, to_plain
+from core.context import HOW_TO_ADD
 from core.choice import MIN_PAIRS, clearly_better
 from core.devices import describe_device, resolve_device
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
@@ -37,7 +38,6 @@ from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
 from core.problem import Problem
-from core.context import HOW_TO_ADD
 from core.recipes import DEFAULT_RECIPE, RECIPES, RecipeNotApplicable
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
 from core.tasks import LazySite

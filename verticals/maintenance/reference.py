@@ -65,7 +65,7 @@ def fit_central(problem: Problem, sites: Sequence[Site], val_sites: Sequence[Sit
         loss_fn = problem.loss_fn(problem.make_model())
     x, y = torch.cat([s.x for s in sites]), torch.cat([s.y for s in sites])
     val = (torch.cat([s.x for s in val_sites]), torch.cat([s.y for s in val_sites]))
-    best: Optional[CentralFit] = None
+    best: Optional[tuple[float, float, int, dict[str, torch.Tensor]]] = None  # (val loss, lr, step, weights)
     history: list[tuple[float, int, float]] = []
     for lr in lrs:
         with torch.random.fork_rng(devices=[]):  # the same init for every lr; the caller's RNG untouched
@@ -85,16 +85,16 @@ def fit_central(problem: Problem, sites: Sequence[Site], val_sites: Sequence[Sit
             with torch.no_grad():
                 val_loss = float(loss_fn(params, val))
             history.append((lr, step, val_loss))
-            if best is None or val_loss < best.val_loss:
-                best = CentralFit({k: v.detach().clone() for k, v in params.items()}, lr, step, val_loss, history)
-                since_best = 0
+            if best is None or val_loss < best[0]:
+                best, since_best = (val_loss, lr, step, {k: v.detach().clone() for k, v in params.items()}), 0
             else:
                 since_best += 1
                 if since_best >= patience:
                     break
     if best is None:
         raise ValueError(f"fit_central: max_steps={max_steps} < every={every}: no validation check ran")
-    return dataclasses.replace(best, history=history)
+    val_loss, lr, step, weights = best
+    return CentralFit(weights, lr, step, val_loss, history)
 
 
 def reference_baselines(problem: Problem, run_cfg: Any, test_sites: Sequence[Site]) -> pd.DataFrame:
