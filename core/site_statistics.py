@@ -13,8 +13,8 @@ Pure functions over tensors; a :class:`Problem` declares where its features are
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -46,11 +46,20 @@ class SiteStatistics:
         features: which features to standardize (e.g. numeric columns, not one-hot ones); None = all.
         min_std: a feature whose site standard deviation is below this keeps its scale (only its mean is
             removed): a feature constant on one site must not be blown up into noise.
+        scale: also divide by the site's standard deviation; False only removes the site's mean (a
+            calibration offset) and keeps each feature's spread, for inputs whose spread carries the label
+            (a fleet's degradation: a site's sensor spread grows with how worn its units are).
     """
 
     feature_axis: int
     features: Optional[tuple[int, ...]] = None
     min_std: float = 1e-3
+    scale: bool = True
+
+    @property
+    def mode(self) -> str:
+        """What a model records it expects: ``standardize`` (mean and scale) or ``center`` (mean only)."""
+        return "standardize" if self.scale else "center"
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(mean [F], std [F])`` of every feature of ``x`` over all its other axes (float64 accumulation)."""
@@ -69,7 +78,8 @@ class SiteStatistics:
         scale = torch.ones_like(std)
         picked = torch.arange(x.shape[axis]) if self.features is None else torch.as_tensor(self.features, dtype=torch.long)
         centre[picked] = mean[picked]
-        scale[picked] = torch.where(std[picked] >= self.min_std, std[picked], torch.ones_like(std[picked]))
+        if self.scale:
+            scale[picked] = torch.where(std[picked] >= self.min_std, std[picked], torch.ones_like(std[picked]))
         return (x - centre.view(shape).to(x.dtype)) / scale.view(shape).to(x.dtype)
 
     def standardize(self, x: Tensor, unlabeled: Sequence[Tensor] = ()) -> tuple[Tensor, dict[str, list[float]]]:
@@ -80,31 +90,38 @@ class SiteStatistics:
         return self.apply(x, mean, std), {"mean": mean.tolist(), "std": std.tolist()}
 
 
-def layout_of(problem: "Problem") -> SiteStatistics:
-    """The problem's feature layout, or a clear error when its vertical has none (e.g. RL: no inputs)."""
+def layout_of(problem: "Problem", recorded: object = None) -> SiteStatistics:
+    """The problem's feature layout, or a clear error when its vertical has none (e.g. RL: no inputs).
+    ``recorded``: what a trained model's preprocessing says it expects (``center``; ``standardize`` or
+    ``True``, as models recorded before ``center`` existed) overrides the vertical's current mode."""
     layout = getattr(problem, "site_statistics", None)
     if layout is None:
         raise ValueError(f"{type(problem).__name__} declares no input features to standardize per site; "
                          "turn data.site_statistics off for this vertical")
-    return layout
+    if recorded is None:
+        return layout
+    return replace(layout, scale=recorded != "center")
 
 
-def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tensor] = ()) -> dict[str, list[float]]:
+def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tensor] = (),
+                     recorded: object = None) -> dict[str, Any]:
     """Replace ``site.x`` (and ``site.unlabeled``) by their standardization with the moments of ALL the
     site's inputs (labelled rows, ``site.unlabeled`` and ``unlabeled``); ``site.y`` is never read.
-    Returns the moments (stored in ``site.metadata['site_statistics']``)."""
-    layout = layout_of(problem)
+    ``recorded``: the mode the model was trained with (:func:`layout_of`). Returns the moments (stored in
+    ``site.metadata['site_statistics']``; ``mode`` says whether ``std`` divided the inputs)."""
+    layout = layout_of(problem, recorded)
     extra = [t for t in (site.unlabeled, *unlabeled) if t is not None and len(t)]
     site.x, moments = layout.standardize(site.x, extra)
     if site.unlabeled is not None and len(site.unlabeled):
         site.unlabeled = layout.apply(site.unlabeled, torch.tensor(moments["mean"]), torch.tensor(moments["std"]))
+    moments["mode"] = layout.mode
     site.metadata[PREPROCESSING_KEY] = moments
     return moments
 
 
 def standardize_federation(problem: "Problem") -> None:
     """Standardize every site of ``problem``'s federation by its own inputs (training, validation and
-    test sites alike) and record in its preprocessing that the model expects it."""
+    test sites alike) and record in its preprocessing that the model expects it (the mode)."""
     for site in problem.federation.sites.values():
         standardize_site(problem, site)
-    problem.preprocessing[PREPROCESSING_KEY] = True
+    problem.preprocessing[PREPROCESSING_KEY] = layout_of(problem).mode

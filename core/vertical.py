@@ -68,7 +68,7 @@ class VerticalSpec:
         ``preprocessing``), from the site's own inputs plus ``unlabeled`` ones."""
         problem, site = self.load_new_site(data_cfg, preprocessing, site_id)
         if preprocessing.get(PREPROCESSING_KEY):
-            standardize_site(problem, site, unlabeled)
+            standardize_site(problem, site, unlabeled, preprocessing[PREPROCESSING_KEY])
         return problem, site
 
     def preset_path(self, preset: str) -> Path:

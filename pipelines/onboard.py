@@ -83,7 +83,8 @@ def onboard(
     model_uri, info = loaded.uri, loaded.info
     if SITE_STATISTICS in site.metadata:
         unlabeled_rows = sum(len(t) for t in extra) + (len(site.unlabeled) if site.unlabeled is not None else 0)
-        console.print(f"site statistics: inputs standardized by the site's own {len(site) + unlabeled_rows} inputs "
+        how = "centred" if site.metadata[SITE_STATISTICS].get("mode") == "center" else "standardized"
+        console.print(f"site statistics: inputs {how} by the site's own {len(site) + unlabeled_rows} inputs "
                       f"({unlabeled_rows} without a label; labels are never read)")
     slug = site_slug(site.site_id)
     _check_labels_known(loaded.model, problem, site)

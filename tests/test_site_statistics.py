@@ -31,6 +31,14 @@ def test_a_per_site_gain_and_offset_disappear():
     assert torch.allclose(torch.tensor(moments["std"]), x.reshape(-1, 5).std(0, unbiased=False) * gain, rtol=1e-4)
 
 
+def test_centring_removes_an_offset_and_keeps_the_spread():
+    x = torch.randn(200, 4) * torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out, moments = SiteStatistics(feature_axis=1, scale=False).standardize(x + torch.tensor([5.0, -1.0, 0.0, 2.0]))
+    assert out.mean(0).abs().max() < 1e-4
+    assert torch.allclose(out.std(0), x.std(0), atol=1e-4)
+    assert moments["std"] == pytest.approx(x.std(0, unbiased=False).tolist(), rel=1e-4)  # recorded all the same
+
+
 def test_only_the_declared_features_change_and_a_constant_one_is_not_blown_up():
     x = torch.cat([torch.randn(50, 2) * 5 + 3, torch.ones(50, 1), torch.randint(0, 2, (50, 1)).float()], dim=1)
     out, _ = SiteStatistics(feature_axis=1, features=(0, 1, 2)).standardize(x)
@@ -68,14 +76,42 @@ def test_maintenance_run_standardizes_every_operator_and_records_it():
                            units_per_site=10)
     with pytest.warns(UserWarning, match="GENERATED"):
         problem = spec.build(cfg, 0)
-    assert problem.preprocessing[PREPROCESSING_KEY] is True
-    for site in problem.federation.sites.values():
-        flat = site.x.reshape(-1, site.x.shape[-1])
-        assert flat.mean(0).abs().max() < 1e-4, site.site_id
-        assert PREPROCESSING_KEY in site.metadata
+    assert problem.preprocessing[PREPROCESSING_KEY] == "center"
     with pytest.warns(UserWarning, match="GENERATED"):
         plain = spec.build(dataclasses.replace(cfg, site_statistics=False), 0)
     assert PREPROCESSING_KEY not in plain.preprocessing
+    for site in problem.federation.sites.values():
+        flat = site.x.reshape(-1, site.x.shape[-1])
+        raw = plain.federation.sites[site.site_id].x.reshape(-1, site.x.shape[-1])
+        assert flat.mean(0).abs().max() < 1e-4, site.site_id
+        # centred only: an operator's sensor spread (how worn its engines are) is kept
+        assert torch.allclose(flat.std(0), raw.std(0), atol=1e-4), site.site_id
+        assert site.metadata[PREPROCESSING_KEY]["mode"] == "center"
+
+
+def test_onboarding_applies_the_mode_the_model_recorded_not_the_verticals_current_one(tmp_path):
+    """A maintenance model registered before centring existed recorded ``True`` (standardize): its new sites
+    must still be standardized, and a ``center`` model's only centred."""
+    from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
+
+    train, test, rul = generate_cmapss(24, 6, seed=3, min_life=45, max_life=80)
+    write_cmapss_files(tmp_path, "FD001", train, test, rul)
+    spec = VERTICALS.get("maintenance")
+    cfg = spec.data_config(path=str(tmp_path / "train_FD001.txt"), units_per_site=4, window=12, stride=2,
+                           validation_sites=1, test_sites=1, train_units=2, query_units=1, site_statistics=True)
+    prep = json.loads(json.dumps(spec.build(cfg, 0).preprocessing))
+    onboard_cfg = dataclasses.replace(cfg, path=str(tmp_path / "test_FD001.txt"), rul_path=str(tmp_path / "RUL_FD001.txt"))
+    stds = {}
+    for recorded in ("center", "standardize", True):
+        _, site = spec.new_site(onboard_cfg, {**prep, PREPROCESSING_KEY: recorded}, None)
+        flat = site.x.reshape(-1, site.x.shape[-1])
+        assert flat.mean(0).abs().max() < 1e-4
+        stds[recorded] = flat.std(0, unbiased=False)
+        assert site.metadata[PREPROCESSING_KEY]["mode"] == ("center" if recorded == "center" else "standardize")
+    moving = stds["standardize"] > 0.5  # sensors that vary (a constant one keeps its scale in both modes)
+    assert torch.allclose(stds["standardize"][moving], torch.ones(int(moving.sum())), atol=1e-4)
+    assert torch.equal(stds["standardize"], stds[True])
+    assert not torch.allclose(stds["center"][moving], stds["standardize"][moving], atol=1e-2)
 
 
 def _fraud_problem(tmp_path, site_statistics: bool):
@@ -148,7 +184,7 @@ def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(t
     name = result.registered["name"]  # another table than the claims: its own model (fml-fraud-txns-<hash>)
     assert name.startswith("fml-fraud-txns-")
     loaded = tracking.load_meta_init(f"models:/{name}@champion")
-    assert loaded.info["preprocessing"][PREPROCESSING_KEY] is True
+    assert loaded.info["preprocessing"][PREPROCESSING_KEY] == "standardize"
     assert all(set(r["recipe_by_steps"].values()) <= {"all", "head"} for r in loaded.info["candidates"].values())
     new = make_transactions(5, {"bank_new": (160, 0.2)})
     new["amount"] *= 50.0

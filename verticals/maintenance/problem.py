@@ -100,7 +100,7 @@ class MaintenanceProblem(Problem):
     support_windows: int = 0
     headline: str = "rmse_last"
     higher_is_better: bool = False
-    site_statistics: Optional[SiteStatistics] = SiteStatistics(feature_axis=-1)
+    site_statistics: Optional[SiteStatistics] = SiteStatistics(feature_axis=-1, scale=False)
     """Sensors are the last axis of a window ``[n, window, sensors]``."""
     _units: dict[str, list[Tensor]] = field(default_factory=dict, repr=False)
 
