@@ -49,17 +49,30 @@ class SiteStatistics:
         scale: also divide by the site's standard deviation; False only removes the site's mean (a
             calibration offset) and keeps each feature's spread, for inputs whose spread carries the label
             (a fleet's degradation: a site's sensor spread grows with how worn its units are).
+        first_rows: estimate the moments from only the first ``first_rows`` rows of each group
+            (``site.groups``, in row order), e.g. each engine's first windows: a fleet's units share a healthy
+            start, so the statistics do not move with how far into their lives the units are (an in-service
+            fleet is younger than a run-to-failure one). Inputs without a group (``site.unlabeled``) then add
+            nothing. 0: every input.
     """
 
     feature_axis: int
     features: Optional[tuple[int, ...]] = None
     min_std: float = 1e-3
     scale: bool = True
+    first_rows: int = 0
 
     @property
-    def mode(self) -> str:
-        """What a model records it expects: ``standardize`` (mean and scale) or ``center`` (mean only)."""
-        return "standardize" if self.scale else "center"
+    def record(self) -> dict[str, Any]:
+        """What a trained model records it expects (:func:`layout_of` reads it back)."""
+        return {"scale": self.scale, "first_rows": self.first_rows}
+
+    def basis(self, site: "Site") -> list[Tensor]:
+        """The inputs of ``site`` its moments are estimated from (labels never read)."""
+        if self.first_rows and site.groups is not None:
+            rows = [torch.nonzero(site.groups == g).flatten()[: self.first_rows] for g in torch.unique(site.groups)]
+            return [site.x[torch.cat(rows)]]
+        return [t for t in (site.x, site.unlabeled) if t is not None and len(t)]
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(mean [F], std [F])`` of every feature of ``x`` over all its other axes (float64 accumulation)."""
@@ -92,29 +105,33 @@ class SiteStatistics:
 
 def layout_of(problem: "Problem", recorded: object = None) -> SiteStatistics:
     """The problem's feature layout, or a clear error when its vertical has none (e.g. RL: no inputs).
-    ``recorded``: what a trained model's preprocessing says it expects (``center``; ``standardize`` or
-    ``True``, as models recorded before ``center`` existed) overrides the vertical's current mode."""
+    ``recorded``: what a trained model's preprocessing says it expects (:attr:`SiteStatistics.record`;
+    ``True`` in models older than it: standardized by every input) overrides the vertical's current one."""
     layout = getattr(problem, "site_statistics", None)
     if layout is None:
         raise ValueError(f"{type(problem).__name__} declares no input features to standardize per site; "
                          "turn data.site_statistics off for this vertical")
     if recorded is None:
         return layout
-    return replace(layout, scale=recorded != "center")
+    if isinstance(recorded, dict):
+        return replace(layout, scale=bool(recorded["scale"]), first_rows=int(recorded["first_rows"]))
+    return replace(layout, scale=True, first_rows=0)
 
 
 def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tensor] = (),
                      recorded: object = None) -> dict[str, Any]:
-    """Replace ``site.x`` (and ``site.unlabeled``) by their standardization with the moments of ALL the
-    site's inputs (labelled rows, ``site.unlabeled`` and ``unlabeled``); ``site.y`` is never read.
-    ``recorded``: the mode the model was trained with (:func:`layout_of`). Returns the moments (stored in
-    ``site.metadata['site_statistics']``; ``mode`` says whether ``std`` divided the inputs)."""
+    """Replace ``site.x`` (and ``site.unlabeled``) by their standardization with the moments of the site's
+    inputs (:meth:`SiteStatistics.basis`: every labelled and unlabeled row by default) and ``unlabeled`` (more
+    of the site's inputs, already selected the same way); ``site.y`` is never read. ``recorded``: what the
+    model was trained with (:func:`layout_of`). Returns the moments (stored in
+    ``site.metadata['site_statistics']``, with ``rows``: how many inputs they pooled, and the ``mode``)."""
     layout = layout_of(problem, recorded)
-    extra = [t for t in (site.unlabeled, *unlabeled) if t is not None and len(t)]
-    site.x, moments = layout.standardize(site.x, extra)
+    pooled = torch.cat([*layout.basis(site), *(t for t in unlabeled if len(t))])
+    mean, std = layout.moments(pooled)
+    site.x = layout.apply(site.x, mean, std)
     if site.unlabeled is not None and len(site.unlabeled):
-        site.unlabeled = layout.apply(site.unlabeled, torch.tensor(moments["mean"]), torch.tensor(moments["std"]))
-    moments["mode"] = layout.mode
+        site.unlabeled = layout.apply(site.unlabeled, mean, std)
+    moments = {"mean": mean.tolist(), "std": std.tolist(), "rows": len(pooled), "mode": layout.record}
     site.metadata[PREPROCESSING_KEY] = moments
     return moments
 
@@ -124,4 +141,4 @@ def standardize_federation(problem: "Problem") -> None:
     test sites alike) and record in its preprocessing that the model expects it (the mode)."""
     for site in problem.federation.sites.values():
         standardize_site(problem, site)
-    problem.preprocessing[PREPROCESSING_KEY] = layout_of(problem).mode
+    problem.preprocessing[PREPROCESSING_KEY] = layout_of(problem).record

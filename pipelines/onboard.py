@@ -25,7 +25,7 @@ from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
 from core.devices import DeviceLike, describe_device, resolve_device, to_device
 from core.evaluation import BASELINE, task_generator
-from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS
+from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS, layout_of
 from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame
@@ -82,10 +82,13 @@ def onboard(
     loaded, problem, site, extra = found.loaded, found.problem, found.site, found.extra
     model_uri, info = loaded.uri, loaded.info
     if SITE_STATISTICS in site.metadata:
+        moments = site.metadata[SITE_STATISTICS]
         unlabeled_rows = sum(len(t) for t in extra) + (len(site.unlabeled) if site.unlabeled is not None else 0)
-        how = "centred" if site.metadata[SITE_STATISTICS].get("mode") == "center" else "standardized"
-        console.print(f"site statistics: inputs {how} by the site's own {len(site) + unlabeled_rows} inputs "
-                      f"({unlabeled_rows} without a label; labels are never read)")
+        how = "standardized" if moments["mode"]["scale"] else "centred"
+        first = moments["mode"]["first_rows"]
+        basis = f"the first {first} of each unit's" if first else "all of its"
+        console.print(f"site statistics: inputs {how} by {basis} inputs, {moments['rows']} in all "
+                      f"({unlabeled_rows} rows without a label given; labels are never read)")
     slug = site_slug(site.site_id)
     _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))
@@ -196,8 +199,8 @@ def unlabeled_inputs(spec: VerticalSpec, data_cfg: Any, preprocessing: dict, sit
     if not Path(path).exists():
         raise FileNotFoundError(f"--unlabeled {path}: no such file; give the site's unlabeled inputs")
     label_files = {name: None for name in spec.onboard_flags.values()}  # e.g. --rul belongs to --data, not to this file
-    _, site = spec.load_new_site(dataclasses.replace(data_cfg, path=path, **label_files), preprocessing, site_id)
-    return [t for t in (site.x, site.unlabeled) if t is not None and len(t)]
+    problem, site = spec.load_new_site(dataclasses.replace(data_cfg, path=path, **label_files), preprocessing, site_id)
+    return layout_of(problem, preprocessing[SITE_STATISTICS]).basis(site)  # selected as the site's own inputs are
 
 
 def bundle_candidates(loaded: tracking.LoadedModel, lr: Optional[float], head: tuple[str, ...] = (),

@@ -76,22 +76,21 @@ def test_maintenance_run_standardizes_every_operator_and_records_it():
                            units_per_site=10)
     with pytest.warns(UserWarning, match="GENERATED"):
         problem = spec.build(cfg, 0)
-    assert problem.preprocessing[PREPROCESSING_KEY] == "center"
+    assert problem.preprocessing[PREPROCESSING_KEY] == {"scale": False, "first_rows": 20}
     with pytest.warns(UserWarning, match="GENERATED"):
         plain = spec.build(dataclasses.replace(cfg, site_statistics=False), 0)
     assert PREPROCESSING_KEY not in plain.preprocessing
     for site in problem.federation.sites.values():
-        flat = site.x.reshape(-1, site.x.shape[-1])
-        raw = plain.federation.sites[site.site_id].x.reshape(-1, site.x.shape[-1])
-        assert flat.mean(0).abs().max() < 1e-4, site.site_id
-        # centred only: an operator's sensor spread (how worn its engines are) is kept
-        assert torch.allclose(flat.std(0), raw.std(0), atol=1e-4), site.site_id
-        assert site.metadata[PREPROCESSING_KEY]["mode"] == "center"
+        raw = plain.federation.sites[site.site_id]
+        first = torch.cat([torch.nonzero(raw.groups == g).flatten()[:20] for g in torch.unique(raw.groups)])
+        # centred on each engine's first 20 windows (its healthy start), the spread kept
+        assert torch.allclose(site.x, raw.x - raw.x[first].mean((0, 1)), atol=1e-4), site.site_id
+        assert site.metadata[PREPROCESSING_KEY]["rows"] == len(first)
 
 
-def test_onboarding_applies_the_mode_the_model_recorded_not_the_verticals_current_one(tmp_path):
-    """A maintenance model registered before centring existed recorded ``True`` (standardize): its new sites
-    must still be standardized, and a ``center`` model's only centred."""
+def test_onboarding_applies_what_the_model_recorded_not_the_verticals_current_layout(tmp_path):
+    """A maintenance model registered before the layout was recorded says ``True`` (standardized by every
+    input): its new sites must still be standardized; a recorded layout is applied as recorded."""
     from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
 
     train, test, rul = generate_cmapss(24, 6, seed=3, min_life=45, max_life=80)
@@ -101,17 +100,18 @@ def test_onboarding_applies_the_mode_the_model_recorded_not_the_verticals_curren
                            validation_sites=1, test_sites=1, train_units=2, query_units=1, site_statistics=True)
     prep = json.loads(json.dumps(spec.build(cfg, 0).preprocessing))
     onboard_cfg = dataclasses.replace(cfg, path=str(tmp_path / "test_FD001.txt"), rul_path=str(tmp_path / "RUL_FD001.txt"))
-    stds = {}
-    for recorded in ("center", "standardize", True):
-        _, site = spec.new_site(onboard_cfg, {**prep, PREPROCESSING_KEY: recorded}, None)
-        flat = site.x.reshape(-1, site.x.shape[-1])
-        assert flat.mean(0).abs().max() < 1e-4
-        stds[recorded] = flat.std(0, unbiased=False)
-        assert site.metadata[PREPROCESSING_KEY]["mode"] == ("center" if recorded == "center" else "standardize")
-    moving = stds["standardize"] > 0.5  # sensors that vary (a constant one keeps its scale in both modes)
-    assert torch.allclose(stds["standardize"][moving], torch.ones(int(moving.sum())), atol=1e-4)
-    assert torch.equal(stds["standardize"], stds[True])
-    assert not torch.allclose(stds["center"][moving], stds["standardize"][moving], atol=1e-2)
+    _, raw = spec.load_new_site(onboard_cfg, prep, None)
+    sites = {}
+    for name, recorded in [("legacy", True), ("all", {"scale": False, "first_rows": 0}), ("first", prep[PREPROCESSING_KEY])]:
+        _, sites[name] = spec.new_site(onboard_cfg, {**prep, PREPROCESSING_KEY: recorded}, None)
+    legacy = sites["legacy"].x.reshape(-1, raw.x.shape[-1])
+    moving = raw.x.reshape(-1, raw.x.shape[-1]).std(0) > 1e-2  # a constant sensor keeps its scale
+    assert torch.allclose(legacy.std(0, unbiased=False)[moving], torch.ones(int(moving.sum())), atol=1e-4)
+    assert torch.allclose(sites["all"].x, raw.x - raw.x.mean((0, 1)), atol=1e-4)
+    first = torch.cat([torch.nonzero(raw.groups == g).flatten()[:20] for g in torch.unique(raw.groups)])
+    assert torch.allclose(sites["first"].x, raw.x - raw.x[first].mean((0, 1)), atol=1e-4)
+    assert not torch.allclose(sites["first"].x, sites["all"].x, atol=1e-2)  # the fleet's life stage moved the mean
+    assert torch.equal(sites["first"].y, raw.y)
 
 
 def _fraud_problem(tmp_path, site_statistics: bool):
@@ -184,7 +184,7 @@ def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(t
     name = result.registered["name"]  # another table than the claims: its own model (fml-fraud-txns-<hash>)
     assert name.startswith("fml-fraud-txns-")
     loaded = tracking.load_meta_init(f"models:/{name}@champion")
-    assert loaded.info["preprocessing"][PREPROCESSING_KEY] == "standardize"
+    assert loaded.info["preprocessing"][PREPROCESSING_KEY] == {"scale": True, "first_rows": 0}
     assert all(set(r["recipe_by_steps"].values()) <= {"all", "head"} for r in loaded.info["candidates"].values())
     new = make_transactions(5, {"bank_new": (160, 0.2)})
     new["amount"] *= 50.0
