@@ -5,8 +5,9 @@ normalization statistics on the target removes much of a covariate shift before 
 (Schneider et al. NeurIPS 2020; FedBN, Li et al. ICLR 2021 keeps normalization local for scanner
 shift): a per-site calibration offset or gain on a sensor, a clinic's intensity scale, a bank's
 amount scale. The recipe is applied to EVERY site of a run (training sites' episodes included, so the
-initialization expects standardized inputs) and again at onboarding, from all the site's inputs
-(labelled and unlabeled rows alike); labels are never read.
+initialization expects standardized inputs) and again at onboarding, from the site's inputs
+(labelled and unlabeled rows alike); labels are never read. A vertical's layout may only centre (keep the
+spread) and estimate from each unit's first rows (a fleet's healthy start): :class:`SiteStatistics`.
 
 Pure functions over tensors; a :class:`Problem` declares where its features are
 (:attr:`core.problem.Problem.site_statistics`).
@@ -32,8 +33,9 @@ class SiteStatisticsOption:
     """The data option of the verticals that support the recipe (mixed into their data config)."""
 
     site_statistics: bool = False
-    """Standardize every site's input features by the site's OWN statistics, computed from all its inputs
-    (unlabeled rows included, labels never read), in training, evaluation and onboarding alike."""
+    """Standardize every site's input features by the site's OWN statistics, computed from its inputs
+    (unlabeled rows included, labels never read), in training, evaluation and onboarding alike (maintenance:
+    centred on each engine's first 20 windows, the spread kept)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class SiteStatistics:
         return self.apply(x, mean, std), {"mean": mean.tolist(), "std": std.tolist()}
 
 
-def layout_of(problem: "Problem", recorded: object = None) -> SiteStatistics:
+def layout_of(problem: "Problem", recorded: Any = None) -> SiteStatistics:
     """The problem's feature layout, or a clear error when its vertical has none (e.g. RL: no inputs).
     ``recorded``: what a trained model's preprocessing says it expects (:attr:`SiteStatistics.record`;
     ``True`` in models older than it: standardized by every input) overrides the vertical's current one."""
@@ -119,12 +121,13 @@ def layout_of(problem: "Problem", recorded: object = None) -> SiteStatistics:
 
 
 def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tensor] = (),
-                     recorded: object = None) -> dict[str, Any]:
+                     recorded: Any = None) -> dict[str, Any]:
     """Replace ``site.x`` (and ``site.unlabeled``) by their standardization with the moments of the site's
     inputs (:meth:`SiteStatistics.basis`: every labelled and unlabeled row by default) and ``unlabeled`` (more
     of the site's inputs, already selected the same way); ``site.y`` is never read. ``recorded``: what the
     model was trained with (:func:`layout_of`). Returns the moments (stored in
-    ``site.metadata['site_statistics']``, with ``rows``: how many inputs they pooled, and the ``mode``)."""
+    ``site.metadata['site_statistics']``, with ``rows``: how many inputs they pooled, and ``mode``: the layout's
+    :attr:`SiteStatistics.record`)."""
     layout = layout_of(problem, recorded)
     pooled = torch.cat([*layout.basis(site), *(t for t in unlabeled if len(t))])
     mean, std = layout.moments(pooled)
@@ -138,7 +141,7 @@ def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tenso
 
 def standardize_federation(problem: "Problem") -> None:
     """Standardize every site of ``problem``'s federation by its own inputs (training, validation and
-    test sites alike) and record in its preprocessing that the model expects it (the mode)."""
+    test sites alike) and record in its preprocessing what the model expects (:attr:`SiteStatistics.record`)."""
     for site in problem.federation.sites.values():
         standardize_site(problem, site)
     problem.preprocessing[PREPROCESSING_KEY] = layout_of(problem).record
