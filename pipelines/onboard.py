@@ -86,9 +86,9 @@ def onboard(
         unlabeled_rows = sum(len(t) for t in extra) + (len(site.unlabeled) if site.unlabeled is not None else 0)
         how = "standardized" if moments["mode"]["scale"] else "centred"
         first = moments["mode"]["first_rows"]
-        basis = f"the first {first} of each unit's" if first else "all of its"
-        console.print(f"site statistics: inputs {how} by {basis} inputs, {moments['rows']} in all "
-                      f"({unlabeled_rows} rows without a label given; labels are never read)")
+        basis = f"each unit's first {first} inputs" if first else "all the site's inputs"
+        console.print(f"site statistics: inputs {how} on {basis} ({moments['rows']} in all, {unlabeled_rows} "
+                      f"rows without a label given; labels are never read)")
     slug = site_slug(site.site_id)
     _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))

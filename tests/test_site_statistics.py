@@ -163,7 +163,7 @@ def test_a_vertical_without_input_features_says_so():
         standardize_site(NoInputs(), Site("s", torch.zeros(2, 1), torch.zeros(2)))
 
 
-def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(tmp_path, fml_home):
+def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(tmp_path, fml_home, capsys):
     """``fml run`` with site statistics and extra recipes, then ``fml onboard`` of a new bank whose amounts are
     in another currency, with a file of its unlabeled rows: the statistics pool both, the personalized model
     carries the site's moments, and the registered bundle records each candidate's recipe."""
@@ -191,7 +191,9 @@ def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(t
     labelled, unlabeled = tmp_path / "bank_new.csv", tmp_path / "bank_new_unlabeled.csv"
     new.iloc[:100].to_csv(labelled, index=False)
     new.iloc[100:].drop(columns=["is_fraud"]).to_csv(unlabeled, index=False)
+    capsys.readouterr()
     out = onboard(spec, data=str(labelled), unlabeled=str(unlabeled), shots=2, overrides={})
+    assert "inputs standardized on all the site's inputs (160 in all, 60 rows without a label given" in capsys.readouterr().out
     personal = tracking.load_meta_init(out.model_uri)
     moments = personal.info["site_moments"]
     amount = personal.info["preprocessing"]["feature_names"].index("amount")
