@@ -97,12 +97,12 @@ class SiteStatistics:
             scale[picked] = torch.where(std[picked] >= self.min_std, std[picked], torch.ones_like(std[picked]))
         return (x - centre.view(shape).to(x.dtype)) / scale.view(shape).to(x.dtype)
 
-    def standardize(self, x: Tensor, unlabeled: Sequence[Tensor] = ()) -> tuple[Tensor, dict[str, list[float]]]:
-        """``x`` standardized by the moments of ``x`` together with the site's ``unlabeled`` inputs, and
-        those moments (JSON-able: a personalized model needs them to score the site's future inputs)."""
-        pooled = torch.cat([x, *unlabeled]) if unlabeled else x
-        mean, std = self.moments(pooled)
-        return self.apply(x, mean, std), {"mean": mean.tolist(), "std": std.tolist()}
+    def standardize(self, x: Tensor, basis: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Any]]:
+        """``x`` standardized by the moments of ``basis`` (default ``x`` itself), and those moments (JSON-able,
+        with ``rows``: how many inputs they pooled; a personalized model needs them to score future inputs)."""
+        basis = x if basis is None else basis
+        mean, std = self.moments(basis)
+        return self.apply(x, mean, std), {"mean": mean.tolist(), "std": std.tolist(), "rows": len(basis)}
 
 
 def layout_of(problem: "Problem", recorded: Any = None) -> SiteStatistics:
@@ -129,12 +129,10 @@ def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tenso
     ``site.metadata['site_statistics']``, with ``rows``: how many inputs they pooled, and ``mode``: the layout's
     :attr:`SiteStatistics.record`)."""
     layout = layout_of(problem, recorded)
-    pooled = torch.cat([*layout.basis(site), *(t for t in unlabeled if len(t))])
-    mean, std = layout.moments(pooled)
-    site.x = layout.apply(site.x, mean, std)
+    site.x, moments = layout.standardize(site.x, torch.cat([*layout.basis(site), *(t for t in unlabeled if len(t))]))
     if site.unlabeled is not None and len(site.unlabeled):
-        site.unlabeled = layout.apply(site.unlabeled, mean, std)
-    moments = {"mean": mean.tolist(), "std": std.tolist(), "rows": len(pooled), "mode": layout.record}
+        site.unlabeled = layout.apply(site.unlabeled, torch.tensor(moments["mean"]), torch.tensor(moments["std"]))
+    moments["mode"] = layout.record
     site.metadata[PREPROCESSING_KEY] = moments
     return moments
 
