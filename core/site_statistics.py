@@ -115,9 +115,14 @@ def layout_of(problem: "Problem", recorded: Any = None) -> SiteStatistics:
                          "turn data.site_statistics off for this vertical")
     if recorded is None:
         return layout
-    if isinstance(recorded, dict):
+    if recorded is True:
+        return replace(layout, scale=True, first_rows=0)
+    try:
         return replace(layout, scale=bool(recorded["scale"]), first_rows=int(recorded["first_rows"]))
-    return replace(layout, scale=True, first_rows=0)
+    except (TypeError, KeyError, ValueError) as err:
+        raise ValueError(f"the model's preprocessing.site_statistics (in its fml.json) is {recorded!r}: expected "
+                         "true or {'scale': bool, 'first_rows': int}, as the run that trained it wrote; "
+                         "re-register the model rather than edit that file") from err
 
 
 def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tensor] = (),

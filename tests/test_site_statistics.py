@@ -112,6 +112,9 @@ def test_onboarding_applies_what_the_model_recorded_not_the_verticals_current_la
     assert torch.allclose(sites["first"].x, raw.x - raw.x[first].mean((0, 1)), atol=1e-4)
     assert not torch.allclose(sites["first"].x, sites["all"].x, atol=1e-2)  # the fleet's life stage moved the mean
     assert torch.equal(sites["first"].y, raw.y)
+    for broken in [{"scale": True}, "yes", {"scale": True, "first_rows": "twenty"}]:  # a hand-edited fml.json
+        with pytest.raises(ValueError, match=r"preprocessing\.site_statistics .*fml\.json"):
+            spec.new_site(onboard_cfg, {**prep, PREPROCESSING_KEY: broken}, None)
 
 
 def _fraud_problem(tmp_path, site_statistics: bool):
