@@ -84,13 +84,18 @@ def vertical_rows(bench: dict[str, Any]) -> list[str]:
         auto_all = next((p for p in cells if p["method"] == "auto" and p[key] in ALL_POOLS), None)
         auto_sites = [p for p in cells if p["method"] == "auto" and p[key] not in ALL_POOLS]
         worst = min(auto_sites, key=lambda p: signed(p, lower)[0], default=None)
-        singles = [p for p in cells if p["method"] != "auto" and p[key] in ALL_POOLS]
+        singles = [p for p in cells if p["method"] not in ("auto", "ensemble") and p[key] in ALL_POOLS]
         best = max(singles, key=lambda p: signed(p, lower)[0], default=None)
+        ens_all = next((p for p in cells if p["method"] == "ensemble" and p[key] in ALL_POOLS), None)
+        ens_worst = min((p for p in cells if p["method"] == "ensemble" and p[key] not in ALL_POOLS),
+                        key=lambda p: signed(p, lower)[0], default=None)
         out.append(" | ".join([
             f"{bench['vertical']} ({bench['preset']}{setting}, seeds {seeds})", str(k), str(steps),
             cell(signed(auto_all, lower) if auto_all else None, digits),
             (f"{worst[key]}: " + cell(signed(worst, lower), digits)) if worst else "-",
             (f"{best['method']}: " + cell(signed(best, lower), digits)) if best else "-",
+            (cell(signed(ens_all, lower), digits) + (f"; {ens_worst[key]}: " + cell(signed(ens_worst, lower), digits)
+                                                     if ens_worst else "")) if ens_all else "-",
         ]))
     return out
 
@@ -112,7 +117,8 @@ def by_seed(bench: dict[str, Any]) -> str:
 
 def table(files: list[Path]) -> str:
     header = ("| vertical (preset, seeds) | k | steps | `auto` − `fedavg+ft`, all test sites | `auto`, worst test "
-              "site or group | best single method − `fedavg+ft` |\n|---|---|---|---|---|---|")
+              "site or group | best single method − `fedavg+ft` | `ensemble` − `fedavg+ft`, all test sites; worst |\n"
+              "|---|---|---|---|---|---|---|")
     lines = [header]
     choices = []
     for bench in vertical_benches(files):

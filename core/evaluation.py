@@ -21,6 +21,7 @@ from torch import nn
 from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
 from core.choice import Candidate, SiteChoice, choose_per_steps
 from core.devices import DeviceLike, to_device
+from core.ensemble import ENSEMBLE, score_ensemble
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
 from core.problem import FewShotTask, Problem
@@ -141,17 +142,22 @@ def adapt_along(
                              support, steps_grid, lr, head=head, lrs=method.lrs, **(method.inner or inner).adapt_kwargs())
 
 
-def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[int], inner: InnerConfig,
-                  lr_for: Callable[[int], float], head: Sequence[str] = ()) -> dict[int, dict[str, float]]:
+def _adapted(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[int], inner: InnerConfig,
+             lr_for: Callable[[int], float], head: Sequence[str] = ()) -> dict[int, Params]:
+    """``method``'s parameters after each steps count on ``task``'s support (steps 0 only: ``fedavg``)."""
     if not method.adapts:
-        return {0: task.score(method.params)}
+        return {0: method.params}
     support = task.support(method.params)
-    scores: dict[int, dict[str, float]] = {}
+    out: dict[int, Params] = {}
     with torch.enable_grad():
         for (lr, recipe), steps in by_setting(steps_grid, lr_for, method.recipe_for).items():
-            for s, params in adapt_along(loss_fn, method, support, steps, lr, inner, head, recipe).items():
-                scores[s] = task.score(params)
-    return scores
+            out.update(adapt_along(loss_fn, method, support, steps, lr, inner, head, recipe))
+    return out
+
+
+def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[int], inner: InnerConfig,
+                  lr_for: Callable[[int], float], head: Sequence[str] = ()) -> dict[int, dict[str, float]]:
+    return {s: task.score(p) for s, p in _adapted(loss_fn, method, task, steps_grid, inner, lr_for, head).items()}
 
 
 
@@ -284,8 +290,11 @@ def evaluate_sites(
     seed: int,
     inner: InnerConfig,
     progress: Optional[Callable[[], None]] = None,
+    ensemble: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Long table of every score: columns site, method, shots, steps, draw, metric, value."""
+    """Long table of every score: columns site, method, shots, steps, draw, metric, value. ``ensemble``: the
+    methods (the registered bundle's candidates) whose adapted outputs the row ``ensemble`` averages
+    (:mod:`core.ensemble`), each adapted exactly as its own row; no such row where the task cannot average."""
     loss_fn = problem.loss_fn(model)
     head = problem.param_groups(model)["head"]
     records = []
@@ -293,12 +302,28 @@ def evaluate_sites(
         for k in shots_grid:
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
+                adapted = {}
                 for method in methods:
+                    adapted[method.name] = _adapted(loss_fn, method, task, steps_grid, inner, _lr_for(method), head)
                     records += _records(site.site_id, method.name, k, d,
-                                        _score_method(loss_fn, method, task, steps_grid, inner, _lr_for(method), head))
+                                        {s: task.score(p) for s, p in adapted[method.name].items()})
+                records += _records(site.site_id, ENSEMBLE, k, d, _ensemble_scores(task, [adapted[m] for m in ensemble]))
                 if progress is not None:
                     progress()
     return pd.DataFrame.from_records(records)
+
+
+def _ensemble_scores(task: FewShotTask, members: Sequence[dict[int, Params]]) -> dict[int, dict[str, float]]:
+    """The ensemble's scores at every steps count all ``members`` were adapted to (none: nothing to average)."""
+    if len(members) < 2:
+        return {}
+    out = {}
+    for s in sorted(set.intersection(*(set(m) for m in members))):
+        scores = score_ensemble(task, [m[s] for m in members])
+        if scores is None:
+            return {}
+        out[s] = scores
+    return out
 
 
 def evaluate_auto(

@@ -87,7 +87,8 @@ def cmd_onboard(argv: Sequence[str]) -> int:
     parser.add_argument("--steps", type=int, help="adaptation steps (default: chosen on validation sites)")
     parser.add_argument("--lr", type=float, help="adaptation step size (default: chosen on validation sites)")
     parser.add_argument("--candidate", help="use this starting point of the registered bundle (default: chosen per "
-                                            "site by cross-validation on its support set)")
+                                            "site by cross-validation on its support set); 'ensemble' adapts every "
+                                            "candidate and averages their outputs")
     parser.add_argument("--unlabeled", metavar="PATH",
                         help="the site's inputs without labels (same format as --data): site statistics use them "
                              "when the model was trained with data.site_statistics")

@@ -24,6 +24,7 @@ from core.recipes import DEFAULT_RECIPE, adapt_with_recipe
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
 from core.devices import DeviceLike, describe_device, resolve_device, to_device
+from core.ensemble import ENSEMBLE, average_of, averages_outputs, ensemble_params, score_ensemble
 from core.evaluation import BASELINE, task_generator
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS, layout_of
 from core.tasks import SiteDataError, site_slug
@@ -99,9 +100,12 @@ def onboard(
     candidates = bundle_candidates(loaded, lr, problem.param_groups(model)["head"], target)
     default = str(info.get("default_by_steps", {}).get(str(steps), info.get("algorithm", "default")))
     checked = None  # what validation supports of about this size chose, when the site falls back to the default
-    if candidate is not None:
+    if candidate == ENSEMBLE and len(candidates) > 1 and averages_outputs(task):
+        choice = SiteChoice(ENSEMBLE, {}, 0, f"forced with --candidate: the mean of {', '.join(candidates)}, each adapted")
+    elif candidate is not None:
         if candidate not in candidates:
-            raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}")
+            also = f" and {ENSEMBLE!r} (their adapted outputs averaged)" if len(candidates) > 1 and averages_outputs(task) else ""
+            raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}{also}")
         choice = SiteChoice(candidate, {}, 0, "forced with --candidate")
     else:
         loss_fn = problem.loss_fn(model)
@@ -113,27 +117,29 @@ def onboard(
         console.print(f"[yellow]note:[/] this support cannot be cross-validated, so the site starts from the default "
                       f"{default}; validation supports of {checked[0]} shots chose {checked[1]} "
                       f"(`--candidate {checked[1]}` starts from it)")
-    chosen = candidates[choice.name]
-    used_lr = chosen.lr_for(steps)
-    support = task.support(chosen.params)
-    with torch.enable_grad():
-        adapted = adapt_with_recipe(chosen.recipe_for(steps), problem.loss_fn(model), chosen.params, support, steps, used_lr,
-                                    head=chosen.head, lrs=chosen.lrs, **dict(chosen.adapt_kwargs))
-    adapted = {k: v.detach() for k, v in adapted.items()}
-    diverged = not all(bool(torch.isfinite(v).all()) for v in adapted.values())
-    if diverged:  # a NaN model must never be logged or registered as the site's
-        console.print(f"[bold yellow]warning:[/] adapting {choice.name} with lr {used_lr:g} for {steps} steps diverged "
-                      "(non-finite weights): the site keeps its start, unadapted; onboard with a smaller --lr or "
-                      "fewer --steps to adapt it")
-        adapted = {k: v.detach() for k, v in chosen.params.items()}
-    before, after = task.score(chosen.params), task.score(adapted)
+    members = list(candidates.values()) if choice.name == ENSEMBLE else [candidates[choice.name]]
+    adapted_members, diverged = [], False
+    for member in members:
+        adapted, member_diverged = _adapt(member, task, problem.loss_fn(model), steps)
+        adapted_members.append(adapted)
+        diverged |= member_diverged
+    if len(members) == 1:
+        serving, adapted = model, adapted_members[0]
+        before, after = task.score(members[0].params), task.score(adapted)
+    else:  # one module averaging the adapted members' outputs: served and scored as one model
+        serving, adapted = average_of(model, len(members)), ensemble_params(adapted_members)
+        before = score_ensemble(task, [m.params for m in members])
+        after = score_ensemble(task, adapted_members)
+    lrs = [m.lr_for(steps) for m in members]
+    used_lr = lrs[0] if len(lrs) == 1 else ",".join(f"{lr:g}" for lr in lrs)
     seconds = time.perf_counter() - start
     headline = str(info.get("headline", next(iter(after))))
     helped = adaptation_helped(before, after, headline, bool(info.get("higher_is_better", True)))
     # log the personalized model with its lineage
     exp_id = tracking.ensure_experiment(f"fml-{spec.name}-onboarding")
     lineage = {"source_model": loaded.name or model_uri, "source_version": loaded.version or "",
-               "site_id": site.site_id, "shots": shots, "adapt_steps": 0 if diverged else steps, "adapt_lr": used_lr, "recipe": chosen.recipe_for(steps),
+               "site_id": site.site_id, "shots": shots, "adapt_steps": 0 if diverged else steps, "adapt_lr": used_lr,
+               "recipe": ",".join(m.recipe_for(steps) for m in members), "members": ",".join(m.name for m in members),
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()}),
@@ -147,7 +153,7 @@ def onboard(
                          "before": before, "after": after}
         if SITE_STATISTICS in site.metadata:  # scoring the site's future inputs needs its own moments
             personal_info["site_moments"] = site.metadata[SITE_STATISTICS]
-        uri = tracking.log_meta_init(model, adapted, personal_info, problem.input_example(), name="personalized")
+        uri = tracking.log_meta_init(serving, adapted, personal_info, problem.input_example(), name="personalized")
         registered = None
         if register:
             name = f"fml-{spec.name}-site-{slug}"
@@ -162,6 +168,21 @@ def onboard(
                       f"({before.get(headline, float('nan')):.4g} -> {after.get(headline, float('nan')):.4g}); the "
                       "start itself scored better: `--steps 0` keeps it, or onboard with more labelled examples")
     return result
+
+
+def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torch.Tensor], bool]:
+    """``member`` adapted on ``task``'s support with its recipe, and whether that diverged (then its start,
+    unadapted: a NaN model must never be logged or registered as the site's)."""
+    lr = member.lr_for(steps)
+    with torch.enable_grad():
+        adapted = adapt_with_recipe(member.recipe_for(steps), loss_fn, member.params, task.support(member.params), steps,
+                                    lr, head=member.head, lrs=member.lrs, **dict(member.adapt_kwargs))
+    if all(bool(torch.isfinite(v).all()) for v in adapted.values()):
+        return {k: v.detach() for k, v in adapted.items()}, False
+    console.print(f"[bold yellow]warning:[/] adapting {member.name} with lr {lr:g} for {steps} steps diverged "
+                  "(non-finite weights): the site keeps its start, unadapted; onboard with a smaller --lr or "
+                  "fewer --steps to adapt it")
+    return {k: v.detach() for k, v in member.params.items()}, True
 
 
 def validation_choice(info: dict, shots: int, steps: int) -> Optional[tuple[int, str]]:
@@ -241,6 +262,10 @@ def _check_labels_known(model: torch.nn.Module, problem, site) -> None:
                             f"classes 0..{n_out - 1}); map them to the model's classes or meta-train with them")
 
 
+def _rate(lr: Any) -> str:
+    return f"{lr:.3g}" if isinstance(lr, float) else str(lr)
+
+
 def _print(result: OnboardResult, lineage: dict) -> None:
     import pandas as pd
 
@@ -257,7 +282,7 @@ def _print(result: OnboardResult, lineage: dict) -> None:
     df = pd.DataFrame({"metric": keys, "before (start)": [result.before.get(k) for k in keys],
                        "after adaptation": [result.after.get(k) for k in keys]})
     print_frame(df, f"Site {result.site_id}: {choice.name} adapted on {lineage['shots']} shots, "
-                    f"{lineage['adapt_steps']} steps at lr {lineage['adapt_lr']:.3g} "
+                    f"{lineage['adapt_steps']} steps at lr {_rate(lineage['adapt_lr'])} "
                     f"(from {lineage['source_model']} v{lineage['source_version']})")
     console.print(f"personalized model: {result.model_uri} (run {result.run_id}), {result.seconds:.2f} s")
     if result.registered:

@@ -330,8 +330,17 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert adaptation_helped({"auroc": float("nan")}, {"auroc": 0.9}, "auroc", True) is None  # undefined, not worse
     forced = onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="fomaml")
     assert forced.choice.name == "fomaml" and forced.after["mse"] > result.after["mse"]
-    with pytest.raises(ValueError, match="its candidates are"):
+    with pytest.raises(ValueError, match="its candidates are .* and 'ensemble'"):
         onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="maml")
+    # the ensemble: both candidates adapted exactly as when forced alone, one served module averaging them
+    both = onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="ensemble")
+    x = torch.randn(7, 3)
+    ens, fed, fml = (tracking.load_meta_init(r.model_uri).model for r in (both, result, forced))
+    with torch.no_grad():
+        assert torch.allclose(ens(x), (fed(x) + fml(x)) / 2, atol=1e-6)
+    tags = MlflowClient().get_run(both.run_id).data.tags
+    assert tags["candidate"] == "ensemble" and tags["members"] == "fedavg+ft,fomaml"
+    assert both.after["mse"] <= (result.after["mse"] + forced.after["mse"]) / 2  # a convex loss: Jensen
     # a site id that cannot be a name is slugged for the registry (regression: '/' failed after adapting)
     slashed = onboard(spec, data=None, site_id="clinic/7", shots=6, register=True)
     assert slashed.registered["name"] == "fml-linear-site-clinic-7"
