@@ -28,7 +28,9 @@ def entry(method: str, site: str, steps: int, diff: float, lo: float, hi: float)
 def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     paired = [entry("auto", "ALL", 1, 9.0, 9.0, 9.0),  # a smaller steps count is not the reported column
               entry("auto", "ALL", 10, -1.0, -2.0, -0.5), entry("auto", "A", 10, -2.0, -3.0, -1.0),
-              entry("auto", "B", 10, 0.5, -0.2, 1.2), entry("fomaml", "ALL", 10, -1.5, -2.5, -0.5)]
+              entry("auto", "B", 10, 0.5, -0.2, 1.2), entry("fomaml", "ALL", 10, -1.5, -2.5, -0.5),
+              entry("ensemble", "ALL", 10, -3.0, -4.0, -2.0), entry("ensemble", "A", 10, 0.7, 0.2, 1.2),
+              entry("ensemble", "B", 10, -0.1, -0.5, 0.3)]
     (tmp_path / "toy.json").write_text("progress line\n" + json.dumps(bench("rmse_last", paired)) + "\n")
     page = tmp_path / "README.md"
     page.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n"
@@ -40,6 +42,8 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     # RMSE: a negative difference is a gain, so it is printed positive; the worst site is B (RMSE +0.5)
     assert "| 5 | 10 | +1.00 [+0.50, +2.00]* |" in row
     assert "B: -0.50 [-1.20, +0.20]" in row and "fomaml: +1.50 [+0.50, +2.50]*" in row
+    # the ensemble is not a single method: its own column, pooled and at its worst site (A: RMSE +0.7)
+    assert row.endswith("| +3.00 [+2.00, +4.00]*; A: -0.70 [-1.20, -0.20]* |")
     text = page.read_text()
     assert "old" not in text and text.startswith("intro\n") and "fedavg+ft 75%" in text
     assert "<!-- reference-gap:start -->\nCells: the reference's mean" in text  # no reference row: only the note
