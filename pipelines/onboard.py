@@ -131,7 +131,7 @@ def onboard(
         before = score_ensemble(task, [m.params for m in members])
         after = score_ensemble(task, adapted_members)
     lrs = [m.lr_for(steps) for m in members]
-    used_lr = lrs[0] if len(lrs) == 1 else ",".join(f"{lr:g}" for lr in lrs)
+    used_lr = lrs[0] if len(lrs) == 1 else ", ".join(f"{m.name} {lr:g}" for m, lr in zip(members, lrs))
     seconds = time.perf_counter() - start
     headline = str(info.get("headline", next(iter(after))))
     helped = adaptation_helped(before, after, headline, bool(info.get("higher_is_better", True)))
