@@ -86,7 +86,8 @@ and the default above when the support is too small to split.
 - sites by role: {sites or 'not recorded'}
 
 ## Held-out test sites ({shots} shots, {best.best_steps} steps; {headline}, {direction} is better)
-Pooled over the test sites and their support draws; `auto` is the per-site choice a new site gets.
+Pooled over the test sites and their support draws; `auto` is the per-site choice a new site gets;
+`ensemble` (where listed) averages the bundle's adapted candidates: `--candidate ensemble` takes it.
 
 {heldout_table(summary, paired, headline, shots, best.best_steps)}
 

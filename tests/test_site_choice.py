@@ -292,6 +292,7 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     card = version.description  # the model card the MLflow UI shows
     assert f"# fml-linear v{version.version}: `linear`" in card and "Default starting point: `fedavg+ft`" in card
     assert "| `auto` |" in card and "| `fomaml` |" in card and "minus `fedavg+ft`" in card
+    assert "| `ensemble` |" in card and "--candidate ensemble" in card
     assert f"fml onboard linear --site NEW_SITE_ID --model models:/fml-linear/{version.version}" in card
     assert "test: s0, s1" in card
     loaded = tracking.load_meta_init("models:/fml-linear@champion")
