@@ -69,6 +69,12 @@ def cell(gain: Optional[tuple[float, float, float]], digits: int) -> str:
     return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}"
 
 
+def worst_site(cells: list[dict[str, Any]], method: str, key: str, lower: bool) -> Optional[dict[str, Any]]:
+    """``method``'s cell at its worst test site or group (not a pool), or None."""
+    return min((p for p in cells if p["method"] == method and p[key] not in ALL_POOLS),
+               key=lambda p: signed(p, lower)[0], default=None)
+
+
 def vertical_rows(bench: dict[str, Any]) -> list[str]:
     lower, digits = direction_and_digits(bench)
     paired = bench.get("paired_vs_fedavg_ft") or []
@@ -82,13 +88,11 @@ def vertical_rows(bench: dict[str, Any]) -> list[str]:
     for k in sorted({p["shots"] for p in paired}):
         cells = [p for p in paired if p["shots"] == k and p["steps"] == steps]
         auto_all = next((p for p in cells if p["method"] == "auto" and p[key] in ALL_POOLS), None)
-        auto_sites = [p for p in cells if p["method"] == "auto" and p[key] not in ALL_POOLS]
-        worst = min(auto_sites, key=lambda p: signed(p, lower)[0], default=None)
+        worst = worst_site(cells, "auto", key, lower)
         singles = [p for p in cells if p["method"] not in ("auto", "ensemble") and p[key] in ALL_POOLS]
         best = max(singles, key=lambda p: signed(p, lower)[0], default=None)
         ens_all = next((p for p in cells if p["method"] == "ensemble" and p[key] in ALL_POOLS), None)
-        ens_worst = min((p for p in cells if p["method"] == "ensemble" and p[key] not in ALL_POOLS),
-                        key=lambda p: signed(p, lower)[0], default=None)
+        ens_worst = worst_site(cells, "ensemble", key, lower)
         out.append(" | ".join([
             f"{bench['vertical']} ({bench['preset']}{setting}, seeds {seeds})", str(k), str(steps),
             cell(signed(auto_all, lower) if auto_all else None, digits),

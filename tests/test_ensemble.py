@@ -1,7 +1,6 @@
 """The ensemble start (core/ensemble.py): the averaged outputs of adapted candidates, scored and served as one model."""
 from __future__ import annotations
 
-import pandas as pd
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -67,4 +66,3 @@ def test_the_protocols_ensemble_row_averages_the_members_adapted_as_their_own_ro
                 assert mse[(site.site_id, "ensemble", s, d)] <= members + 1e-9  # convex loss
     alone = evaluate_sites(problem, model, methods[:1], list(sites.values()), ensemble=["fedavg+ft"], **grid)
     assert "ensemble" not in set(alone["method"])  # one candidate: nothing to average
-    assert isinstance(rows, pd.DataFrame)
