@@ -8,6 +8,10 @@
 #                          on the FIRST start of a server folder, later starts keep the stored users
 #   MLFLOW_ADMIN_USERNAME  the admin's name (default admin)
 #   MLFLOW_HOST            interface to bind (default 127.0.0.1)
+#   MLFLOW_AUTH_CACHE_TTL  seconds a verified user+password stays verified (default 60; 0 checks the password hash
+#                          on every request, ~0.3 s each on 2 cores). One worker: a password change or deletion made
+#                          through the auth API takes effect at once; one made in the user database directly, after
+#                          at most this long
 #   MLFLOW_TLS_CERT, MLFLOW_TLS_KEY   serve HTTPS with this certificate and key (put a server reachable from
 #                          other machines behind TLS: basic auth sends passwords with every request)
 # Clients: export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...
@@ -33,6 +37,7 @@ database_uri = sqlite:///$HOME_DIR/basic_auth.db
 admin_username = ${MLFLOW_ADMIN_USERNAME:-admin}
 admin_password = $MLFLOW_ADMIN_PASSWORD
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL:-60}
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$HOME_DIR/basic_auth.ini"
 if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then  # CSRF key: kept per server folder

@@ -426,7 +426,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task),
                               ensemble=names, **grid)
     if len(bundle) > 1:
-        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
+        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps, cfg.eval.choose_ensemble)
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
                          ignore_index=True)
     if spec.reference_baselines is not None:
@@ -474,6 +474,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
             "heldout_auto_value": held("auto", best.best_steps),
             "candidates": candidate_recipes(bundle, cfg.inner), "choice_folds": cfg.eval.choice_folds,
+            "choose_ensemble": cfg.eval.choose_ensemble,
             "default_by_steps": {str(k): v for k, v in default_by_steps.items()},
             "validation_choice_by_shots": {str(k): {str(s): v for s, v in d.items()} for k, d in choice_at_shots.items()},
             "default_reason": veto or default_reason, "baseline_won": baseline_won,

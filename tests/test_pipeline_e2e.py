@@ -58,10 +58,6 @@ def _run_and_onboard(tmp_path: Path, env: dict[str, str]) -> MlflowClient:
     onboard = fml(["onboard", "digits", "--site", "clinic-x", "--register"], env, tmp_path)
     assert onboard.returncode == 0, onboard.stdout[-3000:] + onboard.stderr[-3000:]
     assert "after adaptation" in onboard.stdout
-    # a step size that overflows the weights: the site keeps its start, and nothing non-finite is registered
-    wild = fml(["onboard", "digits", "--site", "clinic-y", "--lr", "1e30", "--steps", "5", "--register"], env, tmp_path)
-    assert wild.returncode == 0, wild.stdout[-3000:] + wild.stderr[-3000:]
-    assert "diverged (non-finite weights): the site keeps its start" in " ".join(wild.stdout.split())
     uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['FML_HOME']) / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)  # explicit: other tests set global URIs
 
@@ -78,10 +74,6 @@ def _check_registry(client: MlflowClient) -> None:
     assert site_model.tags["source_model"] == "fml-digits"
     assert site_model.tags["source_version"] == "1", site_model.tags
     assert site_model.tags["site_id"] == "clinic-x" and site_model.tags["adaptation_diverged"] == "false"
-    wild = client.get_model_version_by_alias("fml-digits-site-clinic-y", "champion")
-    assert wild.tags["adaptation_diverged"] == "true" and wild.tags["adapt_steps"] == "0"
-    scores = client.get_run(wild.run_id).data.metrics  # the registered weights are the start: the same scores
-    assert scores["after/accuracy"] == scores["before/accuracy"] > 0.2
     run = client.get_run(champion.tags["run_id"])
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "dataset_fingerprint.json", "evaluation"} <= arts
@@ -101,6 +93,14 @@ def test_run_then_onboard_embedded_store(tmp_path):
     assert (tmp_path / "home" / "mlflow.db").exists()
     models = fml(["models"], env, tmp_path)
     assert models.returncode == 0 and "fml-digits" in models.stdout
+    # a step size that overflows the weights: the site keeps its start, and nothing non-finite is registered
+    wild = fml(["onboard", "digits", "--site", "clinic-y", "--lr", "1e30", "--steps", "5", "--register"], env, tmp_path)
+    assert wild.returncode == 0, wild.stdout[-3000:] + wild.stderr[-3000:]
+    assert "diverged (non-finite weights): the site keeps its start" in " ".join(wild.stdout.split())
+    version = client.get_model_version_by_alias("fml-digits-site-clinic-y", "champion")
+    assert version.tags["adaptation_diverged"] == "true" and version.tags["adapt_steps"] == "0"
+    scores = client.get_run(version.run_id).data.metrics  # the registered weights are the start: the same scores
+    assert scores["after/accuracy"] == scores["before/accuracy"] > 0.2
 
 
 ADMIN_PASSWORD = "test-admin-Pw-7319"  # the test server's admin; never a default of serve.sh
@@ -153,6 +153,24 @@ def test_run_then_onboard_real_tracking_server(tmp_path, mlflow_server, monkeypa
                 not k.startswith("MLFLOW_TRACKING_PASS")}
         refused = fml(["models"], {**bare, **creds}, tmp_path)
         assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr[-1500:]
+    # verified credentials are cached (serve.sh's MLFLOW_AUTH_CACHE_TTL), yet a password changed through the auth
+    # API stops working at once: the one worker drops the cached entry
+    from mlflow.server import get_app_client
+
+    def as_user(user: str, password: str) -> MlflowClient:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        return MlflowClient(tracking_uri=mlflow_server)
+
+    as_user("admin", ADMIN_PASSWORD)
+    get_app_client("basic-auth", tracking_uri=mlflow_server).create_user("site-a", "first-Pw-4821")
+    for _ in range(2):  # the second request is answered from the cache
+        as_user("site-a", "first-Pw-4821").search_experiments()
+    as_user("admin", ADMIN_PASSWORD)
+    get_app_client("basic-auth", tracking_uri=mlflow_server).update_user_password("site-a", "second-Pw-9377")
+    with pytest.raises(MlflowException, match="401"):
+        as_user("site-a", "first-Pw-4821").search_experiments()
+    as_user("site-a", "second-Pw-9377").search_experiments()
 
 
 def test_serve_sh_refuses_to_start_without_an_admin_password(tmp_path):
@@ -163,21 +181,29 @@ def test_serve_sh_refuses_to_start_without_an_admin_password(tmp_path):
     assert done.returncode == 2 and "set MLFLOW_ADMIN_PASSWORD" in done.stderr
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path):
-    env = _env(tmp_path / "home")
-    r = fml(["run", "no-such-vertical"], env, tmp_path)
+def test_a_bad_vertical_is_one_line_on_stderr_from_the_real_entry_point(tmp_path):
+    r = fml(["run", "no-such-vertical"], _env(tmp_path / "home"), tmp_path)
     assert r.returncode == 1 and "unknown vertical 'no-such-vertical'" in r.stderr and "digits" in r.stderr
-    r = fml(["onboard", "digits", "--model", "models:/fml-digits@champion"], env, tmp_path)
-    assert r.returncode == 1 and "cannot resolve 'models:/fml-digits@champion'" in r.stderr
-    r = fml(["onboard", "digits", "--data", str(tmp_path / "missing.csv")], env, tmp_path)
-    assert r.returncode == 1 and "error" in r.stderr
-    r = fml(["run", "digits", "--preset", "nope"], env, tmp_path)
-    assert r.returncode == 1 and "no preset 'nope'" in r.stderr
-    r = fml(["run", "digits", "--algorithms", "nosuch", "--fed.rounds", "1"], env, tmp_path)
-    assert r.returncode == 1 and "unknown algorithm 'nosuch'" in r.stderr
-    r = fml(["run", "digits", "--algorithms", "fomaml", "--algorithm-overrides", "maml:server.lr=1"], env, tmp_path)
-    assert r.returncode == 1 and "algorithm override for 'maml', but this run trains fedavg, fomaml" in r.stderr
-    assert not (tmp_path / "home" / "mlflow.db").exists() or "fml-digits" not in fml(["models"], env, tmp_path).stdout
+
+
+@pytest.mark.parametrize("args,named", [
+    (["onboard", "digits", "--model", "models:/fml-digits@champion"], "cannot resolve 'models:/fml-digits@champion'"),
+    (["onboard", "digits", "--data", "missing.csv"], "missing.csv"),
+    (["run", "digits", "--preset", "nope"], "no preset 'nope'"),
+    (["run", "digits", "--algorithms", "nosuch", "--fed.rounds", "1"], "unknown algorithm 'nosuch'"),
+    (["run", "digits", "--algorithms", "fomaml", "--algorithm-overrides", "maml:server.lr=1"],
+     "algorithm override for 'maml', but this run trains fedavg, fomaml")])
+def test_bad_inputs_are_one_line_errors(fml_home, capsys, monkeypatch, tmp_path, args, named):
+    """In process (the entry point's own path is the test above): exit 1, the sentence on stderr, no model."""
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 1
+    assert named in capsys.readouterr().err
+    from mlflow.tracking import MlflowClient
+
+    if (fml_home / "mlflow.db").exists():
+        assert not MlflowClient(tracking_uri=f"sqlite:///{fml_home / 'mlflow.db'}").search_registered_models()
 
 
 @pytest.mark.parametrize("flags,named", [(["--fed.rounds", "-5"], "--fed.rounds -5"),
