@@ -512,7 +512,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
                        run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)),
-                       onboard_args=spec.onboard_args)
+                       onboard_args=spec.onboard_args, choose_ensemble=cfg.eval.choose_ensemble)
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
                                                    problem.higher_is_better, describe=lambda v: card(version=v))
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})

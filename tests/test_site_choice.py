@@ -292,7 +292,7 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     card = version.description  # the model card the MLflow UI shows
     assert f"# fml-linear v{version.version}: `linear`" in card and "Default starting point: `fedavg+ft`" in card
     assert "| `auto` |" in card and "| `fomaml` |" in card and "minus `fedavg+ft`" in card
-    assert "| `ensemble` |" in card and "--candidate ensemble" in card
+    assert "| `ensemble` |" in card and "--candidate ensemble" in card and "and their `ensemble`" not in card
     assert f"fml onboard linear --site NEW_SITE_ID --model models:/fml-linear/{version.version}" in card
     assert "test: s0, s1" in card
     loaded = tracking.load_meta_init("models:/fml-linear@champion")
@@ -464,6 +464,8 @@ def test_auto_and_onboarding_choose_the_ensemble_when_the_run_asks_for_it(fml_ho
     scored = rows[rows["method"] == "ensemble"].set_index(["site", "shots", "steps", "draw", "metric"])["value"]
     assert all(r["value"] == scored[(r["site"], r["shots"], r["steps"], r["draw"], "mse")] for _, r in split.iterrows())
     assert tracking.load_meta_init("models:/fml-linear@champion").info["choose_ensemble"] is True
+    card = MlflowClient().get_registered_model("fml-linear").latest_versions[0].description
+    assert "and their `ensemble` (each adapted, outputs averaged)" in card
     result = onboard(spec, data=None, site_id="clinic-new", shots=6, steps=0)
     assert result.choice.name == "ensemble" and result.choice.folds >= 2
     tags = MlflowClient().get_run(result.run_id).data.tags
