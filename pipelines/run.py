@@ -521,7 +521,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             console.print(f"dataset [bold]{dataset.name}[/] is not the {spec.name} vertical's default data: its "
                           f"versions register as {name} with their own @champion (--tracking.model-name to choose)")
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots,
-                   split_draws(rows))
+                   split_draws(rows), cfg.eval.choose_ensemble)
     for k, by_steps in choice_at_shots.items():
         disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}
         if disagree:
@@ -557,7 +557,7 @@ def onboarding_sentence(split: int, total: int) -> str:
 
 def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.DataFrame, problem: Problem,
                    bundle: list[Method], reason: str, registered: Optional[dict], shots: int,
-                   split: tuple[int, int]) -> None:
+                   split: tuple[int, int], ensemble: bool = False) -> None:
     cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)].copy()
     cells["cell"] = cells.apply(lambda r: f"{r['mean']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]", axis=1)
     table = cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").fillna("-")
@@ -577,8 +577,9 @@ def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.Data
                       f"{reason}.[/]")
     else:
         console.print(f"default: [bold]{best.name}[/] (adapt {best.best_steps} steps at {best.rate_text}): {reason}")
+    averaged = " and their ensemble (outputs averaged)" if ensemble and len(bundle) > 1 else ""
     console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, {m.rate_text})" for m in bundle)
-                  + "; " + onboarding_sentence(*split))
+                  + averaged + "; " + onboarding_sentence(*split))
     if registered:
         console.print(f"registered [bold]{registered['name']}[/] v{registered['version']} as "
                       f"@{registered['alias']}: {registered['reason']}")

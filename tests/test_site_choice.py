@@ -442,7 +442,7 @@ def test_the_ensemble_is_chosen_only_where_the_sites_folds_show_it_clearly_bette
     assert unsplit.name == "fomaml"  # the ensemble is never a default
 
 
-def test_auto_and_onboarding_choose_the_ensemble_when_the_run_asks_for_it(fml_home, tmp_path):
+def test_auto_and_onboarding_choose_the_ensemble_when_the_run_asks_for_it(fml_home, tmp_path, capsys):
     """``eval.choose_ensemble``: the ``auto`` rows copy the ``ensemble`` row where a draw's folds chose it, the
     registered model records the option, and onboarding makes the same choice and serves the averaged model."""
     from core import tracking
@@ -457,6 +457,7 @@ def test_auto_and_onboarding_choose_the_ensemble_when_the_run_asks_for_it(fml_ho
     with mlflow.start_run(experiment_id=tracking.ensure_experiment("fml-linear")) as run:
         evaluate_and_register(spec, problem, cfg, nn.Linear(3, 1), methods, candidates=["fedavg+ft", "fomaml"],
                               run_id=run.info.run_id, out=tmp_path, progress=False)
+    assert "and their ensemble (outputs averaged); `fml onboard` chooses" in " ".join(capsys.readouterr().out.split())
     rows = pd.read_parquet(tmp_path / "evaluation_rows.parquet")
     auto = rows[(rows["method"] == "auto") & (rows["metric"] == "mse")]
     split, unsplit = auto[auto["shots"] == 6], auto[auto["shots"] == 1]
