@@ -199,7 +199,8 @@ def test_bad_inputs_are_one_line_errors(fml_home, capsys, monkeypatch, tmp_path,
 
     monkeypatch.chdir(tmp_path)
     assert main(args) == 1
-    assert named in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0], err
     from mlflow.tracking import MlflowClient
 
     if (fml_home / "mlflow.db").exists():
