@@ -9,7 +9,7 @@
 #   MLFLOW_ADMIN_USERNAME  the admin's name (default admin)
 #   MLFLOW_HOST            interface to bind (default 127.0.0.1)
 #   MLFLOW_AUTH_CACHE_TTL  seconds a verified user+password stays verified (default 60; 0 checks the password hash
-#                          on every request, ~0.3 s each on 2 cores). One worker: a password change or deletion made
+#                          on every request: 5-6x slower requests, benchmarks/tracking_server_auth.py). One worker: a password change or deletion made
 #                          through the auth API takes effect at once; one made in the user database directly, after
 #                          at most this long
 #   MLFLOW_TLS_CERT, MLFLOW_TLS_KEY   serve HTTPS with this certificate and key (put a server reachable from
