@@ -163,17 +163,6 @@ def pairwise_ranking(scores: Callable[[Params, Tensor], Tensor]) -> Criterion:
     return criterion
 
 
-@dataclass(frozen=True)
-class EnsembleOption:
-    """One more candidate of the choice: the mean of ``members``' outputs, each member adapted with its own
-    recipe on the same training fold. ``criterion(members' adapted params, held_units)`` scores the averaged
-    model (:func:`core.ensemble.ensemble_criterion`)."""
-
-    name: str
-    members: tuple[str, ...]
-    criterion: Callable[[Sequence[Params], list[Batch]], list[float]]
-
-
 def adapted_on(loss_fn: LossFn, candidate: Candidate, train: Batch, steps_grid: Sequence[int]) -> dict[int, Params]:
     """``candidate`` adapted on one fold's training part with its recipe: its parameters after each steps
     count (one adaptation trajectory per step size, on ``loss_fn``)."""
@@ -186,19 +175,15 @@ def adapted_on(loss_fn: LossFn, candidate: Candidate, train: Batch, steps_grid: 
 
 
 def fold_losses(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Folds, steps_grid: Sequence[int],
-                criterion: Criterion, ensemble: Optional[EnsembleOption] = None) -> dict[str, dict[int, list[float]]]:
+                criterion: Criterion) -> dict[str, dict[int, list[float]]]:
     """Candidate -> steps -> the held-out loss of every unit of every fold, in the folds' order (candidates are
-    paired unit by unit); ``ensemble`` scores its members' parameters of the same fold. One fold's adapted
-    parameters are held at a time."""
-    names = [c.name for c in candidates] + ([ensemble.name] if ensemble is not None else [])
-    out: dict[str, dict[int, list[float]]] = {name: {s: [] for s in steps_grid} for name in names}
+    paired unit by unit). One fold's adapted parameters are held at a time."""
+    out: dict[str, dict[int, list[float]]] = {c.name: {s: [] for s in steps_grid} for c in candidates}
     for train, held in folds:
         adapted = {c.name: adapted_on(loss_fn, c, train, steps_grid) for c in candidates}
         for s in steps_grid:
             for name, by_steps in adapted.items():
                 out[name][s] += criterion(by_steps[s], held)
-            if ensemble is not None:
-                out[ensemble.name][s] += ensemble.criterion([adapted[m][s] for m in ensemble.members], held)
     return out
 
 
@@ -237,13 +222,12 @@ def _mean(values: Sequence[float]) -> float:
 
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
                      defaults: Mapping[int, str], criterion: Optional[Criterion] = None,
-                     baseline: Optional[str] = None, ensemble: Optional[EnsembleOption] = None) -> dict[int, SiteChoice]:
+                     baseline: Optional[str] = None) -> dict[int, SiteChoice]:
     """The choice at each steps count of ``defaults`` (every candidate adapts that many steps).
 
     On the site's own folds, ``baseline`` (when it is a candidate; else ``defaults[s]``) is kept unless another
-    candidate -- or ``ensemble``, its members adapted on the same folds -- is clearly better by ``criterion``
-    (default: the held-out units' loss); ``defaults[s]`` -- the start validation sites support at ``s``
-    steps -- only when the support cannot be split (the ensemble is never a default)."""
+    candidate is clearly better by ``criterion`` (default: the held-out units' loss); ``defaults[s]`` -- the
+    start validation sites support at ``s`` steps -- only when the support cannot be split."""
     names = [c.name for c in candidates]
     for name in defaults.values():
         if name not in names:
@@ -253,7 +237,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         reason = ("one candidate" if len(candidates) < 2 else
                   "support cannot be split (a class with 1 example, 1 unit, or rollouts): validation-chosen default")
         return {s: SiteChoice(defaults[s], {}, 0, reason) for s in steps_grid}
-    losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion or unit_loss(loss_fn), ensemble)
+    losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion or unit_loss(loss_fn))
     out = {}
     for s in steps_grid:
         anchor = baseline if baseline in names else defaults[s]
@@ -268,9 +252,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
 
 
 def choose_candidate(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds], steps: int,
-                     default: str, criterion: Optional[Criterion] = None, baseline: Optional[str] = None,
-                     ensemble: Optional[EnsembleOption] = None) -> SiteChoice:
+                     default: str, criterion: Optional[Criterion] = None, baseline: Optional[str] = None) -> SiteChoice:
     """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; ``baseline`` is
-    kept unless another candidate (or ``ensemble``) is clearly better on the folds, ``default`` when there are
-    no folds."""
-    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion, baseline, ensemble)[steps]
+    kept unless another candidate is clearly better on the folds, ``default`` when there are no folds."""
+    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion, baseline)[steps]

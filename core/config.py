@@ -88,11 +88,6 @@ class EvalConfig:
     """Draws per validation site in the lr/steps search."""
     choice_folds: int = 5
     """Most cross-validation folds of a site's support set when choosing its starting point (``auto``)."""
-    choose_ensemble: bool = False
-    """The per-site choice (``auto`` rows, onboarding) also weighs the ``ensemble`` of the bundle's candidates
-    (their adapted outputs averaged), chosen only where a site's own folds show it clearly better than the
-    baseline. Off by default: measured, the folds rarely choose it (verticals/README.md, the ``ensemble`` bullet),
-    and turning it on would change every committed held-out line's ``auto`` rows."""
     recipes: list[str] = field(default_factory=list)
     """More adaptation recipes (core/recipes.py: head, body, lp-ft, newton-head) for every adapting initialization:
     each adds a row <init>+<recipe> (fedavg+<recipe> for the FedAvg model) with its own validation search, and

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from core.types import Batch, LossFn, Params
+from core.types import Params
 
 #: The method row and the onboarding candidate name of the ensemble of a bundle's candidates.
 ENSEMBLE = "ensemble"
@@ -53,15 +53,3 @@ def score_ensemble(task: object, members: Sequence[Params]) -> Optional[dict[str
 def averages_outputs(task: object) -> bool:
     """Whether :func:`score_ensemble` can score ``task`` (it scores a model's outputs on fixed rows)."""
     return isinstance(getattr(task, "model", None), nn.Module) and dataclasses.is_dataclass(task)
-
-
-def ensemble_criterion(task: object, loss_fn_of: Callable[[nn.Module], LossFn],
-                       count: int) -> Optional[Callable[[Sequence[Params], list[Batch]], list[float]]]:
-    """How the per-site choice scores the ensemble of ``count`` adapted members on held-out support units:
-    ``task``'s own choice criterion applied to the averaged model (``loss_fn_of``: the problem's loss of a
-    model); None where :func:`score_ensemble` cannot score ``task`` either."""
-    if not averages_outputs(task) or count < 2:
-        return None
-    averaged = average_of(task.model, count)
-    criterion = dataclasses.replace(task, model=averaged).choice_criterion(loss_fn_of(averaged))
-    return lambda members, held: criterion(ensemble_params(members), held)

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
-from core.choice import Candidate, EnsembleOption, SiteChoice, choose_per_steps
+from core.choice import Candidate, SiteChoice, choose_per_steps
 from core.devices import DeviceLike, to_device
-from core.ensemble import ENSEMBLE, ensemble_criterion, score_ensemble
+from core.ensemble import ENSEMBLE, score_ensemble
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
 from core.problem import FewShotTask, Problem
@@ -266,15 +266,6 @@ class AutoChoice:
     max_folds: int = 5
     default_by_steps: Mapping[int, str] = field(default_factory=dict)
     """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.validation_default``)."""
-    ensemble: bool = False
-    """Also weigh the ``ensemble`` of the candidates (their adapted outputs averaged) where a task averages
-    outputs; it is chosen like any candidate (clearly better than the baseline on the folds), never a default."""
-
-
-def ensemble_option(problem: Problem, task: FewShotTask, members: Sequence[str]) -> Optional[EnsembleOption]:
-    """The ``ensemble`` of ``members`` as one more candidate of ``task``'s choice; None where it cannot average."""
-    criterion = ensemble_criterion(task, problem.loss_fn, len(members))
-    return EnsembleOption(ENSEMBLE, tuple(members), criterion) if criterion is not None else None
 
 
 def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:
@@ -366,9 +357,8 @@ def evaluate_auto(
         for k in shots_grid:
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
-                option = ensemble_option(problem, task, auto.candidates) if auto.ensemble else None
                 choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
-                                           task.choice_criterion(loss_fn), BASELINE, option)
+                                           task.choice_criterion(loss_fn), BASELINE)
                 if on_choice is not None:
                     on_choice(site, k, d, choices)
                 for s, choice in choices.items():

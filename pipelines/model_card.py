@@ -50,11 +50,10 @@ def schema_line(schema: dict[str, Any], limit: int = 12) -> str:
 def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str, Any], bundle: list[Any],
                default_reason: str, summary: pd.DataFrame, paired: pd.DataFrame, headline: str,
                higher_is_better: bool, shots: int, run_id: str, site_statistics: bool = False,
-               dataset: Any = None, onboard_args: str = "--data NEW_SITE_FILE", choose_ensemble: bool = False) -> str:
+               dataset: Any = None, onboard_args: str = "--data NEW_SITE_FILE") -> str:
     """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first;
     ``dataset``: its :class:`pipelines.dataset_identity.DatasetIdentity`; ``onboard_args``: what a new site passes
-    to ``fml onboard``, the vertical's ``VerticalSpec.onboard_args``; ``choose_ensemble``: the per-site choice also
-    weighs the ensemble of the candidates)."""
+    to ``fml onboard``, the vertical's ``VerticalSpec.onboard_args``)."""
     best = bundle[0]
     roles = fingerprint.get("roles", {})
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
@@ -68,7 +67,6 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
                f"the FedAvg model with recipe `{best.recipe}` is the default: no FML algorithm beat it clearly"
                if best.name.startswith("fedavg+") else f"`{best.name}` is the default")
     direction = "higher" if higher_is_better else "lower"
-    also = ", and their `ensemble` (each adapted, outputs averaged)" if choose_ensemble and len(bundle) > 1 else ""
     dataset_lines = "" if dataset is None else (
         f"- dataset: `{dataset.name}` ({DEFAULT_DATA if dataset.default else OTHER_DATA})\n"
         f"- schema (sha256 `{dataset.schema_sha256[:16]}...`): {schema_line(dataset.schema)}\n")
@@ -77,7 +75,7 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
 **Default starting point: `{best.name}`** ({best.best_steps} adaptation steps at {best.rate_text});
 {verdict}. Why: {default_reason}.
 
-**Candidates in this bundle:** {candidates}{also}. `fml onboard` chooses one per new site by cross-validation on
+**Candidates in this bundle:** {candidates}. `fml onboard` chooses one per new site by cross-validation on
 that site's own labelled support set: the tuned FedAvg model unless another candidate is clearly better there,
 and the default above when the support is too small to split.
 

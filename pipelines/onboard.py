@@ -25,7 +25,7 @@ from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
 from core.devices import DeviceLike, describe_device, resolve_device, to_device
 from core.ensemble import ENSEMBLE, average_of, averages_outputs, ensemble_params, score_ensemble
-from core.evaluation import BASELINE, ensemble_option, task_generator
+from core.evaluation import BASELINE, task_generator
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS, layout_of
 from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
@@ -109,9 +109,8 @@ def onboard(
         choice = SiteChoice(candidate, {}, 0, "forced with --candidate")
     else:
         loss_fn = problem.loss_fn(model)
-        option = ensemble_option(problem, task, list(candidates)) if info.get("choose_ensemble") else None
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
-                                  steps, default, task.choice_criterion(loss_fn), BASELINE, option)
+                                  steps, default, task.choice_criterion(loss_fn), BASELINE)
         if choice.folds == 0 and len(candidates) > 1:
             checked = validation_choice(info, shots, steps)
     if checked is not None and checked[1] != default:

@@ -426,7 +426,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task),
                               ensemble=names, **grid)
     if len(bundle) > 1:
-        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps, cfg.eval.choose_ensemble)
+        auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
                          ignore_index=True)
     if spec.reference_baselines is not None:
@@ -474,7 +474,6 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "higher_is_better": problem.higher_is_better, "heldout_value": held_value,
             "heldout_auto_value": held("auto", best.best_steps),
             "candidates": candidate_recipes(bundle, cfg.inner), "choice_folds": cfg.eval.choice_folds,
-            "choose_ensemble": cfg.eval.choose_ensemble,
             "default_by_steps": {str(k): v for k, v in default_by_steps.items()},
             "validation_choice_by_shots": {str(k): {str(s): v for s, v in d.items()} for k, d in choice_at_shots.items()},
             "default_reason": veto or default_reason, "baseline_won": baseline_won,
@@ -512,7 +511,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
                        run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)),
-                       onboard_args=spec.onboard_args, choose_ensemble=cfg.eval.choose_ensemble)
+                       onboard_args=spec.onboard_args)
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
                                                    problem.higher_is_better, describe=lambda v: card(version=v))
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
@@ -521,7 +520,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             console.print(f"dataset [bold]{dataset.name}[/] is not the {spec.name} vertical's default data: its "
                           f"versions register as {name} with their own @champion (--tracking.model-name to choose)")
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots,
-                   split_draws(rows), cfg.eval.choose_ensemble)
+                   split_draws(rows))
     for k, by_steps in choice_at_shots.items():
         disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}
         if disagree:
@@ -557,7 +556,7 @@ def onboarding_sentence(split: int, total: int) -> str:
 
 def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.DataFrame, problem: Problem,
                    bundle: list[Method], reason: str, registered: Optional[dict], shots: int,
-                   split: tuple[int, int], ensemble: bool = False) -> None:
+                   split: tuple[int, int]) -> None:
     cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)].copy()
     cells["cell"] = cells.apply(lambda r: f"{r['mean']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]", axis=1)
     table = cells.pivot_table(index=["method", "shots"], columns="steps", values="cell", aggfunc="first").fillna("-")
@@ -577,9 +576,8 @@ def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.Data
                       f"{reason}.[/]")
     else:
         console.print(f"default: [bold]{best.name}[/] (adapt {best.best_steps} steps at {best.rate_text}): {reason}")
-    averaged = " and their ensemble (outputs averaged)" if ensemble and len(bundle) > 1 else ""
     console.print("bundle: " + ", ".join(f"{m.name} ({m.best_steps} steps, {m.rate_text})" for m in bundle)
-                  + averaged + "; " + onboarding_sentence(*split))
+                  + "; " + onboarding_sentence(*split))
     if registered:
         console.print(f"registered [bold]{registered['name']}[/] v{registered['version']} as "
                       f"@{registered['alias']}: {registered['reason']}")

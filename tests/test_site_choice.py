@@ -292,7 +292,7 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     card = version.description  # the model card the MLflow UI shows
     assert f"# fml-linear v{version.version}: `linear`" in card and "Default starting point: `fedavg+ft`" in card
     assert "| `auto` |" in card and "| `fomaml` |" in card and "minus `fedavg+ft`" in card
-    assert "| `ensemble` |" in card and "--candidate ensemble" in card and "and their `ensemble`" not in card
+    assert "| `ensemble` |" in card and "--candidate ensemble" in card
     assert f"fml onboard linear --site NEW_SITE_ID --model models:/fml-linear/{version.version}" in card
     assert "test: s0, s1" in card
     loaded = tracking.load_meta_init("models:/fml-linear@champion")
@@ -405,73 +405,3 @@ def test_validation_sites_not_their_draws_are_the_units_of_the_default():
     as_draws = {5: [[v] for site in mixed.validation_draws[5] for v in site]}  # as 8 "sites": 7 of 8 ahead
     assert validation_default([replace(mixed, validation_draws=as_draws),
                                replace(flat, validation_draws={5: [[0.7]] * 8})], 5, higher_is_better=True)[0].name == "reptile"
-
-
-# ------------------------------------------------------------------- the ensemble among the choices
-LOW, HIGH = ({"weight": W_TRUE.T.clone(), "bias": torch.full((1,), b)} for b in (-1.0, 1.0))
-
-
-def test_the_ensemble_is_chosen_only_where_the_sites_folds_show_it_clearly_better():
-    """Two starts biased in opposite directions: their averaged outputs are right, so with the option the
-    site's folds choose the ensemble; without it, neither start is clearly better than the baseline. The
-    ensemble's held-out losses are the averaged model's, its members adapted on the same folds."""
-    from core.evaluation import ensemble_option, task_generator
-
-    problem, model = linear_problem(linear_federation()), nn.Linear(3, 1)
-    task = problem.few_shot_task(model, linear_site("new-site"), 8, task_generator(0, 0, 8, 0))
-    cands = [Candidate("fedavg+ft", LOW, lambda s: 0.05), Candidate("fomaml", HIGH, lambda s: 0.05)]
-    loss, folds = problem.loss_fn(model), task.support_folds(4)
-    option = ensemble_option(problem, task, ["fedavg+ft", "fomaml"])
-    plain = choose_candidate(loss, cands, folds, 0, "fomaml", task.choice_criterion(loss), "fedavg+ft")
-    both = choose_candidate(loss, cands, folds, 0, "fomaml", task.choice_criterion(loss), "fedavg+ft", option)
-    assert plain.name == "fedavg+ft" and "ensemble" not in plain.estimates
-    assert both.name == "ensemble" and both.estimates["ensemble"] < 0.1 < min(both.estimates["fedavg+ft"],
-                                                                              both.estimates["fomaml"])
-    x, y = task.support_batch  # leave-one-out at 1 step: each held row scored by the mean of the fold's members
-    one = choose_candidate(loss, cands, split_support((x, y), None, None, 8), 1, "fomaml", None, "fedavg+ft", option)
-    from core.recipes import DEFAULT_RECIPE, recipe_trajectory
-
-    expected = []
-    for i in range(8):
-        keep = torch.arange(8) != i
-        members = [recipe_trajectory(DEFAULT_RECIPE, loss, c.params, (x[keep], y[keep]), [1], 0.05)[1] for c in cands]
-        pred = sum(torch.func.functional_call(model, p, (x[i:i + 1],)) for p in members) / 2
-        expected.append(float(torch.mean((pred - y[i:i + 1]) ** 2)))
-    assert one.unit_losses["ensemble"] == pytest.approx(expected, rel=1e-5)
-    unsplit = choose_candidate(loss, cands, None, 0, "fomaml", None, "fedavg+ft", option)
-    assert unsplit.name == "fomaml"  # the ensemble is never a default
-
-
-def test_auto_and_onboarding_choose_the_ensemble_when_the_run_asks_for_it(fml_home, tmp_path, capsys):
-    """``eval.choose_ensemble``: the ``auto`` rows copy the ``ensemble`` row where a draw's folds chose it, the
-    registered model records the option, and onboarding makes the same choice and serves the averaged model."""
-    from core import tracking
-    from pipelines.onboard import onboard
-    from pipelines.run import evaluate_and_register
-
-    spec, problem = linear_spec(), linear_problem(linear_federation())
-    cfg = RunConfig(data=LinearData(), eval=EvalConfig(shots=[1, 6], steps=[0], draws=2, select_shots=6,
-                                                       lr_grid=[0.01], select_draws=2, choose_ensemble=True))
-    methods = [Method("fedavg+ft", LOW, trained_lr=0.05), Method("fomaml", HIGH, trained_lr=0.05)]
-    tracking.setup_tracking()
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment("fml-linear")) as run:
-        evaluate_and_register(spec, problem, cfg, nn.Linear(3, 1), methods, candidates=["fedavg+ft", "fomaml"],
-                              run_id=run.info.run_id, out=tmp_path, progress=False)
-    assert "and their ensemble (outputs averaged); `fml onboard` chooses" in " ".join(capsys.readouterr().out.split())
-    rows = pd.read_parquet(tmp_path / "evaluation_rows.parquet")
-    auto = rows[(rows["method"] == "auto") & (rows["metric"] == "mse")]
-    split, unsplit = auto[auto["shots"] == 6], auto[auto["shots"] == 1]
-    assert set(split["choice"]) == {"ensemble"} and "ensemble" not in set(unsplit["choice"])
-    scored = rows[rows["method"] == "ensemble"].set_index(["site", "shots", "steps", "draw", "metric"])["value"]
-    assert all(r["value"] == scored[(r["site"], r["shots"], r["steps"], r["draw"], "mse")] for _, r in split.iterrows())
-    assert tracking.load_meta_init("models:/fml-linear@champion").info["choose_ensemble"] is True
-    card = MlflowClient().get_registered_model("fml-linear").latest_versions[0].description
-    assert "and their `ensemble` (each adapted, outputs averaged)" in card
-    result = onboard(spec, data=None, site_id="clinic-new", shots=6, steps=0)
-    assert result.choice.name == "ensemble" and result.choice.folds >= 2
-    tags = MlflowClient().get_run(result.run_id).data.tags
-    assert tags["candidate"] == "ensemble" and tags["members"] == "fedavg+ft,fomaml"
-    served = tracking.load_meta_init(result.model_uri).model
-    x = torch.randn(5, 3)
-    with torch.no_grad():
-        assert torch.allclose(served(x), x @ W_TRUE, atol=1e-5)  # the two biases cancel
