@@ -35,7 +35,8 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     page = tmp_path / "README.md"
     page.write_text("intro\n<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\noutro\n"
                       "<!-- recipe-ablation:start -->\nold table\n<!-- recipe-ablation:end -->\n"
-                      "<!-- reference-gap:start -->\nold gaps\n<!-- reference-gap:end -->\n")
+                      "<!-- reference-gap:start -->\nold gaps\n<!-- reference-gap:end -->\n"
+                      "<!-- auto-below-baseline:start -->\nold list\n<!-- auto-below-baseline:end -->\n")
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), "--page", str(page)],
                           capture_output=True, text=True, check=True)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| toy"))
@@ -48,6 +49,25 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     assert "old" not in text and text.startswith("intro\n") and "fedavg+ft 75%" in text
     assert "<!-- reference-gap:start -->\nCells: the reference's mean" in text  # no reference row: only the note
     assert "- measured on not recorded (measured before the JSON lines named their machine): 1 of 1 lines" in text
+
+
+def test_every_cell_where_auto_is_below_the_baseline_is_listed_not_only_the_tables_column(tmp_path):
+    """The main table shows one steps count and the worst MEAN; the list checks every (site, k, steps) cell: a
+    small difference beyond its interval at another steps count is listed, a group of one site counts once, and
+    every tie (auto = fedavg+ft on every draw) is its own cell."""
+    paired = [entry("auto", "ALL", 10, 0.0, -0.1, 0.1),
+              entry("auto", "A", 10, 0.8, -0.5, 2.1),                # worst mean, within its interval: not listed
+              entry("auto", "B", 1, 0.1, 0.02, 0.18),                # RMSE +0.1 beyond its interval: a miss
+              entry("auto", "C", 1, -0.5, -0.9, -0.1), entry("auto", "group-of-C", 1, -0.5, -0.9, -0.1),  # better, once
+              entry("auto", "A", 1, 0.0, 0.0, 0.0), entry("auto", "B", 10, 0.0, 0.0, 0.0),   # two ties, two cells
+              entry("fomaml", "B", 1, 3.0, 2.0, 4.0)]               # not auto
+    (tmp_path / "toy.json").write_text(json.dumps(bench("rmse_last", paired)) + "\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json")], capture_output=True, text=True,
+                         check=True).stdout
+    row = next(line for line in out.split("| line | `auto` cells")[-1].splitlines() if line.startswith("| toy"))
+    assert row == "| toy (quick, seeds 0,1) | 5 | 3 | 1 | B, k = 5, 1 steps: -0.10 [-0.18, -0.02]* |"
+    assert "`auto` differs from `fedavg+ft` in 3 of 5 cells; beyond its 95% interval it is better in 1 and worse in 1" in out
+    assert "C = group-of-C" not in row  # the better cell is counted, not listed
 
 
 def test_the_table_says_which_machine_measured_each_line(tmp_path):
