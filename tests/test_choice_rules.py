@@ -40,7 +40,8 @@ def test_the_rules_differ_where_they_should() -> None:
     # two candidates, each p in [0.05, 0.1): R1 takes one, Holm none
     near = {"fedavg+ft": base[:5], "a": _losses([0.2, 0.2, 0.2, 0.2, -0.05]), "b": _losses([0.3, 0.3, 0.3, 0.3, -0.05])}
     picks = apply_rules(near, default="fedavg+ft", fold_sizes=[1] * 5)
-    assert picks["R1"] == "b" and picks["R3"] == "fedavg+ft"
+    assert picks["R1"] == "b" and picks["R3"] == "fedavg+ft" and picks["R5"] == "fedavg+ft"  # neither p < 0.05
+    assert apply_rules(cv, default="other", fold_sizes=folds)["R5"] == "other"  # both p < 0.05: the lower mean
 
 
 def test_from_json_applies_the_rules_without_running(tmp_path) -> None:
