@@ -181,13 +181,15 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
             "auto_choices": {str(k): int(v) for k, v in counts.items()},
             "fallback_defaults": {str(k): v for k, v in run.fallback_by_seed.items()},
             "paired_by_seed": paired_by_seed(run.rows, run.result.paired),
+            "paired_by_seed_site": paired_by_seed(run.rows, run.result.paired, per_site=True),
             "means_by_seed": means_by_seed(run.rows, run.result.paired)}
 
 
-def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame) -> list[dict[str, Any]]:
+def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame, per_site: bool = False) -> list[dict[str, Any]]:
     """Each seed's mean paired difference against ``fedavg+ft`` over all its test sites and draws, per method,
     shots and steps, on the headline metric (the one ``paired`` holds): whether a pooled result is every seed's
-    or one seed's."""
+    or one seed's. ``per_site``: one entry per seed AND test site instead (key ``site``), the units of an
+    interval clustered by seed (a seed's model serves all its draws, so its draws are not independent)."""
     from core.evaluation import paired_differences
 
     if paired.empty:
@@ -196,9 +198,9 @@ def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame) -> list[dict[str, A
     out = []
     for seed, part in rows.groupby("seed"):
         diffs = paired_differences(part, metric)
-        for _, r in diffs[diffs["site"] == "ALL"].iterrows():
-            out.append({"seed": int(seed), "method": r["method"], "shots": int(r["shots"]), "steps": int(r["steps"]),
-                        "mean_diff": round(float(r["mean_diff"]), 4)})
+        for _, r in diffs[(diffs["site"] != "ALL") if per_site else (diffs["site"] == "ALL")].iterrows():
+            out.append({"seed": int(seed), **({"site": r["site"]} if per_site else {}), "method": r["method"],
+                        "shots": int(r["shots"]), "steps": int(r["steps"]), "mean_diff": round(float(r["mean_diff"]), 4)})
     return out
 
 

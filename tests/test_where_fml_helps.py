@@ -139,6 +139,9 @@ def test_paired_by_seed_pools_each_seeds_sites_on_the_headline():
     # seed 0: site a +1, site b +2 -> +1.5 pooled; seed 1: +2, +4 -> +3; one entry per seed (headline only)
     assert out == [{"seed": 0, "method": "auto", "shots": 5, "steps": 1, "mean_diff": 1.5},
                    {"seed": 1, "method": "auto", "shots": 5, "steps": 1, "mean_diff": 3.0}]
+    by_site = paired_by_seed(rows, paired, per_site=True)  # the units of a seed-clustered interval
+    assert sorted((e["seed"], e["site"], e["mean_diff"]) for e in by_site) == [(0, "a", 1.0), (0, "b", 2.0),
+                                                                              (1, "a", 2.0), (1, "b", 4.0)]
     assert paired_by_seed(rows, pd.DataFrame()) == []
 
 
