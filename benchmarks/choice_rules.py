@@ -71,12 +71,14 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
 
     mean = {n: sum(v) / len(v) for n, v in cv.items()}
     pvalues = {n: gain_pvalue([b - a for a, b in zip(cv[n], cv[base])]) for n in cv if n != base}
-    passing = [n for n in holm(pvalues) if mean[n] < mean[base]]
     by_fold = {n: fold_means(v, fold_sizes) for n, v in cv.items()}
-    strict = [n for n, p in pvalues.items() if p < ALPHA / 2 and mean[n] < mean[base]]
+
+    def lowest(passing: list[str]) -> str:  # the lowest mean loss among those that pass and beat the base
+        return min((n for n in passing if mean[n] < mean[base]), key=lambda n: mean[n], default=base)
+
     return {"R0": choose(cv, default), "R1": choose(cv, base), "R2": min(cv, key=lambda n: mean[n]),
-            "R3": min(passing, key=lambda n: mean[n], default=base), "R4": choose(by_fold, base),
-            "R5": min(strict, key=lambda n: mean[n], default=base)}
+            "R3": lowest(holm(pvalues)), "R4": choose(by_fold, base),
+            "R5": lowest([n for n, p in pvalues.items() if p < ALPHA / 2])}
 
 
 def capture_auto(records: list[dict[str, Any]], run_seed: int) -> Any:

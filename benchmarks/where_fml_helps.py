@@ -245,16 +245,16 @@ def below_baseline(files: list[Path]) -> str:
     total = {"cells": 0, "differs": 0, "better": 0, "worse": 0}
     for bench in vertical_benches(files):
         lower, digits = direction_and_digits(bench)
-        named: dict[tuple, list[str]] = {}  # a group of one site (imaging's unseen protocol) is that site's cell
+        named: dict[tuple, tuple[dict, list[str]]] = {}  # a group of one site (imaging's unseen protocol) is that site
         for p in bench.get("paired_vs_fedavg_ft") or []:
             if p["method"] == "auto" and p[pool_key(p)] not in ALL_POOLS:
                 tie = p["mean_diff"] == 0 and p["ci95"] == [0, 0]  # a tie is never a duplicate: one cell per site
                 key = (p["shots"], p["steps"], p["mean_diff"], *p["ci95"], p[pool_key(p)] if tie else "")
-                named.setdefault(key, []).append(p[pool_key(p)])
+                named.setdefault(key, (p, []))[1].append(p[pool_key(p)])
         if not named:
             continue
-        gains = [({"site": " = ".join(names), "shots": k, "steps": s}, signed({"mean_diff": m, "ci95": [lo, hi]}, lower))
-                 for (k, s, m, lo, hi, _), names in named.items()]
+        gains = [({"site": " = ".join(names), "shots": p["shots"], "steps": p["steps"]}, signed(p, lower))
+                 for p, names in named.values()]
         differs = [g for g in gains if any(v != 0 for v in g[1])]
         better = [g for g in gains if g[1][1] > 0]
         worse = sorted((g for g in gains if g[1][2] < 0), key=lambda g: g[1][0])
