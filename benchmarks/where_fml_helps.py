@@ -71,6 +71,11 @@ def cell(gain: Optional[tuple[float, float, float]], digits: int) -> str:
     return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}"
 
 
+def several(text: str) -> str:
+    """A table cell holding several starred values: its stars escaped, or two of them render as emphasis."""
+    return text.replace("*", "\\*")
+
+
 def worst_site(cells: list[dict[str, Any]], method: str, key: str, lower: bool) -> Optional[dict[str, Any]]:
     """``method``'s cell at its worst test site or group (not a pool), or None."""
     return min((p for p in cells if p["method"] == method and p[key] not in ALL_POOLS),
@@ -100,8 +105,8 @@ def vertical_rows(bench: dict[str, Any]) -> list[str]:
             cell(signed(auto_all, lower) if auto_all else None, digits),
             (f"{worst[key]}: " + cell(signed(worst, lower), digits)) if worst else "-",
             (f"{best['method']}: " + cell(signed(best, lower), digits)) if best else "-",
-            (cell(signed(ens_all, lower), digits) + (f"; {ens_worst[key]}: " + cell(signed(ens_worst, lower), digits)
-                                                     if ens_worst else "")) if ens_all else "-",
+            several(cell(signed(ens_all, lower), digits) + (f"; {ens_worst[key]}: " + cell(signed(ens_worst, lower), digits)
+                                                            if ens_worst else "")) if ens_all else "-",
         ]))
     return out
 
@@ -260,7 +265,8 @@ def below_baseline(files: list[Path]) -> str:
         worse = sorted((g for g in gains if g[1][2] < 0), key=lambda g: g[1][0])
         for key, n in (("cells", gains), ("differs", differs), ("better", better), ("worse", worse)):
             total[key] += len(n)
-        listed = "; ".join(f"{p['site']}, k = {p['shots']}, {p['steps']} steps: {cell(g, digits)}" for p, g in worse)
+        listed = several("; ".join(f"{p['site']}, k = {p['shots']}, {p['steps']} steps: {cell(g, digits)}"
+                                   for p, g in worse))
         lines.append(f"| {label(bench)} | {len(gains)} | {len(differs)} | {len(better)} | {listed or 'none'} |")
     chance = 0.025 * total["differs"]
     share = total["worse"] / total["differs"] if total["differs"] else 0.0

@@ -44,7 +44,7 @@ def test_table_signs_lower_is_better_and_finds_the_worst_site(tmp_path):
     assert "| 5 | 10 | +1.00 [+0.50, +2.00]* |" in row
     assert "B: -0.50 [-1.20, +0.20]" in row and "fomaml: +1.50 [+0.50, +2.50]*" in row
     # the ensemble is not a single method: its own column, pooled and at its worst site (A: RMSE +0.7)
-    assert row.endswith("| +3.00 [+2.00, +4.00]*; A: -0.70 [-1.20, -0.20]* |")
+    assert row.endswith("| +3.00 [+2.00, +4.00]\\*; A: -0.70 [-1.20, -0.20]\\* |")  # \\*: two stars, not emphasis
     text = page.read_text()
     assert "old" not in text and text.startswith("intro\n") and "fedavg+ft 75%" in text
     assert "<!-- reference-gap:start -->\nCells: the reference's mean" in text  # no reference row: only the note
@@ -65,7 +65,7 @@ def test_every_cell_where_auto_is_below_the_baseline_is_listed_not_only_the_tabl
     out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json")], capture_output=True, text=True,
                          check=True).stdout
     row = next(line for line in out.split("| line | `auto` cells")[-1].splitlines() if line.startswith("| toy"))
-    assert row == "| toy (quick, seeds 0,1) | 5 | 3 | 1 | B, k = 5, 1 steps: -0.10 [-0.18, -0.02]* |"
+    assert row == "| toy (quick, seeds 0,1) | 5 | 3 | 1 | B, k = 5, 1 steps: -0.10 [-0.18, -0.02]\\* |"  # \\*: not emphasis
     assert "`auto` differs from `fedavg+ft` in 3 of 5 cells; beyond its 95% interval it is better in 1 and worse in 1" in out
     assert "C = group-of-C" not in row  # the better cell is counted, not listed
 
