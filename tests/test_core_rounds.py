@@ -150,24 +150,45 @@ def test_rollout_episodes_use_the_loop_and_see_adapted_weights() -> None:
         client_updates(get_algorithm("maml"), loss_fn, meta, rollouts, cfg)
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd", "metasgd-layer", "fomaml-group",
+                                  "perfedavg", "perfedavg-hf"])
 def test_an_inner_loop_on_the_head_alone_agrees_vmap_and_loop_and_leaves_the_body_to_the_meta_step(name: str) -> None:
     """ANIL: the inner loop adapts only the head group; vmap = loop still holds, and for Reptile (whose
-    direction is init - adapted) the body's direction is exactly zero."""
+    direction is init - adapted) the body's direction is exactly zero. Every algorithm whose inner loop adapts
+    the support honours the group (Meta-SGD and Per-FedAvg once ignored it, then were evaluated with the
+    group's recipe); a learned step size of the body is then never used, so its direction is zero."""
     model = make_model()
     loss_fn = supervised_loss(model, nn.functional.cross_entropy)
-    cfg = InnerConfig(steps=3, lr=0.1, group="head", trainable=("4.weight", "4.bias"))
+    cfg = InnerConfig(steps=3, lr=0.1, group="head", trainable=("4.weight", "4.bias"),
+                      rate_groups=(("4.weight", "4.bias"), ("0.weight", "0.bias", "2.weight", "2.bias")))
     meta = meta_for(name, model, cfg)
     episodes = make_episodes(4)
     alg = get_algorithm(name)
     vec = client_updates(alg, loss_fn, meta, episodes, cfg, vectorize=True)
     loop = client_updates(alg, loss_fn, meta, episodes, cfg, vectorize=False)
     assert_rounds_agree(vec, loop)
-    full = client_updates(alg, loss_fn, meta, episodes, InnerConfig(steps=3, lr=0.1), vectorize=False)
+    full = client_updates(alg, loss_fn, meta, episodes, replace(cfg, group="all", trainable=()), vectorize=False)
     assert not torch.allclose(full.directions["4.weight"], loop.directions["4.weight"])
     if name == "reptile":
         assert torch.count_nonzero(loop.directions["0.weight"]) == 0
         assert torch.count_nonzero(loop.directions["4.weight"]) > 0
+    if "inner_lr/0.weight" in meta:
+        assert torch.count_nonzero(loop.directions["inner_lr/0.weight"]) == 0
+        assert torch.count_nonzero(loop.directions["inner_lr/4.weight"]) > 0
+
+
+def test_per_fedavg_hf_on_the_head_is_one_step_maml_on_the_head() -> None:
+    """Per-FedAvg HF's Hessian-vector correction of a step restricted to a group is the exact second-order
+    meta-gradient of that step (one-step MAML on the same group, the Hessian batch being the support)."""
+    model = make_model()
+    loss_fn = supervised_loss(model, nn.functional.cross_entropy)
+    cfg = InnerConfig(steps=1, lr=0.3, group="head", trainable=("4.weight", "4.bias"))
+    meta = meta_for("maml", model, cfg)
+    episodes = make_episodes(3)
+    hf = client_updates(get_algorithm("perfedavg-hf"), loss_fn, meta, episodes, cfg, vectorize=False)
+    maml = client_updates(get_algorithm("maml"), loss_fn, meta, episodes, cfg, vectorize=False)
+    for k in meta:
+        torch.testing.assert_close(hf.directions[k], maml.directions[k], rtol=1e-5, atol=1e-6)
 
 
 def test_the_learner_resolves_the_inner_group_on_its_model() -> None:

@@ -28,7 +28,8 @@ def metasgd_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerCo
         meta: the model's parameters ``{name: tensor}`` plus their step sizes ``{"inner_lr/" + name: tensor
             shaped like that parameter}`` (see ``init_step_sizes``).
         episode: ``support`` and ``query`` batches, e.g. ``(x [n, ...], y [n])`` each.
-        cfg: the inner loop (``steps``; ``weight_decay`` and ``proximal`` regularize it).
+        cfg: the inner loop (``steps``; ``weight_decay`` and ``proximal`` regularize it; ``trainable`` restricts it
+            to a parameter group, whose step sizes alone are then learned).
         first_order: hold the inner gradients fixed (d adapted / d init = I, d adapted / d rates = minus the
             inner gradients) instead of differentiating through them; a rollout task's query is then collected
             by the adapted policy and held fixed.
@@ -37,7 +38,7 @@ def metasgd_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerCo
         ``(direction, metrics)`` with ``direction`` keyed and shaped like ``meta`` (step sizes included) and
         ``metrics`` the scalar losses ``train/support_loss_before`` and ``train/query_loss``.
     """
-    kwargs = cfg.adapt_kwargs()
+    kwargs = cfg.inner_kwargs()
     query = episode.query
     if episode.query_fn is not None:  # rollouts of the adapted policy, then a fixed batch
         params, lrs = split_meta(meta)

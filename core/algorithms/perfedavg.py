@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch.func import jvp
 
 from core.adapt import adapt, regularized_loss
@@ -30,7 +31,8 @@ def perfedavg_update(
         meta: the meta-parameters, ``{name: tensor shaped like the model's parameter}``.
         episode: ``support`` and ``query`` batches, e.g. ``(x [n, ...], y [n])`` each; for rollout tasks
             ``query_fn`` produces the query from the adapted weights.
-        cfg: the inner step's ``lr`` and regularization (``steps`` is ignored: Per-FedAvg takes one step).
+        cfg: the inner step's ``lr`` and regularization (``steps`` is ignored: Per-FedAvg takes one step);
+            ``trainable`` restricts the step to a parameter group.
         hessian_free: subtract ``lr * H(theta; support) g`` from the query gradient ``g`` (Per-FedAvg HF,
             an exact Hessian-vector product) instead of returning ``g`` alone (first order).
 
@@ -38,7 +40,7 @@ def perfedavg_update(
         ``(direction, metrics)`` with ``direction`` keyed and shaped like ``meta`` and ``metrics`` the
         scalar losses ``train/support_loss_before`` and ``train/query_loss``.
     """
-    adapted = adapt(loss_fn, meta, episode.support, 1, cfg.lr, first_order=True, **cfg.adapt_kwargs())
+    adapted = adapt(loss_fn, meta, episode.support, 1, cfg.lr, first_order=True, **cfg.inner_kwargs())
     query = episode.query_for(adapted)
     g_query, query_loss = grad_and_value(loss_fn)(adapted, query)  # one forward for both
     direction = g_query
@@ -47,7 +49,10 @@ def perfedavg_update(
         # curvature cancels (its anchor is the initialization itself), exactly as in one-step MAML.
         support_grad = lambda p: grad(  # noqa: E731
             lambda q: regularized_loss(loss_fn, q, episode.support, weight_decay=cfg.weight_decay))(p)
-        _, hvp = jvp(support_grad, (meta,), (g_query,))
+        # an inner step on a group moves only its entries: d theta' / d theta = I - lr P H, so the tangent is P g
+        moved = set(cfg.trainable) if cfg.trainable else set(g_query)
+        tangent = {k: g if k in moved else torch.zeros_like(g) for k, g in g_query.items()}
+        _, hvp = jvp(support_grad, (meta,), (tangent,))
         direction = {k: g_query[k] - cfg.lr * hvp[k] for k in g_query}
     return direction, {"train/support_loss_before": loss_fn(meta, episode.support),
                        "train/query_loss": query_loss}
