@@ -161,7 +161,9 @@ def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, whe
 
 def check_groups_and_recipes(problem: Problem, cfg: Any, algorithms: list[str]) -> None:
     """Before any training: every inner-loop group the run asks for exists on the model (CAVIA needs a context
-    vector), and every recipe of ``--eval.recipes`` applies to its model and loss (each recipe's ``check``)."""
+    vector), no group leaves the rest of a randomly initialized model untrained (Reptile's direction is zero
+    outside its inner-loop group), and every recipe of ``--eval.recipes`` applies to its model and loss (each
+    recipe's ``check``)."""
     model = problem.make_model()
     groups = problem.param_groups(model)
     params, loss_fn = dict(model.named_parameters()), problem.loss_fn(model)
@@ -172,11 +174,16 @@ def check_groups_and_recipes(problem: Problem, cfg: Any, algorithms: list[str]) 
             raise RecipeNotApplicable(f"--eval.recipes {name}: {err}") from None
     wanted = [(f"{name}'s inner loop", get_algorithm(name).inner_group or algorithm_settings(cfg, name).inner.group)
               for name in algorithms]
-    for who, group in wanted:
+    for name, (who, group) in zip(algorithms, wanted):
         if group != "all" and group not in groups:
             hint = f" ({HOW_TO_ADD})" if group == "context" else ""
             raise ValueError(f"{who} adapts the {group!r} parameter group, which this model does not have"
                              f"{hint}; its groups: {', '.join(sorted(groups))}")
+        if group != "all" and not get_algorithm(name).trains_outside_group and not cfg.warm_start:
+            raise ValueError(f"{name} with inner.group {group!r} moves only that group (its direction is init - "
+                             f"adapted), so every other parameter would stay at its random initialization (on fraud: "
+                             f"0.10 PR-AUC below fedavg+ft); add --warm-start to start from the trained FedAvg model, "
+                             f"or leave {name} out of --algorithms")
 
 
 def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunResult:

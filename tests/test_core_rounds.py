@@ -203,3 +203,15 @@ def test_the_learner_resolves_the_inner_group_on_its_model() -> None:
     assert with_group(InnerConfig(), Groups(), model).trainable == ()
     with pytest.raises(ValueError, match="inner.group 'neck'"):
         with_group(InnerConfig(group="neck"), Groups(), model)
+
+
+def test_reptile_on_one_group_of_a_random_model_is_refused_before_any_training(fml_home, capsys) -> None:
+    """Reptile's direction is zero outside its inner-loop group: from a random initialization the rest would
+    never train (fraud: 0.10 PR-AUC below fedavg+ft). Refused unless the run warm-starts from FedAvg."""
+    from pipelines.cli import main
+
+    assert main(["run", "sine", "--preset", "quick", "--algorithms", "reptile", "--inner.group", "head"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reptile with inner.group 'head'" in err[0] and "--warm-start" in err[0], err
+    assert not (fml_home / "mlflow.db").exists()  # refused before the tracking store exists
+    assert get_algorithm("fomaml").trains_outside_group and not get_algorithm("reptile").trains_outside_group

@@ -78,6 +78,9 @@ class Algorithm:
             ``inner.group`` says; None = ``inner.group``.
         recipe: the adaptation recipe its inner loop IS, used at evaluation and onboarding (``r2d2``:
             ``newton-head``); None = the recipe of its inner-loop group.
+        trains_outside_group: whether its direction moves parameters its inner loop does not adapt (FO-MAML's
+            query gradient does; Reptile's ``init - adapted`` is zero there, so with ``inner.group`` they keep
+            their initialization).
     """
 
     name: str
@@ -89,6 +92,7 @@ class Algorithm:
     supports_rollouts: bool = True
     inner_group: Optional[str] = None
     recipe: Optional[str] = None
+    trains_outside_group: bool = True
 
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")

@@ -31,4 +31,5 @@ def reptile_update(loss_fn: LossFn, meta: Params, episode: Episode, cfg: InnerCo
     return direction, {"train/loss_before": loss_fn(meta, data), "train/loss_after": loss_fn(adapted, data)}
 
 
-ALGORITHMS.register("reptile", Algorithm("reptile", reptile_update, "Reptile: init - adapted weights"))
+ALGORITHMS.register("reptile", Algorithm("reptile", reptile_update, "Reptile: init - adapted weights",
+                                         trains_outside_group=False))
