@@ -1,7 +1,8 @@
 """``fml tune <vertical>``: federated hyperparameter optimization of one FML algorithm with Optuna.
 
 The study searches meta-training's inner lr (log scale), inner steps K and server lr (log scale), and with
-``--meta-dropout LOW HIGH`` the support inputs' meta-dropout (``inner.meta_dropout``). Every trial is a SHORTENED meta-training -- the run's own
+``--meta-dropout LOW HIGH`` the support inputs' meta-dropout (``inner.meta_dropout``), and with ``--inner-groups all head
+body`` which parameters the inner loop adapts (``inner.group``: ANIL, BOIL). Every trial is a SHORTENED meta-training -- the run's own
 ``train_one``: same seed, so the same initialization, rounds' clients and episodes, and the same
 validation-site check that picks the run's checkpoint -- scored ONLY on the run's validation sites: the
 federation is built once per process with the run's seed and its test sites are dropped before the first
@@ -40,8 +41,11 @@ from core.registry import Registry
 from core.tasks import Federation
 from core.vertical import VerticalSpec
 from pipelines.console import console
-from pipelines.run import check_clients_per_round, train_one
+from pipelines.run import check_clients_per_round, check_groups_and_recipes, train_one
 from pipelines.tuned_preset import tuned_overrides, tuned_preset_text, write_tuned_preset
+
+#: What ``inner.group`` may name (the problem says which of its groups exist: checked before any trial).
+INNER_GROUPS = ("all", "head", "body", "context")
 
 #: A pruner from the trials' validation interval: ``factory(val_every) -> pruner``.
 PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner")
@@ -63,6 +67,9 @@ class SearchSpace:
     """Server learning rate (log scale)."""
     meta_dropout: Optional[tuple[float, float]] = None
     """Meta-dropout of the support inputs (``inner.meta_dropout``, linear scale); None = not searched."""
+    inner_groups: Optional[tuple[str, ...]] = None
+    """Parameter groups the inner loop may adapt (``inner.group``: ``all``, ``head``, ``body``, ``context``), one
+    chosen per trial; None = not searched."""
 
     @classmethod
     def around(cls, hand_set: dict[str, Any], eval_steps: Sequence[int]) -> "SearchSpace":
@@ -77,16 +84,25 @@ class SearchSpace:
                   "server.lr": trial.suggest_float("server.lr", *self.server_lr, log=True)}
         if self.meta_dropout is not None:
             params["inner.meta_dropout"] = trial.suggest_float("inner.meta_dropout", *self.meta_dropout)
+        if self.inner_groups is not None:
+            params["inner.group"] = trial.suggest_categorical("inner.group", list(self.inner_groups))
         return params
 
     def contains(self, params: dict[str, Any]) -> bool:
         ranges = {"inner.lr": self.inner_lr, "inner.steps": self.inner_steps, "server.lr": self.server_lr,
                   **({"inner.meta_dropout": self.meta_dropout} if self.meta_dropout is not None else {})}
-        return all(lo <= params[k] <= hi for k, (lo, hi) in ranges.items())
+        in_groups = self.inner_groups is None or params.get("inner.group") in self.inner_groups
+        return in_groups and all(lo <= params[k] <= hi for k, (lo, hi) in ranges.items())
 
     def check(self) -> None:
         for name, bounds in dataclasses.asdict(self).items():
             if bounds is None:
+                continue
+            if name == "inner_groups":
+                unknown = [g for g in bounds if g not in INNER_GROUPS]
+                if not bounds or unknown or len(set(bounds)) != len(bounds):
+                    raise ValueError(f"--inner-groups {' '.join(bounds)}: name each group once, from "
+                                     f"{', '.join(INNER_GROUPS)}")
                 continue
             lo, hi = bounds
             if name == "meta_dropout":
@@ -253,6 +269,8 @@ def tune(spec: VerticalSpec, cfg: Any, preset: Optional[str], options: TuneOptio
     hand_set = {"inner.lr": settings.inner.lr, "inner.steps": settings.inner.steps, "server.lr": settings.server.lr}
     space = options.space or SearchSpace.around(hand_set, cfg.eval.steps)
     space.check()
+    if space.inner_groups is not None:
+        hand_set["inner.group"] = settings.inner.group
     study_name = options.study_name or f"fml-{spec.name}-{algorithm}-{Path(preset or 'defaults').stem}"
     output = Path(options.output or tracking.fml_home() / "tuned" / f"{study_name}.yaml").expanduser()
     if output.suffix not in (".yaml", ".yml"):
@@ -262,6 +280,9 @@ def tune(spec: VerticalSpec, cfg: Any, preset: Optional[str], options: TuneOptio
         raise ValueError("fml tune scores trials on validation sites: this federation has none "
                          "(set --data.validation-sites)")
     check_clients_per_round(problem, cfg.fed.clients_per_round)
+    for group in space.inner_groups or ():  # on this model, and none that leaves a random model part untrained
+        check_groups_and_recipes(problem, trial_config(cfg, algorithm, {"inner.group": group}, rounds, val_every),
+                                 [algorithm])
     monitor = f"val/{problem.headline}"
     # 2. the study (RDB storage: continued when it exists) and its MLflow parent run
     storage = options.storage or default_storage()
@@ -304,6 +325,10 @@ def tune(spec: VerticalSpec, cfg: Any, preset: Optional[str], options: TuneOptio
     return result
 
 
+def _shown(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def make_objective(problem: Problem, cfg: Any, algorithm: str, space: SearchSpace, rounds: int,
                    val_every: int, study_name: str, experiment_id: str, start: Any) -> Callable[[optuna.Trial], float]:
     """The objective: one shortened meta-training in a nested MLflow run of the (active) parent run."""
@@ -332,7 +357,7 @@ def make_objective(problem: Problem, cfg: Any, algorithm: str, space: SearchSpac
             mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE" if value is not None else "FAIL")
             if value is not None:
                 mlflow.log_metric(f"tune/best_{monitor}", value)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+        shown = _shown(params)
         if pruned is not None:
             console.print(f"trial {trial.number}: {shown} -> [yellow]{pruned}[/]")
             raise pruned
@@ -368,7 +393,7 @@ def finish(spec: VerticalSpec, cfg: Any, preset: Optional[str], study: optuna.St
         mlflow.log_metric(f"tune/hand_set_{monitor}", float(hand_value))
     mlflow.set_tags({"tune.best_trial": str(best.number), "tune.output": str(output)})
     mlflow.log_artifact(str(output), "tuned_preset")
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in best.params.items())
+    shown = _shown(best.params)
     console.print(f"best: trial {best.number} ({shown}) {monitor} {best.value:.4f}"
                   f"{f' vs hand-set {hand_value:.4f}' if hand_value is not None else ''}; trials {states}")
     console.print(f"wrote [bold]{output}[/]: fml run {spec.name} --preset {output}")
@@ -379,7 +404,8 @@ def main(argv: Sequence[str]) -> int:
     """``fml tune <vertical> [tune options] [any fml run option]``."""
     parser = argparse.ArgumentParser(
         prog="fml tune", allow_abbrev=False,
-        description="Optuna over one FML algorithm's inner lr, inner steps and server lr: each trial a shortened "
+        description="Optuna over one FML algorithm's inner lr, inner steps and server lr (optionally meta-dropout and the "
+                    "inner loop's parameter group): each trial a shortened "
                     "meta-training scored on validation sites only, pruned on its validation curve; the best "
                     "settings are written as a preset for `fml run <vertical> --preset PATH`.",
         epilog="Any other option is an `fml run` option (e.g. --seed 1 --fed.clients-per-round 5) and sets the "
@@ -402,6 +428,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--server-lr", type=float, nargs=2, metavar=("LOW", "HIGH"), help="server lr range (log)")
     parser.add_argument("--meta-dropout", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="also search inner.meta_dropout in this range (row-data verticals)")
+    parser.add_argument("--inner-groups", nargs="+", metavar="GROUP",
+                        help=f"also search which parameters the inner loop adapts (inner.group) among these: "
+                             f"{', '.join(INNER_GROUPS)} (head = ANIL, body = BOIL)")
     args, rest = parser.parse_known_args(argv)
     if any(a == "--algorithms" or a.startswith("--algorithms=") for a in rest):
         parser.error("--algorithms: fml tune tunes one algorithm, named by --algorithm")
@@ -413,13 +442,14 @@ def main(argv: Sequence[str]) -> int:
     spec = VERTICALS.get(args.vertical)
     cfg = resolve_run_config(spec, args.preset, rest, prog=f"fml tune {spec.name} --preset {args.preset}")
     space = None
-    if args.inner_lr or args.inner_steps or args.server_lr or args.meta_dropout:
+    if args.inner_lr or args.inner_steps or args.server_lr or args.meta_dropout or args.inner_groups:
         settings = algorithm_settings(cfg, args.algorithm)
         around = SearchSpace.around({"inner.lr": settings.inner.lr, "inner.steps": settings.inner.steps,
                                      "server.lr": settings.server.lr}, cfg.eval.steps)
         space = SearchSpace(tuple(args.inner_lr or around.inner_lr), tuple(args.inner_steps or around.inner_steps),
                             tuple(args.server_lr or around.server_lr),
-                            tuple(args.meta_dropout) if args.meta_dropout else None)
+                            tuple(args.meta_dropout) if args.meta_dropout else None,
+                            tuple(args.inner_groups) if args.inner_groups else None)
     options = TuneOptions(algorithm=args.algorithm, trials=args.trials, rounds=args.rounds, val_every=args.val_every,
                           study_name=args.study_name, storage=args.storage, output=args.output, timeout=args.timeout,
                           pruner=args.pruner, space=space)

@@ -150,3 +150,39 @@ def test_cli_refuses_tuning_the_baseline_and_a_missing_preset_file(fml_home, cap
     assert "not 'fedavg'" in capsys.readouterr().err
     assert main(["evaluate", "digits", "--preset", str(tmp_path / "missing.yaml")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_tune_searches_the_inner_loops_parameter_group_and_the_preset_carries_it(fml_home, tmp_path):
+    """``--inner-groups all body``: each trial trains with the group it drew (ANIL / BOIL searched on validation
+    sites like the step sizes), the hand-set trial keeps the run's own group, and the preset runs the best one."""
+    from pipelines.tune import SearchSpace, trial_config
+
+    spec = _digits()
+    cfg = resolve_run_config(spec, "quick", TINY, prog="t")
+    space = SearchSpace((cfg.inner.lr, cfg.inner.lr), (cfg.inner.steps, cfg.inner.steps),
+                        (cfg.server.lr, cfg.server.lr), inner_groups=("all", "body"))
+    options = TuneOptions(trials=3, rounds=4, val_every=2, storage=f"sqlite:///{tmp_path / 'g.db'}",
+                          output=str(tmp_path / "g.yaml"), study_name="g", space=space)
+    result = tune(spec, cfg, "quick", options, pruner=optuna.pruners.NopPruner())
+    study = optuna.load_study(study_name="g", storage=options.storage)
+    assert study.trials[0].params["inner.group"] == "all"  # the hand-set trial
+    assert {t.params["inner.group"] for t in study.trials} <= {"all", "body"}
+    assert algorithm_settings(trial_config(cfg, "fomaml", {"inner.group": "body"}, 4, 2), "fomaml").inner.group == "body"
+    tuned = resolve_run_config(spec, str(tmp_path / "g.yaml"), [], prog="t")
+    assert algorithm_settings(tuned, "fomaml").inner.group == result.best_params["inner.group"]
+    assert algorithm_settings(tuned, "fedavg").inner.group == "all"  # the baseline keeps every weight
+
+
+def test_tune_refuses_an_unknown_group_and_reptile_on_a_group_of_a_random_model(fml_home, tmp_path):
+    from pipelines.tune import SearchSpace
+
+    spec = _digits()
+    cfg = resolve_run_config(spec, "quick", TINY, prog="t")
+    with pytest.raises(ValueError, match="--inner-groups all neck: name each group once"):
+        SearchSpace((0.1, 1.0), (1, 2), (0.1, 1.0), inner_groups=("all", "neck")).check()
+    space = SearchSpace((0.1, 1.0), (1, 2), (0.1, 1.0), inner_groups=("all", "head"))
+    options = TuneOptions(algorithm="reptile", trials=1, rounds=2, val_every=1, storage=f"sqlite:///{tmp_path / 'r.db'}",
+                          output=str(tmp_path / "r.yaml"), study_name="r", space=space)
+    with pytest.raises(ValueError, match="reptile with inner.group 'head'.*--warm-start"):
+        tune(spec, cfg, "quick", options)
+    assert not (tmp_path / "r.db").exists()  # refused before the study exists
