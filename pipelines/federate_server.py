@@ -31,6 +31,7 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     """A flat Flower run config -> ``FederatedRun`` (vertical preset <- overrides, typed and validated)."""
     from core.config import algorithm_settings, check_algorithm_overrides, from_flat, to_plain
     from pipelines.config import ConfigError, load_preset
+    from pipelines.run import check_group_trains_the_rest
 
     if "vertical" not in config:
         raise ConfigError("the run config needs 'vertical' (e.g. flwr run ... --run-config \"vertical='digits'\")")
@@ -50,6 +51,8 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     try:
         check_algorithm_overrides(cfg, list(dict.fromkeys(["fedavg", *cfg.algorithms, algorithm])))
         settings = algorithm_settings(cfg, algorithm)
+        # a Flower run starts from the seeded initialization (no warm start)
+        check_group_trains_the_rest(algorithm, settings.inner.group, warm_start=False)
     except ValueError as err:
         raise ConfigError(f"run config: {err}") from None
     flower = cfg.flower

@@ -179,11 +179,17 @@ def check_groups_and_recipes(problem: Problem, cfg: Any, algorithms: list[str]) 
             hint = f" ({HOW_TO_ADD})" if group == "context" else ""
             raise ValueError(f"{who} adapts the {group!r} parameter group, which this model does not have"
                              f"{hint}; its groups: {', '.join(sorted(groups))}")
-        if group != "all" and not get_algorithm(name).trains_outside_group and not cfg.warm_start:
-            raise ValueError(f"{name} with inner.group {group!r} moves only that group (its direction is init - "
-                             f"adapted), so every other parameter would stay at its random initialization (on fraud: "
-                             f"0.10 PR-AUC below fedavg+ft); add --warm-start to start from the trained FedAvg model, "
-                             f"or leave {name} out of --algorithms")
+        check_group_trains_the_rest(name, group, cfg.warm_start)
+
+
+def check_group_trains_the_rest(name: str, group: str, warm_start: bool) -> None:
+    """An algorithm whose direction is zero outside its inner-loop group (Reptile: init - adapted) leaves the rest
+    of a randomly initialized model untrained: refused unless the run starts from the trained FedAvg model."""
+    if group != "all" and not get_algorithm(name).trains_outside_group and not warm_start:
+        raise ValueError(f"{name} with inner.group {group!r} moves only that group (its direction is init - "
+                         f"adapted), so every other parameter would stay at its random initialization (on fraud: "
+                         f"0.10 PR-AUC below fedavg+ft); add --warm-start to start from the trained FedAvg model "
+                         f"(fml run), or leave {name} out of --algorithms")
 
 
 def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunResult:

@@ -82,3 +82,11 @@ def test_the_app_table_declares_every_flower_setting_and_writes_no_default():
     options = to_flat(load_preset(vertical_spec("digits"), None))
     assert {k: v for k, v in table.items() if k not in app_keys and (k not in options or v != "")} == {}
     assert [f.name for f in dataclasses.fields(FlowerSettings) if f"flower.{f.name}" not in table] == []
+
+
+def test_a_flower_run_refuses_reptile_on_one_group_since_it_never_warm_starts() -> None:
+    """Reptile's direction is zero outside its inner-loop group and a Flower run starts from the seeded
+    initialization: the rest of the model would never train."""
+    with pytest.raises(ConfigError, match="reptile with inner.group 'head' moves only that group"):
+        resolve_run({"vertical": "digits", "algorithm": "reptile", "inner.group": "head"})
+    assert resolve_run({"vertical": "digits", "algorithm": "fomaml", "inner.group": "head"}).inner.group == "head"
