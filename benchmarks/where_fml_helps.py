@@ -239,13 +239,27 @@ def reference_gaps(files: list[Path]) -> str:
     return "\n".join(lines + ["", note]) if lines else note
 
 
+def seeds_below(bench: dict[str, Any], names: list[str], shots: int, steps: int, lower: bool) -> str:
+    """``, N of S seeds`` below ``fedavg+ft`` in a site's per-seed means (``paired_by_seed_site``, recorded since
+    2026-12-05): a miss on every seed is a pattern of the site, one seed's is one set of trained models. Empty
+    for a pooled group or an older line."""
+    entries = bench.get("paired_by_seed_site") or []
+    for name in names:
+        diffs = [e["mean_diff"] for e in entries
+                 if e["method"] == "auto" and e["site"] == name and e["shots"] == shots and e["steps"] == steps]
+        if diffs:
+            return f", {sum(d > 0 if lower else d < 0 for d in diffs)} of {len(diffs)} seeds"
+    return ""
+
+
 def below_baseline(files: list[Path]) -> str:
     """Issue 13's first target checked on EVERY cell, not only the main table's steps count and worst mean: per
     line, how many (test site or group, k, steps) cells ``auto`` has, in how many it differs from ``fedavg+ft``,
     how many are beyond the 95% interval either way, and each one below; then the totals beside what chance
     alone would put below."""
     lines = ["| line | `auto` cells (site or group x k x steps) | differs from `fedavg+ft` | beyond its interval: "
-             "better | beyond its interval: worse (site or group, k, steps: difference [interval]) |",
+             "better | beyond its interval: worse (site or group, k, steps: difference [interval], seeds below where "
+             "recorded) |",
              "|---|---|---|---|---|"]
     total = {"cells": 0, "differs": 0, "better": 0, "worse": 0}
     for bench in vertical_benches(files):
@@ -258,14 +272,15 @@ def below_baseline(files: list[Path]) -> str:
                 named.setdefault(key, (p, []))[1].append(p[pool_key(p)])
         if not named:
             continue
-        gains = [({"site": " = ".join(names), "shots": p["shots"], "steps": p["steps"]}, signed(p, lower))
+        gains = [({"site": " = ".join(names), "shots": p["shots"], "steps": p["steps"],
+                   "seeds": seeds_below(bench, names, p["shots"], p["steps"], lower)}, signed(p, lower))
                  for p, names in named.values()]
         differs = [g for g in gains if any(v != 0 for v in g[1])]
         better = [g for g in gains if g[1][1] > 0]
         worse = sorted((g for g in gains if g[1][2] < 0), key=lambda g: g[1][0])
         for key, n in (("cells", gains), ("differs", differs), ("better", better), ("worse", worse)):
             total[key] += len(n)
-        listed = several("; ".join(f"{p['site']}, k = {p['shots']}, {p['steps']} steps: {cell(g, digits)}"
+        listed = several("; ".join(f"{p['site']}, k = {p['shots']}, {p['steps']} steps: {cell(g, digits)}{p['seeds']}"
                                    for p, g in worse))
         lines.append(f"| {label(bench)} | {len(gains)} | {len(differs)} | {len(better)} | {listed or 'none'} |")
     chance = 0.025 * total["differs"]
@@ -275,7 +290,9 @@ def below_baseline(files: list[Path]) -> str:
             f"where it differs). Where a cell's true difference is 0, a calibrated 95% interval lies wholly below 0 in "
             f"2.5% of runs, so chance alone would put about {chance:.0f} of these cells below; the cells share seeds "
             f"and draws (not independent), so that count is a yardstick, not a test. POSITIVE = better (RMSE "
-            f"negated), intervals over seeds x draws.")
+            f"negated), intervals over seeds x draws. \"N of S seeds\": in how many of the seeds the site's own mean "
+            f"difference is below (lines from 2026-12-05 on record it): a miss on every seed is a pattern of the site, "
+            f"a miss on one seed comes from one set of trained models.")
     return "\n".join(lines + ["", note])
 
 

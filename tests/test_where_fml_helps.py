@@ -70,6 +70,21 @@ def test_every_cell_where_auto_is_below_the_baseline_is_listed_not_only_the_tabl
     assert "C = group-of-C" not in row  # the better cell is counted, not listed
 
 
+def test_a_listed_miss_says_on_how_many_seeds_the_site_itself_is_below(tmp_path):
+    """With ``paired_by_seed_site`` recorded, each miss names how many seeds' own means are below (RMSE: above);
+    a pooled group (no per-site entry) and an older line say nothing."""
+    paired = [entry("auto", "B", 1, 0.1, 0.02, 0.18), entry("auto", "seen", 1, 0.2, 0.1, 0.3)]
+    per_seed = [{"seed": s, "site": "B", "method": "auto", "shots": 5, "steps": 1, "mean_diff": d}
+                for s, d in ((0, 0.3), (1, -0.1), (2, 0.05))]
+    per_seed.append({"seed": 0, "site": "B", "method": "fomaml", "shots": 5, "steps": 1, "mean_diff": 9.0})
+    (tmp_path / "toy.json").write_text(json.dumps({**bench("rmse_last", paired), "paired_by_seed_site": per_seed}))
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json")], capture_output=True, text=True,
+                         check=True).stdout
+    row = next(line for line in out.split("| line | `auto` cells")[-1].splitlines() if line.startswith("| toy"))
+    assert row.endswith("; B, k = 5, 1 steps: -0.10 [-0.18, -0.02]\\*, 2 of 3 seeds |")
+    assert "seen, k = 5, 1 steps: -0.20 [-0.30, -0.10]\\*;" in row  # a pooled group: no per-seed count
+
+
 def test_the_table_says_which_machine_measured_each_line(tmp_path):
     paired = [entry("auto", "ALL", 10, 0.1, 0.0, 0.2)]
     machine = {"cpu": "Xeon X", "cpu_capability": "AVX2", "cores": 2, "torch": "2.14.1", "kernel_env": {"MKL_CBWR": "COMPATIBLE"}}
