@@ -9,6 +9,10 @@ from core.algorithms.base import InnerConfig
 from core.federation.settings import FlowerSettings
 from core.server import SERVER_OPTIMIZERS
 
+#: What ``inner.group`` may name; a problem says which of its groups exist (``Problem.param_groups``).
+INNER_GROUPS = ("all", "head", "body", "context")
+
+
 @dataclass
 class ServerConfig:
     """Server optimizer applied to the aggregated client direction."""
@@ -258,8 +262,7 @@ def check_run_config(cfg: Any) -> None:
         ("inner.steps", cfg.inner.steps, cfg.inner.steps >= 0, ">= 0"),
         ("inner.lr", cfg.inner.lr, cfg.inner.lr > 0, "> 0"),
         ("inner.meta_dropout", cfg.inner.meta_dropout, 0 <= cfg.inner.meta_dropout < 1, "in [0, 1)"),
-        ("inner.group", cfg.inner.group, cfg.inner.group in ("all", "head", "body", "context"),
-         "all, head, body or context"),
+        ("inner.group", cfg.inner.group, cfg.inner.group in INNER_GROUPS, ", ".join(INNER_GROUPS)),
         ("eval.shots", ev.shots, bool(ev.shots) and min(ev.shots) >= 1, "non-empty, each >= 1"),
         ("eval.steps", ev.steps, bool(ev.steps) and min(ev.steps) >= 0, "non-empty, each >= 0"),
         ("eval.lr_grid", ev.lr_grid, bool(ev.lr_grid) and min(ev.lr_grid) > 0, "non-empty, each > 0"),

@@ -35,7 +35,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import tracking
 from core.algorithms.base import get_algorithm
-from core.config import algorithm_settings, check_algorithm_overrides, check_run_config, flatten, to_plain
+from core.config import (INNER_GROUPS, algorithm_settings, check_algorithm_overrides, check_run_config, flatten,
+                         to_plain)
 from core.problem import Problem
 from core.registry import Registry
 from core.tasks import Federation
@@ -43,9 +44,6 @@ from core.vertical import VerticalSpec
 from pipelines.console import console
 from pipelines.run import check_clients_per_round, check_groups_and_recipes, train_one
 from pipelines.tuned_preset import tuned_overrides, tuned_preset_text, write_tuned_preset
-
-#: What ``inner.group`` may name (the problem says which of its groups exist: checked before any trial).
-INNER_GROUPS = ("all", "head", "body", "context")
 
 #: A pruner from the trials' validation interval: ``factory(val_every) -> pruner``.
 PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner")
