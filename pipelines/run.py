@@ -172,13 +172,12 @@ def check_groups_and_recipes(problem: Problem, cfg: Any, algorithms: list[str]) 
             RECIPES.get(name).check(loss_fn, params)
         except RecipeNotApplicable as err:
             raise RecipeNotApplicable(f"--eval.recipes {name}: {err}") from None
-    wanted = [(f"{name}'s inner loop", get_algorithm(name).inner_group or algorithm_settings(cfg, name).inner.group)
-              for name in algorithms]
-    for name, (who, group) in zip(algorithms, wanted):
+    for name in algorithms:
+        group = get_algorithm(name).inner_group or algorithm_settings(cfg, name).inner.group
         if group != "all" and group not in groups:
             hint = f" ({HOW_TO_ADD})" if group == "context" else ""
-            raise ValueError(f"{who} adapts the {group!r} parameter group, which this model does not have"
-                             f"{hint}; its groups: {', '.join(sorted(groups))}")
+            raise ValueError(f"{name}'s inner loop adapts the {group!r} parameter group, which this model does not "
+                             f"have{hint}; its groups: {', '.join(sorted(groups))}")
         check_group_trains_the_rest(name, group, cfg.warm_start)
 
 
