@@ -14,14 +14,22 @@ applies several rules to the same losses:
   models adapted on the same training fold, so their differences are not independent, which the per-unit
   test assumes;
 - ``R5``: R1 at p < 0.05: half the false-positive rate per comparison (added 2026-12-05, before the imaging
-  records were read, with the acceptance criterion of verticals/README.md).
+  records were read, with the acceptance criterion of verticals/README.md);
+- ``R6``: R1 with the held-out POSITIVES as the test's units, for the pairwise ranking criterion (fraud,
+  binary imaging): a positive's loss is its mean pair loss against the fold's negatives, and a negative's is
+  the mean over the same pairs seen from the other side, so in a fold of one positive and one negative the
+  two units R1 counts are one number twice (added 2026-12-05 afternoon, after reading that fraud's Accura misses
+  sit at k = 2 and 5, where every fold holds one example of each class, with the same acceptance criterion).
 
 The JSON line keeps every draw's per-unit losses and fold sizes, so ``--from-json FILE`` applies the rules
 again (e.g. after adding one) without re-running anything.
 
 It prints, per steps and shots, each rule's pooled paired difference against ``fedavg+ft`` on the draws
 that split (positive = better; error metrics negated), its worst test site, and how often it left
-``fedavg+ft``, with 95% intervals over seeds x draws; it checks that R1, re-applied to the recorded losses,
+``fedavg+ft``, with 95% intervals over seeds x draws; and the same DECOUPLED (each draw's pick scored on the
+other draws of its seed and site, :func:`decoupled`), which tells a rule's real misses from the protocol's:
+a draw is scored on the site's rows outside its support, so on a small site the support's evidence and the
+scored rows pull opposite ways; it checks that R1, re-applied to the recorded losses,
 reproduces the ``auto`` row's choices. The test sites' scores are read only to report the rules, never by a rule.
 
     python benchmarks/choice_rules.py fraud --preset full --seeds 0 1 2
@@ -40,7 +48,9 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RULES = ["R0", "R1", "R2", "R3", "R4", "R5"]
+RULES = ["R0", "R1", "R2", "R3", "R4", "R5", "R6"]
+#: verticals whose recorded losses are the pairwise ranking criterion on balanced folds (negatives first)
+RANKED = {"fraud", "medical_imaging"}
 ALPHA = 0.1
 
 
@@ -64,9 +74,20 @@ def fold_means(losses: list[float], fold_sizes: list[int]) -> list[float]:
     return out
 
 
+def positives(losses: list[float], fold_sizes: list[int]) -> list[float]:
+    """The losses of each fold's held-out positives: a balanced fold lists its negatives first (the support's
+    rows are ordered by class, and :func:`core.choice.fold_units` keeps that order), so its second half."""
+    out, start = [], 0
+    for n in fold_sizes:
+        out += losses[start + n // 2:start + n]
+        start += n
+    return out
+
+
 def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
-                base: str = "fedavg+ft") -> dict[str, str]:
-    """Each rule's choice from the candidates' paired per-unit cross-validation losses ``cv``."""
+                base: str = "fedavg+ft", ranked: bool = False) -> dict[str, str]:
+    """Each rule's choice from the candidates' paired per-unit cross-validation losses ``cv`` (``ranked``: they
+    are the pairwise ranking criterion's, on balanced folds; R6 is R1 otherwise)."""
     from core.choice import choose, gain_pvalue
 
     mean = {n: sum(v) / len(v) for n, v in cv.items()}
@@ -78,7 +99,8 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
 
     return {"R0": choose(cv, default), "R1": choose(cv, base), "R2": min(cv, key=lambda n: mean[n]),
             "R3": lowest(holm(pvalues)), "R4": choose(by_fold, base),
-            "R5": lowest([n for n, p in pvalues.items() if p < ALPHA / 2])}
+            "R5": lowest([n for n, p in pvalues.items() if p < ALPHA / 2]),
+            "R6": choose({n: positives(v, fold_sizes) for n, v in cv.items()}, base) if ranked else choose(cv, base)}
 
 
 def capture_auto(records: list[dict[str, Any]], run_seed: int) -> Any:
@@ -117,9 +139,32 @@ def interval(values: Sequence[float], digits: int) -> str:
     return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}"
 
 
+def decoupled(cell: list[dict[str, Any]], picks: list[str]) -> list[float]:
+    """Each draw's pick scored on the OTHER draws of its seed and site (mean gain over ``fedavg+ft`` there):
+    the choice's evidence and the rows that score it made independent. A draw's scored rows are the site's rows
+    outside its support, so on a small site a support that favours a start leaves rows that disfavour it; with
+    0 steps (no adaptation) this is exactly the choice scored on fresh rows of the site."""
+    out = []
+    for i, (r, pick) in enumerate(zip(cell, picks)):
+        others = [o["true"][pick] - o["true"]["fedavg+ft"] for j, o in enumerate(cell)
+                  if j != i and o["seed"] == r["seed"] and o["site"] == r["site"] and pick in o["true"]]
+        if others:
+            out.append(sum(others) / len(others))
+    return out
+
+
+def worst_site(cell: list[dict[str, Any]], gains: list[float]) -> tuple[str, list[float]]:
+    by_site: dict[str, list[float]] = {}
+    for r, g in zip(cell, gains):
+        by_site.setdefault(r["site"], []).append(g)
+    worst = min(by_site, key=lambda s: sum(by_site[s]) / len(by_site[s]))
+    return worst, by_site[worst]
+
+
 def table(records: list[dict[str, Any]], digits: int) -> list[str]:
-    lines = ["| steps | k | rule | left `fedavg+ft` | all test sites (draws that split) | worst test site |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| steps | k | rule | left `fedavg+ft` | all test sites (draws that split) | worst test site "
+             "| decoupled: all | decoupled: worst test site |",
+             "|---|---|---|---|---|---|---|---|"]
     for steps in sorted({r["steps"] for r in records}):
         for k in sorted({r["shots"] for r in records}):
             cell = [r for r in records if r["steps"] == steps and r["shots"] == k]
@@ -127,14 +172,17 @@ def table(records: list[dict[str, Any]], digits: int) -> list[str]:
                 continue
             for rule in RULES:
                 picks = [r["rules"][rule] for r in cell]
-                gains = [(r["site"], r["true"][p] - r["true"]["fedavg+ft"]) for r, p in zip(cell, picks)]
-                by_site: dict[str, list[float]] = {}
-                for site, g in gains:
-                    by_site.setdefault(site, []).append(g)
-                worst = min(by_site, key=lambda s: sum(by_site[s]) / len(by_site[s]))
+                gains = [r["true"][p] - r["true"]["fedavg+ft"] for r, p in zip(cell, picks)]
+                worst, of_worst = worst_site(cell, gains)
                 left = sum(p != "fedavg+ft" for p in picks) / len(picks)
-                lines.append(f"| {steps} | {k} | {rule} | {left:.0%} | {interval([g for _, g in gains], digits)} | "
-                             f"{worst}: {interval(by_site[worst], digits)} |")
+                line = f"| {steps} | {k} | {rule} | {left:.0%} | {interval(gains, digits)} | {worst}: {interval(of_worst, digits)} |"
+                apart = decoupled(cell, picks)
+                if len(apart) == len(cell):
+                    worst, of_worst = worst_site(cell, apart)
+                    line += f" {interval(apart, digits)} | {worst}: {interval(of_worst, digits)} |"
+                else:
+                    line += " - | - |"
+                lines.append(line)
     return lines
 
 
@@ -185,7 +233,7 @@ def report(out: dict[str, Any], digits: int, json_out: str | None) -> None:
     """Apply the rules to ``out``'s records, print the table and the closing JSON line."""
     records = out["records"]
     for r in records:
-        r["rules"] = apply_rules(r["cv"], r["default"], r["fold_sizes"])
+        r["rules"] = apply_rules(r["cv"], r["default"], r["fold_sizes"], ranked=out["vertical"] in RANKED)
     mismatched = sum(r["rules"]["R1"] != r["auto"] for r in records)
     lines = table(records, digits)
     print("\n".join(lines))

@@ -8,7 +8,12 @@ binary task ranked by AUROC / PR-AUC a pairwise ranking loss (a smooth 1 - AUROC
 of the scores, which few balanced examples would otherwise reward or punish). When the support splits, the
 BASELINE (the tuned FedAvg model) stays the site's start unless another candidate's held-out loss is clearly
 lower: a one-sided Wilcoxon signed-rank test of the paired per-unit differences at p < 0.1, so that neither
-noise on a handful of examples nor validation sites unlike this one hand the site a worse start. Only a
+noise on a handful of examples nor validation sites unlike this one hand the site a worse start. The units of one
+fold are not independent, and under the ranking loss a fold holding one example of each class gives its two
+units one loss (their single pair's): with one pair per fold (k = 2 or 5 per class) the test's real level is
+above 0.1 -- at k = 2 a candidate better on both folds passes, 1 time in 4 when two starts are equally good.
+Testing one unit per pair instead was measured (``benchmarks/choice_rules.py``, R6) and not adopted: see
+verticals/README.md. Only a
 support too small to split (fewer than two units of some class) falls back to the DEFAULT, the start the
 validation sites support (the baseline unless an FML algorithm beat it clearly there). Units whose rows are
 ordered in time (an engine's windows) are cut into contiguous blocks (:func:`time_blocks`) when there are too

@@ -65,3 +65,39 @@ def test_from_json_applies_the_rules_without_running(tmp_path) -> None:
 @pytest.mark.parametrize("p_values", [{"x": 0.5}, {}])
 def test_holm_keeps_nothing_it_cannot_reject(p_values: dict[str, float]) -> None:
     assert holm(p_values) == []
+
+
+def test_r6_tests_the_positives_the_folds_list_last() -> None:
+    import torch
+
+    from benchmarks.choice_rules import positives
+    from core.choice import pairwise_ranking, split_support
+
+    # a balanced support ordered by class, as episodes draw it: 5 negatives, then 5 positives, 5 folds
+    x, y = torch.arange(10.0)[:, None], torch.tensor([0] * 5 + [1] * 5)
+    folds = split_support((x, y), None, y, max_folds=5)
+    assert [[int(u[1]) for u in held] for _, held in folds] == [[0, 1]] * 5   # negatives first in every fold
+    losses = pairwise_ranking(lambda params, x: x.reshape(-1) * params["w"])({"w": torch.tensor(0.3)}, folds[0][1])
+    assert losses[0] == losses[1]               # one pair: R1's two units are one number twice
+    assert positives([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 4]) == [2.0, 5.0, 6.0]
+    # "fml" better on 4 folds of one pair each: 8 agreeing units pass R1 (p = 1/256), 4 positives do (1/16)...
+    cv = {"fedavg+ft": [1.0] * 8, "fml": [0.5] * 8}
+    assert apply_rules(cv, "fedavg+ft", [2] * 4, ranked=True)["R6"] == "fml"
+    # ...2 folds do not: 4 units pass R1 (p = 1/16), 2 positives cannot (p = 1/4)
+    picks = apply_rules({n: v[:4] for n, v in cv.items()}, "fedavg+ft", [2, 2], ranked=True)
+    assert picks["R1"] == "fml" and picks["R6"] == "fedavg+ft"
+    assert apply_rules({n: v[:4] for n, v in cv.items()}, "fedavg+ft", [2, 2])["R6"] == "fml"  # not ranked: R1
+
+
+def test_decoupled_scores_each_pick_on_the_other_draws_of_its_seed_and_site() -> None:
+    from benchmarks.choice_rules import decoupled
+
+    def rec(seed: int, site: str, fml: float) -> dict:
+        return dict(seed=seed, site=site, true={"fedavg+ft": 0.5, "fml": 0.5 + fml})
+
+    # the draw whose support favoured fml (+0.3 on its own scored rows) left rows where fml loses elsewhere
+    cell = [rec(0, "a", 0.3), rec(0, "a", -0.1), rec(0, "a", -0.2), rec(1, "a", 0.9), rec(0, "b", 0.9)]
+    picks = ["fml", "fedavg+ft", "fedavg+ft", "fml", "fml"]
+    got = decoupled(cell, picks)
+    assert got[:3] == pytest.approx([-0.15, 0.0, 0.0])
+    assert got[3:] == []                      # no other draw of seed 1 / site b: nothing to score on
