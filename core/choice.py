@@ -66,7 +66,8 @@ class SiteChoice:
     """What the choice saw and decided: ``estimates`` maps candidate -> mean held-out loss per unit (empty
     when the support could not be split, ``folds`` is 0 then); ``unit_losses`` the paired per-unit losses the
     test compared (candidate -> one loss per held-out unit, in the folds' order) and ``fold_sizes`` the number
-    of held-out units of each fold, kept so that a diagnostic can re-apply other rules to the same evidence."""
+    of held-out units of each fold, kept so that a diagnostic can re-apply other rules to the same evidence;
+    ``pvalues`` each other candidate's p-value against the anchor."""
 
     name: str
     estimates: dict[str, float]
@@ -74,6 +75,9 @@ class SiteChoice:
     reason: str
     unit_losses: Mapping[str, Sequence[float]] = field(default_factory=dict)
     fold_sizes: tuple[int, ...] = ()
+    pvalues: Mapping[str, float] = field(default_factory=dict)
+    """Candidate -> the one-sided p-value that it beats the anchor (:func:`gain_pvalue`; the anchor itself has
+    none): how strong the site's evidence was, shown at onboarding and kept in the lineage."""
 
 
 def fold_units(units: Tensor, strata: Optional[Tensor], max_folds: int) -> Optional[list[tuple[Tensor, list[Tensor]]]]:
@@ -251,8 +255,10 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         test = "one-sided Wilcoxon signed-rank test, p < 0.1"
         reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
                   (f"no candidate clearly beat {anchor} ({test})" if name == anchor else f"clearly beats {anchor} ({test})"))
+        pvalues = {n: gain_pvalue([b - v for v, b in zip(values, by_name[anchor])])
+                   for n, values in by_name.items() if n != anchor}
         out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason, by_name,
-                            tuple(len(held) for _, held in folds))
+                            tuple(len(held) for _, held in folds), pvalues)
     return out
 
 

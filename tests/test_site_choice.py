@@ -2,6 +2,8 @@
 registered bundle and the choice at onboarding."""
 from __future__ import annotations
 
+import json
+
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -319,6 +321,13 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert result.choice.estimates["fedavg+ft"] < result.choice.estimates["fomaml"]
     lineage = MlflowClient().get_run(result.run_id).data.tags
     assert lineage["candidate"] == "fedavg+ft" and "fomaml" in lineage["cv_losses"]
+    from core.choice import gain_pvalue
+
+    # the evidence's strength is kept: fomaml's p-value against the anchor, from the same paired unit losses
+    units = result.choice.unit_losses
+    expected = gain_pvalue([b - a for a, b in zip(units["fomaml"], units["fedavg+ft"])])
+    assert json.loads(lineage["cv_pvalues"]) == {"fomaml": round(expected, 4)} and expected >= 0.1
+    assert "p (beats the anchor)" in capsys.readouterr().out
     assert lineage["adaptation_helped"] == "true"
     # a step size that overshoots makes the site's other rows worse: recorded, and said (not hidden)
     overshoot = onboard(spec, data=None, site_id="clinic-new", shots=6, lr=50.0)
