@@ -88,16 +88,16 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
                 base: str = "fedavg+ft", ranked: bool = False) -> dict[str, str]:
     """Each rule's choice from the candidates' paired per-unit cross-validation losses ``cv`` (``ranked``: they
     are the pairwise ranking criterion's, on balanced folds; R6 is R1 otherwise)."""
-    from core.choice import choose, gain_pvalue
+    from core.choice import choose, pvalues_against
 
     mean = {n: sum(v) / len(v) for n, v in cv.items()}
-    pvalues = {n: gain_pvalue([b - a for a, b in zip(cv[n], cv[base])]) for n in cv if n != base}
+    pvalues = pvalues_against(cv, base)
     by_fold = {n: fold_means(v, fold_sizes) for n, v in cv.items()}
 
     def lowest(passing: list[str]) -> str:  # the lowest mean loss among those that pass and beat the base
         return min((n for n in passing if mean[n] < mean[base]), key=lambda n: mean[n], default=base)
 
-    return {"R0": choose(cv, default), "R1": choose(cv, base), "R2": min(cv, key=lambda n: mean[n]),
+    return {"R0": choose(cv, default), "R1": choose(cv, base, pvalues), "R2": min(cv, key=lambda n: mean[n]),
             "R3": lowest(holm(pvalues)), "R4": choose(by_fold, base),
             "R5": lowest([n for n, p in pvalues.items() if p < ALPHA / 2]),
             "R6": choose({n: positives(v, fold_sizes) for n, v in cv.items()}, base) if ranked else choose(cv, base)}

@@ -209,18 +209,29 @@ def gain_pvalue(gains: Sequence[float]) -> float:
     return float(wilcoxon(values, alternative="greater").pvalue)
 
 
-def clearly_better(gains: Sequence[float], confidence: float = 0.9) -> bool:
+#: How sure the site's own data must make the choice that a candidate beats the anchor (p < 1 - CONFIDENCE).
+CONFIDENCE = 0.9
+
+
+def clearly_better(gains: Sequence[float], confidence: float = CONFIDENCE) -> bool:
     """Whether :func:`gain_pvalue` of ``gains`` is below ``1 - confidence``."""
     return gain_pvalue(gains) < 1 - confidence
 
 
-def choose(losses: Mapping[str, Sequence[float]], anchor: str) -> str:
-    """The candidate with the lowest mean loss among those whose paired per-unit loss is clearly below
-    ``anchor``'s (:func:`clearly_better`); ``anchor`` when none is."""
+def pvalues_against(losses: Mapping[str, Sequence[float]], anchor: str) -> dict[str, float]:
+    """Each other candidate's :func:`gain_pvalue` of its paired per-unit losses against ``anchor``'s."""
     base = losses[anchor]
-    best, best_mean = anchor, _mean(base)
+    return {name: gain_pvalue([b - v for v, b in zip(values, base)]) for name, values in losses.items() if name != anchor}
+
+
+def choose(losses: Mapping[str, Sequence[float]], anchor: str, pvalues: Optional[Mapping[str, float]] = None) -> str:
+    """The candidate with the lowest mean loss among those whose paired per-unit loss is clearly below
+    ``anchor``'s (p < 0.1, as :func:`clearly_better`; ``pvalues`` from :func:`pvalues_against` when already
+    computed); ``anchor`` when none is."""
+    p = pvalues if pvalues is not None else pvalues_against(losses, anchor)
+    best, best_mean = anchor, _mean(losses[anchor])
     for name, values in losses.items():
-        if name != anchor and clearly_better([b - v for v, b in zip(values, base)]) and _mean(values) < best_mean:
+        if name != anchor and p[name] < 1 - CONFIDENCE and _mean(values) < best_mean:
             best, best_mean = name, _mean(values)
     return best
 
@@ -251,12 +262,11 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
     for s in steps_grid:
         anchor = baseline if baseline in names else defaults[s]
         by_name = {name: by_steps[s] for name, by_steps in losses.items()}
-        name = choose(by_name, anchor)
+        pvalues = pvalues_against(by_name, anchor)
+        name = choose(by_name, anchor, pvalues)
         test = "one-sided Wilcoxon signed-rank test, p < 0.1"
         reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
                   (f"no candidate clearly beat {anchor} ({test})" if name == anchor else f"clearly beats {anchor} ({test})"))
-        pvalues = {n: gain_pvalue([b - v for v, b in zip(values, by_name[anchor])])
-                   for n, values in by_name.items() if n != anchor}
         out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason, by_name,
                             tuple(len(held) for _, held in folds), pvalues)
     return out
