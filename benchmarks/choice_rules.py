@@ -143,7 +143,7 @@ def decoupled(cell: list[dict[str, Any]], picks: list[str]) -> list[float]:
     """Each draw's pick scored on the OTHER draws of its seed and site (mean gain over ``fedavg+ft`` there):
     the choice's evidence and the rows that score it made independent. A draw's scored rows are the site's rows
     outside its support, so on a small site a support that favours a start leaves rows that disfavour it; with
-    0 steps (no adaptation) this is exactly the choice scored on fresh rows of the site."""
+    0 steps (no adaptation) this scores the choice on rows drawn independently of its evidence."""
     out = []
     for i, (r, pick) in enumerate(zip(cell, picks)):
         others = [o["true"][pick] - o["true"]["fedavg+ft"] for j, o in enumerate(cell)
