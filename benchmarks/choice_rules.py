@@ -103,6 +103,39 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
             "R6": choose({n: positives(v, fold_sizes) for n, v in cv.items()}, base) if ranked else choose(cv, base)}
 
 
+def fixed_scoring_split(run_seed: int) -> Any:
+    """A stand-in for ``core.tasks.split_indices`` in held-out tasks of class-drawn sites (``query=None``): each
+    class's rows are split ONCE per (run seed, site, class) into a scored half and a pool, the support is drawn
+    from the pool and every draw is scored on the same half, so a support's evidence and the scored rows are
+    independent (a class too small for halves keeps at least one row scored and at least ``shots`` in the pool).
+    Training episodes (``query`` set) and other episode kinds are untouched."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from core import tasks
+
+    original = tasks.split_indices
+
+    def split(site, spec, gen):
+        if spec.query is not None or spec.by != "class":
+            return original(site, spec, gen)
+        classes = range(spec.num_classes) if spec.num_classes is not None else torch.unique(site.y).tolist()
+        support, scored = [], []
+        for c in classes:
+            idx = np.asarray(site.rows_of_class(c))
+            key = hashlib.sha256(f"{run_seed}/{site.site_id}/{c}".encode()).digest()
+            fixed = idx[np.random.default_rng(int.from_bytes(key[:8], "little")).permutation(len(idx))]
+            n_scored = max(1, min(len(idx) // 2, len(idx) - spec.shots - 1))
+            pool = fixed[n_scored:]
+            support.append(pool[torch.randperm(len(pool), generator=gen).numpy()[:spec.shots]])
+            scored.append(fixed[:n_scored])
+        return torch.from_numpy(np.concatenate(support)), torch.from_numpy(np.concatenate(scored))
+
+    return split
+
+
 def capture_auto(records: list[dict[str, Any]], run_seed: int) -> Any:
     """A stand-in for ``pipelines.run.evaluate_auto`` that also records, for each test draw whose support
     splits, the per-unit cross-validation losses the ``auto`` choice compared and every candidate's true
@@ -194,11 +227,19 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="run options over the preset, dotted KEY=VALUE")
     parser.add_argument("--digits", type=int, default=3)
     parser.add_argument("--json-out", help="also write the closing JSON line to this file (gzipped if it ends in .gz)")
-    parser.add_argument("--from-json", help="apply the rules to the records of this JSON line (.json or .json.gz) "
-                                            "instead of running")
+    parser.add_argument("--from-json", nargs="+", help="apply the rules to the records of these JSON lines "
+                                                       "(.json or .json.gz; several: their records merged, e.g. "
+                                                       "one file per seed) instead of running")
+    parser.add_argument("--fixed-scoring", action="store_true",
+                        help="an experiment: score every held-out draw of a site on one fixed half of each class's "
+                             "rows, supports drawn from the other half (fixed_scoring_split), instead of on the "
+                             "rows outside the draw's support")
     args = parser.parse_args()
     if args.from_json:
-        report(json.loads(read_text(args.from_json).strip().splitlines()[-1]), args.digits, args.json_out)
+        lines = [json.loads(read_text(path).strip().splitlines()[-1]) for path in args.from_json]
+        merged = {**lines[0], "seeds": [s for line in lines for s in line.get("seeds", [])],
+                  "records": [r for line in lines for r in line["records"]]}
+        report(merged, args.digits, args.json_out)
         return
     home = tempfile.mkdtemp(prefix="fml-choice-rules-")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
@@ -221,11 +262,16 @@ def main() -> None:
         cfg = with_overrides(load_preset(spec, args.preset), args.set)
         cfg.seed, cfg.output_dir, cfg.tracking.experiment = seed, f"{home}/seed{seed}", "choice-rules"
         run_module.evaluate_auto = capture_auto(records, seed)
+        if args.fixed_scoring:  # the problems import split_indices by name: patch where they look it up
+            import core.problem
+
+            core.problem.split_indices = fixed_scoring_split(seed)
         run_module.run_pipeline(spec, cfg, progress=False)
     from benchmarks.provenance import machine
 
     out = {"benchmark": "choice_rules", "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
-           "overrides": args.set, "alpha": ALPHA, "machine": machine(), "records": records}
+           "overrides": args.set, "alpha": ALPHA, "fixed_scoring": args.fixed_scoring, "machine": machine(),
+           "records": records}
     report(out, args.digits, args.json_out)
 
 

@@ -101,3 +101,43 @@ def test_decoupled_scores_each_pick_on_the_other_draws_of_its_seed_and_site() ->
     got = decoupled(cell, picks)
     assert got[:3] == pytest.approx([-0.15, 0.0, 0.0])
     assert got[3:] == []                      # no other draw of seed 1 / site b: nothing to score on
+
+
+def test_fixed_scoring_scores_every_draw_on_one_half_and_draws_supports_from_the_other() -> None:
+    import torch
+
+    from benchmarks.choice_rules import fixed_scoring_split
+    from core.tasks import EpisodeSpec, Site
+
+    site = Site("s", torch.zeros(31, 2), torch.tensor([0] * 20 + [1] * 11))
+    split = fixed_scoring_split(run_seed=0)
+    spec = EpisodeSpec(shots=3, query=None, by="class", num_classes=2)
+    draws = [split(site, spec, torch.Generator().manual_seed(d)) for d in range(5)]
+    scored = {tuple(sorted(q.tolist())) for _, q in draws}
+    assert len(scored) == 1                                  # one scored set for every draw
+    assert sorted(int(site.y[i]) for i in next(iter(scored))) == [0] * 10 + [1] * 5   # half of each class
+    assert len({tuple(s.tolist()) for s, _ in draws}) > 1    # supports still vary...
+    assert all(not set(s.tolist()) & set(q.tolist()) for s, q in draws)              # ...never scored rows
+    assert split(site, EpisodeSpec(shots=9, query=None, by="class", num_classes=2),
+                 torch.Generator().manual_seed(0))[1].numel() == 10 + 1  # 11 positives, 9 shots: one scored
+    other = fixed_scoring_split(run_seed=1)(site, spec, torch.Generator().manual_seed(0))[1]
+    assert sorted(other.tolist()) != list(next(iter(scored)))                    # the run seed moves the split
+    train = EpisodeSpec(shots=3, query=2, by="class", num_classes=2)
+    gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    from core.tasks import split_indices
+
+    assert all(torch.equal(a, b) for a, b in zip(split(site, train, gen_a), split_indices(site, train, gen_b)))
+
+
+def test_from_json_merges_the_records_of_several_lines(tmp_path) -> None:
+    paths = []
+    for seed in (0, 1):
+        record = dict(seed=seed, site="s1", shots=2, steps=5, draw=0, default="fedavg+ft", auto="fml", fold_sizes=[1] * 6,
+                      cv={"fedavg+ft": [1.0] * 6, "fml": [0.5] * 6}, true={"fedavg+ft": 0.2, "fml": 0.3})
+        paths.append(tmp_path / f"seed{seed}.json")
+        paths[-1].write_text(json.dumps({"benchmark": "choice_rules", "vertical": "fraud", "seeds": [seed],
+                                         "records": [record]}) + "\n")
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "choice_rules.py"), "fraud",
+                          "--from-json", *map(str, paths)], capture_output=True, text=True, check=True).stdout
+    assert "R1 reproduces the auto row's choice on 2 of 2 draws" in out
+    assert json.loads(out.strip().splitlines()[-1])["seeds"] == [0, 1]
