@@ -44,7 +44,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -103,8 +103,10 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
             "R6": choose({n: positives(v, fold_sizes) for n, v in cv.items()}, base) if ranked else choose(cv, base)}
 
 
-def fixed_scoring_split(run_seed: int) -> Any:
-    """A stand-in for ``core.tasks.split_indices`` in held-out tasks of class-drawn sites (``query=None``): each
+def fixed_scoring_split(run_seed: int, active: Callable[[], bool] = lambda: True) -> Any:
+    """A stand-in for ``core.tasks.split_indices`` in held-out tasks of class-drawn sites (``query=None``) while
+    ``active()`` (the run scores its TEST sites: validation sites, which choose the bundle and step sizes, keep
+    the protocol, so the models and candidates are the plain run's): each
     class's rows are split ONCE per (run seed, site, class) into a scored half and a pool, the support is drawn
     from the pool and every draw is scored on the same half, so a support's evidence and the scored rows are
     independent (a class too small for halves keeps at least one row scored and at least ``shots`` in the pool).
@@ -119,7 +121,7 @@ def fixed_scoring_split(run_seed: int) -> Any:
     original = tasks.split_indices
 
     def split(site, spec, gen):
-        if spec.query is not None or spec.by != "class":
+        if not active() or spec.query is not None or spec.by != "class":
             return original(site, spec, gen)
         classes = range(spec.num_classes) if spec.num_classes is not None else torch.unique(site.y).tolist()
         support, scored = [], []
@@ -134,6 +136,18 @@ def fixed_scoring_split(run_seed: int) -> Any:
         return torch.from_numpy(np.concatenate(support)), torch.from_numpy(np.concatenate(scored))
 
     return split
+
+
+def while_on(fn: Callable[..., Any], flag: dict[str, bool]) -> Callable[..., Any]:
+    """``fn`` with ``flag["on"]`` set while it runs."""
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        flag["on"] = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            flag["on"] = False
+
+    return wrapped
 
 
 def capture_auto(records: list[dict[str, Any]], run_seed: int) -> Any:
@@ -231,9 +245,9 @@ def main() -> None:
                                                        "(.json or .json.gz; several: their records merged, e.g. "
                                                        "one file per seed) instead of running")
     parser.add_argument("--fixed-scoring", action="store_true",
-                        help="an experiment: score every held-out draw of a site on one fixed half of each class's "
-                             "rows, supports drawn from the other half (fixed_scoring_split), instead of on the "
-                             "rows outside the draw's support")
+                        help="an experiment: score every held-out draw of a TEST site on one fixed half of each "
+                             "class's rows, supports drawn from the other half (fixed_scoring_split), instead of on "
+                             "the rows outside the draw's support; validation sites keep the protocol")
     args = parser.parse_args()
     if args.from_json:
         lines = [json.loads(read_text(path).strip().splitlines()[-1]) for path in args.from_json]
@@ -258,6 +272,7 @@ def main() -> None:
     verticals.load_all()
     spec = VERTICALS.get(args.vertical)
     records: list[dict[str, Any]] = []
+    scoring_tests, score_test_sites = {"on": False}, run_module.evaluate_sites
     for seed in args.seeds:
         cfg = with_overrides(load_preset(spec, args.preset), args.set)
         cfg.seed, cfg.output_dir, cfg.tracking.experiment = seed, f"{home}/seed{seed}", "choice-rules"
@@ -265,7 +280,9 @@ def main() -> None:
         if args.fixed_scoring:  # the problems import split_indices by name: patch where they look it up
             import core.problem
 
-            core.problem.split_indices = fixed_scoring_split(seed)
+            core.problem.split_indices = fixed_scoring_split(seed, lambda: scoring_tests["on"])
+            run_module.evaluate_sites = while_on(score_test_sites, scoring_tests)
+            run_module.evaluate_auto = while_on(run_module.evaluate_auto, scoring_tests)
         run_module.run_pipeline(spec, cfg, progress=False)
     from benchmarks.provenance import machine
 

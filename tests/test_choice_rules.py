@@ -127,6 +127,15 @@ def test_fixed_scoring_scores_every_draw_on_one_half_and_draws_supports_from_the
     from core.tasks import split_indices
 
     assert all(torch.equal(a, b) for a, b in zip(split(site, train, gen_a), split_indices(site, train, gen_b)))
+    # only while the run scores its test sites (validation sites choose the bundle with the plain protocol)
+    from benchmarks.choice_rules import while_on
+
+    flag = {"on": False}
+    gated = fixed_scoring_split(run_seed=0, active=lambda: flag["on"])
+    plain = split_indices(site, spec, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(gated(site, spec, torch.Generator().manual_seed(3)), plain))
+    seen = while_on(lambda: gated(site, spec, torch.Generator().manual_seed(3)), flag)()
+    assert sorted(seen[1].tolist()) == list(next(iter(scored))) and flag["on"] is False
 
 
 def test_from_json_merges_the_records_of_several_lines(tmp_path) -> None:
