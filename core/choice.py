@@ -264,7 +264,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         by_name = {name: by_steps[s] for name, by_steps in losses.items()}
         pvalues = pvalues_against(by_name, anchor)
         name = choose(by_name, anchor, pvalues)
-        test = "one-sided Wilcoxon signed-rank test, p < 0.1"
+        test = f"one-sided Wilcoxon signed-rank test, p < {1 - CONFIDENCE:.2g}"
         reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
                   (f"no candidate clearly beat {anchor} ({test})" if name == anchor else f"clearly beats {anchor} ({test})"))
         out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason, by_name,

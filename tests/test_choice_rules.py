@@ -134,7 +134,9 @@ def test_fixed_scoring_scores_every_draw_on_one_half_and_draws_supports_from_the
     gated = fixed_scoring_split(run_seed=0, active=lambda: flag["on"])
     plain = split_indices(site, spec, torch.Generator().manual_seed(3))
     assert all(torch.equal(a, b) for a, b in zip(gated(site, spec, torch.Generator().manual_seed(3)), plain))
+    assert gated.used == 0                                   # inactive: nothing split (a run would refuse)
     seen = while_on(lambda: gated(site, spec, torch.Generator().manual_seed(3)), flag)()
+    assert gated.used == 1
     assert sorted(seen[1].tolist()) == list(next(iter(scored))) and flag["on"] is False
 
 
