@@ -128,6 +128,9 @@ class RunConfig:
     """Server optimizer of the FedAvg baseline (SGD lr 1 = textbook FedAvg)."""
     baseline_lr: Optional[float] = None
     """FedAvg's local SGD step size (default: inner.lr); tune the baseline as carefully as FML."""
+    baseline_rounds: Optional[int] = None
+    """FedAvg's federated rounds (default: fed.rounds). The baseline may need more rounds than the meta-learners
+    it warm-starts, which overfit the training sites when meta-trained longer (verticals/README, maintenance)."""
     algorithm_overrides: list[str] = field(default_factory=list)
     """Settings of one algorithm that differ from inner/server (FedAvg: baseline_server), as
     ALGORITHM:KEY=VALUE with KEY under inner. or server., e.g. reptile:server.optimizer=sgd
@@ -155,10 +158,11 @@ class RunConfig:
 
 @dataclass
 class AlgorithmSettings:
-    """The inner loop and server optimizer one algorithm is trained with."""
+    """The inner loop, server optimizer and number of rounds one algorithm is trained with."""
 
     inner: InnerConfig
     server: ServerConfig
+    rounds: int
 
 
 def parse_algorithm_overrides(overrides: list[str]) -> dict[str, list[str]]:
@@ -175,8 +179,8 @@ def parse_algorithm_overrides(overrides: list[str]) -> dict[str, list[str]]:
 
 
 def algorithm_settings(cfg: Any, algorithm: str) -> AlgorithmSettings:
-    """What ``algorithm`` trains with: the run's ``inner``/``server`` (FedAvg: ``baseline_server`` and
-    ``baseline_lr``), then its entries of ``algorithm_overrides``."""
+    """What ``algorithm`` trains with: the run's ``inner``/``server``/``fed.rounds`` (FedAvg: ``baseline_server``,
+    ``baseline_lr`` and ``baseline_rounds``), then its entries of ``algorithm_overrides``."""
     from dataclasses import replace
 
     from omegaconf import OmegaConf
@@ -186,7 +190,8 @@ def algorithm_settings(cfg: Any, algorithm: str) -> AlgorithmSettings:
 
     is_meta = get_algorithm(algorithm).is_meta
     inner = cfg.inner if is_meta or cfg.baseline_lr is None else replace(cfg.inner, lr=cfg.baseline_lr)
-    settings = AlgorithmSettings(inner, cfg.server if is_meta else cfg.baseline_server)
+    rounds = cfg.fed.rounds if is_meta or cfg.baseline_rounds is None else cfg.baseline_rounds
+    settings = AlgorithmSettings(inner, cfg.server if is_meta else cfg.baseline_server, rounds)
     dotlist = parse_algorithm_overrides(cfg.algorithm_overrides).get(algorithm)
     if not dotlist:
         return settings
@@ -255,6 +260,7 @@ def check_run_config(cfg: Any) -> None:
     fed, ev = cfg.fed, cfg.eval
     for option, value, ok, need in [
         ("fed.rounds", fed.rounds, fed.rounds >= 1, ">= 1"),
+        ("baseline_rounds", cfg.baseline_rounds, cfg.baseline_rounds is None or cfg.baseline_rounds >= 1, ">= 1"),
         ("fed.clients_per_round", fed.clients_per_round, fed.clients_per_round >= 1, ">= 1"),
         ("fed.val_every", fed.val_every, fed.val_every >= 1, ">= 1"),
         ("fed.dropout", fed.dropout, 0 <= fed.dropout < 1, "in [0, 1)"),

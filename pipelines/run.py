@@ -15,7 +15,7 @@ import platform
 import subprocess
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -135,7 +135,8 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     if val_sites:
         validate = validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
                                  draws=2, seed=cfg.seed, inner=inner)
-    learner = MetaLearner(problem, algorithm, inner, cfg.fed, settings.server, cfg.seed, validate, start=start)
+    fed = replace(cfg.fed, rounds=settings.rounds)
+    learner = MetaLearner(problem, algorithm, inner, fed, settings.server, cfg.seed, validate, start=start)
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
     monitor = f"val/{problem.headline}" if validate else None
     fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
@@ -253,7 +254,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
                 continue
             last = out / "checkpoints" / name / "last.ckpt"
             resume_from = last if resumed and last.exists() else None
-            console.print(f"[bold cyan]meta-training {name}[/] ({cfg.fed.rounds} rounds"
+            console.print(f"[bold cyan]meta-training {name}[/] ({algorithm_settings(cfg, name).rounds} rounds"
                           f"{', continuing from ' + str(resume_from) if resume_from else ''})")
             start = time.perf_counter()
             warm = learners["fedavg"].meta_params() if cfg.warm_start and name != "fedavg" else None

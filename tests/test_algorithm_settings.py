@@ -53,3 +53,38 @@ def test_warm_start_begins_at_the_given_model_with_the_site_head_at_zero() -> No
     with pytest.raises(ValueError, match="do not match the model"):
         MetaLearner(problem, "fomaml", InnerConfig(), fed, ServerConfig("adam", 1e-3), seed=5,
                     start={"0.weight": start["0.weight"]})
+
+
+def test_baseline_rounds_apply_to_fedavg_only() -> None:
+    cfg = RunConfig(data=None, baseline_rounds=7)
+    assert algorithm_settings(cfg, "fedavg").rounds == 7
+    assert algorithm_settings(cfg, "fomaml").rounds == cfg.fed.rounds != 7
+    assert algorithm_settings(RunConfig(data=None), "fedavg").rounds == RunConfig(data=None).fed.rounds
+
+
+def test_bad_baseline_rounds_is_refused_naming_the_option() -> None:
+    from core.config import check_run_config
+
+    with pytest.raises(ValueError, match=r"--baseline-rounds 0 \(must be >= 1\)"):
+        check_run_config(RunConfig(data=None, baseline_rounds=0))
+
+
+def test_fedavg_trains_baseline_rounds_and_the_meta_learner_fed_rounds(tmp_path, fml_home) -> None:
+    """The warm-started meta-learner starts from the longer-trained FedAvg model and trains its own rounds."""
+    import verticals
+    from core.vertical import VERTICALS
+    from pipelines.config import load_preset
+    from pipelines.run import run_pipeline
+
+    verticals.load_all()
+    spec = VERTICALS.get("sine")
+    cfg = load_preset(spec, "quick")
+    cfg.data.train_sites, cfg.data.validation_sites, cfg.data.test_sites = 8, 1, 1
+    cfg.algorithms, cfg.warm_start, cfg.baseline_rounds = ["fomaml"], True, 12
+    cfg.fed.rounds, cfg.fed.val_every, cfg.fed.clients_per_round = 4, 4, 4
+    cfg.eval.shots, cfg.eval.steps, cfg.eval.draws, cfg.eval.select_draws = [5], [0], 1, 1
+    cfg.tracking.register, cfg.output_dir = False, str(tmp_path / "out")
+    run_pipeline(spec, cfg, progress=False)
+    steps = {name: torch.load(tmp_path / "out" / "checkpoints" / name / "last.ckpt", map_location="cpu",
+                              weights_only=False)["global_step"] for name in ("fedavg", "fomaml")}
+    assert steps == {"fedavg": 12, "fomaml": 4}
