@@ -129,8 +129,8 @@ class RunConfig:
     baseline_lr: Optional[float] = None
     """FedAvg's local SGD step size (default: inner.lr); tune the baseline as carefully as FML."""
     baseline_rounds: Optional[int] = None
-    """FedAvg's federated rounds (default: fed.rounds). The baseline may need more rounds than the meta-learners
-    it warm-starts, which overfit the training sites when meta-trained longer (verticals/README, maintenance)."""
+    """FedAvg's federated rounds (default: fed.rounds), so the baseline can be trained longer than the meta-learners.
+    On maintenance a longer-trained FedAvg model was a worse warm start for them (verticals/README)."""
     algorithm_overrides: list[str] = field(default_factory=list)
     """Settings of one algorithm that differ from inner/server (FedAvg: baseline_server), as
     ALGORITHM:KEY=VALUE with KEY under inner. or server., e.g. reptile:server.optimizer=sgd
