@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("vertical")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", nargs="*", default=[], help="run options over the preset, dotted KEY=VALUE")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], help="run options over the preset, dotted KEY=VALUE")
     parser.add_argument("--digits", type=int, default=3)
     parser.add_argument("--json-out", help="also write the closing JSON line to this file (gzipped if it ends in .gz)")
     parser.add_argument("--from-json", nargs="+", help="apply the rules to the records of these JSON lines "

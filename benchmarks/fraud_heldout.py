@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import (ShortenableFlags, emit, run_heldout_pipeline, seeds_json, temporary_store,  # noqa: E402
+from heldout_common import (ShortenableFlags, emit, parse_flags, run_heldout_pipeline, seeds_json, temporary_store,  # noqa: E402
                             timed_onboard, timing_json)
 from heldout_tables import json_paired, json_rows, print_site_report  # noqa: E402
 
@@ -92,5 +91,5 @@ def main(cfg: BenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    flags = tyro.cli(BenchConfig)
+    flags = parse_flags(BenchConfig)
     emit(main(flags), flags)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar
 
 import pandas as pd
 
@@ -26,6 +27,21 @@ if TYPE_CHECKING:
     from core.vertical import VerticalSpec
     from pipelines.onboard import OnboardResult
     from pipelines.run import RunResult
+
+
+FlagsT = TypeVar("FlagsT")
+
+
+def parse_flags(flags_class: type[FlagsT], argv: Optional[Sequence[str]] = None) -> FlagsT:
+    """The benchmark's flags (tyro), refusing a repeated ``--set``: tyro keeps only the last one, so
+    ``--set A=1 --set B=2`` would silently run without ``A=1``."""
+    import tyro
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if sum(a == "--set" or a.startswith("--set=") for a in args) > 1:
+        raise SystemExit("--set is given more than once and only the last would apply: put every override "
+                         "after one --set, e.g. --set data.simulate=false eval.checkpoint_metric=rmse_all")
+    return tyro.cli(flags_class, args=args)
 
 
 @dataclass

@@ -24,10 +24,9 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import ShortenableFlags, emit, run_heldout_pipeline, seeds_json, temporary_store, timed_onboard  # noqa: E402
+from heldout_common import ShortenableFlags, emit, parse_flags, run_heldout_pipeline, seeds_json, temporary_store, timed_onboard  # noqa: E402
 from heldout_tables import (by_steps, cell_table, diff_cells, json_paired, json_rows,  # noqa: E402
                             paired_by_pool, summarize)
 
@@ -109,5 +108,5 @@ def main(cfg: BenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    flags = tyro.cli(BenchConfig)
+    flags = parse_flags(BenchConfig)
     emit(main(flags), flags)

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import ShortenableFlags, emit, run_heldout_pipeline, seeds_json, timed_onboard, timing_json  # noqa: E402
+from heldout_common import ShortenableFlags, emit, parse_flags, run_heldout_pipeline, seeds_json, timed_onboard, timing_json  # noqa: E402
 from heldout_tables import json_paired, json_rows, print_site_report  # noqa: E402
 
 HEADLINE = "rmse_last"
@@ -143,5 +142,5 @@ def main(cfg: BenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    flags = tyro.cli(BenchConfig)
+    flags = parse_flags(BenchConfig)
     emit(main(flags), flags)

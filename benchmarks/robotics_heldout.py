@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import HeldoutFlags, emit, run_heldout_pipeline, seeds_json, temporary_store, timed_onboard  # noqa: E402
+from heldout_common import HeldoutFlags, emit, parse_flags, run_heldout_pipeline, seeds_json, temporary_store, timed_onboard  # noqa: E402
 from heldout_tables import by_steps, cell_table, diff_cells, json_paired, json_rows, paired_by_pool, summarize  # noqa: E402
 
 
@@ -81,5 +80,5 @@ def main(cfg: BenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    flags = tyro.cli(BenchConfig)
+    flags = parse_flags(BenchConfig)
     emit(main(flags), flags)

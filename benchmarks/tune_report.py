@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from heldout_common import DRAWS_PER_SEED, emit, temporary_store, with_overrides  # noqa: E402
+from heldout_common import DRAWS_PER_SEED, emit, parse_flags, temporary_store, with_overrides  # noqa: E402
 
 
 @dataclass
@@ -154,5 +153,5 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    config = tyro.cli(Config)
+    config = parse_flags(Config)
     emit(main(config), config)

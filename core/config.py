@@ -90,6 +90,12 @@ class EvalConfig:
     """Shots used for the validation lr/steps search (default: middle of the shots grid)."""
     select_draws: int = 5
     """Draws per validation site in the lr/steps search."""
+    checkpoint_metric: Optional[str] = None
+    """Validation metric that keeps the best round of meta-training (default: the vertical's headline). A vertical
+    lists the others it allows (``Problem.checkpoint_metrics``, same direction as the headline), e.g. maintenance's
+    ``rmse_all``: every window of the validation operators' query engines instead of one per engine."""
+    checkpoint_draws: int = 2
+    """Support draws per validation site at each validation round (checkpoint selection)."""
     choice_folds: int = 5
     """Most cross-validation folds of a site's support set when choosing its starting point (``auto``)."""
     recipes: list[str] = field(default_factory=list)
@@ -274,6 +280,7 @@ def check_run_config(cfg: Any) -> None:
         ("eval.lr_grid", ev.lr_grid, bool(ev.lr_grid) and min(ev.lr_grid) > 0, "non-empty, each > 0"),
         ("eval.draws", ev.draws, ev.draws >= 1, ">= 1"),
         ("eval.select_draws", ev.select_draws, ev.select_draws >= 1, ">= 1"),
+        ("eval.checkpoint_draws", ev.checkpoint_draws, ev.checkpoint_draws >= 1, ">= 1"),
         ("eval.select_shots", ev.select_shots, ev.select_shots is None or ev.select_shots >= 1, ">= 1"),
         ("eval.choice_folds", ev.choice_folds, ev.choice_folds >= 2, ">= 2"),
     ]:

@@ -61,6 +61,8 @@ class Problem(ABC):
         federation: the sites and their roles.
         headline: the metric that ranks models and picks adaptation settings.
         higher_is_better: direction of ``headline``.
+        checkpoint_metrics: metrics besides ``headline``, in its direction, that may keep the best round of
+            meta-training instead (``--eval.checkpoint-metric``).
         preprocessing: JSON-serializable state saved with the model (scalers, vocabularies ...).
         site_specific: names of parameters whose meaning differs per site (a classifier head over
             per-site label mappings); meta-learners start them at zero (``core.initialization``).
@@ -71,6 +73,7 @@ class Problem(ABC):
     federation: Federation
     headline: str
     higher_is_better: bool = True
+    checkpoint_metrics: tuple[str, ...] = ()
     preprocessing: dict[str, Any]
     site_specific: tuple[str, ...] = ()
     site_statistics: Optional[SiteStatistics] = None

@@ -134,16 +134,27 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     validate = None
     if val_sites:
         validate = validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
-                                 draws=2, seed=cfg.seed, inner=inner)
+                                 draws=cfg.eval.checkpoint_draws, seed=cfg.seed, inner=inner)
     fed = replace(cfg.fed, rounds=settings.rounds)
     learner = MetaLearner(problem, algorithm, inner, fed, settings.server, cfg.seed, validate, start=start)
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
-    monitor = f"val/{problem.headline}" if validate else None
+    monitor = checkpoint_monitor(problem, cfg) if validate else None
     fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
                      mode="max" if problem.higher_is_better else "min", progress=progress,
                      resume_from=str(resume_from) if resume_from else None, extra_callbacks=callbacks,
                      device=cfg.device)
     return learner
+
+
+def checkpoint_monitor(problem: Problem, cfg: Any) -> str:
+    """The logged validation key that keeps the best round: ``val/<--eval.checkpoint-metric>`` (default the
+    headline); refused, naming the option, when the vertical does not allow that metric."""
+    metric = cfg.eval.checkpoint_metric or problem.headline
+    allowed = (problem.headline, *problem.checkpoint_metrics)
+    if metric not in allowed:
+        raise ValueError(f"--eval.checkpoint-metric {metric}: this vertical keeps the best round by "
+                         f"{' or '.join(allowed)} (metrics in the headline's direction)")
+    return f"val/{metric}"
 
 
 def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, where: str = "the saved state") -> MetaLearner:
@@ -209,6 +220,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         get_algorithm(name)
     check_algorithm_overrides(cfg, ["fedavg", *algorithms])
     check_groups_and_recipes(problem, cfg, algorithms)
+    checkpoint_monitor(problem, cfg)  # refuse an unknown --eval.checkpoint-metric before any training
     if not spec.rows_based and any(algorithm_settings(cfg, a).inner.meta_dropout > 0 for a in algorithms):
         raise ValueError(f"inner.meta_dropout drops input features of row data; a {spec.name} site's support is collected "
                          "by the policy itself: use inner.meta_dropout=0")

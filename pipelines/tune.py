@@ -42,7 +42,7 @@ from core.registry import Registry
 from core.tasks import Federation
 from core.vertical import VerticalSpec
 from pipelines.console import console
-from pipelines.run import check_clients_per_round, check_groups_and_recipes, train_one
+from pipelines.run import check_clients_per_round, check_groups_and_recipes, checkpoint_monitor, train_one
 from pipelines.tuned_preset import tuned_overrides, tuned_preset_text, write_tuned_preset
 
 #: A pruner from the trials' validation interval: ``factory(val_every) -> pruner``.
@@ -281,7 +281,7 @@ def tune(spec: VerticalSpec, cfg: Any, preset: Optional[str], options: TuneOptio
     for group in space.inner_groups or ():  # on this model, and none that leaves a random model part untrained
         check_groups_and_recipes(problem, trial_config(cfg, algorithm, {"inner.group": group}, rounds, val_every),
                                  [algorithm])
-    monitor = f"val/{problem.headline}"
+    monitor = checkpoint_monitor(problem, cfg)
     # 2. the study (RDB storage: continued when it exists) and its MLflow parent run
     storage = options.storage or default_storage()
     tracking.fml_home().mkdir(parents=True, exist_ok=True)

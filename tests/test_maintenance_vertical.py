@@ -274,3 +274,46 @@ def test_generated_operators_need_one_fleet_and_enough_units(small_dir: Path) ->
         prepare(small_cfg(small_dir, operators=10, units_per_site=30), seed=0)
     with pytest.raises(ValueError, match=r"data.operators \(-1\) must be >= 0"):
         small_cfg(small_dir, operators=-1)
+
+
+def test_checkpoint_metric_keeps_the_round_with_the_best_value_of_that_metric(problem, tmp_path: Path,
+                                                                               fml_home: Path) -> None:
+    """``--eval.checkpoint-metric rmse_all``: the kept round is the one with the lowest validation ``rmse_all``
+    (not the headline ``rmse_last``), over ``--eval.checkpoint-draws`` support draws."""
+    import mlflow
+    import pytorch_lightning as pl
+
+    from core import tracking
+    from core.config import RunConfig
+    from pipelines.run import train_one
+
+    cfg = RunConfig(data=None, algorithms=["fomaml"])
+    cfg.fed.rounds, cfg.fed.val_every, cfg.fed.clients_per_round = 6, 1, 2
+    cfg.eval.shots, cfg.eval.checkpoint_metric, cfg.eval.checkpoint_draws = [1], "rmse_all", 3
+    seen: list[dict[str, float]] = []
+
+    class Record(pl.Callback):
+        def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    with mlflow.start_run() as run:
+        learner = train_one(problem, "fomaml", cfg, run.info.run_id, tmp_path, False, callbacks=[Record()])
+    kept = learner.trainer.checkpoint_callback
+    assert kept.monitor == "val/rmse_all" and len(seen) == 6
+    assert float(kept.best_model_score) == pytest.approx(min(s["val/rmse_all"] for s in seen))
+    assert min(s["val/rmse_all"] for s in seen) != pytest.approx(min(s["val/rmse_last"] for s in seen))
+
+
+def test_a_checkpoint_metric_the_vertical_does_not_allow_is_refused_naming_the_option(problem) -> None:
+    from core.config import RunConfig, check_run_config
+    from pipelines.run import checkpoint_monitor
+
+    cfg = RunConfig(data=None)
+    assert checkpoint_monitor(problem, cfg) == "val/rmse_last"
+    cfg.eval.checkpoint_metric = "bias_last"  # signed: its minimum is not the best round
+    with pytest.raises(ValueError, match=r"--eval.checkpoint-metric bias_last: .*rmse_last or rmse_all or mae_last"):
+        checkpoint_monitor(problem, cfg)
+    cfg.eval.checkpoint_metric, cfg.eval.checkpoint_draws = None, 0
+    with pytest.raises(ValueError, match=r"--eval.checkpoint-draws 0 \(must be >= 1\)"):
+        check_run_config(cfg)

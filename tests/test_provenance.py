@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 
-from benchmarks.heldout_common import HeldoutFlags, emit
+from benchmarks.heldout_common import HeldoutFlags, emit, parse_flags
 from benchmarks.provenance import machine
 
 
@@ -60,3 +61,11 @@ def test_the_machine_names_a_visible_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     seen = machine()
     assert seen["gpu"] == "NVIDIA H200" and seen["cuda"] == torch.version.cuda
+
+
+def test_every_override_after_one_set_applies_and_a_repeated_set_is_refused() -> None:
+    """tyro keeps only the last ``--set``: a second one would silently drop the first's overrides."""
+    flags = parse_flags(HeldoutFlags, ["--set", "data.simulate=false", "eval.checkpoint_metric=rmse_all"])
+    assert flags.set == ["data.simulate=false", "eval.checkpoint_metric=rmse_all"]
+    with pytest.raises(SystemExit, match="--set is given more than once"):
+        parse_flags(HeldoutFlags, ["--set", "data.simulate=false", "--set", "eval.checkpoint_metric=rmse_all"])

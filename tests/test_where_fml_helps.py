@@ -130,6 +130,23 @@ def test_the_verticals_page_holds_the_tables_of_the_committed_results(tmp_path):
         "benchmarks/results/*.json --page verticals/README.md"
 
 
+def test_the_checkpoint_selection_table_is_generated_from_its_experiment_records(tmp_path):
+    """verticals/README.md's "Which round the validation operators keep" is what its documented command writes;
+    each row's setting and selection signal come from the record's own overrides."""
+    page = REPO_ROOT / "verticals" / "README.md"
+    copy = tmp_path / "README.md"
+    copy.write_text(page.read_text())
+    records = sorted(str(f) for f in (REPO_ROOT / "benchmarks" / "results" / "experiments").glob(
+        "maintenance_full*_intel_xeon_2026-12-0[56].json"))
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "checkpoint_selection.py"), *records,
+                           "--page", str(copy)], capture_output=True, text=True, check=True)
+    assert copy.read_text() == page.read_text(), "regenerate with the command in verticals/README.md"
+    rows = [r for r in done.stdout.splitlines() if r.startswith("| ") and "setting" not in r]
+    assert len(rows) == len(records) == 9
+    assert "| no simulation | `rmse_all`, 2 draws |" in done.stdout
+    assert "| default simulation | `rmse_last`, 8 draws |" in done.stdout
+
+
 def test_each_seed_of_auto_is_shown_signed_like_the_table(tmp_path):
     """A pooled gain can be one seed's: the generated bullet lists `auto`'s difference per seed and k (RMSE:
     lower is better, so a negative difference is printed as a gain)."""

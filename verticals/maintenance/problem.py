@@ -100,6 +100,7 @@ class MaintenanceProblem(Problem):
     support_windows: int = 0
     headline: str = "rmse_last"
     higher_is_better: bool = False
+    checkpoint_metrics: tuple[str, ...] = ("rmse_all", "mae_last")
     site_statistics: Optional[SiteStatistics] = SiteStatistics(feature_axis=-1, scale=False, first_rows=20)
     """Sensors are the last axis of a window ``[n, window, sensors]``; each operator's sensors are centred on its
     engines' first 20 windows (their healthy start), not divided by their spread (which grows with wear)."""

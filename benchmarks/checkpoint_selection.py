@@ -1,0 +1,72 @@
+"""Which round the validation operators keep: maintenance's table of checkpoint-selection signals, from JSON lines.
+
+    python benchmarks/checkpoint_selection.py benchmarks/results/experiments/maintenance_full*_intel_xeon_2026-12-0[56].json \
+        --page verticals/README.md
+
+Each line is one ``maintenance_heldout.py --preset full`` run; its setting (simulation, site statistics) and its
+selection signal (``eval.checkpoint_metric``, ``eval.checkpoint_draws``) are read from its overrides. Cells: k = 1
+engine, mean over the seeds, after 5 adaptation steps (FedAvg unadapted); the last column is ``auto``'s distance to
+the ``oracle no shift`` floor per seed (a line without the simulation has no oracle row: the floor of the other
+lines, scored on the same unshifted test rows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from where_fml_helps import _replace
+
+START, END = "<!-- checkpoint-selection:start -->", "<!-- checkpoint-selection:end -->"
+SETTINGS = [("data.simulate=false", "no simulation"), ("data.site_statistics=true", "site statistics"),
+            ("data.offset_std=", "strong simulation")]
+COLUMNS = [("FedAvg", "fedavg", 0), ("`fedavg+ft`", "fedavg+ft", 5), ("FO-MAML", "fomaml", 5),
+           ("Reptile", "reptile", 5), ("`auto`", "auto", 5)]
+
+
+def setting_of(overrides: list[str]) -> tuple[str, str]:
+    """(setting, selection signal) named by a line's overrides."""
+    setting = next((name for key, name in SETTINGS if any(o.startswith(key) for o in overrides)), "default simulation")
+    opts = dict(o.split("=", 1) for o in overrides if o.startswith("eval.checkpoint_"))
+    metric = opts.get("eval.checkpoint_metric", "rmse_last")
+    draws = opts.get("eval.checkpoint_draws", "2")
+    default = "" if opts else " (default)"
+    return setting, f"`{metric}`, {draws} draws{default}"
+
+
+def table(files: list[Path]) -> str:
+    lines = [json.loads(f.read_text().strip().splitlines()[-1]) for f in files]
+    means = [pd.DataFrame(line["means_by_seed"]).query("shots == 1") for line in lines]
+    oracles = [m[m.method.str.startswith("oracle")].groupby("seed")["mean"].min() for m in means]
+    floor = next(o for o in oracles if len(o))
+    order = {name: i for i, name in enumerate(["default simulation", *(n for _, n in SETTINGS)])}
+    rows = []
+    for line, m, own in zip(lines, means, oracles):
+        setting, signal = setting_of(line["overrides"])
+        cell = {method: m[(m.method == method) & (m.steps == steps)].set_index("seed")["mean"]
+                for _, method, steps in COLUMNS}
+        gap = cell["auto"] - (own if len(own) else floor)
+        rows.append((order[setting], "(default)" not in signal, setting, signal,
+                     [f"{cell[method].mean():.2f}" for _, method, _ in COLUMNS], " / ".join(f"{g:.1f}" for g in gap)))
+    head = ["setting", "kept by", *(name for name, _, _ in COLUMNS), "`auto` above the floor, per seed"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, _, setting, signal, cells, gap in sorted(rows, key=lambda r: r[:4]):
+        out.append(f"| {setting} | {signal} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path, help="maintenance_heldout.py JSON lines")
+    parser.add_argument("--page", type=Path, help=f"replace the text between {START} and {END} in this page")
+    args = parser.parse_args()
+    text = table(args.files)
+    if args.page:
+        args.page.write_text(_replace(args.page.read_text(), START, END, text))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
