@@ -276,8 +276,8 @@ def test_generated_operators_need_one_fleet_and_enough_units(small_dir: Path) ->
         small_cfg(small_dir, operators=-1)
 
 
-def test_checkpoint_metric_keeps_the_round_with_the_best_value_of_that_metric(problem, tmp_path: Path,
-                                                                               fml_home: Path) -> None:
+def test_checkpoint_metric_keeps_the_round_with_the_best_value_of_that_metric(problem, tmp_path: Path, fml_home: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """``--eval.checkpoint-metric rmse_all``: the kept round is the one with the lowest validation ``rmse_all``
     (not the headline ``rmse_last``), over ``--eval.checkpoint-draws`` support draws."""
     import mlflow
@@ -296,11 +296,21 @@ def test_checkpoint_metric_keeps_the_round_with_the_best_value_of_that_metric(pr
         def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
             seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
 
+    import pipelines.run as run_module
+
+    draws: list[int] = []
+    real_validation_fn = run_module.validation_fn
+
+    def counting_validation_fn(*args, **kwargs):
+        draws.append(kwargs["draws"])
+        return real_validation_fn(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "validation_fn", counting_validation_fn)
     mlflow.set_tracking_uri(tracking.tracking_uri())
     with mlflow.start_run() as run:
         learner = train_one(problem, "fomaml", cfg, run.info.run_id, tmp_path, False, callbacks=[Record()])
     kept = learner.trainer.checkpoint_callback
-    assert kept.monitor == "val/rmse_all" and len(seen) == 6
+    assert kept.monitor == "val/rmse_all" and len(seen) == 6 and draws == [3]
     assert float(kept.best_model_score) == pytest.approx(min(s["val/rmse_all"] for s in seen))
     assert min(s["val/rmse_all"] for s in seen) != pytest.approx(min(s["val/rmse_last"] for s in seen))
 
