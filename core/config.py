@@ -164,11 +164,16 @@ class RunConfig:
 
 @dataclass
 class AlgorithmSettings:
-    """The inner loop, server optimizer and number of rounds one algorithm is trained with."""
+    """The inner loop, server optimizer and federated rounds one algorithm is trained with."""
 
     inner: InnerConfig
     server: ServerConfig
-    rounds: int
+    fed: FederatedConfig
+    """The run's ``fed`` with this algorithm's rounds (FedAvg: ``baseline_rounds``)."""
+
+    @property
+    def rounds(self) -> int:
+        return self.fed.rounds
 
 
 def parse_algorithm_overrides(overrides: list[str]) -> dict[str, list[str]]:
@@ -196,8 +201,8 @@ def algorithm_settings(cfg: Any, algorithm: str) -> AlgorithmSettings:
 
     is_meta = get_algorithm(algorithm).is_meta
     inner = cfg.inner if is_meta or cfg.baseline_lr is None else replace(cfg.inner, lr=cfg.baseline_lr)
-    rounds = cfg.fed.rounds if is_meta or cfg.baseline_rounds is None else cfg.baseline_rounds
-    settings = AlgorithmSettings(inner, cfg.server if is_meta else cfg.baseline_server, rounds)
+    fed = cfg.fed if is_meta or cfg.baseline_rounds is None else replace(cfg.fed, rounds=cfg.baseline_rounds)
+    settings = AlgorithmSettings(inner, cfg.server if is_meta else cfg.baseline_server, fed)
     dotlist = parse_algorithm_overrides(cfg.algorithm_overrides).get(algorithm)
     if not dotlist:
         return settings

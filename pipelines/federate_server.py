@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -78,7 +77,7 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     seed = int(cfg.seed)
     return FederatedRun(
         vertical=spec.name, data=to_plain(cfg.data), seed=seed, algorithm=algorithm, inner=settings.inner,
-        fed=replace(cfg.fed, rounds=settings.rounds),
+        fed=settings.fed,
         server=settings.server, flower=flower,
         experiment=str(config.get("experiment") or cfg.tracking.experiment or f"fml-{spec.name}"),
         run_name=str(config.get("run-name") or config.get("run_name") or f"{spec.name}-{algorithm}-seed{seed}-flower"),

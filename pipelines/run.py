@@ -15,7 +15,7 @@ import platform
 import subprocess
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -135,8 +135,7 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     if val_sites:
         validate = validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
                                  draws=cfg.eval.checkpoint_draws, seed=cfg.seed, inner=inner)
-    fed = replace(cfg.fed, rounds=settings.rounds)
-    learner = MetaLearner(problem, algorithm, inner, fed, settings.server, cfg.seed, validate, start=start)
+    learner = MetaLearner(problem, algorithm, inner, settings.fed, settings.server, cfg.seed, validate, start=start)
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
     monitor = checkpoint_monitor(problem, cfg) if validate else None
     fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
@@ -161,7 +160,7 @@ def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, whe
     """A learner whose meta-training finished before the run was interrupted, from its saved final state
     (``where``: the file it was read from, named in the error when it does not fit the model)."""
     settings = algorithm_settings(cfg, algorithm)
-    learner = MetaLearner(problem, algorithm, settings.inner, cfg.fed, settings.server, cfg.seed, None)
+    learner = MetaLearner(problem, algorithm, settings.inner, settings.fed, settings.server, cfg.seed, None)
     differs = mismatch(learner.state_dict(), state["state_dict"])
     if differs:
         raise ResumeError(f"--resume: {where} does not match {algorithm}'s model ({differs}); it was saved by "

@@ -283,9 +283,9 @@ def test_checkpoint_metric_keeps_the_round_with_the_best_value_of_that_metric(pr
     import mlflow
     import pytorch_lightning as pl
 
+    import pipelines.run as run_module
     from core import tracking
     from core.config import RunConfig
-    from pipelines.run import train_one
 
     cfg = RunConfig(data=None, algorithms=["fomaml"])
     cfg.fed.rounds, cfg.fed.val_every, cfg.fed.clients_per_round = 6, 1, 2
@@ -295,8 +295,6 @@ def test_checkpoint_metric_keeps_the_round_with_the_best_value_of_that_metric(pr
     class Record(pl.Callback):
         def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
             seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-
-    import pipelines.run as run_module
 
     draws: list[int] = []
     real_validation_fn = run_module.validation_fn
@@ -308,7 +306,7 @@ def test_checkpoint_metric_keeps_the_round_with_the_best_value_of_that_metric(pr
     monkeypatch.setattr(run_module, "validation_fn", counting_validation_fn)
     mlflow.set_tracking_uri(tracking.tracking_uri())
     with mlflow.start_run() as run:
-        learner = train_one(problem, "fomaml", cfg, run.info.run_id, tmp_path, False, callbacks=[Record()])
+        learner = run_module.train_one(problem, "fomaml", cfg, run.info.run_id, tmp_path, False, callbacks=[Record()])
     kept = learner.trainer.checkpoint_callback
     assert kept.monitor == "val/rmse_all" and len(seen) == 6 and draws == [3]
     assert float(kept.best_model_score) == pytest.approx(min(s["val/rmse_all"] for s in seen))
