@@ -4,10 +4,10 @@
         --page verticals/README.md
 
 Each line is one ``maintenance_heldout.py --preset full`` run; its setting (simulation, site statistics) and its
-selection signal (``eval.checkpoint_metric``, ``eval.checkpoint_draws``) are read from its overrides. Cells: k = 1
-engine, mean over the seeds, after 5 adaptation steps (FedAvg unadapted); the last column is ``auto``'s distance to
-the ``oracle no shift`` floor per seed (a line without the simulation has no oracle row: the floor of the other
-lines, scored on the same unshifted test rows).
+selection signal (``eval.checkpoint_metric``, ``eval.checkpoint_draws``, ``eval.checkpoint_average``) are read from
+its overrides. Cells: k = 1 engine, mean over the seeds, after 5 adaptation steps (FedAvg unadapted); the last
+column is ``auto``'s distance to the ``oracle no shift`` floor per seed (a line without the simulation has no
+oracle row: the floor of the other lines, scored on the same unshifted test rows).
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def setting_of(overrides: list[str]) -> tuple[str, str]:
     opts = dict(o.split("=", 1) for o in overrides if o.startswith("eval.checkpoint_"))
     metric = opts.get("eval.checkpoint_metric", "rmse_last")
     draws = opts.get("eval.checkpoint_draws", "2")
+    if int(opts.get("eval.checkpoint_average", 0)):
+        return setting, f"mean of the last {opts['eval.checkpoint_average']} validated rounds"
     default = "" if opts else " (default)"
     return setting, f"`{metric}`, {draws} draws{default}"
 
@@ -49,7 +51,7 @@ def table(files: list[Path]) -> str:
                 for _, method, steps in COLUMNS}
         gap = cell["auto"] - (own if len(own) else floor)
         rows.append((order[setting], "(default)" not in signal, setting, signal,
-                     [f"{cell[method].mean():.2f}" for _, method, _ in COLUMNS], " / ".join(f"{g:.1f}" for g in gap)))
+                     [f"{cell[method].mean():.2f}" for _, method, _ in COLUMNS], " / ".join(f"{g:.1f}".replace("-0.0", "0.0") for g in gap)))
     head = ["setting", "kept by", *(name for name, _, _ in COLUMNS), "`auto` above the floor, per seed"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, _, setting, signal, cells, gap in sorted(rows, key=lambda r: r[:4]):

@@ -96,6 +96,9 @@ class EvalConfig:
     ``rmse_all``: every window of the validation operators' query engines instead of one per engine."""
     checkpoint_draws: int = 2
     """Support draws per validation site at each validation round (checkpoint selection)."""
+    checkpoint_average: int = 0
+    """n > 0: keep the mean of the meta-parameters at the last n validation rounds (every ``fed.val_every`` rounds;
+    stochastic weight averaging over rounds) instead of the round with the best validation metric."""
     choice_folds: int = 5
     """Most cross-validation folds of a site's support set when choosing its starting point (``auto``)."""
     recipes: list[str] = field(default_factory=list)
@@ -286,6 +289,7 @@ def check_run_config(cfg: Any) -> None:
         ("eval.draws", ev.draws, ev.draws >= 1, ">= 1"),
         ("eval.select_draws", ev.select_draws, ev.select_draws >= 1, ">= 1"),
         ("eval.checkpoint_draws", ev.checkpoint_draws, ev.checkpoint_draws >= 1, ">= 1"),
+        ("eval.checkpoint_average", ev.checkpoint_average, ev.checkpoint_average >= 0, ">= 0"),
         ("eval.select_shots", ev.select_shots, ev.select_shots is None or ev.select_shots >= 1, ">= 1"),
         ("eval.choice_folds", ev.choice_folds, ev.choice_folds >= 2, ">= 2"),
     ]:

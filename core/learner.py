@@ -24,6 +24,7 @@ from core.devices import DeviceLike, check_devices, lightning_accelerator, resol
 from core.initialization import initial_model
 from core.problem import Problem
 from core.replay import GraphReplay
+from core.round_averaging import LastRoundsAverage, load_meta_params
 from core.rounds import RoundResult, client_updates
 from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
 from core.meta_dropout import dropout_for, meta_training_episode
@@ -91,6 +92,7 @@ class MetaLearner(pl.LightningModule):
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})
         self.diverged_at: Optional[int] = None
+        self.averaged_rounds: Optional[list[int]] = None  # set by fit_meta_learner(average_last=n)
         """The round whose update became NaN/inf (meta-training stopped there), or None."""
         self._train_ids = problem.train_site_ids()
         self._sizes = SiteSizes(self._train_ids, problem.site_size)
@@ -193,12 +195,17 @@ def fit_meta_learner(
     progress: bool = True,
     extra_callbacks: Sequence[pl.Callback] = (),
     device: DeviceLike = "cpu",
+    average_last: int = 0,
 ) -> pl.Trainer:
     """One ``Trainer.fit`` for the whole meta-training run on ``device`` (``auto`` | ``cpu`` | ``cuda``: the
-    Trainer's accelerator); restores the best validation checkpoint. The learner is back on the CPU afterwards
-    (Lightning's teardown), and checkpoints load on the CPU."""
+    Trainer's accelerator); restores the best validation checkpoint, or with ``average_last`` = n > 0 the mean of
+    the meta-parameters at the last n validation rounds (:mod:`core.round_averaging`). The learner is back on the
+    CPU afterwards (Lightning's teardown), and checkpoints load on the CPU."""
     accelerator, devices = lightning_accelerator(resolve_device(device))
     callbacks: list[pl.Callback] = list(extra_callbacks)
+    averaging = LastRoundsAverage(average_last) if average_last > 0 else None
+    if averaging is not None:
+        callbacks.append(averaging)
     ckpt_cb = None
     if checkpoint_dir is not None:
         ckpt_cb = pl.callbacks.ModelCheckpoint(
@@ -227,7 +234,10 @@ def fit_meta_learner(
         log_every_n_steps=max(1, min(50, learner.fed.val_every)),
     )
     _fit(trainer, learner, resume_from)
-    if ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
+    if averaging is not None:
+        load_meta_params(learner, averaging.average())
+        learner.averaged_rounds = averaging.rounds
+    elif ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
         state = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         learner.load_state_dict(state)
     return trainer

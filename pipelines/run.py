@@ -141,7 +141,10 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     fit_meta_learner(learner, logger=logger, checkpoint_dir=str(out / "checkpoints" / algorithm), monitor=monitor,
                      mode="max" if problem.higher_is_better else "min", progress=progress,
                      resume_from=str(resume_from) if resume_from else None, extra_callbacks=callbacks,
-                     device=cfg.device)
+                     device=cfg.device, average_last=cfg.eval.checkpoint_average)
+    if learner.averaged_rounds:
+        console.print(f"{algorithm}: the mean of rounds {', '.join(map(str, learner.averaged_rounds))} is kept "
+                      "(--eval.checkpoint-average)")
     return learner
 
 

@@ -142,7 +142,8 @@ def test_the_checkpoint_selection_table_is_generated_from_its_experiment_records
                            "--page", str(copy)], capture_output=True, text=True, check=True)
     assert copy.read_text() == page.read_text(), "regenerate with the command in verticals/README.md"
     rows = [r for r in done.stdout.splitlines() if r.startswith("| ") and "setting" not in r]
-    assert len(rows) == len(records) == 9
+    assert len(rows) == len(records) == 13
+    assert "| site statistics | mean of the last 3 validated rounds |" in done.stdout
     assert "| no simulation | `rmse_all`, 2 draws |" in done.stdout
     assert "| default simulation | `rmse_last`, 8 draws |" in done.stdout
 
