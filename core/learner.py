@@ -24,7 +24,7 @@ from core.devices import DeviceLike, check_devices, lightning_accelerator, resol
 from core.initialization import initial_model
 from core.problem import Problem
 from core.replay import GraphReplay
-from core.round_averaging import LastRoundsAverage, load_meta_params
+from core.round_averaging import LastRoundsAverage
 from core.rounds import RoundResult, client_updates
 from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
 from core.meta_dropout import dropout_for, meta_training_episode
@@ -107,6 +107,12 @@ class MetaLearner(pl.LightningModule):
     def meta_params(self) -> Params:
         return {k: p.detach() for k, p in self.named_meta_parameters().items()}
 
+    def load_meta_params(self, params: Params) -> None:
+        """Copy ``params`` (names as :meth:`meta_params`) into the meta-parameters."""
+        with torch.no_grad():
+            for name, p in self.named_meta_parameters().items():
+                p.copy_(params[name].to(p.device))
+
     def configure_optimizers(self):
         return make_server_optimizer(self.server.optimizer, self.named_meta_parameters().values(), self.server.lr)
 
@@ -154,9 +160,7 @@ class MetaLearner(pl.LightningModule):
         if any(not torch.isfinite(p).all() for p in self.named_meta_parameters().values()):
             # A diverged round ends meta-training with the last finite parameters (the best validation
             # checkpoint, when there is one, is restored after fit) instead of losing the whole run.
-            with torch.no_grad():
-                for k, p in self.named_meta_parameters().items():
-                    p.copy_(before[k])
+            self.load_meta_params(before)
             self.diverged_at = int(self.global_step)
             self.trainer.should_stop = True
 
@@ -235,7 +239,7 @@ def fit_meta_learner(
     )
     _fit(trainer, learner, resume_from)
     if averaging is not None:
-        load_meta_params(learner, averaging.average())
+        learner.load_meta_params(averaging.average())
         learner.averaged_rounds = averaging.rounds
     elif ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
         state = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]

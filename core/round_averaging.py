@@ -11,7 +11,6 @@ from collections import deque
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
 from core.types import Params
 
@@ -53,9 +52,3 @@ class LastRoundsAverage(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.states = deque(state_dict["states"], maxlen=self.n)
 
-
-def load_meta_params(pl_module: pl.LightningModule, params: Params) -> None:
-    """Copy ``params`` into the learner's meta-parameters (``named_meta_parameters``)."""
-    with torch.no_grad():
-        for name, p in pl_module.named_meta_parameters().items():  # type: ignore[operator]
-            p.copy_(params[name].to(p.device))
