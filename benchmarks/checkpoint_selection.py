@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from where_fml_helps import _replace
+from where_fml_helps import replace_between
 
 START, END = "<!-- checkpoint-selection:start -->", "<!-- checkpoint-selection:end -->"
 SETTINGS = [("data.simulate=false", "no simulation"), ("data.site_statistics=true", "site statistics"),
@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     text = table(args.files)
     if args.page:
-        args.page.write_text(_replace(args.page.read_text(), START, END, text))
+        args.page.write_text(replace_between(args.page.read_text(), START, END, text))
     print(text)
 
 

@@ -296,7 +296,8 @@ def below_baseline(files: list[Path]) -> str:
     return "\n".join(lines + ["", note])
 
 
-def _replace(page: str, start: str, end: str, text: str) -> str:
+def replace_between(page: str, start: str, end: str, text: str) -> str:
+    """``page`` with the text between the ``start`` and ``end`` markers replaced by ``text`` (a generated table)."""
     if start not in page or end not in page:
         raise SystemExit(f"no {start} ... {end} markers to replace")
     head, rest = page.split(start, 1)
@@ -313,10 +314,10 @@ def main() -> None:
     args = parser.parse_args()
     text, recipes, gaps, below = table(args.files), ablation(args.files), reference_gaps(args.files), below_baseline(args.files)
     if args.page:
-        page = _replace(args.page.read_text(), START, END, text)
-        page = _replace(page, ABLATION_START, ABLATION_END, recipes)
-        page = _replace(page, GAP_START, GAP_END, gaps)
-        args.page.write_text(_replace(page, BELOW_START, BELOW_END, below))
+        page = replace_between(args.page.read_text(), START, END, text)
+        page = replace_between(page, ABLATION_START, ABLATION_END, recipes)
+        page = replace_between(page, GAP_START, GAP_END, gaps)
+        args.page.write_text(replace_between(page, BELOW_START, BELOW_END, below))
     print(text + "\n\n" + recipes + "\n\n" + gaps + "\n\n" + below)
 
 

@@ -7,6 +7,7 @@ resumed run reproduces an uninterrupted one.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from typing import Callable, Optional, Sequence
@@ -24,7 +25,7 @@ from core.devices import DeviceLike, check_devices, lightning_accelerator, resol
 from core.initialization import initial_model
 from core.problem import Problem
 from core.replay import GraphReplay
-from core.round_averaging import LastRoundsAverage
+from core.round_averaging import AVERAGED_CHECKPOINT, LastRoundsAverage
 from core.rounds import RoundResult, client_updates
 from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
 from core.meta_dropout import dropout_for, meta_training_episode
@@ -204,7 +205,8 @@ def fit_meta_learner(
     """One ``Trainer.fit`` for the whole meta-training run on ``device`` (``auto`` | ``cpu`` | ``cuda``: the
     Trainer's accelerator); restores the best validation checkpoint, or with ``average_last`` = n > 0 the mean of
     the meta-parameters at the last n validation rounds (:mod:`core.round_averaging`). The learner is back on the
-    CPU afterwards (Lightning's teardown), and checkpoints load on the CPU."""
+    CPU afterwards (Lightning's teardown), and checkpoints load on the CPU. With averaging and a ``checkpoint_dir``, the
+    averaged model is also saved there as ``averaged.ckpt``."""
     accelerator, devices = lightning_accelerator(resolve_device(device))
     callbacks: list[pl.Callback] = list(extra_callbacks)
     averaging = LastRoundsAverage(average_last) if average_last > 0 else None
@@ -241,6 +243,8 @@ def fit_meta_learner(
     if averaging is not None:
         learner.load_meta_params(averaging.average())
         learner.averaged_rounds = averaging.rounds
+        if ckpt_cb is not None:  # the kept model beside the best-validated round, so the folder holds what is used
+            trainer.save_checkpoint(os.path.join(checkpoint_dir, AVERAGED_CHECKPOINT), weights_only=True)
     elif ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
         state = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         learner.load_state_dict(state)

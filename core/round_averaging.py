@@ -14,6 +14,9 @@ import pytorch_lightning as pl
 
 from core.types import Params
 
+#: The averaged model's file in a run's checkpoint folder, beside the best-validated ``round*.ckpt`` and ``last.ckpt``.
+AVERAGED_CHECKPOINT = "averaged.ckpt"
+
 
 class LastRoundsAverage(pl.Callback):
     """Keeps the meta-parameters at the end of each of the last ``n`` epochs (an epoch is ``fed.val_every`` rounds,

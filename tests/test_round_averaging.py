@@ -34,9 +34,14 @@ def test_the_kept_model_is_the_mean_of_the_last_validated_rounds(problem, tmp_pa
         torch.testing.assert_close(v, mean, atol=1e-6, rtol=0, msg=lambda m: f"{k}: {m}")
     # the mean, not the last round (nor the best-validated round the checkpoint callback would restore)
     assert any(not torch.equal(kept[k], seen.states[-1][1][k]) for k in kept)
-    best = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    best = [p for p in tmp_path.iterdir() if p.name.startswith("round")]
     best_state = torch.load(best[0], map_location="cpu", weights_only=False)["state_dict"]
     assert any(not torch.equal(v, best_state[k]) for k, v in learner.state_dict().items())
+    # the checkpoint folder holds the kept (averaged) model too
+    averaged = torch.load(tmp_path / "averaged.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert averaged.keys() == learner.state_dict().keys()
+    for k, v in learner.state_dict().items():
+        assert torch.equal(averaged[k], v), k
 
 
 def test_a_resumed_run_averages_the_same_rounds(problem, tmp_path: Path) -> None:  # noqa: F811
