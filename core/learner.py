@@ -93,7 +93,9 @@ class MetaLearner(pl.LightningModule):
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})
         self.diverged_at: Optional[int] = None
-        self.averaged_rounds: Optional[list[int]] = None  # set by fit_meta_learner(average_last=n)
+        #: the rounds whose meta-parameters the learner holds after fit_meta_learner: the averaged rounds, the
+        #: best-validated round, or the last round
+        self.kept_rounds: list[int] = []
         """The round whose update became NaN/inf (meta-training stopped there), or None."""
         self._train_ids = problem.train_site_ids()
         self._sizes = SiteSizes(self._train_ids, problem.site_size)
@@ -242,12 +244,15 @@ def fit_meta_learner(
     _fit(trainer, learner, resume_from)
     if averaging is not None:
         learner.load_meta_params(averaging.average())
-        learner.averaged_rounds = averaging.rounds
+        learner.kept_rounds = averaging.rounds
         if ckpt_cb is not None:  # the kept model beside the best-validated round, so the folder holds what is used
             trainer.save_checkpoint(os.path.join(checkpoint_dir, AVERAGED_CHECKPOINT), weights_only=True)
     elif ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
-        state = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        learner.load_state_dict(state)
+        best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)
+        learner.load_state_dict(best["state_dict"])
+        learner.kept_rounds = [int(best["global_step"])]
+    else:
+        learner.kept_rounds = [int(trainer.global_step)]
     return trainer
 
 

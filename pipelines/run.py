@@ -142,9 +142,10 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
                      mode="max" if problem.higher_is_better else "min", progress=progress,
                      resume_from=str(resume_from) if resume_from else None, extra_callbacks=callbacks,
                      device=cfg.device, average_last=cfg.eval.checkpoint_average)
-    if learner.averaged_rounds:
-        console.print(f"{algorithm}: the mean of rounds {', '.join(map(str, learner.averaged_rounds))} is kept "
-                      "(--eval.checkpoint-average)")
+    rounds = ", ".join(map(str, learner.kept_rounds))
+    mlflow.MlflowClient(tracking.tracking_uri()).set_tag(run_id, f"{algorithm}.kept_rounds", rounds)
+    if cfg.eval.checkpoint_average:
+        console.print(f"{algorithm}: the mean of rounds {rounds} is kept (--eval.checkpoint-average)")
     return learner
 
 

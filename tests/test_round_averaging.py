@@ -27,7 +27,7 @@ def test_the_kept_model_is_the_mean_of_the_last_validated_rounds(problem, tmp_pa
     seen = RecordEpochEnds()
     fit_meta_learner(learner, progress=False, checkpoint_dir=str(tmp_path), monitor="val/mse", mode="min",
                      extra_callbacks=[seen], average_last=3)
-    assert [step for step, _ in seen.states] == [4, 8, 12, 16] and learner.averaged_rounds == [8, 12, 16]
+    assert [step for step, _ in seen.states] == [4, 8, 12, 16] and learner.kept_rounds == [8, 12, 16]
     kept = learner.meta_params()
     for k, v in kept.items():
         mean = sum(state[k] for _, state in seen.states[1:]) / 3
@@ -51,7 +51,7 @@ def test_a_resumed_run_averages_the_same_rounds(problem, tmp_path: Path) -> None
     fit_meta_learner(first, progress=False, checkpoint_dir=str(tmp_path), average_last=3)
     resumed = make_learner(problem, "fomaml", 16)
     fit_meta_learner(resumed, progress=False, resume_from=str(tmp_path / "last.ckpt"), average_last=3)
-    assert resumed.averaged_rounds == full.averaged_rounds == [8, 12, 16]
+    assert resumed.kept_rounds == full.kept_rounds == [8, 12, 16]
     a, b = full.meta_params(), resumed.meta_params()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=lambda m: f"{k}: {m}")
@@ -64,3 +64,23 @@ def test_a_negative_average_is_refused_naming_the_option() -> None:
     cfg.eval.checkpoint_average = -1
     with pytest.raises(ValueError, match=r"--eval.checkpoint-average -1 \(must be >= 0\)"):
         check_run_config(cfg)
+
+
+def test_a_run_tags_the_rounds_each_model_keeps(tmp_path: Path, fml_home) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.run import run_pipeline
+    from tests.test_resume import tiny
+
+    spec, cfg = tiny(tmp_path / "best")  # 20 rounds, validated every 5
+    run_id = run_pipeline(spec, cfg, progress=False).run_id  # sets the tracking URI the client reads
+    tags = MlflowClient().get_run(run_id).data.tags
+    for algorithm in ("fedavg", "fomaml", "reptile"):
+        best = [p.name for p in (tmp_path / "best" / "checkpoints" / algorithm).iterdir() if p.name.startswith("round")]
+        assert best == [f"roundstep={tags[f'{algorithm}.kept_rounds']}.ckpt"], algorithm  # the best-validated round
+    spec, cfg = tiny(tmp_path / "mean")
+    cfg.eval.checkpoint_average = 2
+    run_id = run_pipeline(spec, cfg, progress=False).run_id  # sets the tracking URI the client reads
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert {tags[f"{a}.kept_rounds"] for a in ("fedavg", "fomaml", "reptile")} == {"15, 20"}
+    assert (tmp_path / "mean" / "checkpoints" / "fomaml" / "averaged.ckpt").exists()
