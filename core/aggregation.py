@@ -115,3 +115,10 @@ def aggregate_round(stacked: Params, num_examples: Sequence[int] | Tensor, fed: 
         return noisy_mean(clip_by_norm(stacked, fed.dp_clip), fed.clients_per_round, fed.dp_noise, fed.dp_clip,
                           noise if noise is not None else round_generator(seed, round_index, salt=2))
     return aggregate(stacked, client_weights(num_examples, fed.weighting, metrics), fed.aggregation)
+
+
+def mean_params(states: Sequence[Params]) -> Params:
+    """The parameter-wise mean of ``states`` (float64 accumulation), in each parameter's dtype: the one average
+    of ``fml run`` (``core.round_averaging``) and of a Flower run (``core.federation.driver``)."""
+    first = states[0]
+    return {k: (sum(state[k].double() for state in states) / len(states)).to(first[k].dtype) for k in first}

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from core.aggregation import mean_params
 from core.types import Params
 
 #: The averaged model's file in a run's checkpoint folder, beside the best-validated ``round*.ckpt`` and ``last.ckpt``.
@@ -37,12 +38,10 @@ class LastRoundsAverage(pl.Callback):
         self.states.append((int(trainer.global_step), {k: v.detach().cpu().clone() for k, v in params.items()}))
 
     def average(self) -> Params:
-        """The mean of the kept states (float64 accumulation), in each parameter's dtype."""
+        """The mean of the kept states."""
         if not self.states:
             raise RuntimeError("no round was kept to average: meta-training ran no full validation interval")
-        first = self.states[0][1]
-        return {k: (sum(state[k].double() for _, state in self.states) / len(self.states)).to(first[k].dtype)
-                for k in first}
+        return mean_params([state for _, state in self.states])
 
     @property
     def rounds(self) -> list[int]:
@@ -54,4 +53,5 @@ class LastRoundsAverage(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.states = deque(state_dict["states"], maxlen=self.n)
+
 

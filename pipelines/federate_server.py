@@ -81,7 +81,7 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
         server=settings.server, flower=flower,
         experiment=str(config.get("experiment") or cfg.tracking.experiment or f"fml-{spec.name}"),
         run_name=str(config.get("run-name") or config.get("run_name") or f"{spec.name}-{algorithm}-seed{seed}-flower"),
-        extra=cfg,
+        extra=cfg, average_last=int(cfg.eval.checkpoint_average),
     )
 
 

@@ -73,6 +73,19 @@ def test_flower_fedavg_strategy_equals_core_fedavg(tracking):
         torch.testing.assert_close(result.meta[name], reference[name], rtol=1e-5, atol=1e-6)
 
 
+def test_a_flower_run_averages_the_last_validated_rounds_as_fml_run_does(tracking):
+    """``eval.checkpoint_average`` (the robotics presets' default) keeps the same mean on Flower as in-process."""
+    config = {"vertical": "digits", "preset": "quick", "algorithm": "fomaml", "data": DATA, "seed": SEED,
+              "fed.rounds": 4, "fed.val_every": 2, "eval.checkpoint_average": 2, "fed.clients_per_round": 4,
+              "flower.finish": False, "flower.eval_roles": ","}
+    result = simulate(config, num_nodes=13)
+    at_2, at_4 = in_process(config, rounds=2), in_process(config, rounds=4)
+    for name in at_4:
+        torch.testing.assert_close(result.meta[name], (at_2[name] + at_4[name]) / 2, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(result.meta[k], at_4[k]) for k in at_4)  # not the last round
+    assert [e["rounds"] for e in result.events if e["kind"] == "rounds_averaged"] == [[2, 4]]
+
+
 def test_dp_fedavg_rounds_on_flower_clip_like_in_process_and_draw_secret_noise(tracking):
     """DP-FedAvg (fed.dp_clip / fed.dp_noise) clips on the Flower server exactly as in-process; its noise is
     NOT the in-process run's seeded noise (every node knows the seed and could subtract it)."""

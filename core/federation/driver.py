@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from core.aggregation import mean_params
 from core.federation import records as R
 from core.federation.bindings import SiteBindings
 from core.federation.messaging import exchange
@@ -276,6 +278,8 @@ class FederationDriver:
     def run_all(self) -> DriverResult:
         self.start()
         rounds, evaluations = [], {}
+        # the meta-parameters at the ends of the last validation intervals, as fml run's LastRoundsAverage keeps them
+        kept: deque[tuple[int, dict]] = deque(maxlen=max(1, self.run.average_last))
         for r in range(1, int(self.run.fed.rounds) + 1):
             rounds.append(self.run_round(r))
             every = self.settings.eval_every
@@ -283,9 +287,15 @@ class FederationDriver:
                 metrics = self.evaluate(r)
                 if metrics:
                     evaluations[r] = metrics
+            if self.run.average_last and r % int(self.run.fed.val_every) == 0:
+                kept.append((r, {k: v.detach().clone() for k, v in self.rule.meta().items()}))
+        meta = self.rule.meta()
+        if self.run.average_last and kept:
+            meta = mean_params([state for _, state in kept])
+            self.event(kind="rounds_averaged", rounds=[r for r, _ in kept])
         self.event(kind="run_finished", rounds=len(rounds),
                    lost={self.roster.nodes[n].site_id: r for n, r in self.roster.lost.items() if n in self.roster.nodes})
-        return DriverResult(self.rule.meta(), rounds, evaluations, self.events, self.roster)
+        return DriverResult(meta, rounds, evaluations, self.events, self.roster)
 
 
 def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -93,6 +93,8 @@ class FederatedRun:
         experiment: MLflow experiment.
         run_name: MLflow run name.
         extra: the pipeline's resolved config (logged, and handed to the finish hook).
+        average_last: keep the mean of the meta-parameters at the last n rounds that end a ``fed.val_every``
+            interval instead of the last round (``--eval.checkpoint-average``, as ``fml run``); 0: the last round.
     """
 
     vertical: str
@@ -106,3 +108,4 @@ class FederatedRun:
     experiment: str = ""
     run_name: str = ""
     extra: Any = None
+    average_last: int = 0
