@@ -93,10 +93,10 @@ class MetaLearner(pl.LightningModule):
         base = {k: v.detach() for k, v in self.model.named_parameters()}
         self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in self.algorithm.init_extra(base, inner).items()})
         self.diverged_at: Optional[int] = None
-        #: the rounds whose meta-parameters the learner holds after fit_meta_learner: the averaged rounds, the
-        #: best-validated round, or the last round
-        self.kept_rounds: list[int] = []
         """The round whose update became NaN/inf (meta-training stopped there), or None."""
+        self.kept_rounds: list[int] = []
+        """The rounds whose meta-parameters the learner holds after :func:`fit_meta_learner`: the averaged rounds,
+        the best-validated round, or the last round."""
         self._train_ids = problem.train_site_ids()
         self._sizes = SiteSizes(self._train_ids, problem.site_size)
         self._strata = (site_strata(problem, self._train_ids, fed.clients_per_round, seed)

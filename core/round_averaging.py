@@ -53,5 +53,3 @@ class LastRoundsAverage(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.states = deque(state_dict["states"], maxlen=self.n)
-
-
