@@ -3,7 +3,7 @@
 starting points compare with the tuned FedAvg baseline on held-out sites, and how to onboard with it."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import pandas as pd
 
@@ -50,10 +50,12 @@ def schema_line(schema: dict[str, Any], limit: int = 12) -> str:
 def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str, Any], bundle: list[Any],
                default_reason: str, summary: pd.DataFrame, paired: pd.DataFrame, headline: str,
                higher_is_better: bool, shots: int, run_id: str, site_statistics: bool = False,
-               dataset: Any = None, onboard_args: str = "--data NEW_SITE_FILE") -> str:
+               dataset: Any = None, onboard_args: str = "--data NEW_SITE_FILE",
+               kept_rounds: Optional[Mapping[str, str]] = None) -> str:
     """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first;
     ``dataset``: its :class:`pipelines.dataset_identity.DatasetIdentity`; ``onboard_args``: what a new site passes
-    to ``fml onboard``, the vertical's ``VerticalSpec.onboard_args``)."""
+    to ``fml onboard``, the vertical's ``VerticalSpec.onboard_args``; ``kept_rounds``: trained model -> the
+    round(s) whose parameters it holds, the run's ``<algorithm>.kept_rounds`` tags)."""
     best = bundle[0]
     roles = fingerprint.get("roles", {})
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
@@ -70,6 +72,9 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
     dataset_lines = "" if dataset is None else (
         f"- dataset: `{dataset.name}` ({DEFAULT_DATA if dataset.default else OTHER_DATA})\n"
         f"- schema (sha256 `{dataset.schema_sha256[:16]}...`): {schema_line(dataset.schema)}\n")
+    kept = "".join(f"- `{algorithm}`: " + (f"the mean of rounds {rounds}" if "," in rounds else f"round {rounds}") + "\n"
+                   for algorithm, rounds in sorted((kept_rounds or {}).items()))
+    training = f"\n## Meta-training: the parameters kept\n{kept}" if kept else ""
     return f"""# {name} v{version}: `{vertical}`
 
 **Default starting point: `{best.name}`** ({best.best_steps} adaptation steps at {best.rate_text});
@@ -84,7 +89,7 @@ and the default above when the support is too small to split.
   {fingerprint.get('sites', '?')} sites
 - inputs: {inputs}
 - sites by role: {sites or 'not recorded'}
-
+{training}
 ## Held-out test sites ({shots} shots, {best.best_steps} steps; {headline}, {direction} is better)
 Pooled over the test sites and their support draws; `auto` is the per-site choice a new site gets;
 `ensemble` (where listed) averages the bundle's adapted candidates: `--candidate ensemble` takes it.

@@ -149,6 +149,13 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     return learner
 
 
+def kept_rounds(run_id: str) -> dict[str, str]:
+    """Trained model -> the round(s) whose parameters it holds, from the run's tags (:func:`train_one` sets them)."""
+    tags = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.tags
+    suffix = ".kept_rounds"
+    return {k[:-len(suffix)]: v for k, v in tags.items() if k.endswith(suffix)}
+
+
 def checkpoint_monitor(problem: Problem, cfg: Any) -> str:
     """The logged validation key that keeps the best round: ``val/<--eval.checkpoint-metric>`` (default the
     headline); refused, naming the option, when the vertical does not allow that metric."""
@@ -539,7 +546,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
                        run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)),
-                       onboard_args=spec.onboard_args)
+                       onboard_args=spec.onboard_args, kept_rounds=kept_rounds(run_id))
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
                                                    problem.higher_is_better, describe=lambda v: card(version=v))
         mlflow.set_tags({"registered_model": name, "registered_version": version, "alias_decision": reason})
