@@ -144,7 +144,8 @@ def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):
     rounds = [types.SimpleNamespace(applied=True), types.SimpleNamespace(applied=True)]
     fml_tracking.setup_tracking()
     with mlflow.start_run(experiment_id=fml_tracking.ensure_experiment("flower-finish")) as active:
-        out = finish_federated_run(run, types.SimpleNamespace(meta=meta, rounds=rounds),
+        averaged = [{"kind": "rounds_averaged", "rounds": [1, 2]}]  # the driver's event with eval.checkpoint_average
+        out = finish_federated_run(run, types.SimpleNamespace(meta=meta, rounds=rounds, events=averaged),
                                    types.SimpleNamespace(run_id=active.info.run_id))
     logged = mlflow.get_run(active.info.run_id)
     assert "test/accuracy/fedavg-ft/shots1_steps1" in logged.data.metrics
@@ -152,6 +153,9 @@ def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):
     assert set(out["summary"]["method"]) >= {"local", "fedavg", "fedavg+ft"}
     assert logged.data.tags["best_algorithm"] == "fedavg+ft"
     assert out["registered"]["name"] == "fml-digits" and out["registered"]["alias"] == "champion"
+    assert logged.data.tags["fedavg.kept_rounds"] == "1, 2"  # and the model card says so
+    card = mlflow.MlflowClient().get_model_version("fml-digits", out["registered"]["version"]).description
+    assert "- `fedavg`: the mean of rounds 1, 2" in card
     loaded = fml_tracking.load_meta_init(out["model_uri"])
     assert loaded.info["engine"] == "flower" and loaded.info["algorithm"] == "fedavg+ft"
     epsilon = logged.data.metrics["privacy/epsilon_fedavg"]  # 2 DP rounds of 10 sites out of 12
