@@ -127,9 +127,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
     mlflow.set_tags({f"env.{k}": v for k, v in environment_info().items()})
     privacy = privacy_spent(run, result, len(problem.train_site_ids()))
-    averaged = [e["rounds"] for e in result.events if e.get("kind") == "rounds_averaged"]
-    kept = averaged[-1] if averaged else [len(result.rounds)]  # the mean of those rounds, or the last round
-    mlflow.set_tag(f"{run.algorithm}.kept_rounds", ", ".join(map(str, kept)))  # as fml run's train_one
+    mlflow.set_tag(f"{run.algorithm}.kept_rounds", ", ".join(map(str, result.kept_rounds)))  # as fml run's train_one
     tags = {"engine": "flower", "fed_privacy": privacy_mode(cfg.fed, run.flower)}
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate_and_register(spec, problem, cfg, model, methods, candidates=[methods[-1].name],

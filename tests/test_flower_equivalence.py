@@ -83,7 +83,7 @@ def test_a_flower_run_averages_the_last_validated_rounds_as_fml_run_does(trackin
     for name in at_4:
         torch.testing.assert_close(result.meta[name], (at_2[name] + at_4[name]) / 2, rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(result.meta[k], at_4[k]) for k in at_4)  # not the last round
-    assert [e["rounds"] for e in result.events if e["kind"] == "rounds_averaged"] == [[2, 4]]
+    assert [e["rounds"] for e in result.events if e["kind"] == "rounds_averaged"] == [[2, 4]] == [result.kept_rounds]
 
 
 def test_dp_fedavg_rounds_on_flower_clip_like_in_process_and_draw_secret_noise(tracking):
@@ -144,8 +144,7 @@ def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):
     rounds = [types.SimpleNamespace(applied=True), types.SimpleNamespace(applied=True)]
     fml_tracking.setup_tracking()
     with mlflow.start_run(experiment_id=fml_tracking.ensure_experiment("flower-finish")) as active:
-        averaged = [{"kind": "rounds_averaged", "rounds": [1, 2]}]  # the driver's event with eval.checkpoint_average
-        out = finish_federated_run(run, types.SimpleNamespace(meta=meta, rounds=rounds, events=averaged),
+        out = finish_federated_run(run, types.SimpleNamespace(meta=meta, rounds=rounds, kept_rounds=[1, 2]),
                                    types.SimpleNamespace(run_id=active.info.run_id))
     logged = mlflow.get_run(active.info.run_id)
     assert "test/accuracy/fedavg-ft/shots1_steps1" in logged.data.metrics

@@ -58,6 +58,8 @@ class DriverResult:
     evaluations: dict[int, dict[str, float]]
     events: list[dict[str, Any]]
     roster: Roster
+    kept_rounds: list[int] = field(default_factory=list)
+    """The rounds whose mean ``meta`` is (``eval.checkpoint_average``), or the last round."""
     mlflow_run_id: Optional[str] = None
     finish: Any = None
 
@@ -289,13 +291,13 @@ class FederationDriver:
                     evaluations[r] = metrics
             if self.run.average_last and r % int(self.run.fed.val_every) == 0:
                 kept.append((r, {k: v.detach().clone() for k, v in self.rule.meta().items()}))
-        meta = self.rule.meta()
+        meta, kept_rounds = self.rule.meta(), [len(rounds)]
         if self.run.average_last and kept:
-            meta = mean_params([state for _, state in kept])
-            self.event(kind="rounds_averaged", rounds=[r for r, _ in kept])
+            meta, kept_rounds = mean_params([state for _, state in kept]), [r for r, _ in kept]
+            self.event(kind="rounds_averaged", rounds=kept_rounds)
         self.event(kind="run_finished", rounds=len(rounds),
                    lost={self.roster.nodes[n].site_id: r for n, r in self.roster.lost.items() if n in self.roster.nodes})
-        return DriverResult(meta, rounds, evaluations, self.events, self.roster)
+        return DriverResult(meta, rounds, evaluations, self.events, self.roster, kept_rounds=kept_rounds)
 
 
 def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
