@@ -97,6 +97,8 @@ class MetaLearner(pl.LightningModule):
         self.kept_rounds: list[int] = []
         """The rounds whose meta-parameters the learner holds after :func:`fit_meta_learner`: the averaged rounds,
         the best-validated round, or the last round."""
+        self.kept_by: str = "last"
+        """How :attr:`kept_rounds` were chosen: ``average`` | ``validation`` | ``last``."""
         self._train_ids = problem.train_site_ids()
         self._sizes = SiteSizes(self._train_ids, problem.site_size)
         self._strata = (site_strata(problem, self._train_ids, fed.clients_per_round, seed)
@@ -244,15 +246,15 @@ def fit_meta_learner(
     _fit(trainer, learner, resume_from)
     if averaging is not None:
         learner.load_meta_params(averaging.average())
-        learner.kept_rounds = averaging.rounds
+        learner.kept_rounds, learner.kept_by = averaging.rounds, "average"
         if ckpt_cb is not None:  # the kept model beside the best-validated round, so the folder holds what is used
             trainer.save_checkpoint(os.path.join(checkpoint_dir, AVERAGED_CHECKPOINT), weights_only=True)
     elif ckpt_cb is not None and monitor and ckpt_cb.best_model_path:
         best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)
         learner.load_state_dict(best["state_dict"])
-        learner.kept_rounds = [int(best["global_step"])]
+        learner.kept_rounds, learner.kept_by = [int(best["global_step"])], "validation"
     else:
-        learner.kept_rounds = [int(trainer.global_step)]
+        learner.kept_rounds, learner.kept_by = [int(trainer.global_step)], "last"
     return trainer
 
 

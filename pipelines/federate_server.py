@@ -6,10 +6,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from core.federation.settings import FederatedRun
 from pipelines.federate_node import data_config, load_site, vertical_spec
+
+if TYPE_CHECKING:
+    from core.federation.selection import RoundSelection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESERVED = ("vertical", "preset", "algorithm", "experiment", "run-name", "run_name")
@@ -85,6 +88,25 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     )
 
 
+def round_selection(run: FederatedRun) -> Optional[RoundSelection]:
+    """``fml run``'s round selection for a Flower run, on the coordinator: the validation sites read through the
+    vertical (as the finish hook reads the held-out sites), validated with the same draws, shots, steps and
+    metric as ``pipelines.run.train_one``; None when the federation has no validation sites."""
+    from core.federation.selection import RoundSelection
+    from pipelines.run import checkpoint_monitor, round_validation
+
+    cfg = run.extra
+    spec = vertical_spec(run.vertical)
+    problem = spec.build(cfg.data, cfg.seed)
+    validate = round_validation(problem, cfg, run.inner)
+    if validate is None:
+        return None
+    model = problem.make_model()
+    metric = checkpoint_monitor(problem, cfg).removeprefix("val/")
+    return RoundSelection(lambda meta: validate(model, meta), metric, problem.higher_is_better,
+                          patience=int(run.fed.early_stopping_patience))
+
+
 def privacy_spent(run: FederatedRun, result: Any, num_train_sites: int) -> dict[str, float]:
     """Site-level epsilon of the federated meta-init, as ``fml run`` reports it (``core.privacy.run_epsilon``):
     every applied round spends privacy (a skipped round released nothing); empty without DP noise. The same
@@ -127,7 +149,8 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
     mlflow.log_dict(dataset_fingerprint(problem), "dataset_fingerprint.json")
     mlflow.set_tags({f"env.{k}": v for k, v in environment_info().items()})
     privacy = privacy_spent(run, result, len(problem.train_site_ids()))
-    mlflow.set_tag(f"{run.algorithm}.kept_rounds", ", ".join(map(str, result.kept_rounds)))  # as fml run's train_one
+    mlflow.set_tags({f"{run.algorithm}.kept_rounds": ", ".join(map(str, result.kept_rounds)),  # as fml run's train_one
+                     f"{run.algorithm}.kept_by": result.kept_by})
     tags = {"engine": "flower", "fed_privacy": privacy_mode(cfg.fed, run.flower)}
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate_and_register(spec, problem, cfg, model, methods, candidates=[methods[-1].name],
@@ -161,7 +184,7 @@ def simulate(config: Mapping[str, Any], num_nodes: Optional[int] = None, cpus_pe
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     results: list = []
     server = make_server_app(lambda ctx: run, finish_federated_run if finish else None, mode="simulation",
-                             results=results)
+                             results=results, select=round_selection)
     client = make_client_app(load_site)
     nodes = num_nodes or simulation_nodes(run)
     backend = {"client_resources": {"num_cpus": cpus_per_node, "num_gpus": 0.0},

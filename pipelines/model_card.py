@@ -55,7 +55,7 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
     """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first;
     ``dataset``: its :class:`pipelines.dataset_identity.DatasetIdentity`; ``onboard_args``: what a new site passes
     to ``fml onboard``, the vertical's ``VerticalSpec.onboard_args``; ``kept_rounds``: trained model -> the
-    round(s) whose parameters it holds, the run's ``<algorithm>.kept_rounds`` tags)."""
+    round(s) whose parameters it holds, in words: ``pipelines.run.kept_rounds``)."""
     best = bundle[0]
     roles = fingerprint.get("roles", {})
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
@@ -72,8 +72,7 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
     dataset_lines = "" if dataset is None else (
         f"- dataset: `{dataset.name}` ({DEFAULT_DATA if dataset.default else OTHER_DATA})\n"
         f"- schema (sha256 `{dataset.schema_sha256[:16]}...`): {schema_line(dataset.schema)}\n")
-    kept = "".join(f"- `{algorithm}`: " + (f"the mean of rounds {rounds}" if "," in rounds else f"round {rounds}") + "\n"
-                   for algorithm, rounds in sorted((kept_rounds or {}).items()))
+    kept = "".join(f"- `{algorithm}`: {words}\n" for algorithm, words in sorted((kept_rounds or {}).items()))
     training = f"\n## Meta-training: the parameters kept\n{kept}" if kept else ""
     return f"""# {name} v{version}: `{vertical}`
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import mlflow
 import pandas as pd
@@ -129,12 +129,7 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
     the checkpoint ``resume_from`` when given; ``callbacks`` are more Lightning callbacks (``fml tune``'s pruning)."""
     settings = algorithm_settings(cfg, algorithm)
     inner = settings.inner
-    val_sites = problem.federation.role("validation")
-    select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
-    validate = None
-    if val_sites:
-        validate = validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
-                                 draws=cfg.eval.checkpoint_draws, seed=cfg.seed, inner=inner)
+    validate = round_validation(problem, cfg, inner)
     learner = MetaLearner(problem, algorithm, inner, settings.fed, settings.server, cfg.seed, validate, start=start)
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id, prefix=algorithm)
     monitor = checkpoint_monitor(problem, cfg) if validate else None
@@ -143,17 +138,41 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
                      resume_from=str(resume_from) if resume_from else None, extra_callbacks=callbacks,
                      device=cfg.device, average_last=cfg.eval.checkpoint_average)
     rounds = ", ".join(map(str, learner.kept_rounds))
-    mlflow.MlflowClient(tracking.tracking_uri()).set_tag(run_id, f"{algorithm}.kept_rounds", rounds)
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    client.set_tag(run_id, f"{algorithm}.kept_rounds", rounds)
+    client.set_tag(run_id, f"{algorithm}.kept_by", learner.kept_by)
     if cfg.eval.checkpoint_average:
         console.print(f"{algorithm}: the mean of rounds {rounds} is kept (--eval.checkpoint-average)")
     return learner
 
 
+Validate = Callable[[torch.nn.Module, Params], dict[str, float]]
+
+
+def round_validation(problem: Problem, cfg: Any, inner: Any) -> Optional[Validate]:
+    """The few-shot validation that ranks a training run's rounds (None without validation sites): adaptation
+    with the algorithm's inner loop at the selection shots, on ``eval.checkpoint_draws`` fixed draws per
+    validation site. ``fml run`` and the Flower ServerApp (``pipelines.federate_server.round_selection``) use it."""
+    val_sites = problem.federation.role("validation")
+    if not val_sites:
+        return None
+    select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
+    return validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
+                         draws=cfg.eval.checkpoint_draws, seed=cfg.seed, inner=inner)
+
+
+#: How a run chose the parameters it keeps (``<algorithm>.kept_by``) -> the model card's words.
+KEPT_BY = {"average": "the mean of rounds {rounds}", "validation": "round {rounds}, the best on the validation sites",
+           "last": "round {rounds}, the last"}
+
+
 def kept_rounds(run_id: str) -> dict[str, str]:
-    """Trained model -> the round(s) whose parameters it holds, from the run's tags (:func:`train_one` sets them)."""
+    """Trained model -> which round(s) its parameters come from, in words ("the mean of rounds 100, 150, 200"), from
+    the run's ``<algorithm>.kept_rounds`` and ``<algorithm>.kept_by`` tags (:func:`train_one` sets them)."""
     tags = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.tags
     suffix = ".kept_rounds"
-    return {k[:-len(suffix)]: v for k, v in tags.items() if k.endswith(suffix)}
+    return {k[:-len(suffix)]: KEPT_BY.get(tags.get(f"{k[:-len(suffix)]}.kept_by", ""), "rounds {rounds}").format(rounds=v)
+            for k, v in tags.items() if k.endswith(suffix)}
 
 
 def checkpoint_monitor(problem: Problem, cfg: Any) -> str:

@@ -119,8 +119,9 @@ def cluster(tmp_path_factory):
 
 
 def test_deployed_run_logs_rounds_and_registers_the_meta_init(cluster):
-    config = run_config(cluster.workdir, "deploy", **{"flower.finish": True,
-                                                      "flower.eval_roles": "train", "flower.eval_draws": 1})
+    options = {**run_config(cluster.workdir, "")["options"], "fed.val_every": 1}  # not an app key: via options
+    config = run_config(cluster.workdir, "deploy", options=options, **{"flower.finish": True,
+                                                                       "flower.eval_roles": "train", "flower.eval_draws": 1})
     run_or_explain(cluster, config, "deploy")
     client, run = mlflow_run(cluster.uri, "deploy")
     assert run.info.status == "FINISHED", cluster.logs()
@@ -130,6 +131,11 @@ def test_deployed_run_logs_rounds_and_registers_the_meta_init(cluster):
     assert len(client.get_metric_history(run.info.run_id, "train/query_loss")) == 2
     assert "val/accuracy/steps5" in run.data.metrics  # federated few-shot evaluation on the nodes
     assert any(k.startswith("test/accuracy/fomaml/") for k in run.data.metrics)  # held-out protocol
+    # the coordinator validated every round on the validation site and kept the best round, as fml run does
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1, 2]
+    selected = [e["round"] for e in events(config) if e["kind"] == "round_selected"]
+    assert len(selected) == 1 and run.data.tags["fomaml.kept_rounds"] == str(selected[0])
+    assert run.data.tags["fomaml.kept_by"] == "validation"
     version = client.get_model_version_by_alias("fml-digits", "champion")
     assert version.run_id == run.info.run_id and version.tags["engine"] == "flower"
     import mlflow

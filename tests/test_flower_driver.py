@@ -170,3 +170,37 @@ def test_flower_strategies_apply_to_fml_updates(strategy):
     assert all(r.applied for r in result.rounds)
     assert any(float((result.meta[k] - start[k]).abs().max()) > 1e-4 for k in start)
     assert all(torch.isfinite(v).all() for v in result.meta.values())
+
+
+@pytest.mark.parametrize("patience", [0, 2])
+def test_the_driver_keeps_the_best_validated_round_as_fml_run_does(tmp_path, patience):
+    """With the validation sites on the coordinator (``flower.finish``), the ServerApp validates every
+    ``fed.val_every`` rounds with fml run's validation, keeps the round fml run's ModelCheckpoint keeps and
+    stops where its EarlyStopping stops (``fed.early_stopping_patience``)."""
+    from core.learner import fit_meta_learner
+    from pipelines.federate_server import round_selection
+    from pipelines.run import checkpoint_monitor, round_validation
+
+    run = make_run(**{"fed.rounds": 8, "fed.val_every": 1, "flower.finish": True, "server.lr": 0.1,
+                      "eval.checkpoint_draws": 1, "fed.early_stopping_patience": patience})  # a server step this large makes validation accuracy go down again
+    selection = round_selection(run)
+    assert selection is not None and (selection.metric, selection.higher_is_better) == ("accuracy", True)
+    result = FederationDriver(MemoryGrid(make_client_app(load_site), sites()), Context(1, 0, {}, RecordDict(), {}),
+                              run, selection=selection).run_all()
+
+    spec = vertical_spec("digits")
+    problem = spec.prepare(data_config(spec, DATA), run.seed)
+    learner = MetaLearner(problem, run.algorithm, run.inner, run.fed, run.server, run.seed,
+                          round_validation(problem, run.extra, run.inner))
+    trainer = fit_meta_learner(learner, checkpoint_dir=str(tmp_path), monitor=checkpoint_monitor(problem, run.extra),
+                               mode="max", progress=False)
+    assert (result.kept_rounds, result.kept_by) == (learner.kept_rounds, learner.kept_by)
+    assert len(result.rounds) == trainer.global_step == (4 if patience else 8)
+    assert result.kept_rounds != [8], "the scores chosen here rank an earlier round best: the check must bite"
+    for k, v in learner.meta_params().items():
+        torch.testing.assert_close(result.meta[k], v, rtol=1e-5, atol=1e-6)
+    validated = [e for e in result.events if e["kind"] == "round_validated"]
+    assert [e["round"] for e in validated] == list(range(1, len(result.rounds) + 1))
+    assert [e["round"] for e in result.events if e["kind"] == "early_stopped"] == ([4] if patience else [])
+    assert [(e["round"], e["metric"]) for e in result.events if e["kind"] == "round_selected"] == \
+        [(result.kept_rounds[0], "accuracy")]

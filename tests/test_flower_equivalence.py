@@ -144,7 +144,8 @@ def test_finish_hook_runs_the_heldout_protocol_for_fedavg(tracking):
     rounds = [types.SimpleNamespace(applied=True), types.SimpleNamespace(applied=True)]
     fml_tracking.setup_tracking()
     with mlflow.start_run(experiment_id=fml_tracking.ensure_experiment("flower-finish")) as active:
-        out = finish_federated_run(run, types.SimpleNamespace(meta=meta, rounds=rounds, kept_rounds=[1, 2]),
+        out = finish_federated_run(run, types.SimpleNamespace(meta=meta, rounds=rounds, kept_rounds=[1, 2],
+                                                              kept_by="average"),
                                    types.SimpleNamespace(run_id=active.info.run_id))
     logged = mlflow.get_run(active.info.run_id)
     assert "test/accuracy/fedavg-ft/shots1_steps1" in logged.data.metrics

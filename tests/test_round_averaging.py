@@ -78,9 +78,11 @@ def test_a_run_tags_the_rounds_each_model_keeps(tmp_path: Path, fml_home) -> Non
     for algorithm in ("fedavg", "fomaml", "reptile"):
         best = [p.name for p in (tmp_path / "best" / "checkpoints" / algorithm).iterdir() if p.name.startswith("round")]
         assert best == [f"roundstep={tags[f'{algorithm}.kept_rounds']}.ckpt"], algorithm  # the best-validated round
+        assert tags[f"{algorithm}.kept_by"] == "validation"
     spec, cfg = tiny(tmp_path / "mean")
     cfg.eval.checkpoint_average = 2
     run_id = run_pipeline(spec, cfg, progress=False).run_id  # sets the tracking URI the client reads
     tags = MlflowClient().get_run(run_id).data.tags
     assert {tags[f"{a}.kept_rounds"] for a in ("fedavg", "fomaml", "reptile")} == {"15, 20"}
+    assert {tags[f"{a}.kept_by"] for a in ("fedavg", "fomaml", "reptile")} == {"average"}
     assert (tmp_path / "mean" / "checkpoints" / "fomaml" / "averaged.ckpt").exists()

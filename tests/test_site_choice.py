@@ -284,7 +284,8 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
                Method("fedavg+ft", GOOD, trained_lr=0.05), Method("fomaml", BAD, trained_lr=0.05)]
     tracking.setup_tracking()
     with mlflow.start_run(experiment_id=tracking.ensure_experiment("fml-linear")) as run:
-        mlflow.set_tags({"fedavg.kept_rounds": "150", "fomaml.kept_rounds": "100, 150, 200"})  # as train_one tags them
+        mlflow.set_tags({"fedavg.kept_rounds": "150", "fedavg.kept_by": "validation",  # as train_one tags them
+                         "fomaml.kept_rounds": "100, 150, 200", "fomaml.kept_by": "average"})
         report = evaluate_and_register(spec, problem, cfg, nn.Linear(3, 1), methods,
                                        candidates=["fedavg+ft", "fomaml"], run_id=run.info.run_id, out=tmp_path,
                                        progress=False)
@@ -298,7 +299,7 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert "| `ensemble` |" in card and "--candidate ensemble" in card
     assert f"fml onboard linear --site NEW_SITE_ID --model models:/fml-linear/{version.version}" in card
     assert "test: s0, s1" in card
-    assert "- `fedavg`: round 150\n- `fomaml`: the mean of rounds 100, 150, 200" in card
+    assert "- `fedavg`: round 150, the best on the validation sites\n- `fomaml`: the mean of rounds 100, 150, 200" in card
     loaded = tracking.load_meta_init("models:/fml-linear@champion")
     assert set(loaded.candidates) == {"fedavg+ft", "fomaml"}
     assert torch.equal(loaded.candidates["fomaml"]["weight"], BAD["weight"])

@@ -14,6 +14,7 @@ Modules (import them directly; this package imports nothing heavy so a ClientApp
 - ``bindings``: node id -> site fixed by the node's registered key (SuperNode authentication).
 - ``strategies``: the server rule: core aggregation + core optimizer, or a Flower strategy.
 - ``secagg``: one round's secure aggregate through Flower's SecAgg+ workflow.
+- ``selection``: which round's meta-parameters a run keeps (averaged, best-validated or last), as ``fml run``.
 - ``driver``: the round loop (sampling, fault handling, logging).
-- ``server``: ``make_server_app(resolve, finish)`` -> the ``ServerApp``.
+- ``server``: ``make_server_app(resolve, finish, select=...)`` -> the ``ServerApp``.
 """

@@ -21,12 +21,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from core.aggregation import mean_params
 from core.federation import records as R
 from core.federation.bindings import SiteBindings
 from core.federation.messaging import exchange
 from core.federation.roster import Roster
 from core.federation.secure_dp import check_secure_dp, privacy_mode, release
+from core.federation.selection import KeptRounds, RoundSelection
 from core.federation.settings import FederatedRun
 from core.federation.strategies import Accepted, CoreRule, make_rule
 
@@ -59,17 +59,21 @@ class DriverResult:
     events: list[dict[str, Any]]
     roster: Roster
     kept_rounds: list[int] = field(default_factory=list)
-    """The rounds whose mean ``meta`` is (``eval.checkpoint_average``), or the last round."""
+    """The rounds whose mean ``meta`` is (``eval.checkpoint_average``), the best-validated round, or the last."""
+    kept_by: str = "last"
+    """How ``kept_rounds`` were chosen: ``average`` | ``validation`` | ``last``."""
     mlflow_run_id: Optional[str] = None
     finish: Any = None
 
 
 class FederationDriver:
-    """Runs ``run`` on ``grid``; ``on_round`` receives each round's metrics, ``on_event`` every event."""
+    """Runs ``run`` on ``grid``; ``on_round`` receives each round's metrics, ``on_event`` every event;
+    ``selection`` validates the meta-parameters every ``fed.val_every`` rounds on the coordinator and keeps the
+    best-validated round, as ``fml run`` does (:mod:`core.federation.selection`)."""
 
     def __init__(self, grid: Any, context: Any, run: FederatedRun,
                  on_round: Optional[RoundSink] = None, on_event: Optional[EventSink] = None,
-                 bindings: Optional[SiteBindings] = None) -> None:
+                 bindings: Optional[SiteBindings] = None, selection: Optional[RoundSelection] = None) -> None:
         if run.flower.secagg and (run.flower.strategy != "core" or run.fed.aggregation != "mean"):
             raise ValueError("flower.secagg needs flower.strategy=core and fed.aggregation=mean "
                              f"(got {run.flower.strategy!r}, {run.fed.aggregation!r}): a secure sum can only average")
@@ -81,6 +85,7 @@ class FederationDriver:
         self.events: list[dict[str, Any]] = []
         self.roster = Roster(silent_retry=max(30.0, 2 * run.flower.round_timeout), bindings=bindings)
         self.rule: Any = None
+        self.selection = selection
         self._secret_noise: Any = None  # DP noise of SecAgg+ rounds: secret, drawn on first use
 
     # ----------------------------------------------------------------------------------------- events
@@ -280,8 +285,7 @@ class FederationDriver:
     def run_all(self) -> DriverResult:
         self.start()
         rounds, evaluations = [], {}
-        # the meta-parameters at the ends of the last validation intervals, as fml run's LastRoundsAverage keeps them
-        kept: deque[tuple[int, dict]] = deque(maxlen=max(1, self.run.average_last))
+        keeper = KeptRounds(self.run.average_last, self.selection)
         for r in range(1, int(self.run.fed.rounds) + 1):
             rounds.append(self.run_round(r))
             every = self.settings.eval_every
@@ -289,15 +293,31 @@ class FederationDriver:
                 metrics = self.evaluate(r)
                 if metrics:
                     evaluations[r] = metrics
-            if self.run.average_last and r % int(self.run.fed.val_every) == 0:
-                kept.append((r, {k: v.detach().clone() for k, v in self.rule.meta().items()}))
-        meta, kept_rounds = self.rule.meta(), [len(rounds)]
-        if self.run.average_last and kept:
-            meta, kept_rounds = mean_params([state for _, state in kept]), [r for r, _ in kept]
+            if r % int(self.run.fed.val_every) == 0:
+                self._validate(keeper, r)
+                if keeper.should_stop:
+                    self.event(kind="early_stopped", round=r, best_round=keeper.best[0] if keeper.best else None,
+                               patience=self.selection.patience if self.selection else 0)
+                    break
+        meta, kept_rounds, kept_by = keeper.kept(len(rounds), self.rule.meta())
+        if kept_by == "average":
             self.event(kind="rounds_averaged", rounds=kept_rounds)
+        elif kept_by == "validation":
+            self.event(kind="round_selected", round=kept_rounds[0], metric=self.selection.metric,
+                       value=keeper.best[1])
         self.event(kind="run_finished", rounds=len(rounds),
                    lost={self.roster.nodes[n].site_id: r for n, r in self.roster.lost.items() if n in self.roster.nodes})
-        return DriverResult(meta, rounds, evaluations, self.events, self.roster, kept_rounds=kept_rounds)
+        return DriverResult(meta, rounds, evaluations, self.events, self.roster, kept_rounds=kept_rounds,
+                            kept_by=kept_by)
+
+    def _validate(self, keeper: KeptRounds, server_round: int) -> None:
+        """The coordinator's validation of this round (logged ``val/<metric>``, the key ``fml run`` ranks rounds by),
+        offered to ``keeper``."""
+        metrics = keeper.offer(server_round, self.rule.meta())
+        if metrics:
+            self._on_round(server_round, {f"val/{k}": float(v) for k, v in metrics.items()})
+            self.event(kind="round_validated", round=server_round, metric=self.selection.metric,
+                       value=round(float(metrics[self.selection.metric]), 6))
 
 
 def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """MLflow logging of a federated run through ``core.tracking``: params, per-round metrics, events.
 
 Per round: ``train/*`` (clients' mean metrics), ``fed/clients`` (accepted updates), ``fed/sampled``,
-``fed/rejected``, ``fed/lost``, ``fed/round_ms``; per federated evaluation ``val/<metric>/steps<s>``.
+``fed/rejected``, ``fed/lost``, ``fed/round_ms``; per federated evaluation ``val/<metric>/steps<s>``; per validation on the
+coordinator (the round selection) ``val/<metric>``.
 Every event (node joined/lost, update rejected, round skipped) goes to ``federation/events.json`` and,
 if ``flower.event_log`` is set, to that JSON-lines file as it happens. Lost nodes and rejected updates
 are also summarized in the run's tags ``fed.lost_nodes`` and ``fed.rejected_updates``; the tag ``fed.privacy``
