@@ -51,8 +51,10 @@ class HeldoutFlags:
     preset: str = "quick"
     """Preset of verticals/<vertical>/presets (quick or full)."""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
-    """Training seeds, one whole run each (roles, init, sampling, draws); tables pool seeds x draws, and the
-    last seed's registered model is onboarded."""
+    """Training seeds, one whole run each (roles, init, sampling, draws); tables pool seeds x draws. The
+    registry's ``champion`` is onboarded, with the last seed's support draw: the first seed's model, unless a later
+    seed's run, evaluated on the same held-out sites, scored better (runs whose seeds draw other held-out sites
+    register as challengers)."""
     store: Optional[str] = None
     """MLflow tracking URI (default: a temporary SQLite store, deleted afterwards)."""
     output_dir: str = "fml-output/bench"
@@ -110,6 +112,9 @@ class HeldoutRun:
     """Wall time of each seed's pipeline (the whole benchmark is their sum plus onboarding)."""
     fallback_by_seed: dict[int, dict] = dataclasses.field(default_factory=dict)
     """Each seed's defaults for a support that cannot be split (its run's ``fallback_defaults.json``)."""
+    model_uri_by_seed: dict[int, str] = dataclasses.field(default_factory=dict)
+    """Each seed's logged meta-initialization bundle (its run's ``meta_init_uri`` tag): what ``fml onboard
+    --model`` takes."""
 
     @property
     def train_seconds(self) -> dict[str, float]:
@@ -138,7 +143,9 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
     verticals.load_all()
     spec = VERTICALS.get(vertical)
     torch.set_num_threads(flags.threads)
-    parts, best, seconds_by_seed, fallback = [], {}, {}, {}
+    import mlflow
+
+    parts, best, seconds_by_seed, fallback, uris = [], {}, {}, {}, {}
     for seed in flags.seeds:
         run_cfg = with_overrides(load_preset(spec, flags.preset), flags.set)
         run_cfg.seed, run_cfg.output_dir = seed, str(Path(flags.output_dir) / f"seed{seed}")
@@ -155,8 +162,9 @@ def run_heldout_pipeline(vertical: str, flags: HeldoutFlags) -> HeldoutRun:
         parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
         best[seed], seconds_by_seed[seed] = result.best_algorithm, round(seconds, 2)
         fallback[seed] = json.loads((result.output_dir / "fallback_defaults.json").read_text())
+        uris[seed] = mlflow.MlflowClient().get_run(result.run_id).data.tags["meta_init_uri"]
     return HeldoutRun(spec, run_cfg, result, pd.concat(parts, ignore_index=True), seconds, best, seconds_by_seed,
-                      fallback)
+                      fallback, uris)
 
 
 def with_overrides(run_cfg: Any, dotlist: list[str]) -> Any:
