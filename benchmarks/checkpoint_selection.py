@@ -11,13 +11,12 @@ oracle row: the floor of the other lines, scored on the same unshifted test rows
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from where_fml_helps import replace_between
+from where_fml_helps import one_table_main
 
 START, END = "<!-- checkpoint-selection:start -->", "<!-- checkpoint-selection:end -->"
 SETTINGS = [("data.simulate=false", "no simulation"), ("data.site_statistics=true", "site statistics"),
@@ -59,16 +58,5 @@ def table(files: list[Path]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", type=Path, help="maintenance_heldout.py JSON lines")
-    parser.add_argument("--page", type=Path, help=f"replace the text between {START} and {END} in this page")
-    args = parser.parse_args()
-    text = table(args.files)
-    if args.page:
-        args.page.write_text(replace_between(args.page.read_text(), START, END, text))
-    print(text)
-
-
 if __name__ == "__main__":
-    main()
+    one_table_main(__doc__, START, END, table)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 LOWER_IS_BETTER = {"rmse_last", "rmse_all", "mse", "nasa_per_unit"}
 ALL_POOLS = {"ALL", "all"}
@@ -302,6 +302,19 @@ def replace_between(page: str, start: str, end: str, text: str) -> str:
         raise SystemExit(f"no {start} ... {end} markers to replace")
     head, rest = page.split(start, 1)
     return head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+
+
+def one_table_main(doc: str, start: str, end: str, make: Callable[[list[Path]], str]) -> None:
+    """The command line of a script that generates ONE table: ``make(files)`` printed, and with ``--page`` written
+    between the ``start`` and ``end`` markers of that page."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path, help="files holding a benchmark's closing JSON line")
+    parser.add_argument("--page", type=Path, help=f"replace the text between {start} and {end} in this page")
+    args = parser.parse_args()
+    text = make(args.files)
+    if args.page:
+        args.page.write_text(replace_between(args.page.read_text(), start, end, text))
+    print(text)
 
 
 def main() -> None:

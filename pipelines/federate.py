@@ -368,7 +368,7 @@ def main(argv: Sequence[str]) -> int:
     result = simulate(config, num_nodes=args.nodes)
     last = result.rounds[-1].metrics if result.rounds else {}
     print(json.dumps({"rounds": len(result.rounds), "mlflow_run_id": result.mlflow_run_id,
-                      "last_round": last, "evaluation": result.evaluations.get(len(result.rounds), {}),
+                      "kept_rounds": result.kept_rounds, "kept_by": result.kept_by, "last_round": last, "evaluation": result.evaluations.get(len(result.rounds), {}),
                       "registered": (result.finish or {}).get("registered")}, default=str))
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import pandas as pd
@@ -209,3 +210,24 @@ def test_reference_gaps_are_per_seed_distances_to_the_non_federated_row(tmp_path
     assert rows[0] == "| toy (quick, seeds 0,1), `oracle no shift (non-federated)` | 0 | 13.00; `auto` +1.50; `fomaml` +1.00 |"
     assert rows[1].startswith("| toy (quick, seeds 0,1), `oracle no shift (non-federated)` | 1 | 12.00; `auto` +0.50; `")
     assert len(rows) == 2
+
+
+def test_the_fleet_onboarding_table_is_generated_from_the_lines_that_onboard_with_each_seed(tmp_path):
+    """verticals/maintenance/README.md's per-seed official-fleet table is what its documented command writes; lines
+    measured before per-seed onboarding (no ``onboard_by_seed``) are left out, not shown with one seed's number."""
+    page = REPO_ROOT / "verticals" / "maintenance" / "README.md"
+    copy = tmp_path / "README.md"
+    copy.write_text(page.read_text())
+    results = REPO_ROOT / "benchmarks" / "results"
+    files = sorted(str(f) for f in results.glob("maintenance_full_official_fleet*.json")) + sorted(
+        str(f) for f in (results / "experiments").glob("fleet_onboarding_*.json"))
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "fleet_onboarding.py"), *files,
+                           "--page", str(copy)], capture_output=True, text=True, check=True)
+    assert copy.read_text() == page.read_text(), "regenerate with the command in verticals/maintenance/README.md"
+    rows = [r for r in done.stdout.splitlines() if r.startswith("| ") and "training settings" not in r]
+    with_seeds = [f for f in files if "onboard_by_seed" in Path(f).read_text()]
+    assert len(rows) == len(with_seeds) >= 2 and len(with_seeds) < len(files)
+    for line in rows:  # the mean column is the mean of the three seeds shown
+        seeds, mean = line.split(" | ")[-2:]
+        values = [float(v) for v in seeds.split(" / ")]
+        assert len(values) == 3 and abs(sum(values) / 3 - float(mean.strip(" |"))) < 0.006

@@ -304,7 +304,7 @@ class FederationDriver:
             self.event(kind="rounds_averaged", rounds=kept_rounds)
         elif kept_by == "validation":
             self.event(kind="round_selected", round=kept_rounds[0], metric=self.selection.metric,
-                       value=keeper.best[1])
+                       value=round(keeper.best[1], 6))
         self.event(kind="run_finished", rounds=len(rounds),
                    lost={self.roster.nodes[n].site_id: r for n, r in self.roster.lost.items() if n in self.roster.nodes})
         return DriverResult(meta, rounds, evaluations, self.events, self.roster, kept_rounds=kept_rounds,

@@ -1,0 +1,44 @@
+"""The official FD001 fleet onboarded with each seed's model: maintenance's per-seed table, from JSON lines.
+
+    python benchmarks/fleet_onboarding.py benchmarks/results/maintenance_full_official_fleet*.json \
+        benchmarks/results/experiments/fleet_onboarding_*.json \
+        --page verticals/maintenance/README.md
+
+Each line is one ``maintenance_heldout.py --preset full --onboard-shots 5`` run on the official-fleet split; lines
+without ``onboard_by_seed`` (measured before 2026-12-06, when only the registry's champion was onboarded) are
+left out. A row names the line's overrides beyond the split's own, the machine and, for an experiment record,
+its file; cells are the last-window RMSE after adaptation per seed and their mean (issue 14's target: <= 13.0).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from where_fml_helps import one_table_main
+
+START, END = "<!-- fleet-onboarding:start -->", "<!-- fleet-onboarding:end -->"
+#: The official-fleet split itself (every line has these), not a setting of the row.
+SPLIT = {"data.include_test_file=false", "data.units_per_site=6", "data.test_sites=3"}
+
+
+def row(path: Path, line: dict) -> tuple[float, str]:
+    by_seed = line["onboard_by_seed"]
+    after = [by_seed[s]["after"] for s in sorted(by_seed, key=int)]
+    mean = sum(after) / len(after)
+    settings = ", ".join(f"`{o}`" for o in line["overrides"] if o not in SPLIT) or "the split only"
+    where = " ".join(line["machine"]["cpu"].replace("(R)", "").split()[:2])  # "Intel Xeon", "AMD EPYC"
+    if path.parent.name == "experiments":
+        where += f", experiment record `experiments/{path.name}`"
+    cells = " / ".join(f"{a:.2f}" for a in after)
+    return mean, f"| {settings} | {where} | {cells} | {mean:.2f} |"
+
+
+def table(files: list[Path]) -> str:
+    lines = [(f, json.loads(f.read_text().strip().splitlines()[-1])) for f in files]
+    rows = sorted(row(f, line) for f, line in lines if line.get("onboard_by_seed"))
+    head = "| training settings | machine | seed 0 / 1 / 2 after | mean |\n|---|---|---|---|"
+    return "\n".join([head, *(text for _, text in rows)])
+
+
+if __name__ == "__main__":
+    one_table_main(__doc__, START, END, table)
