@@ -6,7 +6,8 @@
 
 Each line is one ``maintenance_heldout.py --preset full --onboard-shots 5`` run on the official-fleet split; lines
 without ``onboard_by_seed`` (measured before 2026-12-06, when only the registry's champion was onboarded) are
-left out. A row names the line's overrides beyond the split's own, the machine and, for an experiment record,
+left out. A row names the line's overrides beyond the split's own (none: the full preset, with its simulated operator
+shift and 300 rounds), the machine and, for an experiment record,
 its file; cells are the last-window RMSE after adaptation per seed and their mean (issue 14's target: <= 13.0).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ def row(path: Path, line: dict) -> tuple[float, str]:
     by_seed = line["onboard_by_seed"]
     after = [by_seed[s]["after"] for s in sorted(by_seed, key=int)]
     mean = sum(after) / len(after)
-    settings = ", ".join(f"`{o}`" for o in line["overrides"] if o not in SPLIT) or "the split only"
+    settings = ", ".join(f"`{o}`" for o in line["overrides"] if o not in SPLIT) or "the full preset (simulated shift, 300 rounds)"
     where = " ".join(line["machine"]["cpu"].replace("(R)", "").split()[:2])  # "Intel Xeon", "AMD EPYC"
     if path.parent.name == "experiments":
         where += f", experiment record `experiments/{path.name}`"
