@@ -79,7 +79,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from core.metrics import mean_ci95
     from core.vertical import VERTICALS
     from pipelines.config import load_preset
-    from pipelines.run import run_pipeline
+    from pipelines.run import run_pipeline, selection_shots
     from pipelines.tune import TuneOptions, tune
 
     # 1. the vertical and the hand-set configuration
@@ -90,7 +90,7 @@ def main(cfg: Config) -> dict[str, Any]:
     base_cfg = with_overrides(load_preset(spec, cfg.preset), cfg.set)
     problem = spec.build(base_cfg.data, cfg.seeds[0])
     headline, higher = problem.headline, problem.higher_is_better
-    select_shots = base_cfg.eval.select_shots or sorted(base_cfg.eval.shots)[len(base_cfg.eval.shots) // 2]
+    select_shots = selection_shots(base_cfg)
     pairs, at_chosen, fedavg_gap, studies, seconds = [], [], 0.0, {}, {"tune": 0.0, "evaluate": 0.0}
     for seed in cfg.seeds:
         hand_cfg = with_overrides(load_preset(spec, cfg.preset), cfg.set)

@@ -34,8 +34,12 @@ class LastRoundsAverage(pl.Callback):
         return f"LastRoundsAverage[n={self.n}]"
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = pl_module.meta_params()  # type: ignore[operator]
-        self.states.append((int(trainer.global_step), {k: v.detach().cpu().clone() for k, v in params.items()}))
+        self.keep(int(trainer.global_step), pl_module.meta_params())  # type: ignore[operator]
+
+    def keep(self, step: int, params: Params) -> None:
+        """Keep a copy of ``params`` at ``step`` (the oldest kept state goes once ``n`` are kept); the Flower
+        ServerApp calls it directly (``core.federation.selection``)."""
+        self.states.append((step, {k: v.detach().cpu().clone() for k, v in params.items()}))
 
     def average(self) -> Params:
         """The mean of the kept states."""

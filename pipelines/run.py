@@ -149,6 +149,12 @@ def train_one(problem: Problem, algorithm: str, cfg: Any, run_id: str, out: Path
 Validate = Callable[[torch.nn.Module, Params], dict[str, float]]
 
 
+def selection_shots(cfg: Any) -> int:
+    """The shots at which validation ranks rounds and chooses the registered default: ``eval.select_shots``, else
+    the middle of ``eval.shots``."""
+    return cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
+
+
 def round_validation(problem: Problem, cfg: Any, inner: Any) -> Optional[Validate]:
     """The few-shot validation that ranks a training run's rounds (None without validation sites): adaptation
     with the algorithm's inner loop at the selection shots, on ``eval.checkpoint_draws`` fixed draws per
@@ -156,8 +162,7 @@ def round_validation(problem: Problem, cfg: Any, inner: Any) -> Optional[Validat
     val_sites = problem.federation.role("validation")
     if not val_sites:
         return None
-    select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
-    return validation_fn(problem, val_sites, shots=select_shots, steps=inner.steps, lr=inner.lr,
+    return validation_fn(problem, val_sites, shots=selection_shots(cfg), steps=inner.steps, lr=inner.lr,
                          draws=cfg.eval.checkpoint_draws, seed=cfg.seed, inner=inner)
 
 
@@ -455,7 +460,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     # 4. adaptation settings on validation sites, on the run's device (the bundle is saved from the CPU)
     device = resolve_device(cfg.device)
     model, methods = copy.deepcopy(model).to(device), on_device(methods, device)
-    select_shots = cfg.eval.select_shots or sorted(cfg.eval.shots)[len(cfg.eval.shots) // 2]
+    select_shots = selection_shots(cfg)
     val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
     selection = select_adaptation(problem, model, methods, val_sites, shots=select_shots,
                                   steps_grid=cfg.eval.steps, lr_grid=cfg.eval.lr_grid,

@@ -3,7 +3,7 @@
 At every round that ends a ``fed.val_every`` interval the ServerApp offers the meta-parameters to
 :class:`KeptRounds`. It keeps, in ``fml run``'s order of precedence (``core.learner.fit_meta_learner``):
 
-1. with ``eval.checkpoint_average = n``: the mean of the last n offered states (``LastRoundsAverage``);
+1. with ``eval.checkpoint_average = n``: the mean of the last n offered states (``fml run``'s ``LastRoundsAverage``);
 2. with a :class:`RoundSelection` (the validation sites, read on the coordinator): the state the validation
    sites rank best, as Lightning's ``ModelCheckpoint`` ranks it (the first validated round, then any strictly
    better one: a tie keeps the earlier round, a non-finite score ranks last); ``fed.early_stopping_patience``
@@ -13,12 +13,11 @@ At every round that ends a ``fed.val_every`` interval the ServerApp offers the m
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
-if TYPE_CHECKING:  # the ServerApp module imports this one; torch loads only when a run starts
-    from core.types import Params
+from core.round_averaging import LastRoundsAverage
+from core.types import Params
 
 
 @dataclass(frozen=True)
@@ -46,9 +45,8 @@ class KeptRounds:
     """Folds the validated rounds of a run into what it keeps (see the module docstring)."""
 
     def __init__(self, average_last: int = 0, selection: Optional[RoundSelection] = None) -> None:
-        self.average_last = average_last
         self.selection = selection
-        self._averaged: deque[tuple[int, Params]] = deque(maxlen=max(1, average_last))
+        self._averaged = LastRoundsAverage(average_last) if average_last else None
         self.best: Optional[tuple[int, float, Params]] = None
         self.since_best = 0
         self.non_finite = False
@@ -56,8 +54,8 @@ class KeptRounds:
     def offer(self, server_round: int, meta: Params) -> dict[str, float]:
         """The state at the end of a validation interval; returns the validation metrics (empty without a
         selection)."""
-        if self.average_last:
-            self._averaged.append((server_round, _clone(meta)))
+        if self._averaged is not None:
+            self._averaged.keep(server_round, meta)
         if self.selection is None:
             return {}
         metrics = self.selection.validate(meta)
@@ -90,10 +88,8 @@ class KeptRounds:
     def kept(self, last_round: int, last_meta: Params) -> tuple[Params, list[int], str]:
         """``(meta, rounds, by)``: the parameters kept, the rounds they come from and how they were chosen,
         ``average`` | ``validation`` | ``last`` (``MetaLearner.kept_by``'s words)."""
-        if self.average_last and self._averaged:
-            from core.aggregation import mean_params
-
-            return mean_params([s for _, s in self._averaged]), [r for r, _ in self._averaged], "average"
+        if self._averaged is not None and self._averaged.states:
+            return self._averaged.average(), self._averaged.rounds, "average"
         if self.best is not None:
             return self.best[2], [self.best[0]], "validation"
         return last_meta, [last_round], "last"
