@@ -88,6 +88,22 @@ def resolve_run(config: Mapping[str, Any]) -> FederatedRun:
     )
 
 
+#: The problem the coordinator last built: round selection (before round 1) and the finish hook read the same
+#: validation and held-out sites, so a run builds its data once. One entry: a ServerApp process serves one run.
+_COORDINATOR_PROBLEM: dict[str, Any] = {}
+
+
+def coordinator_problem(run: FederatedRun) -> Any:
+    """The run's problem as ``fml run`` builds it (``spec.build(cfg.data, cfg.seed)``), built once per data and
+    seed on the coordinator."""
+    cfg = run.extra
+    key = json.dumps([run.vertical, run.data, int(cfg.seed)], sort_keys=True, default=str)
+    if key not in _COORDINATOR_PROBLEM:
+        _COORDINATOR_PROBLEM.clear()
+        _COORDINATOR_PROBLEM[key] = vertical_spec(run.vertical).build(cfg.data, cfg.seed)
+    return _COORDINATOR_PROBLEM[key]
+
+
 def round_selection(run: FederatedRun) -> Optional[RoundSelection]:
     """``fml run``'s round selection for a Flower run, on the coordinator: the validation sites read through the
     vertical (as the finish hook reads the held-out sites), validated with the same draws, shots, steps and
@@ -96,8 +112,7 @@ def round_selection(run: FederatedRun) -> Optional[RoundSelection]:
     from pipelines.run import checkpoint_monitor, round_validation
 
     cfg = run.extra
-    spec = vertical_spec(run.vertical)
-    problem = spec.build(cfg.data, cfg.seed)
+    problem = coordinator_problem(run)
     validate = round_validation(problem, cfg, run.inner)
     if validate is None:
         return None
@@ -134,7 +149,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
 
     cfg = run.extra
     spec = vertical_spec(run.vertical)
-    problem = spec.build(cfg.data, cfg.seed)
+    problem = coordinator_problem(run)
     model = problem.make_model()
     torch.manual_seed(cfg.seed + 1)
     local_init = {k: v.detach() for k, v in problem.make_model().named_parameters()}

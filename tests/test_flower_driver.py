@@ -204,3 +204,33 @@ def test_the_driver_keeps_the_best_validated_round_as_fml_run_does(tmp_path, pat
     assert [e["round"] for e in result.events if e["kind"] == "early_stopped"] == ([4] if patience else [])
     assert [(e["round"], e["metric"]) for e in result.events if e["kind"] == "round_selected"] == \
         [(result.kept_rounds[0], "accuracy")]
+
+
+def test_the_coordinator_builds_the_run_problem_once(monkeypatch):
+    """Round selection (before round 1) and the finish hook read the same sites: the coordinator builds them
+    once per run, and again for another run's data."""
+    import pipelines.federate_server as server
+
+    builds = []
+
+    class CountingSpec:
+        def __init__(self, spec):
+            self.spec = spec
+
+        def __getattr__(self, name):
+            return getattr(self.spec, name)
+
+        def build(self, data, seed):
+            builds.append(seed)
+            return self.spec.build(data, seed)
+
+    monkeypatch.setattr(server, "vertical_spec", lambda name: CountingSpec(vertical_spec(name)))
+    monkeypatch.setattr(server, "_COORDINATOR_PROBLEM", {})
+    run = make_run(**{"flower.finish": True})
+    assert server.round_selection(run) is not None
+    problem = server.coordinator_problem(run)
+    assert server.coordinator_problem(make_run(**{"flower.finish": True})) is problem
+    assert builds == [run.seed]
+    other = make_run(**{"flower.finish": True, "seed": 6})
+    assert server.coordinator_problem(other) is not problem and builds == [run.seed, 6]
+    assert len(server._COORDINATOR_PROBLEM) == 1, "one run per ServerApp process: only the last problem is held"
