@@ -172,17 +172,26 @@ def onboard(
 
 
 def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torch.Tensor], bool]:
-    """``member`` adapted on ``task``'s support with its recipe, and whether that diverged (then its start,
-    unadapted: a NaN model must never be logged or registered as the site's)."""
+    """``member`` adapted on ``task``'s support with its recipe, and whether that diverged: non-finite weights, or a
+    support loss that adaptation RAISED (a step size too large for this site: a step size chosen on validation sites
+    can blow up on a new one, e.g. Reptile's 0.1 on a strong-simulation operator, 8e7 RMSE). Then its start,
+    unadapted: such a model must never be logged or registered as the site's."""
     lr = member.lr_for(steps)
+    support = task.support(member.params)
     with torch.enable_grad():
-        adapted = adapt_with_recipe(member.recipe_for(steps), loss_fn, member.params, task.support(member.params), steps,
+        adapted = adapt_with_recipe(member.recipe_for(steps), loss_fn, member.params, support, steps,
                                     lr, head=member.head, lrs=member.lrs, **dict(member.adapt_kwargs))
-    if all(bool(torch.isfinite(v).all()) for v in adapted.values()):
-        return {k: v.detach() for k, v in adapted.items()}, False
-    console.print(f"[bold yellow]warning:[/] adapting {member.name} with lr {lr:g} for {steps} steps diverged "
-                  "(non-finite weights): the site keeps its start, unadapted; onboard with a smaller --lr or "
-                  "fewer --steps to adapt it")
+    adapted = {k: v.detach() for k, v in adapted.items()}
+    if not all(bool(torch.isfinite(v).all()) for v in adapted.values()):
+        why = "diverged (non-finite weights)"
+    else:
+        with torch.no_grad():
+            before, after = float(loss_fn(member.params, support)), float(loss_fn(adapted, support))
+        if math.isfinite(after) and not after > before:
+            return adapted, False
+        why = f"raised its support loss ({before:.4g} -> {after:.4g}), so it diverged"
+    console.print(f"[bold yellow]warning:[/] adapting {member.name} with lr {lr:g} for {steps} steps {why}: the site "
+                  "keeps its start, unadapted; onboard with a smaller --lr or fewer --steps to adapt it")
     return {k: v.detach() for k, v in member.params.items()}, True
 
 

@@ -332,10 +332,18 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert json.loads(lineage["cv_pvalues"]) == {"fomaml": round(expected, 4)} and expected >= 0.1
     assert "p (beats the anchor)" in capsys.readouterr().out
     assert lineage["adaptation_helped"] == "true"
-    # a step size that overshoots makes the site's other rows worse: recorded, and said (not hidden)
+    # a step size that overshoots RAISES the support loss (finite weights): the site keeps its start, and is told
     overshoot = onboard(spec, data=None, site_id="clinic-new", shots=6, lr=50.0)
-    assert overshoot.after["mse"] > overshoot.before["mse"]
-    assert MlflowClient().get_run(overshoot.run_id).data.tags["adaptation_helped"] == "false"
+    assert overshoot.after == overshoot.before
+    tags = MlflowClient().get_run(overshoot.run_id).data.tags
+    assert tags["adaptation_diverged"] == "true" and tags["adapt_steps"] == "0"
+    assert "raised its support loss" in " ".join(capsys.readouterr().out.split())
+    # fitting six noisy rows from the true weights lowers the support loss but makes the other rows worse:
+    # recorded, and said (not hidden)
+    overfit = onboard(spec, data=None, site_id="clinic-new", shots=6, lr=0.1, steps=50)
+    assert overfit.after["mse"] > overfit.before["mse"]
+    tags = MlflowClient().get_run(overfit.run_id).data.tags
+    assert tags["adaptation_helped"] == "false" and tags["adaptation_diverged"] == "false"
     assert "adaptation made mse on this site's other labelled rows worse" in capsys.readouterr().out
     from pipelines.onboard import adaptation_helped
 
