@@ -302,8 +302,8 @@ def _dataset_columns(tags: dict[str, str]) -> dict[str, str]:
     """``dataset`` (its name) and ``fingerprint`` (the data's sha256, 12 characters) of a version; versions
     registered before datasets had names carry the fingerprint alone, in their ``dataset`` tag."""
     if "data_sha256" in tags:
-        return {"dataset": tags.get("dataset", ""), "fingerprint": tags["data_sha256"]}
-    return {"dataset": "", "fingerprint": tags.get("dataset", "")}
+        return {"dataset": tags.get("dataset", ""), "fingerprint": tags["data_sha256"][:12]}  # a site model's is whole
+    return {"dataset": "", "fingerprint": tags.get("dataset", "")[:12]}
 
 
 def dataset_models(vertical: str) -> list[str]:
