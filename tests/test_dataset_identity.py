@@ -116,7 +116,10 @@ def test_a_run_on_another_table_gets_its_own_name_and_champion(tmp_path, fml_hom
     make = synthetic_claims(0)
     make = make[make["Make"] == "Honda"].head(400)
     make.to_csv(tmp_path / "honda.csv", index=False)
-    onboard(spec, data=str(tmp_path / "honda.csv"), shots=2)
+    honda = onboard(spec, data=str(tmp_path / "honda.csv"), shots=2, register=True)
+    listed = {r["name"]: r for r in tracking.list_models()}  # fml models: a site model's fingerprint is short too
+    assert listed[honda.registered["name"]]["site"] == "Honda"
+    assert len(listed[honda.registered["name"]]["fingerprint"]) == 12
     runs = client.search_runs([client.get_experiment_by_name("fml-fraud-onboarding").experiment_id],
                               order_by=["attributes.start_time DESC"])
     assert runs[0].data.tags["source_model"] == "fml-fraud"

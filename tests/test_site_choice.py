@@ -365,9 +365,6 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     # a site id that cannot be a name is slugged for the registry (regression: '/' failed after adapting)
     slashed = onboard(spec, data=None, site_id="clinic/7", shots=6, register=True)
     assert slashed.registered["name"] == "fml-linear-site-clinic-7"
-    listed = {r["name"]: r for r in tracking.list_models()}  # fml models: a site model's fingerprint is short too
-    assert listed["fml-linear-site-clinic-7"]["site"] == "clinic/7"
-    assert len(listed["fml-linear-site-clinic-7"]["fingerprint"]) == 12
     assert MlflowClient().get_run(slashed.run_id).data.tags["site_id"] == "clinic/7"
     with pytest.raises(SiteDataError, match="no letter or digit"):
         onboard(spec, data=None, site_id="///", shots=6)
