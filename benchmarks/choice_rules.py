@@ -19,7 +19,11 @@ applies several rules to the same losses:
   binary imaging): a positive's loss is its mean pair loss against the fold's negatives, and a negative's is
   the mean over the same pairs seen from the other side, so in a fold of one positive and one negative the
   two units R1 counts are one number twice (added 2026-12-05 afternoon, after reading that fraud's Accura misses
-  sit at k = 2 and 5, where every fold holds one example of each class, with the same acceptance criterion).
+  sit at k = 2 and 5, where every fold holds one example of each class, with the same acceptance criterion);
+- ``R7``: R1 that also chooses the ADAPTATION SETTING (issue 13: "the candidate and adaptation setting"):
+  after s > 0 steps, each candidate UNADAPTED (``NAME@0``, its 0-step losses on the same folds) competes
+  too, with the adapted ``fedavg+ft`` still the anchor of the same test; at 0 steps it is R1 (added
+  2026-12-06, to ask whether "don't adapt" would have spared sites that adaptation hurts; records only).
 
 The JSON line keeps every draw's per-unit losses and fold sizes, so ``--from-json FILE`` applies the rules
 again (e.g. after adding one) without re-running anything.
@@ -48,7 +52,9 @@ from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RULES = ["R0", "R1", "R2", "R3", "R4", "R5", "R6"]
+RULES = ["R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7"]
+#: the suffix of a candidate kept unadapted among R7's settings
+UNADAPTED = "@0"
 #: verticals whose recorded losses are the pairwise ranking criterion on balanced folds (negatives first)
 RANKED = {"fraud", "medical_imaging"}
 ALPHA = 0.1
@@ -101,6 +107,22 @@ def apply_rules(cv: dict[str, list[float]], default: str, fold_sizes: list[int],
             "R3": lowest(holm(pvalues)), "R4": choose(by_fold, base),
             "R5": lowest([n for n, p in pvalues.items() if p < ALPHA / 2]),
             "R6": choose({n: positives(v, fold_sizes) for n, v in cv.items()}, base) if ranked else choose(cv, base)}
+
+
+def with_unadapted(records: list[dict[str, Any]]) -> None:
+    """Each record after s > 0 steps gets R7's choice and, for every candidate, ``NAME@0``'s losses and true
+    score from the record of the same draw at 0 steps (the same support, so the same folds and units)."""
+    from core.choice import choose
+
+    at_zero = {(r["seed"], r["site"], r["shots"], r["draw"]): r for r in records if r["steps"] == 0}
+    for r in records:
+        zero = at_zero.get((r["seed"], r["site"], r["shots"], r["draw"])) if r["steps"] > 0 else None
+        if zero is None:
+            r["rules"]["R7"] = r["rules"]["R1"]
+            continue
+        cv = {**r["cv"], **{n + UNADAPTED: v for n, v in zero["cv"].items()}}
+        r["true"].update({n + UNADAPTED: v for n, v in zero["true"].items()})
+        r["rules"]["R7"] = choose(cv, "fedavg+ft")
 
 
 def fixed_scoring_split(run_seed: int, active: Callable[[], bool] = lambda: True) -> Any:
@@ -235,6 +257,38 @@ def table(records: list[dict[str, Any]], digits: int) -> list[str]:
     return lines
 
 
+def summary(records: list[dict[str, Any]], digits: int, rules: Sequence[str] = RULES) -> list[str]:
+    """One line per rule over the cells AFTER adaptation (steps > 0, where R7 differs from R1): the mean of the
+    cells' pooled gains over ``fedavg+ft``, how many (test site, k, steps) cells a rule leaves below ``fedavg+ft``
+    beyond their 95% interval, and how often it left ``fedavg+ft`` or kept a start unadapted."""
+    from core.metrics import mean_ci95
+
+    lines = ["| rule (cells after s > 0 steps) | mean pooled gain | test-site cells below beyond the interval "
+             "| left `fedavg+ft` | kept a start unadapted |", "|---|---|---|---|---|"]
+    adapted = [r for r in records if r["steps"] > 0]
+    cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in adapted:
+        cells.setdefault((r["steps"], r["shots"]), []).append(r)
+    for rule in rules:
+        pooled, below, sites = [], 0, 0
+        for cell in cells.values():
+            gains = [r["true"][r["rules"][rule]] - r["true"]["fedavg+ft"] for r in cell]
+            pooled.append(sum(gains) / len(gains))
+            by_site: dict[str, list[float]] = {}
+            for r, g in zip(cell, gains):
+                by_site.setdefault(r["site"], []).append(g)
+            for values in by_site.values():
+                _, lo, hi = mean_ci95(values)
+                sites += 1
+                below += hi < 0 and lo < hi
+        picks = [r["rules"][rule] for r in adapted]
+        left = sum(p != "fedavg+ft" for p in picks) / max(1, len(picks))
+        unadapted = sum(p.endswith(UNADAPTED) for p in picks) / max(1, len(picks))
+        mean = sum(pooled) / len(pooled) if pooled else float("nan")
+        lines.append(f"| {rule} | {mean:+.{digits}f} | {below} of {sites} | {left:.0%} | {unadapted:.0%} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("vertical")
@@ -302,11 +356,14 @@ def report(out: dict[str, Any], digits: int, json_out: str | None) -> None:
     records = out["records"]
     for r in records:
         r["rules"] = apply_rules(r["cv"], r["default"], r["fold_sizes"], ranked=out["vertical"] in RANKED)
+    with_unadapted(records)
     mismatched = sum(r["rules"]["R1"] != r["auto"] for r in records)
     lines = table(records, digits)
     print("\n".join(lines))
+    after = summary(records, digits)
+    print("\n".join(after))
     print(f"R1 reproduces the auto row's choice on {len(records) - mismatched} of {len(records)} draws")
-    out.update(draws_that_split=len(records), r1_mismatches=mismatched, table=lines)
+    out.update(draws_that_split=len(records), r1_mismatches=mismatched, table=lines, summary=after)
     line = json.dumps(out)
     if json_out:
         data = (line + "\n").encode()

@@ -152,3 +152,45 @@ def test_from_json_merges_the_records_of_several_lines(tmp_path) -> None:
                           "--from-json", *map(str, paths)], capture_output=True, text=True, check=True).stdout
     assert "R1 reproduces the auto row's choice on 2 of 2 draws" in out
     assert json.loads(out.strip().splitlines()[-1])["seeds"] == [0, 1]
+
+
+def test_r7_lets_a_site_keep_a_start_unadapted_when_its_folds_show_adapting_clearly_hurts() -> None:
+    """R7: after s > 0 steps every candidate also competes unadapted (``NAME@0``, the same draw's 0-step losses
+    on the same folds); the adapted ``fedavg+ft`` stays the anchor, and at 0 steps R7 is R1."""
+    from benchmarks.choice_rules import summary, with_unadapted
+
+    def record(steps: int, cv: dict, true: dict) -> dict:
+        r = dict(seed=0, site="s1", shots=8, steps=steps, draw=0, default="fedavg+ft", auto="fedavg+ft",
+                 fold_sizes=[2] * 4, cv=cv, true=true)
+        r["rules"] = apply_rules(r["cv"], r["default"], r["fold_sizes"])
+        return r
+
+    start = record(0, {"fedavg+ft": [1.0] * 8, "fml": [1.1] * 8}, {"fedavg+ft": 0.30, "fml": 0.25})
+    adapted = record(5, {"fedavg+ft": [1.5] * 8, "fml": [1.6] * 8}, {"fedavg+ft": 0.20, "fml": 0.18})
+    with_unadapted([start, adapted])
+    assert start["rules"]["R7"] == start["rules"]["R1"] == "fedavg+ft"
+    assert adapted["rules"]["R1"] == "fedavg+ft" and adapted["rules"]["R7"] == "fedavg+ft@0"  # all 8 units agree
+    assert adapted["true"]["fedavg+ft@0"] == 0.30 and adapted["true"]["fml@0"] == 0.25
+    lines = summary([start, adapted], 3)
+    assert "| R7 | +0.100 | 0 of 1 | 100% | 100% |" in lines and "| R1 | +0.000 | 0 of 1 | 0% | 0% |" in lines
+    # a draw with no 0-step record (its support did not split at 0 steps) keeps R1's choice
+    lone = record(20, {"fedavg+ft": [1.5] * 8, "fml": [1.0] * 8}, {"fedavg+ft": 0.2, "fml": 0.3})
+    lone["draw"] = 1
+    with_unadapted([lone])
+    assert lone["rules"]["R7"] == lone["rules"]["R1"] == "fml"
+
+
+def test_the_r7_table_of_verticals_readme_is_what_the_records_give() -> None:
+    """verticals/README.md's R7 table is the summary `choice_rules.py --from-json` wrote into each committed record
+    (re-applying every rule to the records takes minutes: `summary` itself is checked above)."""
+    from benchmarks.choice_rules import read_text
+
+    page = (REPO_ROOT / "verticals" / "README.md").read_text()
+    for name in ("maintenance_full", "fraud_full", "fraud_full_boil", "fraud_full_learned", "imaging_full"):
+        out = json.loads(read_text(str(REPO_ROOT / "benchmarks" / "results" / "experiments" /
+                                       f"choice_rules_{name}.json.gz")).strip().splitlines()[-1])
+        assert all("R7" in r["rules"] for r in out["records"]) and out["r1_mismatches"] == 0
+        cells = {line.strip("| ").split(" | ")[0]: line.strip("| ").split(" | ")[1:] for line in out["summary"][2:]}
+        r1, r7 = cells["R1"], cells["R7"]
+        row = f"| `{name}` | {r1[0]}, {r1[1]} | {r7[0]}, {r7[1]} | {r7[2]} | {r7[3]} |"
+        assert row in page, f"regenerate the R7 table: {row}"
