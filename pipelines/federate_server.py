@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from core.federation.settings import FederatedRun
-from pipelines.federate_node import data_config, load_site, vertical_spec
+from pipelines.federate_node import load_site, vertical_spec
 
 if TYPE_CHECKING:
     from core.federation.selection import RoundSelection
@@ -178,8 +178,7 @@ def finish_federated_run(run: FederatedRun, result: Any, tracker: Any) -> Option
 # --------------------------------------------------------------------------------------------- simulation
 def simulation_nodes(run: FederatedRun) -> int:
     """Simulated nodes: every training and validation site of the federation."""
-    spec = vertical_spec(run.vertical)
-    problem = spec.build(data_config(spec, run.data), run.seed)
+    problem = coordinator_problem(run)  # the ServerApp of this simulation reuses it
     return len(problem.federation.roles["train"]) + len(problem.federation.roles["validation"])
 
 

@@ -227,6 +227,7 @@ def test_the_coordinator_builds_the_run_problem_once(monkeypatch):
     monkeypatch.setattr(server, "vertical_spec", lambda name: CountingSpec(vertical_spec(name)))
     monkeypatch.setattr(server, "_COORDINATOR_PROBLEM", {})
     run = make_run(**{"flower.finish": True})
+    assert server.simulation_nodes(run) == 6  # 5 training + 1 validation sites
     assert server.round_selection(run) is not None
     problem = server.coordinator_problem(run)
     assert server.coordinator_problem(make_run(**{"flower.finish": True})) is problem
