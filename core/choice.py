@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
+from core.signed_rank import signed_rank_greater
 from core.types import Batch, LossFn, Params
 
 #: (training-fold batch, [one batch per held-out unit]) of each fold of one support set.
@@ -198,15 +199,14 @@ def fold_losses(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Folds, 
 
 def gain_pvalue(gains: Sequence[float]) -> float:
     """One-sided p-value that paired ``gains`` (positive = better) are above zero, by the Wilcoxon
-    signed-rank test (exact for small samples); 1 unless they are positive on average. A rank test, because
+    signed-rank test (exact for small samples; :mod:`core.signed_rank`, SciPy's value computed fast where
+    magnitudes tie); 1 unless they are positive on average. A rank test, because
     per-example losses are heavy-tailed (one badly fitted example swamps a t statistic), and a handful of
     pairs (two validation draws, two engines) can never pass it on noise: two pairs cannot reach p < 0.25."""
-    from scipy.stats import wilcoxon
-
     values = [g for g in gains if g != 0]
     if len(values) < 2 or not all(math.isfinite(g) for g in values) or _mean(values) <= 0:
         return 1.0
-    return float(wilcoxon(values, alternative="greater").pvalue)
+    return signed_rank_greater(values)
 
 
 #: How sure the site's own data must make the choice that a candidate beats the anchor (p < 1 - CONFIDENCE).
