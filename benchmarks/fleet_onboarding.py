@@ -9,6 +9,7 @@ without ``onboard_by_seed`` (measured before 2026-12-06, when only the registry'
 left out. A row names the line's overrides beyond the split's own (none: the full preset, with its simulated operator
 shift and 300 rounds), the machine and, for an experiment record,
 its file; cells are the last-window RMSE after adaptation per seed and their mean (issue 14's target: <= 13.0).
+A line run with ``--onboard-candidates`` adds one row per start the fleet was also forced to take.
 """
 from __future__ import annotations
 
@@ -22,23 +23,29 @@ START, END = "<!-- fleet-onboarding:start -->", "<!-- fleet-onboarding:end -->"
 SPLIT = {"data.include_test_file=false", "data.units_per_site=6", "data.test_sites=3"}
 
 
-def row(path: Path, line: dict) -> tuple[float, str]:
-    by_seed = line["onboard_by_seed"]
-    after = [by_seed[s]["after"] for s in sorted(by_seed, key=int)]
-    mean = sum(after) / len(after)
+def rows(path: Path, line: dict) -> list[tuple[float, str]]:
+    """The line's onboarding (the per-site choice) and one row per start it was also FORCED to take
+    (``--onboard-candidates``)."""
+    by_seed = {s: line["onboard_by_seed"][s] for s in sorted(line["onboard_by_seed"], key=int)}
     settings = ", ".join(f"`{o}`" for o in line["overrides"] if o not in SPLIT) or "the full preset (simulated shift, 300 rounds)"
     where = " ".join(line["machine"]["cpu"].replace("(R)", "").split()[:2])  # "Intel Xeon", "AMD EPYC"
     if path.parent.name == "experiments":
         where += f", experiment record `experiments/{path.name}`"
-    cells = " / ".join(f"{a:.2f}" for a in after)
-    return mean, f"| {settings} | {where} | {cells} | {mean:.2f} |"
+    forced = list(next(iter(by_seed.values())).get("candidates", {}))
+    out = []
+    for name, after in [(None, [v["after"] for v in by_seed.values()]),
+                        *((n, [v["candidates"][n]["after"] for v in by_seed.values()]) for n in forced)]:
+        mean = sum(after) / len(after)
+        what = settings if name is None else f"{settings}, started from `{name}` (`--candidate {name}`)"
+        out.append((mean, f"| {what} | {where} | {' / '.join(f'{a:.2f}' for a in after)} | {mean:.2f} |"))
+    return out
 
 
 def table(files: list[Path]) -> str:
     lines = [(f, json.loads(f.read_text().strip().splitlines()[-1])) for f in files]
-    rows = sorted(row(f, line) for f, line in lines if line.get("onboard_by_seed"))
+    rows_ = sorted(r for f, line in lines if line.get("onboard_by_seed") for r in rows(f, line))
     head = "| training settings | machine | seed 0 / 1 / 2 after | mean |\n|---|---|---|---|"
-    return "\n".join([head, *(text for _, text in rows)])
+    return "\n".join([head, *(text for _, text in rows_)])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ its ``site``; ``ALL`` pools the test operators).
 Onboarding reads the subset's official ``test_FD00x.txt`` + ``RUL_FD00x.txt`` (engines the run never
 saw, unless ``include_test_file`` put them into operators; then a held-out TEST operator's rows are
 exported to a temporary CSV instead). Without the real files, the GENERATED stand-in is used for both. The
-official fleet, which no seed's run trained on, is also onboarded with EACH seed's model (``onboard_by_seed``).
+official fleet, which no seed's run trained on, is also onboarded with EACH seed's model (``onboard_by_seed``),
+and with ``--onboard-candidates`` from each named start as well.
 
 MLflow goes to a temporary store unless ``--store`` names one, so the benchmark never moves the
 ``champion`` alias of a real registry.
@@ -20,6 +21,7 @@ MLflow goes to a temporary store unless ``--store`` names one, so the benchmark 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -44,6 +46,9 @@ class BenchConfig(ShortenableFlags):
     output_dir: str = "fml-output/bench-maintenance"
     onboard_shots: Optional[int] = None
     """Labelled units the onboarded fleet adapts on (default: the registered setting)."""
+    onboard_candidates: list[str] = dataclasses.field(default_factory=list)
+    """Also onboard the official fleet with each seed's model FORCED to start from each of these (``fml onboard
+    --candidate``, e.g. ``ensemble fedavg+ft``), on the same draw as its per-site choice (``onboard_by_seed``)."""
 
 
 def onboarding_files(data_cfg, seed: int, test_sites: list[str], folder: Path) -> tuple[Path, Optional[Path], str]:
@@ -124,6 +129,11 @@ def main(cfg: BenchConfig) -> dict:
                             overrides=overrides, model_uri=run.model_uri_by_seed[seed])
             by_seed[seed] = {"before": round(fleet.before[HEADLINE], 3), "after": round(fleet.after[HEADLINE], 3),
                              "start": fleet.choice.name}
+            for name in cfg.onboard_candidates:
+                forced = onboard(run.spec, data=str(data), site_id=None, seed=seed, shots=cfg.onboard_shots,
+                                 overrides=overrides, model_uri=run.model_uri_by_seed[seed], candidate=name)
+                by_seed[seed].setdefault("candidates", {})[name] = {"before": round(forced.before[HEADLINE], 3),
+                                                                    "after": round(forced.after[HEADLINE], 3)}
     # 3. tables
     pd.set_option("display.width", 220)
     pd.set_option("display.max_columns", 20)
@@ -142,6 +152,10 @@ def main(cfg: BenchConfig) -> dict:
         print("onboarding the same fleet with each seed's model (before -> after): " + "; ".join(
             f"seed {k} {v['before']:.2f} -> {v['after']:.2f} ({v['start']})" for k, v in by_seed.items())
             + f"; mean after {sum(afters) / len(afters):.2f}")
+        for name in cfg.onboard_candidates:
+            forced = [v["candidates"][name]["after"] for v in by_seed.values()]
+            print(f"  started from {name}: " + " / ".join(f"{a:.2f}" for a in forced)
+                  + f" after; mean {sum(forced) / len(forced):.2f}")
     print(f"wall times: meta-training {train} s; whole pipeline {run.seconds:.1f} s; onboarding "
           f"(choice + adapt + score) {onboarded.seconds:.3f} s, whole onboard call {onboard_call_seconds:.1f} s; "
           f"registered default by seed: {run.best_by_seed}")

@@ -225,7 +225,18 @@ def test_the_fleet_onboarding_table_is_generated_from_the_lines_that_onboard_wit
                            "--page", str(copy)], capture_output=True, text=True, check=True)
     assert copy.read_text() == page.read_text(), "regenerate with the command in verticals/maintenance/README.md"
     rows = [r for r in done.stdout.splitlines() if r.startswith("| ") and "training settings" not in r]
-    assert len(rows) == len(files) >= 2
+    lines = [json.loads(Path(f).read_text().strip().splitlines()[-1]) for f in files]
+    forced = sum(len(next(iter(line["onboard_by_seed"].values())).get("candidates", {})) for line in lines)
+    assert len(rows) == len(files) + forced and len(files) >= 2
+    # a line that also forced a start adds its row, with that start's numbers
+    with_forced = json.loads(json.dumps(lines[0]))
+    for seed, value in zip(sorted(with_forced["onboard_by_seed"], key=int), (11.11, 12.22, 13.33)):
+        with_forced["onboard_by_seed"][seed]["candidates"] = {"toy-start": {"before": 20.0, "after": value}}
+    (tmp_path / "forced.json").write_text(json.dumps(with_forced) + "\n")
+    forced_out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "fleet_onboarding.py"),
+                                 str(tmp_path / "forced.json")], capture_output=True, text=True, check=True).stdout
+    assert "started from `toy-start` (`--candidate toy-start`) | " in forced_out
+    assert "| 11.11 / 12.22 / 13.33 | 12.22 |" in forced_out
     # a line measured before per-seed onboarding (the champion's number only) is left out
     older = json.loads(Path(files[0]).read_text().strip().splitlines()[-1])
     del older["onboard_by_seed"]
