@@ -9,7 +9,8 @@ without ``onboard_by_seed`` (measured before 2026-12-06, when only the registry'
 left out. A row names the line's overrides beyond the split's own (none: the full preset, with its simulated operator
 shift and 300 rounds), the machine and, for an experiment record,
 its file; cells are the last-window RMSE after adaptation per seed and their mean (issue 14's target: <= 13.0).
-A line run with ``--onboard-candidates`` adds one row per start the fleet was also forced to take.
+Rows are ordered by that mean; a line run with ``--onboard-candidates`` adds, right below its row, one row per
+start the fleet was also forced to take.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def rows(path: Path, line: dict) -> list[tuple[float, str]]:
 
 def table(files: list[Path]) -> str:
     lines = [(f, json.loads(f.read_text().strip().splitlines()[-1])) for f in files]
-    rows_ = sorted(r for f, line in lines if line.get("onboard_by_seed") for r in rows(f, line))
+    # lines by the mean of their per-site choice; a line's forced starts right below it
+    rows_ = [r for group in sorted(rows(f, line) for f, line in lines if line.get("onboard_by_seed")) for r in group]
     head = "| training settings | machine | seed 0 / 1 / 2 after | mean |\n|---|---|---|---|"
     return "\n".join([head, *(text for _, text in rows_)])
 
