@@ -265,7 +265,7 @@ class AutoChoice:
     default: str
     max_folds: int = 5
     default_by_steps: Mapping[int, str] = field(default_factory=dict)
-    """The default at a steps count, when it differs from ``default`` (see ``pipelines.run.validation_default``)."""
+    """The default at a steps count, when it differs from ``default`` (see ``pipelines.registration_choice.validation_default``)."""
 
 
 def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:

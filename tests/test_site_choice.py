@@ -229,7 +229,7 @@ def test_the_default_of_an_unsplittable_support_is_checked_at_its_shots():
     supports of that size choose is measured, paired draw by draw (a shots count whose supports all split
     needs no check), and onboarding finds the check nearest its own shots."""
     from pipelines.onboard import validation_choice
-    from pipelines.run import validation_default
+    from pipelines.registration_choice import validation_default
 
     problem = linear_problem(linear_federation(validation=4))  # 4 sites: the fewest a clear gain needs
     model, methods = nn.Linear(3, 1), _methods(problem)
@@ -385,7 +385,7 @@ def test_site_ids_sharing_a_prefix_get_different_seeds():
 
 
 def test_the_default_is_the_baseline_unless_validation_sites_show_a_clear_gain_at_those_steps():
-    from pipelines.run import bundle_of, validation_default
+    from pipelines.registration_choice import bundle_of, validation_default
 
     fml = Method("fomaml", BAD, best_steps=5, selection_score=0.9,
                  validation_draws={0: per_site(0.2, 0.3, 0.25, 0.2), 5: per_site(0.90, 0.92, 0.88, 0.91)})
@@ -406,7 +406,7 @@ def test_the_default_is_the_baseline_unless_validation_sites_show_a_clear_gain_a
 def test_validation_sites_not_their_draws_are_the_units_of_the_default():
     """Four draws that all favour FML clearly pass as four sites, but not as two sites' two draws each: a claim
     about new sites needs sites, and fewer than four can never pass (the baseline stays, and says why)."""
-    from pipelines.run import bundle_of, validation_default
+    from pipelines.registration_choice import bundle_of, validation_default
 
     fml = Method("fomaml", BAD, best_steps=5, selection_score=0.9, validation_draws={5: per_site(0.90, 0.92, 0.88, 0.91)})
     base = Method("fedavg+ft", GOOD, best_steps=5, selection_score=0.7, validation_draws={5: per_site(0.70, 0.71, 0.69, 0.72)})
