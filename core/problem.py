@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,10 @@ class FewShotTask(ABC):
 
     site_id: str
     shots: int
+    support_loss_falls: ClassVar[bool] = True
+    """Whether adapting is meant to LOWER the support's loss, so that a rise means the step size diverged
+    (onboarding then keeps the start): true of labelled rows; not of a policy-gradient surrogate on the start's
+    own rollouts, where a step aims at the return and a clipped surrogate may rise after it."""
 
     @abstractmethod
     def support(self, params: Params) -> Batch:

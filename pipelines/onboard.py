@@ -174,8 +174,9 @@ def onboard(
 def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torch.Tensor], bool]:
     """``member`` adapted on ``task``'s support with its recipe, and whether that diverged: non-finite weights, or a
     support loss that adaptation RAISED (a step size too large for this site: a step size chosen on validation sites
-    can blow up on a new one, e.g. Reptile's 0.1 on a strong-simulation operator, 8e7 RMSE). Then its start,
-    unadapted: such a model must never be logged or registered as the site's."""
+    can blow up on a new one, e.g. Reptile's 0.1 on a strong-simulation operator, 8e7 RMSE) where adapting is meant
+    to lower it (``task.support_loss_falls``: not a policy-gradient surrogate). Then its start, unadapted: such a
+    model must never be logged or registered as the site's."""
     lr = member.lr_for(steps)
     support = task.support(member.params)
     with torch.enable_grad():
@@ -184,6 +185,8 @@ def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torc
     adapted = {k: v.detach() for k, v in adapted.items()}
     if not all(bool(torch.isfinite(v).all()) for v in adapted.values()):
         why = "diverged (non-finite weights)"
+    elif not task.support_loss_falls:
+        return adapted, False
     else:
         with torch.no_grad():
             before, after = float(loss_fn(member.params, support)), float(loss_fn(adapted, support))

@@ -327,3 +327,25 @@ def test_context_reinforce_adapts_only_the_context_on_reinforces_surrogate() -> 
     assert context and all(torch.equal(switched[5][k], params[k]) for k in params if k not in context)
     assert all(torch.equal(switched[s][k], plain[s][k]) for s in (1, 5) for k in params)
     assert not all(torch.equal(switched[5][k], clipped[5][k]) for k in context)
+
+
+def test_onboarding_adapts_a_robot_even_when_the_step_raises_the_surrogate(problem: RoboticsProblem) -> None:
+    """Onboarding keeps the start when adapting RAISED a supervised support loss (a step size that diverged), but a
+    policy-gradient step aims at the return: a meta-learned start's step raises the clipped surrogate on its own
+    rollouts as it moves to a better policy (measured on `fml run robotics --preset quick`'s FO-MAML: surrogate 0 ->
+    0.30, return -27.5 -> -10.8). Such a robot is adapted, not kept at its start."""
+    from core.choice import Candidate
+    from pipelines.onboard import _adapt
+
+    model, params = init_params(problem)
+    site = problem.federation.role("test")[0]
+    task = problem.few_shot_task(model, site, 2, torch.Generator().manual_seed(0))
+    loss_fn = problem.loss_fn(model)
+    member = Candidate("fomaml", params, lr_for=lambda steps: 1.0)
+    support = task.support(params)
+    raised = adapt(loss_fn, params, support, 1, 1.0)
+    assert float(loss_fn(raised, support)) > float(loss_fn(params, support)) + 0.1  # the surrogate rises
+    adapted, diverged = _adapt(member, task, loss_fn, 1)
+    assert not diverged and not task.support_loss_falls
+    assert any(not torch.equal(adapted[k], params[k]) for k in params)  # moved off the start ...
+    assert all(torch.allclose(adapted[k], raised[k]) for k in params)  # ... by that very step

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +111,7 @@ class RobotFewShotTask(FewShotTask):
     support_seed: int
     score_seed: int
     site_id: str = ""
+    support_loss_falls: ClassVar[bool] = False  # a policy-gradient step aims at the return, not the surrogate
 
     def __post_init__(self) -> None:
         self.site_id = self.site.site_id
