@@ -41,13 +41,15 @@ def cmd_verticals(argv: Sequence[str]) -> int:
     from core.recipes import RECIPES
 
     console.print("\n[bold]adaptation recipes[/] (--eval.recipes ...; every init always also adapts all parameters):")
+    width = max(map(len, RECIPES.names()))
     for name in RECIPES.names():
-        console.print(f"  [bold]{name:12s}[/] {RECIPES.get(name).description}")
+        console.print(f"  [bold]{name:{width}s}[/] {RECIPES.get(name).description}")
     from core.algorithms import ALGORITHMS
 
     console.print("\n[bold]algorithms[/] (--algorithms ...; FedAvg is always trained, for the fedavg+ft baseline):")
+    width = max(map(len, ALGORITHMS.names()))
     for name in ALGORITHMS.names():
-        console.print(f"  [bold]{name:14s}[/] {ALGORITHMS.get(name).summary}")
+        console.print(f"  [bold]{name:{width}s}[/] {ALGORITHMS.get(name).summary}")
     return 0
 
 
