@@ -105,6 +105,9 @@ def onboard(
     elif candidate is not None:
         if candidate not in candidates:
             also = f" and {ENSEMBLE!r} (their adapted outputs averaged)" if len(candidates) > 1 and averages_outputs(task) else ""
+            if candidate == ENSEMBLE and not also:
+                also = (f"; {ENSEMBLE!r} needs two candidates and a model scored by its outputs on fixed rows "
+                        "(not a policy scored by its rollouts)")
             raise ValueError(f"--candidate {candidate!r} is not in {model_uri}; its candidates are {sorted(candidates)}{also}")
         choice = SiteChoice(candidate, {}, 0, "forced with --candidate")
     else:

@@ -353,6 +353,11 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert forced.choice.name == "fomaml" and forced.after["mse"] > result.after["mse"]
     with pytest.raises(ValueError, match="its candidates are .* and 'ensemble'"):
         onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="maml")
+    averages = onboarding.averages_outputs  # where outputs cannot be averaged (a robot's policy), the refusal says why
+    monkeypatch.setattr(onboarding, "averages_outputs", lambda task: False)
+    with pytest.raises(ValueError, match="'ensemble' needs two candidates and a model scored by its outputs"):
+        onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="ensemble")
+    monkeypatch.setattr(onboarding, "averages_outputs", averages)
     # the ensemble: both candidates adapted exactly as when forced alone, one served module averaging them
     both = onboard(spec, data=None, site_id="clinic-new", shots=6, candidate="ensemble")
     x = torch.randn(7, 3)
