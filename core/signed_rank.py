@@ -1,6 +1,6 @@
 """The one-sided Wilcoxon signed-rank p-value, fast where SciPy is slow: tied magnitudes in a small sample.
 
-With ties, SciPy (>= 1.15) computes the exact null distribution by calling the statistic once per sign
+With ties, SciPy (1.17 here) computes the exact null distribution by calling the statistic once per sign
 pattern (``permutation_test``: about 90 ms for 10 values, against 0.4 ms without ties). Folds holding one
 pair of examples give their two units one loss, so the per-site choice meets ties on most calls. Here the
 same 2**n sign patterns are summed in one matrix product: the same count, the same comparison, the same
