@@ -6,7 +6,8 @@ and the difference (second - first). For settings measured as separate runs of t
         benchmarks/results/fraud_full_diversity_quality.json --steps 5
 
 Prints a markdown table (means over the seeds' test sites and draws, or of one site / group with ``--pool``;
-the per-run intervals are in each JSON).
+the per-run intervals are in each JSON). A method row only one of the runs has (e.g. an ``ensemble`` row added in a
+later regeneration) is left out.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def means(path: Path, pool: str = "all") -> dict[tuple[str, int, int], float]:
 def main(cfg: Config) -> str:
     a, b = means(cfg.first, cfg.pool), means(cfg.second, cfg.pool)
     shots = sorted({k[1] for k in a})
-    methods = list(dict.fromkeys(k[0] for k in a))
+    in_second = {k[0] for k in b}
+    methods = [m for m in dict.fromkeys(k[0] for k in a) if m in in_second]  # rows one run lacks cannot be compared
     lines = [f"| method ({cfg.steps} steps) | " + " | ".join(f"k={k}: first, second, diff" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
     for m in methods:

@@ -25,6 +25,13 @@ def test_the_pooled_rows_are_compared_whatever_their_order(tmp_path, column, eve
         main(Config(tmp_path / "a.json", tmp_path / "b.json", pool="Ford"))
 
 
+def test_a_method_only_one_run_has_is_left_out(tmp_path) -> None:
+    (tmp_path / "a.json").write_text(line([("fomaml", "ALL", 0.5), ("ensemble", "ALL", 0.6)], "site"))
+    (tmp_path / "b.json").write_text(line([("fomaml", "ALL", 0.7)], "site"))
+    table = main(Config(tmp_path / "a.json", tmp_path / "b.json"))
+    assert "| fomaml | 0.500, 0.700, +0.200 |" in table and "ensemble" not in table
+
+
 def test_the_scale_page_holds_the_table_of_the_committed_results() -> None:
     from tests.conftest import REPO_ROOT
 
