@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -55,10 +56,17 @@ def command_of(path: Path, line: dict) -> Optional[list[str]]:
     return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
 
 
-def run(argv: list[str], log: Path) -> tuple[int, float]:
+def threads_of(line: dict) -> int:
+    """The torch threads the line was measured with (``machine.threads``; 1, the toolkit's default, when it does not
+    say): rows reproduce only with the same count, since a reduction's order follows the threads."""
+    return int((line.get("machine") or {}).get("threads", 1))
+
+
+def run(argv: list[str], log: Path, threads: int = 1) -> tuple[int, float]:
     start = time.perf_counter()
     with log.open("w") as out:
-        code = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "FML_NUM_THREADS": str(threads)}).returncode
     return code, time.perf_counter() - start
 
 
@@ -66,7 +74,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path, help="JSON lines to regenerate (default: benchmarks/results/*.json)")
     parser.add_argument("--match", default="", help="only files whose name contains this")
-    parser.add_argument("--jobs", type=int, default=1, help="benchmarks run at once (each uses one torch thread)")
+    parser.add_argument("--jobs", type=int, default=1, help="benchmarks run at once (each with the torch threads its "
+                        "line records: one unless it says otherwise)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--logs", type=Path, default=Path("fml-output/regenerate"), help="one log per benchmark")
     args = parser.parse_args()
@@ -78,13 +87,14 @@ def main() -> int:
         if argv is None:
             print(f"skip {path.name}: not a held-out benchmark's JSON line")
             continue
-        todo.append((path, argv))
-        print(("" if line.get("command") else "(rebuilt) ") + shlex.join(["python", *argv[1:]]))
+        todo.append((path, argv, threads_of(line)))
+        env = f"FML_NUM_THREADS={threads_of(line)} " if threads_of(line) != 1 else ""
+        print(("" if line.get("command") else "(rebuilt) ") + env + shlex.join(["python", *argv[1:]]))
     if args.dry_run or not todo:
         return 0
     args.logs.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        done = list(pool.map(lambda job: (job[0], *run(job[1], args.logs / f"{job[0].stem}.log")), todo))
+        done = list(pool.map(lambda job: (job[0], *run(job[1], args.logs / f"{job[0].stem}.log", job[2])), todo))
     failed = [p.name for p, code, _ in done if code != 0]
     for path, code, seconds in done:
         print(f"{'ok ' if code == 0 else 'FAILED'} {path.name}: {seconds / 60:.1f} min (log {args.logs / (path.stem + '.log')})")

@@ -46,6 +46,15 @@ def test_regenerate_replays_a_recorded_command_and_rebuilds_an_older_one(tmp_pat
     assert command_of(path, {"workload": "r1"}) is None  # not a held-out benchmark's line
 
 
+def test_regenerate_runs_a_line_with_the_torch_threads_it_records() -> None:
+    """imaging_quick.json was measured with two threads and reproduces only with two (checked 2026-12-06)."""
+    from benchmarks.regenerate import RESULTS, closing_line, threads_of
+
+    assert threads_of({"machine": {"threads": 2}}) == 2 and threads_of({}) == 1
+    assert threads_of(closing_line(RESULTS / "imaging_quick.json")) == 2
+    assert threads_of(closing_line(RESULTS / "fraud_full.json")) == 1
+
+
 def test_every_committed_vertical_line_has_a_command() -> None:
     from benchmarks.regenerate import RESULTS, SCRIPTS, closing_line, command_of
 
