@@ -87,8 +87,9 @@ def main() -> int:
         if argv is None:
             print(f"skip {path.name}: not a held-out benchmark's JSON line")
             continue
-        todo.append((path, argv, threads_of(line)))
-        env = f"FML_NUM_THREADS={threads_of(line)} " if threads_of(line) != 1 else ""
+        threads = threads_of(line)
+        todo.append((path, argv, threads))
+        env = f"FML_NUM_THREADS={threads} " if threads != 1 else ""
         print(("" if line.get("command") else "(rebuilt) ") + env + shlex.join(["python", *argv[1:]]))
     if args.dry_run or not todo:
         return 0

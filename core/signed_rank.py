@@ -4,7 +4,8 @@ With ties, SciPy (1.17 here) computes the exact null distribution by calling the
 pattern (``permutation_test``: about 90 ms for 10 values, against 0.4 ms without ties). Folds holding one
 pair of examples give their two units one loss, so the per-site choice meets ties on most calls. Here the
 same 2**n sign patterns are summed in one matrix product: the same count, the same comparison, the same
-p-value (tested against SciPy), in well under a millisecond. Everything else is SciPy's own path.
+p-value (tested against SciPy). ``benchmarks/signed_rank_speed.py`` times both on the gains a committed fraud
+record's choices tested (0.18 against 22.7 ms per call on a 2-core Xeon). Everything else is SciPy's own path.
 """
 from __future__ import annotations
 
