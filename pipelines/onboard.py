@@ -20,6 +20,7 @@ import mlflow
 import torch
 
 from core import tracking
+from core.adapt import regularized_loss
 from core.recipes import DEFAULT_RECIPE, adapt_with_recipe
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
@@ -178,7 +179,8 @@ def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torc
     """``member`` adapted on ``task``'s support with its recipe, and whether that diverged: non-finite weights, or a
     support loss that adaptation RAISED (a step size too large for this site: a step size chosen on validation sites
     can blow up on a new one, e.g. Reptile's 0.1 on a strong-simulation operator, 8e7 RMSE) where adapting is meant
-    to lower it (``task.support_loss_falls``: not a policy-gradient surrogate). Then its start, unadapted: such a
+    to lower it (``task.support_loss_falls``: not a policy-gradient surrogate; the loss compared is the one adapting
+    minimizes, with the recipe's ``weight_decay`` / ``proximal`` terms). Then its start, unadapted: such a
     model must never be logged or registered as the site's."""
     lr = member.lr_for(steps)
     support = task.support(member.params)
@@ -191,8 +193,11 @@ def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torc
     elif not task.support_loss_falls:
         return adapted, False
     else:
+        def objective(p):  # what adapting minimizes: a recipe's weight decay or proximal pull included
+            return float(regularized_loss(loss_fn, p, support, anchor=member.params, **dict(member.adapt_kwargs)))
+
         with torch.no_grad():
-            before, after = float(loss_fn(member.params, support)), float(loss_fn(adapted, support))
+            before, after = objective(member.params), objective(adapted)
         if math.isfinite(after) and not after > before:
             return adapted, False
         why = f"raised its support loss ({before:.4g} -> {after:.4g}), so it diverged"

@@ -161,6 +161,28 @@ def test_choice_picks_the_initialization_that_fits_the_site(good):
     assert choice.estimates[good] < choice.estimates["fedavg+ft" if good == "fomaml" else "fomaml"]
 
 
+
+def test_onboarding_judges_divergence_by_the_loss_adapting_minimizes():
+    """The guard that keeps a site at its start compares the objective the recipe minimizes: weight decay shrinks
+    the true weights, so the PLAIN support loss rises while adapting works as asked; a step size that overshoots
+    raises the objective too, and only that is divergence."""
+    from core.adapt import regularized_loss
+    from pipelines.onboard import _adapt
+
+    problem = linear_problem(linear_federation())
+    model = nn.Linear(3, 1)
+    loss_fn = problem.loss_fn(model)
+    task = problem.few_shot_task(model, problem.federation.role("test")[0], 6, torch.Generator().manual_seed(0))
+    support = task.support(GOOD)
+    decay = {"weight_decay": 1.0, "proximal": 0.0}
+    shrunk, diverged = _adapt(Candidate("fomaml", GOOD, lambda s: 0.05, adapt_kwargs=decay), task, loss_fn, 3)
+    assert not diverged and not torch.equal(shrunk["weight"], GOOD["weight"])
+    assert float(loss_fn(shrunk, support)) > float(loss_fn(GOOD, support))  # the plain loss rose ...
+    objective = [float(regularized_loss(loss_fn, p, support, **decay)) for p in (GOOD, shrunk)]
+    assert objective[1] < objective[0]  # ... as the objective fell
+    kept, diverged = _adapt(Candidate("fomaml", GOOD, lambda s: 50.0, adapt_kwargs=decay), task, loss_fn, 3)
+    assert diverged and all(torch.equal(kept[k], GOOD[k]) for k in GOOD)
+
 # ------------------------------------------------------------------------------------- the auto row
 def _methods(problem: SupervisedProblem) -> list[Method]:
     methods = [Method("fedavg+ft", GOOD, trained_lr=0.05), Method("fomaml", BAD, trained_lr=0.05)]
