@@ -8,6 +8,7 @@ resumed run reproduces an uninterrupted one.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 
 from typing import Callable, Optional, Sequence
@@ -193,6 +194,22 @@ class RoundsProgressBar(pl.callbacks.RichProgressBar):
         return {k.split("/")[-1]: v for k, v in items.items() if k != "v_num"}
 
 
+class RoundLines(pl.Callback):
+    """Progress where no terminal shows the bar (a log file, CI, ``nohup``): rich draws nothing there, so a full
+    preset would be silent for an hour. One line per validation (``round r/R`` and the validation metrics), or,
+    without validation, one per tenth of the rounds."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        step, total = trainer.global_step, trainer.max_steps
+        if getattr(pl_module, "validate_fn", None) is None and (step % max(total // 10, 1) == 0 or step == total):
+            print(f"round {step}/{total}", flush=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scores = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+        print(f"round {trainer.global_step}/{trainer.max_steps}" + (f": {shown}" if shown else ""), flush=True)
+
+
 def fit_meta_learner(
     learner: MetaLearner,
     *,
@@ -226,8 +243,9 @@ def fit_meta_learner(
     if monitor and learner.fed.early_stopping_patience > 0:
         callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                     patience=learner.fed.early_stopping_patience))
+    bar = progress and sys.stdout.isatty()
     if progress:
-        callbacks.append(RoundsProgressBar(leave=True))
+        callbacks.append(RoundsProgressBar(leave=True) if bar else RoundLines())
     trainer = pl.Trainer(
         max_steps=learner.fed.rounds,
         max_epochs=-1,
@@ -236,7 +254,7 @@ def fit_meta_learner(
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=ckpt_cb is not None,
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=1,

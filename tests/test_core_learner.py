@@ -139,3 +139,14 @@ def test_step_sizes_learned_per_group_stay_tied_within_a_group_and_move_apart_ac
         assert len(values) == 1, f"{group}: {values}"
         rate[group] = values.pop()
     assert rate["head"] != rate["body"] and all(r != pytest.approx(learner.inner.lr) for r in rate.values())
+
+
+def test_a_run_without_a_terminal_prints_its_rounds(problem, capsys) -> None:
+    """Rich draws no bar where stdout is not a terminal (a log file, CI): one line per validation instead, so a
+    long run is not silent."""
+    fit_meta_learner(make_learner(problem, "fomaml", 8), progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
+    assert [line.split(":")[0] for line in lines] == ["round 4/8", "round 8/8"]
+    assert all(": mse " in line for line in lines)
+    fit_meta_learner(make_learner(problem, "fomaml", 8), progress=False)
+    assert "round" not in capsys.readouterr().out
