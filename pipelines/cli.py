@@ -130,7 +130,7 @@ def cmd_models(argv: Sequence[str]) -> int:
     import pandas as pd
 
     from core import tracking
-    from pipelines.console import print_frame
+    from pipelines.console import print_fitting
 
     tracking.setup_tracking()
     rows = tracking.list_models()
@@ -139,8 +139,11 @@ def cmd_models(argv: Sequence[str]) -> int:
         return 0
     frame = pd.DataFrame(rows)
     frame = frame.loc[:, (frame.astype(str) != "").any()]  # e.g. no site column without onboarded site models
-    print_frame(frame, f"Registered models ({tracking.tracking_uri()})", max_rows=200,
-                whole=("name", "version", "alias", "dataset", "fingerprint"))
+    frame["version"] = "v" + frame["version"].astype(str)
+    frame["alias"] = frame["alias"].map(lambda a: f"@{a}" if a else "")
+    frame.insert(list(frame.columns).index("metric"), "headline", frame["metric"] + " " + frame["value"].astype(str))
+    frame = frame.drop(columns=["metric", "value"])
+    print_fitting(frame, f"Registered models ({tracking.tracking_uri()})", heading=("name", "version", "alias"))
     return 0
 
 
