@@ -534,9 +534,12 @@ def _print_closing(summary: pd.DataFrame, paired: pd.DataFrame, choices: pd.Data
     print_frame(table.reset_index(), f"Held-out {problem.headline} (mean [95% CI]) by adaptation steps")
     if not paired.empty:
         p = paired[paired["site"] == "ALL"].copy()
-        p["diff"] = p.apply(lambda r: f"{r['mean_diff']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}]", axis=1)
+        p["diff"] = p.apply(lambda r: f"{r['mean_diff']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}]"
+                            + ("*" if r["ci95_low"] > 0 or r["ci95_high"] < 0 else ""), axis=1)
+        better = "higher" if problem.higher_is_better else "lower"
         print_frame(p.pivot_table(index=["method", "shots"], columns="steps", values="diff", aggfunc="first")
-                    .fillna("-").reset_index(), "Paired difference vs fedavg+ft (same draws)")
+                    .fillna("-").reset_index(), f"Paired difference vs fedavg+ft (same draws; method - fedavg+ft, "
+                    f"{better} is better; * the 95% interval excludes 0)")
     if not choices.empty:
         mine = choices[choices["site"] == "ALL"]
         print_frame(mine.pivot_table(index=["shots", "steps"], columns="choice", values="draws", aggfunc="sum")

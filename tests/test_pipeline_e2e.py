@@ -44,6 +44,8 @@ def _run_and_onboard(tmp_path: Path, env: dict[str, str]) -> MlflowClient:
     run = fml(["run", "digits", "--preset", "quick", *TINY, "--output-dir", str(tmp_path / "out")], env, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "registered fml-digits v1 as @champion" in run.stdout
+    # the paired table says which way is better and marks intervals that exclude 0
+    assert "method - fedavg+ft, higher is better; * the 95% interval excludes 0" in " ".join(run.stdout.split())
     out = tmp_path / "out"
     import torch
 
