@@ -1,0 +1,153 @@
+"""Would a new site do better choosing among EVERY trained start than among the registered bundle's? An
+experiment on the folders a finished held-out benchmark left (no retraining, no rescoring).
+
+The registered bundle carries `fedavg+ft` and the ONE FML start that scored best on the validation sites
+(``pipelines.registration_choice.bundle_of``), so `auto` can never pick a start the validation sites ranked
+lower, even on a test site unlike them (imaging's unseen-protocol clinic, where FO-MAML is the best single
+method and Reptile the validation winner). This script loads each seed's trained models (``final.pt``), redoes
+the validation step-size search (deterministic: the run's own), checks that the per-site choice among the
+bundle reproduces the run's `auto` rows draw for draw, then runs the same choice among every trained start
+(`auto-every`), reading each draw's scores from the run's ``evaluation_rows.parquet``. It prints, per test site,
+shots and steps, both rows paired against `fedavg+ft` over seeds x draws, and the cells where each is below it
+beyond its interval.
+
+    python benchmarks/imaging_heldout.py --preset full --seeds 0 1 2 --output-dir fml-output/regenerate/imaging_full ...
+    python benchmarks/every_start.py medical_imaging --preset full --runs fml-output/regenerate/imaging_full --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EVERY = "auto-every"
+
+
+def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One seed's scored rows with the bundle's `auto` recomputed (checked against the run's) and `auto-every`."""
+    import torch
+
+    from core.evaluation import AutoChoice, Method, evaluate_auto, select_adaptation, with_recipes
+    from pipelines.registration_choice import bundle_of, validation_default
+    from pipelines.run import algorithm_recipe, selection_shots, trained_learner
+
+    problem = spec.build(cfg.data, cfg.seed)
+    algorithms = list(dict.fromkeys(a for a in cfg.algorithms if a != "fedavg"))
+    final = {name: torch.load(folder / "checkpoints" / name / "final.pt", map_location="cpu", weights_only=False)
+             for name in ["fedavg", *algorithms]}
+    learners = {name: trained_learner(problem, name, cfg, state) for name, state in final.items()}
+    methods = [Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=learners["fedavg"].inner.lr,
+                      inner=learners["fedavg"].inner),
+               *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner,
+                        recipes=(algorithm_recipe(a, learners[a].inner.group),)) for a in algorithms]]
+    methods, ablation = with_recipes(methods, cfg.eval.recipes)
+    methods = methods + ablation
+    model = learners["fedavg"].model
+    val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
+    select_adaptation(problem, model, methods, val_sites, shots=selection_shots(cfg), steps_grid=cfg.eval.steps,
+                      lr_grid=cfg.eval.lr_grid, draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner)
+    candidates = ["fedavg+ft", *algorithms]
+    bundle, _ = bundle_of(methods, candidates, problem.higher_is_better)
+    names = [m.name for m in bundle]
+    default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name for s in cfg.eval.steps}
+    default_by_steps[bundle[0].best_steps] = bundle[0].name
+    rows = pd.read_parquet(folder / "evaluation_rows.parquet")
+    scored = rows[rows["method"] != "auto"]
+    grid = dict(shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
+                inner=cfg.inner)
+    sites = problem.federation.role("test")
+    again = evaluate_auto(problem, model, methods, sites, scored,
+                          AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps), **grid)
+    keys = ["site", "shots", "steps", "draw", "metric"]
+    run_auto = rows[rows["method"] == "auto"].set_index(keys).sort_index()
+    mine = again.set_index(keys).sort_index()
+    same = bool(run_auto.index.equals(mine.index)) and bool((run_auto["choice"] == mine["choice"]).all())
+    if not same:
+        raise SystemExit(f"{folder}: the bundle's choice does not reproduce the run's auto rows: other code or "
+                         "options than the run's (pass its --preset and --set)")
+    every = [names[0], *[n for n in candidates if n != names[0]]]
+    wide = evaluate_auto(problem, model, methods, sites, scored,
+                         AutoChoice(tuple(every), names[0], cfg.eval.choice_folds, default_by_steps), **grid)
+    facts = {"bundle": names, "every": every, "every_choices": wide.drop_duplicates(keys[:4])["choice"].value_counts().to_dict(),
+             "headline": problem.headline, "higher_is_better": problem.higher_is_better}
+    return pd.concat([rows, wide.assign(method=EVERY)], ignore_index=True), facts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("vertical")
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--runs", required=True, type=Path, help="the benchmark's --output-dir (its seed<N> folders)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", nargs="+", action="extend", default=[], help="the run's options over the preset")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    home = tempfile.mkdtemp(prefix="fml-every-start-")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
+    import torch
+
+    import verticals
+    from benchmarks.heldout_common import DRAWS_PER_SEED, with_overrides
+    from core.evaluation import paired_differences
+    from core.vertical import VERTICALS
+    from pipelines.config import load_preset
+    from pipelines.process_setup import configure_process
+
+    configure_process()
+    torch.set_num_threads(args.threads)
+    verticals.load_all()
+    spec = VERTICALS.get(args.vertical)
+    parts, facts = [], {}
+    for seed in args.seeds:
+        cfg = with_overrides(load_preset(spec, args.preset), args.set)
+        cfg.seed = seed
+        rows, facts[seed] = seed_rows(spec, cfg, args.runs / f"seed{seed}")
+        print(f"seed {seed}: the bundle {facts[seed]['bundle']} reproduces the run's auto rows; every start "
+              f"{facts[seed]['every']} chose {facts[seed]['every_choices']}", flush=True)
+        parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
+    rows = pd.concat(parts, ignore_index=True)
+    problem_headline, higher = facts[args.seeds[-1]]["headline"], facts[args.seeds[-1]]["higher_is_better"]
+    paired = paired_differences(rows, problem_headline)
+    sign = 1.0 if higher else -1.0
+    out = []
+    for (site, k, s), grp in paired.groupby(["site", "shots", "steps"]):
+        by = {r["method"]: r for _, r in grp.iterrows()}
+        entry = {"site": site, "shots": int(k), "steps": int(s)}
+        for m in ("auto", EVERY):
+            if m in by:
+                lo, hi = sorted((sign * by[m]["ci95_low"], sign * by[m]["ci95_high"]))
+                entry[m] = [round(sign * by[m]["mean_diff"], 4), round(lo, 4), round(hi, 4)]
+        singles = {m: sign * r["mean_diff"] for m, r in by.items() if m not in ("auto", EVERY, "ensemble")}
+        if singles:
+            best = max(singles, key=singles.get)
+            entry["best_single"] = [best, round(singles[best], 4)]
+        out.append(entry)
+    table = pd.DataFrame(out)
+    pd.set_option("display.width", 200)
+    fmt = lambda v: "-" if not isinstance(v, list) else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]" + ("*" if v[1] > 0 or v[2] < 0 else "")
+    show = table.assign(**{m: table[m].map(fmt) for m in ("auto", EVERY) if m in table},
+                        best_single=table["best_single"].map(lambda v: f"{v[0]} {v[1]:+.3f}" if isinstance(v, list) else "-"))
+    print(f"\nPaired against fedavg+ft over seeds x draws ({problem_headline}; POSITIVE = better; * interval excludes 0)")
+    print(show.to_string(index=False))
+    below = {m: int(sum(1 for v in table[m] if isinstance(v, list) and v[2] < 0)) for m in ("auto", EVERY) if m in table}
+    print(f"cells below fedavg+ft beyond the interval: {below}")
+    line = {"benchmark": "every_start", "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
+            "overrides": args.set, "runs": str(args.runs), "facts": {str(k): v for k, v in facts.items()},
+            "cells": out, "below": below, "command": " ".join(["python", "benchmarks/every_start.py", *sys.argv[1:]])}
+    text = json.dumps(line)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""benchmarks/every_start.py: the per-site choice among EVERY trained start, from a finished run's folder."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from core.config import RunConfig
+
+pytestmark = pytest.mark.slow  # one short sine run
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FML_HOME", str(tmp_path_factory.mktemp("fml-home")))
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import verticals
+    from core.vertical import VERTICALS
+    from pipelines.config import load_preset
+    from pipelines.run import run_pipeline
+
+    verticals.load_all()
+    spec = VERTICALS.get("sine")
+    cfg: RunConfig = load_preset(spec, "quick")
+    cfg.algorithms = ["fomaml", "reptile", "maml"]  # the bundle keeps at most three starts of four
+    cfg.output_dir = str(tmp_path_factory.mktemp("sine") / "seed0")
+    result = run_pipeline(spec, cfg, progress=False)
+    yield spec, cfg, result
+    patch.undo()
+
+
+def test_the_bundle_reproduces_the_runs_auto_rows_and_every_start_adds_the_rest(finished) -> None:
+    from benchmarks.every_start import EVERY, seed_rows
+
+    spec, cfg, result = finished
+    rows, facts = seed_rows(spec, cfg, result.output_dir)  # raises unless the bundle's choice is the run's auto
+    assert set(facts["every"]) == {"fedavg+ft", "fomaml", "reptile", "maml"} and set(facts["bundle"]) < set(facts["every"])
+    assert facts["every"][0] == facts["bundle"][0]  # same default and anchor
+    every = rows[rows["method"] == EVERY]
+    auto = rows[rows["method"] == "auto"]
+    assert len(every) == len(auto) and set(every["choice"]) <= set(facts["every"])
+    # each auto-every row is the chosen start's own score on that draw
+    keys = ["site", "shots", "steps", "draw", "metric"]
+    scored = rows[~rows["method"].isin(["auto", EVERY])].set_index(["method", *keys])["value"]
+    for _, r in every.head(200).iterrows():
+        assert r["value"] == scored[(r["choice"], *[r[k] for k in keys])]
+
+
+def test_other_options_than_the_runs_are_refused(finished) -> None:
+    from benchmarks.every_start import seed_rows
+
+    spec, cfg, result = finished
+    other = copy.deepcopy(cfg)
+    other.seed = 1  # another seed's roles and draws: not this folder's run
+    with pytest.raises(SystemExit, match="does not reproduce the run's auto rows"):
+        seed_rows(spec, other, result.output_dir)
