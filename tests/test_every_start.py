@@ -64,3 +64,17 @@ def test_other_options_than_the_runs_are_refused(finished) -> None:
     other.seed = 1  # another seed's roles and draws: not this folder's run
     with pytest.raises(SystemExit, match="other code or options than the run's"):
         seed_rows(spec, other, result.output_dir)
+
+
+def test_the_table_stars_intervals_that_exclude_zero_and_leaves_out_one_shot() -> None:
+    from benchmarks.every_start_table import one
+
+    record = {"vertical": "medical_imaging", "preset": "full", "seeds": [0], "command": "python x",
+              "facts": {"0": {"bundle": ["fedavg+ft", "reptile"], "every": ["fedavg+ft", "reptile", "fomaml"],
+                              "bundle_choices_differing_from_the_run": 0, "draws": 8}},
+              "below": {"auto": 0, "auto-every": 1},
+              "cells": [{"site": s, "shots": k, "steps": 1, "auto": [0.01, 0.002, 0.02], "auto-every": [0.1, -0.01, 0.2],
+                         "best_single": ["fomaml", 0.2]} for s in ("ALL", "clinic-x") for k in (1, 5)]}
+    text = "\n".join(one(record))
+    assert "| all (pooled) | 1 | +0.010\\* / +0.100 | fomaml +0.200 |" in text
+    assert "| k = 5 | best single" in text and "| k = 1 |" not in text and "`auto-every` 1" in text
