@@ -22,13 +22,16 @@ def cell(value: list[float]) -> str:
 
 
 def one(record: dict) -> list[str]:
-    shots = sorted({c["shots"] for c in record["cells"]} - {1})
+    # a shots count where both rows agree in every cell (supports that cannot be split get the default) is left out
+    shots = sorted({c["shots"] for c in record["cells"]}
+                   - {k for k in {c["shots"] for c in record["cells"]}
+                      if all(c["auto"] == c["auto-every"] for c in record["cells"] if c["shots"] == k)})
     facts = record["facts"]
     bundles = sorted({" + ".join(f["bundle"]) for f in facts.values()})
     lines = [f"**{record['vertical']} ({record['preset']}, seeds {', '.join(map(str, record['seeds']))})**: the bundle "
              f"{' / '.join(f'`{b}`' for b in bundles)}; every start: `{' + '.join(next(iter(facts.values()))['every'])}`. "
-             f"`auto` / `auto-every` minus `fedavg+ft` (POSITIVE = better; one image or example per class cannot be "
-             f"split, so both get the default there and k = 1 is left out):", "",
+             f"`auto` / `auto-every` minus `fedavg+ft` (POSITIVE = better, error metrics negated; a k where the two rows "
+             f"agree in every cell, a support that cannot be split getting the default, is left out):", "",
              "| test site | steps | " + " | ".join(f"k = {k}" for k in shots) + " | best single start (largest k) |",
              "|---|---|" + "---|" * len(shots) + "---|"]
     by = {(c["site"], c["shots"], c["steps"]): c for c in record["cells"]}
