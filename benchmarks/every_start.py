@@ -101,6 +101,32 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                      ignore_index=True), facts
 
 
+def cells_of(paired: pd.DataFrame, sign: float) -> list[dict[str, Any]]:
+    """Per (site, shots, steps): `auto` and `auto-every` as [mean, low, high] and the best single start, all
+    multiplied by ``sign`` (POSITIVE = better)."""
+    out = []
+    for (site, k, s), grp in paired.groupby(["site", "shots", "steps"]):
+        by = {r["method"]: r for _, r in grp.iterrows()}
+        entry: dict[str, Any] = {"site": site, "shots": int(k), "steps": int(s)}
+        for m in ("auto", EVERY):
+            if m in by:
+                lo, hi = sorted((sign * by[m]["ci95_low"], sign * by[m]["ci95_high"]))
+                entry[m] = [round(sign * by[m]["mean_diff"], 4), round(lo, 4), round(hi, 4)]
+        singles = {m: sign * r["mean_diff"] for m, r in by.items() if m not in ("auto", EVERY, "ensemble")}
+        if singles:
+            best = max(singles, key=singles.get)
+            entry["best_single"] = [best, round(singles[best], 4)]
+        out.append(entry)
+    return out
+
+
+def interval_text(value: Any) -> str:
+    """``+0.011 [+0.002, +0.020]*`` (starred where the interval excludes 0), or ``-``."""
+    if not isinstance(value, list):
+        return "-"
+    return f"{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]" + ("*" if value[1] > 0 or value[2] < 0 else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("vertical")
@@ -138,25 +164,10 @@ def main() -> None:
         parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
     rows = pd.concat(parts, ignore_index=True)
     problem_headline, higher = facts[args.seeds[-1]]["headline"], facts[args.seeds[-1]]["higher_is_better"]
-    paired = paired_differences(rows, problem_headline)
-    sign = 1.0 if higher else -1.0
-    out = []
-    for (site, k, s), grp in paired.groupby(["site", "shots", "steps"]):
-        by = {r["method"]: r for _, r in grp.iterrows()}
-        entry = {"site": site, "shots": int(k), "steps": int(s)}
-        for m in ("auto", EVERY):
-            if m in by:
-                lo, hi = sorted((sign * by[m]["ci95_low"], sign * by[m]["ci95_high"]))
-                entry[m] = [round(sign * by[m]["mean_diff"], 4), round(lo, 4), round(hi, 4)]
-        singles = {m: sign * r["mean_diff"] for m, r in by.items() if m not in ("auto", EVERY, "ensemble")}
-        if singles:
-            best = max(singles, key=singles.get)
-            entry["best_single"] = [best, round(singles[best], 4)]
-        out.append(entry)
+    out = cells_of(paired_differences(rows, problem_headline), 1.0 if higher else -1.0)
     table = pd.DataFrame(out)
     pd.set_option("display.width", 200)
-    fmt = lambda v: "-" if not isinstance(v, list) else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]" + ("*" if v[1] > 0 or v[2] < 0 else "")
-    show = table.assign(**{m: table[m].map(fmt) for m in ("auto", EVERY) if m in table},
+    show = table.assign(**{m: table[m].map(interval_text) for m in ("auto", EVERY) if m in table},
                         best_single=table["best_single"].map(lambda v: f"{v[0]} {v[1]:+.3f}" if isinstance(v, list) else "-"))
     print(f"\nPaired against fedavg+ft over seeds x draws ({problem_headline}; POSITIVE = better; * interval excludes 0)")
     print(show.to_string(index=False))
