@@ -46,20 +46,16 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     """One seed's scored rows with the bundle's `auto` recomputed (checked against the run's) and `auto-every`."""
     import torch
 
-    from core.evaluation import AutoChoice, Method, evaluate_auto, select_adaptation, with_recipes
-    from pipelines.registration_choice import bundle_of, validation_default
-    from pipelines.run import algorithm_recipe, selection_shots, trained_learner
+    from core.evaluation import AutoChoice, evaluate_auto, select_adaptation, with_recipes
+    from pipelines.registration_choice import bundle_of, unsplit_defaults
+    from pipelines.run import selection_shots, trained_learner, trained_methods
 
     problem = spec.build(cfg.data, cfg.seed)
     algorithms = list(dict.fromkeys(a for a in cfg.algorithms if a != "fedavg"))
     final = {name: torch.load(folder / "checkpoints" / name / "final.pt", map_location="cpu", weights_only=False)
              for name in ["fedavg", *algorithms]}
     learners = {name: trained_learner(problem, name, cfg, state) for name, state in final.items()}
-    methods = [Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=learners["fedavg"].inner.lr,
-                      inner=learners["fedavg"].inner),
-               *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner,
-                        recipes=(algorithm_recipe(a, learners[a].inner.group),)) for a in algorithms]]
-    methods, ablation = with_recipes(methods, cfg.eval.recipes)
+    methods, ablation = with_recipes(trained_methods(learners, algorithms, cfg), cfg.eval.recipes)
     methods = methods + ablation
     model = learners["fedavg"].model
     val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
@@ -68,8 +64,7 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     candidates = ["fedavg+ft", *algorithms]
     bundle, _ = bundle_of(methods, candidates, problem.higher_is_better)
     names = [m.name for m in bundle]
-    default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name for s in cfg.eval.steps}
-    default_by_steps[bundle[0].best_steps] = bundle[0].name
+    default_by_steps = unsplit_defaults(bundle, cfg.eval.steps, problem.higher_is_better)
     rows = pd.read_parquet(folder / "evaluation_rows.parquet")
     scored = rows[rows["method"] != "auto"]
     grid = dict(shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,

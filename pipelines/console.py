@@ -15,12 +15,11 @@ from rich.text import Text
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def print_frame(df: pd.DataFrame, title: str, max_rows: int = 40, whole: tuple[str, ...] = ()) -> None:
-    """``df`` as a table; the ``whole`` columns are never shortened (narrow terminals shrink the others)."""
+def print_frame(df: pd.DataFrame, title: str, max_rows: int = 40) -> None:
+    """``df`` as a table (a narrow terminal wraps its cells)."""
     table = Table(title=title, show_lines=False)
     for col in df.columns:
-        width = int(df[col].astype(str).str.len().max()) if col in whole and len(df) else None
-        table.add_column(str(col), no_wrap=col in whole, min_width=width)
+        table.add_column(str(col))
     for _, row in df.head(max_rows).iterrows():
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.tolist()])
     console.print(table)

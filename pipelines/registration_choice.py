@@ -7,7 +7,7 @@ bundle at onboarding (:mod:`core.choice`); these functions only decide what it c
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -79,6 +79,14 @@ def bundle_of(methods: list[Method], candidates: list[str], higher_is_better: bo
     rest = [m for m in ranked if m is not leader]
     keep = [leader] + [m for m in rest if m.name == BASELINE] + [m for m in rest if m.name != BASELINE][:1]
     return keep[:size], reason
+
+
+def unsplit_defaults(bundle: list[Method], steps_grid: Sequence[int], higher_is_better: bool) -> dict[int, str]:
+    """The start a site gets when its support cannot be split, per steps count (at the registered steps: the
+    bundle's default itself)."""
+    out = {s: validation_default(bundle, s, higher_is_better)[0].name for s in steps_grid}
+    out[bundle[0].best_steps] = bundle[0].name
+    return out
 
 
 def candidate_recipes(bundle: list[Method], inner: Any) -> dict[str, dict[str, Any]]:

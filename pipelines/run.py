@@ -48,7 +48,7 @@ from pipelines.console import console, print_frame, progress_bar
 from pipelines.dataset_identity import dataset_identity
 from pipelines.model_card import model_card
 from pipelines.registration_choice import (bundle_of, candidate_recipes, choices_at_unsplittable_shots, heldout_veto,
-                                           validation_default)
+                                           unsplit_defaults)
 from pipelines.run_state import ResumeError, RunState
 
 
@@ -192,6 +192,16 @@ def checkpoint_monitor(problem: Problem, cfg: Any) -> str:
     return f"val/{metric}"
 
 
+def trained_methods(learners: dict[str, MetaLearner], algorithms: list[str], cfg: Any) -> list[Method]:
+    """The starts meta-training made: FedAvg's model unadapted and fine-tuned, and each FML algorithm with its
+    recipe (each with its own inner settings)."""
+    fedavg_inner = algorithm_settings(cfg, "fedavg").inner
+    return [Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
+            Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=fedavg_inner.lr, inner=fedavg_inner),
+            *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner,
+                     recipes=(algorithm_recipe(a, learners[a].inner.group),)) for a in algorithms]]
+
+
 def trained_learner(problem: Problem, algorithm: str, cfg: Any, state: dict, where: str = "the saved state") -> MetaLearner:
     """A learner whose meta-training finished before the run was interrupted, from its saved final state
     (``where``: the file it was read from, named in the error when it does not fit the model)."""
@@ -321,15 +331,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
         # 4-7. adaptation settings, held-out sites, tables, registration
         torch.manual_seed(cfg.seed + 1)
         local_init = {k: v.detach() for k, v in problem.make_model().named_parameters()}
-        fedavg_inner = algorithm_settings(cfg, "fedavg").inner
-        methods = [
-            Method("local", local_init, trained_lr=cfg.inner.lr),
-            Method("fedavg", learners["fedavg"].meta_params(), adapts=False),
-            Method("fedavg+ft", learners["fedavg"].meta_params(), trained_lr=fedavg_inner.lr, inner=fedavg_inner),
-            *[Method(a, learners[a].meta_params(), trained_lr=learners[a].inner.lr, inner=learners[a].inner,
-                     recipes=(algorithm_recipe(a, learners[a].inner.group),))
-              for a in algorithms],
-        ]
+        methods = [Method("local", local_init, trained_lr=cfg.inner.lr), *trained_methods(learners, algorithms, cfg)]
         methods, ablation = with_recipes(methods, cfg.eval.recipes)
         report = evaluate_and_register(spec, problem, cfg, learners["fedavg"].model, methods + ablation,
                                        candidates=["fedavg+ft", *algorithms], run_id=run_id, out=out,
@@ -382,10 +384,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         mlflow.log_table(selection, "adaptation_selection.json")
     bundle, default_reason = bundle_of(methods, candidates, problem.higher_is_better)
     names = [m.name for m in bundle]
-    # the default a site gets when its support cannot be split, per steps count (registered steps: the bundle's)
-    default_by_steps = {s: validation_default(bundle, s, problem.higher_is_better)[0].name
-                        for s in cfg.eval.steps}
-    default_by_steps[bundle[0].best_steps] = bundle[0].name
+    default_by_steps = unsplit_defaults(bundle, cfg.eval.steps, problem.higher_is_better)
     used_by_steps = dict(default_by_steps)  # what the auto rows use, before a registration veto
     # 5. held-out test sites (the auto row sees only each draw's support)
     test_sites = problem.federation.role("test")
