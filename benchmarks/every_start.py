@@ -50,8 +50,13 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     from pipelines.registration_choice import bundle_of, unsplit_defaults
     from pipelines.run import selection_shots, trained_learner, trained_methods
 
-    problem = spec.build(cfg.data, cfg.seed)
     algorithms = list(dict.fromkeys(a for a in cfg.algorithms if a != "fedavg"))
+    needed = [folder / "evaluation_rows.parquet", *(folder / "checkpoints" / a / "final.pt" for a in ["fedavg", *algorithms])]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise SystemExit(f"{folder}: not a finished run of these options: missing {missing} (pass the held-out "
+                         "benchmark's --output-dir, its --preset and --set)")
+    problem = spec.build(cfg.data, cfg.seed)
     final = {name: torch.load(folder / "checkpoints" / name / "final.pt", map_location="cpu", weights_only=False)
              for name in ["fedavg", *algorithms]}
     learners = {name: trained_learner(problem, name, cfg, state) for name, state in final.items()}

@@ -79,3 +79,11 @@ def test_the_table_stars_intervals_that_exclude_zero_and_leaves_out_one_shot() -
     text = "\n".join(one(record))
     assert "| all (pooled) | 1 | +0.010\\* / +0.100 | fomaml +0.200 |" in text
     assert "| k = 5 | best single" in text and "| k = 1 |" not in text and "`auto-every` 1" in text
+
+
+def test_a_folder_that_is_not_a_finished_run_is_named(finished, tmp_path) -> None:
+    from benchmarks.every_start import seed_rows
+
+    spec, cfg, _ = finished
+    with pytest.raises(SystemExit, match="not a finished run of these options: missing .*evaluation_rows.parquet"):
+        seed_rows(spec, cfg, tmp_path / "seed0")
