@@ -7,7 +7,8 @@ shift): a per-site calibration offset or gain on a sensor, a clinic's intensity 
 amount scale. The recipe is applied to EVERY site of a run (training sites' episodes included, so the
 initialization expects standardized inputs) and again at onboarding, from the site's inputs
 (labelled and unlabeled rows alike); labels are never read. A vertical's layout may only centre (keep the
-spread) and estimate from each unit's first rows (a fleet's healthy start): :class:`SiteStatistics`.
+spread), estimate from each unit's first rows (a fleet's healthy start), or also orient each site's images
+by the training sites' mean image (an inverted intensity scale): :class:`SiteStatistics`.
 
 Pure functions over tensors; a :class:`Problem` declares where its features are
 (:attr:`core.problem.Problem.site_statistics`).
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 #: The preprocessing key that records that a model expects site-standardized inputs.
 PREPROCESSING_KEY = "site_statistics"
+#: The side of the pooled mean image a site is oriented by (small enough to record in a model's fml.json).
+PROFILE_SIDE = 16
 
 
 @dataclass
@@ -56,6 +60,12 @@ class SiteStatistics:
             start, so the statistics do not move with how far into their lives the units are (an in-service
             fleet is younger than a run-to-failure one). Inputs without a group (``site.unlabeled``) then add
             nothing. 0: every input.
+        orient: also flip the sign of a channel whose standardized mean image (:meth:`profile`) correlates
+            negatively with the training sites' (``reference``): standardizing removes a site's gain and offset
+            but keeps its sign, so a clinic that exports inverted intensities (DICOM's MONOCHROME1 read as
+            MONOCHROME2) would reach the model as a photographic negative. Images ``[n, C, H, W]`` only.
+        reference: the training sites' mean profile per channel (:func:`reference_profile`), set by
+            :func:`standardize_federation` and recorded with the model; None until then.
     """
 
     feature_axis: int
@@ -63,11 +73,16 @@ class SiteStatistics:
     min_std: float = 1e-3
     scale: bool = True
     first_rows: int = 0
+    orient: bool = False
+    reference: Optional[tuple[tuple[float, ...], ...]] = None
 
     @property
     def record(self) -> dict[str, Any]:
         """What a trained model records it expects (:func:`layout_of` reads it back)."""
-        return {"scale": self.scale, "first_rows": self.first_rows}
+        record: dict[str, Any] = {"scale": self.scale, "first_rows": self.first_rows}
+        if self.orient:
+            record.update(orient=True, reference=None if self.reference is None else [list(r) for r in self.reference])
+        return record
 
     def basis(self, site: "Site") -> list[Tensor]:
         """The inputs of ``site`` its moments are estimated from (labels never read)."""
@@ -84,8 +99,9 @@ class SiteStatistics:
         std = flat.var(0, unbiased=False).sqrt()
         return mean.float(), std.float()
 
-    def apply(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        """``x`` with the selected features standardized by ``(mean, std)`` (the others unchanged)."""
+    def apply(self, x: Tensor, mean: Tensor, std: Tensor, sign: Optional[Tensor] = None) -> Tensor:
+        """``x`` with the selected features standardized by ``(mean, std)`` and multiplied by ``sign`` (±1 per
+        feature, :meth:`signs`; None = all +1); the other features unchanged."""
         axis = self.feature_axis % x.dim()
         shape = [1] * x.dim()
         shape[axis] = x.shape[axis]
@@ -95,14 +111,56 @@ class SiteStatistics:
         centre[picked] = mean[picked]
         if self.scale:
             scale[picked] = torch.where(std[picked] >= self.min_std, std[picked], torch.ones_like(std[picked]))
+        if sign is not None:
+            scale = scale * sign.to(scale.dtype)
         return (x - centre.view(shape).to(x.dtype)) / scale.view(shape).to(x.dtype)
 
+    def profile(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """The mean image of ``x`` standardized by ``(mean, std)``, average-pooled to at most
+        :data:`PROFILE_SIDE` pixels a side: ``[C, h, w]``, what a site is oriented by."""
+        if x.dim() != 4 or self.feature_axis % 4 != 1:
+            raise ValueError(f"orienting a site needs images [n, C, H, W] with channels on axis 1, got inputs of "
+                             f"shape {tuple(x.shape)}; orient=True is for imaging layouts only")
+        image = self.apply(x.detach().double().mean(0, keepdim=True), mean.double(), std.double())
+        side = (min(PROFILE_SIDE, x.shape[2]), min(PROFILE_SIDE, x.shape[3]))
+        return F.adaptive_avg_pool2d(image, side)[0].float()
+
+    def signs(self, profile: Tensor) -> Tensor:
+        """±1 per channel: -1 where the site's :meth:`profile` correlates negatively with ``reference``."""
+        if self.reference is None:
+            raise ValueError("this layout orients sites but has no reference profile: the training sites' "
+                             "(standardize_federation sets it; a trained model records it)")
+        ref = torch.tensor(self.reference, dtype=torch.float64).view(profile.shape)
+        site = profile.double().flatten(1)
+        ref = ref.flatten(1)
+        covariance = ((site - site.mean(1, keepdim=True)) * (ref - ref.mean(1, keepdim=True))).sum(1)
+        return torch.where(covariance < 0, -1.0, 1.0).float()
+
     def standardize(self, x: Tensor, basis: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Any]]:
-        """``x`` standardized by the moments of ``basis`` (default ``x`` itself), and those moments (JSON-able,
-        with ``rows``: how many inputs they pooled; a personalized model needs them to score future inputs)."""
+        """``x`` standardized by the moments of ``basis`` (default ``x`` itself), and oriented by them when
+        :attr:`orient`; returns those moments too (JSON-able, with ``rows``: how many inputs they pooled, and
+        ``sign`` when oriented; a personalized model needs them to score future inputs)."""
         basis = x if basis is None else basis
         mean, std = self.moments(basis)
-        return self.apply(x, mean, std), {"mean": mean.tolist(), "std": std.tolist(), "rows": len(basis)}
+        moments: dict[str, Any] = {"mean": mean.tolist(), "std": std.tolist(), "rows": len(basis)}
+        sign = self.signs(self.profile(basis, mean, std)) if self.orient else None
+        if sign is not None:
+            moments["sign"] = sign.tolist()
+        return self.apply(x, mean, std, sign), moments
+
+
+def reference_profile(layout: SiteStatistics, sites: Sequence["Site"]) -> tuple[tuple[float, ...], ...]:
+    """The mean over ``sites`` (the training sites) of each one's standardized, pooled mean image
+    (:meth:`SiteStatistics.profile`): ``C`` tuples of ``h * w`` floats. Each site shares only that small
+    summary of its inputs, never an image or a label."""
+    profiles = []
+    for site in sites:
+        basis = torch.cat(layout.basis(site))
+        profiles.append(layout.profile(basis, *layout.moments(basis)))
+    if not profiles:
+        raise ValueError("orienting sites needs at least one training site to take the reference mean image from")
+    mean = torch.stack(profiles).mean(0)
+    return tuple(tuple(float(v) for v in channel.flatten()) for channel in mean)
 
 
 def layout_of(problem: "Problem", recorded: Any = None) -> SiteStatistics:
@@ -116,13 +174,16 @@ def layout_of(problem: "Problem", recorded: Any = None) -> SiteStatistics:
     if recorded is None:
         return layout
     if recorded is True:
-        return replace(layout, scale=True, first_rows=0)
+        return replace(layout, scale=True, first_rows=0, orient=False, reference=None)
     try:
-        return replace(layout, scale=bool(recorded["scale"]), first_rows=int(recorded["first_rows"]))
-    except (TypeError, KeyError, ValueError) as err:
+        reference = recorded.get("reference")  # models older than orienting record neither key: not oriented
+        return replace(layout, scale=bool(recorded["scale"]), first_rows=int(recorded["first_rows"]),
+                       orient=bool(recorded.get("orient", False)),
+                       reference=None if reference is None else tuple(tuple(float(v) for v in r) for r in reference))
+    except (AttributeError, TypeError, KeyError, ValueError) as err:
         raise ValueError(f"the model's preprocessing.site_statistics (in its fml.json) is {recorded!r}: expected "
-                         "true or {'scale': bool, 'first_rows': int}, as the run that trained it wrote; "
-                         "re-register the model rather than edit that file") from err
+                         "true or {'scale': bool, 'first_rows': int[, 'orient': true, 'reference': [[...]]]}, as "
+                         "the run that trained it wrote; re-register the model rather than edit that file") from err
 
 
 def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tensor] = (),
@@ -136,15 +197,20 @@ def standardize_site(problem: "Problem", site: "Site", unlabeled: Sequence[Tenso
     layout = layout_of(problem, recorded)
     site.x, moments = layout.standardize(site.x, torch.cat([*layout.basis(site), *(t for t in unlabeled if len(t))]))
     if site.unlabeled is not None and len(site.unlabeled):
-        site.unlabeled = layout.apply(site.unlabeled, torch.tensor(moments["mean"]), torch.tensor(moments["std"]))
-    moments["mode"] = layout.record
+        sign = torch.tensor(moments["sign"]) if "sign" in moments else None
+        site.unlabeled = layout.apply(site.unlabeled, torch.tensor(moments["mean"]), torch.tensor(moments["std"]), sign)
+    moments["mode"] = {k: v for k, v in layout.record.items() if k != "reference"}
     site.metadata[PREPROCESSING_KEY] = moments
     return moments
 
 
 def standardize_federation(problem: "Problem") -> None:
     """Standardize every site of ``problem``'s federation by its own inputs (training, validation and
-    test sites alike) and record in its preprocessing what the model expects (:attr:`SiteStatistics.record`)."""
+    test sites alike; oriented by the TRAINING sites' reference profile when the layout orients) and record in
+    its preprocessing what the model expects (:attr:`SiteStatistics.record`)."""
+    layout = layout_of(problem)
+    if layout.orient:
+        layout = replace(layout, reference=reference_profile(layout, problem.federation.role("train")))
     for site in problem.federation.sites.values():
-        standardize_site(problem, site)
-    problem.preprocessing[PREPROCESSING_KEY] = layout_of(problem).record
+        standardize_site(problem, site, recorded=layout.record)
+    problem.preprocessing[PREPROCESSING_KEY] = layout.record

@@ -89,8 +89,11 @@ def onboard(
         how = "standardized" if moments["mode"]["scale"] else "centred"
         first = moments["mode"]["first_rows"]
         basis = f"each unit's first {first} inputs" if first else "all the site's inputs"
+        flipped = [i for i, s in enumerate(moments.get("sign", [])) if s < 0]
+        oriented = (f"; channel(s) {flipped} inverted: the site's mean image is a negative of the training sites'"
+                    if flipped else "")
         console.print(f"site statistics: inputs {how} on {basis} ({moments['rows']} in all, {unlabeled_rows} "
-                      f"rows without a label given; labels are never read)")
+                      f"rows without a label given; labels are never read){oriented}")
     slug = site_slug(site.site_id)
     _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))

@@ -210,3 +210,30 @@ def test_real_pneumoniamnist_clinics():
     assert "clinic-15-inverted" in fed.roles["test"]
     assert sum(len(s) for s in fed.sites.values()) == 2428 + 270 + 468
     assert not problem.preprocessing["generated"] and problem.preprocessing["channels"] == 1
+
+
+def test_site_statistics_orient_an_inverted_clinic_by_the_training_clinics_mean_image(tmp_path, no_real_data):
+    """Standardizing removes a clinic's gain and offset but not its sign: an inverted export must be
+    flipped back (labels never read), in the federation and at onboarding, as the model recorded."""
+    with pytest.warns(UserWarning, match="GENERATED"):
+        problem = VERTICALS.get("medical_imaging").build(small_cfg(site_statistics=True), 0)
+    signs = {sid: s.metadata["site_statistics"]["sign"] for sid, s in problem.federation.sites.items()}
+    assert signs == {sid: [-1.0] if sid.endswith("inverted") else [1.0] for sid in problem.federation.sites}
+    recorded = problem.preprocessing["site_statistics"]
+    assert recorded["orient"] and len(recorded["reference"]) == 1 and len(recorded["reference"][0]) == 16 * 16
+    from data_adapters.generated_images import generate_images
+
+    images = generate_images(per_class=15, size=28, seed=5)  # a chest-like anatomy, unlike write_npz's noise
+    pixels = (images.x[:, 0] * 255).round().to(torch.uint8).numpy()
+    labels = images.y.view(-1, 1).numpy()
+    splits = {f"{split}_{kind}": array[10 * i: 10 * (i + 1)] for i, split in enumerate(("train", "val", "test"))
+              for kind, array in (("images", pixels), ("labels", labels))}
+    npz = write_npz(tmp_path / "clinic.npz", classes=2, n=10, size=28, **splits)
+    for protocol, sign in [("inverted", -1.0), ("standard", 1.0)]:
+        _, site = VERTICALS.get("medical_imaging").new_site(small_cfg(path=str(npz), onboard_protocol=protocol),
+                                                             problem.preprocessing, None)
+        assert site.metadata["site_statistics"]["sign"] == [sign], protocol
+    _, unoriented = VERTICALS.get("medical_imaging").new_site(  # a model trained before orienting records no reference
+        small_cfg(path=str(npz), onboard_protocol="inverted"),
+        {**problem.preprocessing, "site_statistics": {"scale": True, "first_rows": 0}}, None)
+    assert "sign" not in unoriented.metadata["site_statistics"]

@@ -227,3 +227,44 @@ def test_maintenance_onboarding_reads_an_unlabeled_fleet_file_without_the_rul_fi
     _, pooled = spec.new_site(onboard_cfg, prep, None, extra)
     assert alone.metadata[PREPROCESSING_KEY] != pooled.metadata[PREPROCESSING_KEY]
     assert torch.equal(alone.y, pooled.y)
+
+
+def _clinic(site_id: str, gain: float, offset: float, seed: int) -> Site:
+    gen = torch.Generator().manual_seed(seed)
+    anatomy = torch.linspace(0, 1, 12).view(1, 1, 12, 1) * torch.linspace(1, 0, 12).view(1, 1, 1, 12)
+    x = anatomy + 0.3 * torch.rand(30, 1, 12, 12, generator=gen)
+    return Site(site_id, x * gain + offset, torch.full((30,), float("nan")))  # labels unreadable: never read
+
+
+def test_an_inverted_site_is_oriented_back_and_a_normal_one_kept():
+    from core.site_statistics import reference_profile
+
+    layout = SiteStatistics(feature_axis=1, orient=True)
+    train = [_clinic("a", 1.0, 0.0, 0), _clinic("b", 2.0, 0.5, 1), _clinic("c", 0.5, -1.0, 2)]
+    oriented = dataclasses.replace(layout, reference=reference_profile(layout, train))
+    normal, inverted = _clinic("d", 1.5, 0.2, 3), _clinic("e", 1.5, 0.2, 3)
+    inverted.x = 1.0 - inverted.x  # the same images exported as a negative
+    out_normal, m_normal = oriented.standardize(normal.x)
+    out_inverted, m_inverted = oriented.standardize(inverted.x)
+    assert m_normal["sign"] == [1.0] and m_inverted["sign"] == [-1.0]
+    torch.testing.assert_close(out_inverted, out_normal, atol=1e-4, rtol=1e-4)
+    plain, _ = SiteStatistics(feature_axis=1).standardize(inverted.x)
+    torch.testing.assert_close(plain, -out_normal, atol=1e-4, rtol=1e-4)  # without orienting: a negative
+    with pytest.raises(ValueError, match="no reference profile"):
+        layout.standardize(normal.x)
+    with pytest.raises(ValueError, match=r"images \[n, C, H, W\]"):
+        oriented.standardize(torch.randn(10, 3))
+
+
+def test_an_oriented_layout_round_trips_through_the_record():
+    from core.site_statistics import layout_of, reference_profile
+
+    layout = SiteStatistics(feature_axis=1, orient=True)
+    layout = dataclasses.replace(layout, reference=reference_profile(layout, [_clinic("a", 1.0, 0.0, 0)]))
+    record = json.loads(json.dumps(layout.record))  # as a model's fml.json holds it
+    problem = type("P", (), {"site_statistics": SiteStatistics(feature_axis=1, orient=True)})()
+    assert layout_of(problem, record) == layout
+    assert not layout_of(problem, {"scale": True, "first_rows": 0}).orient  # older models: not oriented
+    assert not layout_of(problem, True).orient
+    with pytest.raises(ValueError, match=r"preprocessing\.site_statistics .*fml\.json"):
+        layout_of(problem, {**record, "reference": "flat"})

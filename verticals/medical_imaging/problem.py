@@ -20,6 +20,7 @@ from torch.func import functional_call
 from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
 from core.devices import device_of, to_device
 from core.problem import FewShotTask, SupervisedProblem
+from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Site, SiteDataError, split_indices
 from core.types import Batch, Episode, LossFn, Params
 from verticals.medical_imaging.augment import augment_support, draw_seed
@@ -145,6 +146,9 @@ class ImagingProblem(SupervisedProblem):
 
     augment_copies: int = 0
     threshold: str = "support"
+    site_statistics: Optional[SiteStatistics] = SiteStatistics(feature_axis=1, orient=True)
+    """Per-channel standardization by the clinic's own images, oriented by the training clinics' mean image
+    (an inverted export is flipped back): :class:`core.site_statistics.SiteStatistics`."""
 
     def _augment(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         if self.augment_copies <= 0:
