@@ -60,6 +60,8 @@ class SiteStatistics:
             start, so the statistics do not move with how far into their lives the units are (an in-service
             fleet is younger than a run-to-failure one). Inputs without a group (``site.unlabeled``) then add
             nothing. 0: every input.
+        centre: remove the site's mean; False (only with ``scale=False`` and ``orient``) keeps the site's
+            intensities as they are and only orients them: a negative channel is reflected about its mean.
         orient: also flip the sign of a channel whose standardized mean image (:meth:`profile`) correlates
             negatively with the training sites' (``reference``): standardizing removes a site's gain and offset
             but keeps its sign, so a clinic that exports inverted intensities (DICOM's MONOCHROME1 read as
@@ -73,13 +75,20 @@ class SiteStatistics:
     min_std: float = 1e-3
     scale: bool = True
     first_rows: int = 0
+    centre: bool = True
     orient: bool = False
     reference: Optional[tuple[tuple[float, ...], ...]] = None
+
+    def __post_init__(self) -> None:
+        if not self.centre and (self.scale or not self.orient):
+            raise ValueError("SiteStatistics(centre=False) only orients: it needs scale=False and orient=True")
 
     @property
     def record(self) -> dict[str, Any]:
         """What a trained model records it expects (:func:`layout_of` reads it back)."""
         record: dict[str, Any] = {"scale": self.scale, "first_rows": self.first_rows}
+        if not self.centre:
+            record["centre"] = False
         if self.orient:
             record.update(orient=True, reference=None if self.reference is None else [list(r) for r in self.reference])
         return record
@@ -101,7 +110,8 @@ class SiteStatistics:
 
     def apply(self, x: Tensor, mean: Tensor, std: Tensor, sign: Optional[Tensor] = None) -> Tensor:
         """``x`` with the selected features standardized by ``(mean, std)`` and multiplied by ``sign`` (±1 per
-        feature, :meth:`signs`; None = all +1); the other features unchanged."""
+        feature, :meth:`signs`; None = all +1), the mean added back when the layout does not centre (a
+        reflection about it); the other features unchanged."""
         axis = self.feature_axis % x.dim()
         shape = [1] * x.dim()
         shape[axis] = x.shape[axis]
@@ -113,15 +123,21 @@ class SiteStatistics:
             scale[picked] = torch.where(std[picked] >= self.min_std, std[picked], torch.ones_like(std[picked]))
         if sign is not None:
             scale = scale * sign.to(scale.dtype)
-        return (x - centre.view(shape).to(x.dtype)) / scale.view(shape).to(x.dtype)
+        out = (x - centre.view(shape).to(x.dtype)) / scale.view(shape).to(x.dtype)
+        if not self.centre:
+            if sign is None or bool((sign > 0).all()):
+                return x  # nothing to reflect: the inputs exactly as they were
+            out = out + centre.view(shape).to(x.dtype)
+        return out
 
     def profile(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        """The mean image of ``x`` standardized by ``(mean, std)``, average-pooled to at most
+        """The mean image of ``x`` standardized by ``(mean, std)`` per channel, average-pooled to at most
         :data:`PROFILE_SIDE` pixels a side: ``[C, h, w]``, what a site is oriented by."""
         if x.dim() != 4 or self.feature_axis % 4 != 1:
             raise ValueError(f"orienting a site needs images [n, C, H, W] with channels on axis 1, got inputs of "
                              f"shape {tuple(x.shape)}; orient=True is for imaging layouts only")
-        image = self.apply(x.detach().double().mean(0, keepdim=True), mean.double(), std.double())
+        spread = torch.where(std >= self.min_std, std, torch.ones_like(std)).double().view(1, -1, 1, 1)
+        image = (x.detach().double().mean(0, keepdim=True) - mean.double().view(1, -1, 1, 1)) / spread
         side = (min(PROFILE_SIDE, x.shape[2]), min(PROFILE_SIDE, x.shape[3]))
         return F.adaptive_avg_pool2d(image, side)[0].float()
 
@@ -174,15 +190,15 @@ def layout_of(problem: "Problem", recorded: Any = None) -> SiteStatistics:
     if recorded is None:
         return layout
     if recorded is True:
-        return replace(layout, scale=True, first_rows=0, orient=False, reference=None)
+        return replace(layout, scale=True, first_rows=0, centre=True, orient=False, reference=None)
     try:
         reference = recorded.get("reference")  # models older than orienting record neither key: not oriented
         return replace(layout, scale=bool(recorded["scale"]), first_rows=int(recorded["first_rows"]),
-                       orient=bool(recorded.get("orient", False)),
+                       centre=bool(recorded.get("centre", True)), orient=bool(recorded.get("orient", False)),
                        reference=None if reference is None else tuple(tuple(float(v) for v in r) for r in reference))
     except (AttributeError, TypeError, KeyError, ValueError) as err:
         raise ValueError(f"the model's preprocessing.site_statistics (in its fml.json) is {recorded!r}: expected "
-                         "true or {'scale': bool, 'first_rows': int[, 'orient': true, 'reference': [[...]]]}, as "
+                         "true or {'scale': bool, 'first_rows': int[, 'centre': false][, 'orient': true, 'reference': [[...]]]}, as "
                          "the run that trained it wrote; re-register the model rather than edit that file") from err
 
 

@@ -86,7 +86,7 @@ def onboard(
     if SITE_STATISTICS in site.metadata:
         moments = site.metadata[SITE_STATISTICS]
         unlabeled_rows = sum(len(t) for t in extra) + (len(site.unlabeled) if site.unlabeled is not None else 0)
-        how = "standardized" if moments["mode"]["scale"] else "centred"
+        how = ("standardized" if moments["mode"]["scale"] else "centred") if moments["mode"].get("centre", True) else "kept"
         first = moments["mode"]["first_rows"]
         basis = f"each unit's first {first} inputs" if first else "all the site's inputs"
         flipped = [i for i, s in enumerate(moments.get("sign", [])) if s < 0]

@@ -219,6 +219,14 @@ def test_site_statistics_orient_an_inverted_clinic_by_the_training_clinics_mean_
         problem = VERTICALS.get("medical_imaging").build(small_cfg(site_statistics=True), 0)
     signs = {sid: s.metadata["site_statistics"]["sign"] for sid, s in problem.federation.sites.items()}
     assert signs == {sid: [-1.0] if sid.endswith("inverted") else [1.0] for sid in problem.federation.sites}
+    with pytest.warns(UserWarning, match="GENERATED"):
+        plain = VERTICALS.get("medical_imaging").build(small_cfg(), 0)
+    for sid, site in problem.federation.sites.items():
+        raw = plain.federation.sites[sid].x
+        if sid.endswith("inverted"):  # reflected about its own mean, labels never read
+            torch.testing.assert_close(site.x, 2 * raw.mean() - raw, atol=1e-5, rtol=1e-5)
+        else:  # every other clinic exactly as without site statistics
+            assert torch.equal(site.x, raw), sid
     recorded = problem.preprocessing["site_statistics"]
     assert recorded["orient"] and len(recorded["reference"]) == 1 and len(recorded["reference"][0]) == 16 * 16
     from data_adapters.generated_images import generate_images

@@ -256,15 +256,35 @@ def test_an_inverted_site_is_oriented_back_and_a_normal_one_kept():
         oriented.standardize(torch.randn(10, 3))
 
 
+def test_orienting_only_keeps_a_normal_site_bit_for_bit_and_reflects_an_inverted_one_about_its_mean():
+    from core.site_statistics import reference_profile
+
+    layout = SiteStatistics(feature_axis=1, scale=False, centre=False, orient=True)
+    layout = dataclasses.replace(layout, reference=reference_profile(layout, [_clinic("a", 1.0, 0.0, 0)]))
+    normal = _clinic("d", 1.5, 0.2, 3)
+    kept, moments = layout.standardize(normal.x)
+    assert torch.equal(kept, normal.x) and moments["sign"] == [1.0]
+    inverted = 1.0 - normal.x
+    reflected, moments = layout.standardize(inverted)
+    assert moments["sign"] == [-1.0]
+    torch.testing.assert_close(reflected, 2 * inverted.mean() - inverted, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reflected - reflected.mean(), normal.x - normal.x.mean(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="only orients"):
+        SiteStatistics(feature_axis=1, centre=False, orient=True)  # scaling without centring means nothing
+
+
 def test_an_oriented_layout_round_trips_through_the_record():
     from core.site_statistics import layout_of, reference_profile
 
-    layout = SiteStatistics(feature_axis=1, orient=True)
+    layout = SiteStatistics(feature_axis=1, scale=False, centre=False, orient=True)
     layout = dataclasses.replace(layout, reference=reference_profile(layout, [_clinic("a", 1.0, 0.0, 0)]))
     record = json.loads(json.dumps(layout.record))  # as a model's fml.json holds it
-    problem = type("P", (), {"site_statistics": SiteStatistics(feature_axis=1, orient=True)})()
+    problem = type("P", (), {"site_statistics": SiteStatistics(feature_axis=1, scale=False, centre=False, orient=True)})()
     assert layout_of(problem, record) == layout
+    standardizing = dataclasses.replace(layout, scale=True, centre=True)
+    assert layout_of(problem, json.loads(json.dumps(standardizing.record))) == standardizing
     assert not layout_of(problem, {"scale": True, "first_rows": 0}).orient  # older models: not oriented
     assert not layout_of(problem, True).orient
-    with pytest.raises(ValueError, match=r"preprocessing\.site_statistics .*fml\.json"):
-        layout_of(problem, {**record, "reference": "flat"})
+    for broken in [{**record, "reference": "flat"}, {**record, "scale": True}]:  # a hand-edited fml.json
+        with pytest.raises(ValueError, match=r"preprocessing\.site_statistics .*fml\.json"):
+            layout_of(problem, broken)
