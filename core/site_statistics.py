@@ -39,7 +39,8 @@ class SiteStatisticsOption:
     site_statistics: bool = False
     """Standardize every site's input features by the site's OWN statistics, computed from its inputs
     (unlabeled rows included, labels never read), in training, evaluation and onboarding alike (maintenance:
-    centred on each engine's first 20 windows, the spread kept)."""
+    centred on each engine's first 20 windows, the spread kept; imaging: only oriented by the training
+    clinics' mean image, an inverted clinic reflected back, on in the presets)."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,22 @@ def reference_profile(layout: SiteStatistics, sites: Sequence["Site"]) -> tuple[
         raise ValueError("orienting sites needs at least one training site to take the reference mean image from")
     mean = torch.stack(profiles).mean(0)
     return tuple(tuple(float(v) for v in channel.flatten()) for channel in mean)
+
+
+def describe(recorded: Any) -> str:
+    """What the recipe does to a site's inputs, in words, from a model's recorded layout (:attr:`SiteStatistics.record`;
+    ``True`` in the oldest models)."""
+    mode = {"scale": True, "first_rows": 0} if recorded is True else dict(recorded)
+    first = int(mode.get("first_rows", 0))
+    basis = f"each unit's first {first} inputs" if first else "all its inputs"
+    if not mode.get("centre", True):
+        what = ("each site's images are oriented by the training sites' mean image (a site whose mean image is "
+                "their negative, e.g. an inverted export, is reflected back about its mean; any other keeps its "
+                "images as they are)")
+    else:
+        what = ("every site's input features are " + ("standardized by" if mode.get("scale", True) else "centred on")
+                + " the site's OWN statistics" + (", oriented by the training sites' mean image" if mode.get("orient") else ""))
+    return f"{what}, estimated from {basis}, labels never read"
 
 
 def layout_of(problem: "Problem", recorded: Any = None) -> SiteStatistics:

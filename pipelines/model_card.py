@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 
 from core.evaluation import BASELINE
+from core.site_statistics import describe
 
 
 def _cell(mean: float, low: float, high: float, signed: bool = False) -> str:
@@ -49,7 +50,7 @@ def schema_line(schema: dict[str, Any], limit: int = 12) -> str:
 
 def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str, Any], bundle: list[Any],
                default_reason: str, summary: pd.DataFrame, paired: pd.DataFrame, headline: str,
-               higher_is_better: bool, shots: int, run_id: str, site_statistics: bool = False,
+               higher_is_better: bool, shots: int, run_id: str, site_statistics: Any = None,
                dataset: Any = None, onboard_args: str = "--data NEW_SITE_FILE",
                kept_rounds: Optional[Mapping[str, str]] = None) -> str:
     """The Markdown card of version ``version`` of ``name`` (``bundle``: the candidates, default first;
@@ -61,9 +62,8 @@ def model_card(*, vertical: str, name: str, version: str, fingerprint: dict[str,
     sites = "; ".join(f"{role}: {', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}"
                       for role, ids in roles.items() if ids)
     candidates = ", ".join(f"`{m.name}` ({m.best_steps} steps at {m.rate_text}, recipe `{m.recipe}`)" for m in bundle)
-    inputs = ("every site's input features are standardized by the site's OWN statistics (all its inputs, labels "
-              "never read): onboarding does the same with the new site's rows (`--unlabeled FILE` adds more)"
-              if site_statistics else "inputs use the preprocessing fitted on the training sites")
+    inputs = (f"{describe(site_statistics)}: onboarding does the same with the new site's inputs (`--unlabeled FILE` "
+              "adds more)" if site_statistics else "inputs use the preprocessing fitted on the training sites")
     verdict = ("the tuned FedAvg baseline is the default: no FML algorithm beat it clearly"
                if best.name == BASELINE else
                f"the FedAvg model with recipe `{best.recipe}` is the default: no FML algorithm beat it clearly"

@@ -27,7 +27,7 @@ from core.choice import Candidate, SiteChoice, choose_candidate
 from core.devices import DeviceLike, describe_device, resolve_device, to_device
 from core.ensemble import ENSEMBLE, average_of, averages_outputs, ensemble_params, score_ensemble
 from core.evaluation import BASELINE, task_generator
-from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS, layout_of
+from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS, describe, layout_of
 from core.tasks import SiteDataError, site_slug
 from core.vertical import VerticalSpec
 from pipelines.console import console, print_frame
@@ -86,14 +86,11 @@ def onboard(
     if SITE_STATISTICS in site.metadata:
         moments = site.metadata[SITE_STATISTICS]
         unlabeled_rows = sum(len(t) for t in extra) + (len(site.unlabeled) if site.unlabeled is not None else 0)
-        how = ("standardized" if moments["mode"]["scale"] else "centred") if moments["mode"].get("centre", True) else "kept"
-        first = moments["mode"]["first_rows"]
-        basis = f"each unit's first {first} inputs" if first else "all the site's inputs"
         flipped = [i for i, s in enumerate(moments.get("sign", [])) if s < 0]
-        oriented = (f"; channel(s) {flipped} inverted: the site's mean image is a negative of the training sites'"
-                    if flipped else "")
-        console.print(f"site statistics: inputs {how} on {basis} ({moments['rows']} in all, {unlabeled_rows} "
-                      f"rows without a label given; labels are never read){oriented}")
+        oriented = (f"; this site's channel(s) {flipped} were REFLECTED: its mean image is a negative of the training "
+                    "sites'" if flipped else "")
+        console.print(f"site statistics: {describe(moments['mode'])} ({moments['rows']} inputs, {unlabeled_rows} "
+                      f"without a label given){oriented}")
     slug = site_slug(site.site_id)
     _check_labels_known(loaded.model, problem, site)
     shots = shots if shots is not None else int(info.get("shots", 5))

@@ -480,7 +480,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         card = partial(model_card, vertical=spec.name, name=name, fingerprint=fingerprint, dataset=dataset,
                        bundle=bundle, default_reason=info["default_reason"], summary=summary, paired=paired,
                        headline=problem.headline, higher_is_better=problem.higher_is_better, shots=select_shots,
-                       run_id=run_id, site_statistics=bool(problem.preprocessing.get(SITE_STATISTICS)),
+                       run_id=run_id, site_statistics=problem.preprocessing.get(SITE_STATISTICS),
                        onboard_args=spec.onboard_args, kept_rounds=kept_rounds(run_id))
         version, alias, reason = tracking.register(model_uri, name, tags, problem.headline, held_value,
                                                    problem.higher_is_better, describe=lambda v: card(version=v))

@@ -212,6 +212,17 @@ def test_real_pneumoniamnist_clinics():
     assert not problem.preprocessing["generated"] and problem.preprocessing["channels"] == 1
 
 
+def _anatomy_npz(path: Path) -> Path:
+    """A MedMNIST-format clinic of 30 generated chest-like images (write_npz's are noise: no anatomy to orient by)."""
+    from data_adapters.generated_images import generate_images
+
+    images = generate_images(per_class=15, size=28, seed=5)
+    pixels, labels = (images.x[:, 0] * 255).round().to(torch.uint8).numpy(), images.y.view(-1, 1).numpy()
+    splits = {f"{split}_{kind}": array[10 * i: 10 * (i + 1)] for i, split in enumerate(("train", "val", "test"))
+              for kind, array in (("images", pixels), ("labels", labels))}
+    return write_npz(path, classes=2, n=10, size=28, **splits)
+
+
 def test_site_statistics_orient_an_inverted_clinic_by_the_training_clinics_mean_image(tmp_path, no_real_data):
     """Standardizing removes a clinic's gain and offset but not its sign: an inverted export must be
     flipped back (labels never read), in the federation and at onboarding, as the model recorded."""
@@ -229,14 +240,7 @@ def test_site_statistics_orient_an_inverted_clinic_by_the_training_clinics_mean_
             assert torch.equal(site.x, raw), sid
     recorded = problem.preprocessing["site_statistics"]
     assert recorded["orient"] and len(recorded["reference"]) == 1 and len(recorded["reference"][0]) == 16 * 16
-    from data_adapters.generated_images import generate_images
-
-    images = generate_images(per_class=15, size=28, seed=5)  # a chest-like anatomy, unlike write_npz's noise
-    pixels = (images.x[:, 0] * 255).round().to(torch.uint8).numpy()
-    labels = images.y.view(-1, 1).numpy()
-    splits = {f"{split}_{kind}": array[10 * i: 10 * (i + 1)] for i, split in enumerate(("train", "val", "test"))
-              for kind, array in (("images", pixels), ("labels", labels))}
-    npz = write_npz(tmp_path / "clinic.npz", classes=2, n=10, size=28, **splits)
+    npz = _anatomy_npz(tmp_path / "clinic.npz")
     for protocol, sign in [("inverted", -1.0), ("standard", 1.0)]:
         _, site = VERTICALS.get("medical_imaging").new_site(small_cfg(path=str(npz), onboard_protocol=protocol),
                                                              problem.preprocessing, None)
@@ -245,3 +249,33 @@ def test_site_statistics_orient_an_inverted_clinic_by_the_training_clinics_mean_
         small_cfg(path=str(npz), onboard_protocol="inverted"),
         {**problem.preprocessing, "site_statistics": {"scale": True, "first_rows": 0}}, None)
     assert "sign" not in unoriented.metadata["site_statistics"]
+
+
+def test_run_records_the_orientation_and_onboarding_reflects_an_inverted_clinic(tmp_path, no_real_data, fml_home, capsys):
+    """The presets orient clinics (site statistics): ``fml run`` registers the training clinics' reference
+    mean image with the model, its card says what it does, and ``fml onboard`` of an inverted export says the
+    site was reflected, and keeps the sign for scoring the site's future images."""
+    from core import tracking
+    from pipelines.config import load_preset
+    from pipelines.onboard import onboard
+    from pipelines.run import run_pipeline
+
+    spec = VERTICALS.get("medical_imaging")
+    cfg = load_preset(spec, "quick")
+    assert cfg.data.site_statistics  # the presets' default
+    cfg.data = small_cfg(site_statistics=True)
+    cfg.fed.rounds, cfg.fed.val_every, cfg.fed.clients_per_round = 4, 2, 2
+    cfg.eval.shots, cfg.eval.steps, cfg.eval.draws, cfg.eval.select_draws = [2], [0, 2], 2, 1
+    cfg.output_dir = str(tmp_path / "out")
+    with pytest.warns(UserWarning, match="GENERATED"):
+        result = run_pipeline(spec, cfg, progress=False)
+    loaded = tracking.load_meta_init(f"models:/{result.registered['name']}@champion")
+    recorded = loaded.info["preprocessing"]["site_statistics"]
+    assert recorded["orient"] and recorded["centre"] is False and len(recorded["reference"][0]) == 16 * 16
+    card = tracking.MlflowClient().get_model_version(result.registered["name"], result.registered["version"]).description
+    assert "oriented by the training sites' mean image" in card, card
+    npz = _anatomy_npz(tmp_path / "clinic.npz")
+    capsys.readouterr()
+    out = onboard(spec, data=str(npz), shots=2, overrides={"onboard_protocol": "inverted"})
+    assert "channel(s) [0] were REFLECTED" in " ".join(capsys.readouterr().out.split())
+    assert tracking.load_meta_init(out.model_uri).info["site_moments"]["sign"] == [-1.0]

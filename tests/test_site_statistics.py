@@ -196,7 +196,8 @@ def test_run_registers_site_statistics_and_recipes_and_onboarding_applies_them(t
     new.iloc[100:].drop(columns=["is_fraud"]).to_csv(unlabeled, index=False)
     capsys.readouterr()
     out = onboard(spec, data=str(labelled), unlabeled=str(unlabeled), shots=2, overrides={})
-    assert "inputs standardized on all the site's inputs (160 in all, 60 rows without a label given" in capsys.readouterr().out
+    assert ("standardized by the site's OWN statistics, estimated from all its inputs, labels never read (160 inputs, "
+            "60 without a label given)") in " ".join(capsys.readouterr().out.split())  # as wrapped to the terminal
     personal = tracking.load_meta_init(out.model_uri)
     moments = personal.info["site_moments"]
     amount = personal.info["preprocessing"]["feature_names"].index("amount")
@@ -288,3 +289,14 @@ def test_an_oriented_layout_round_trips_through_the_record():
     for broken in [{**record, "reference": "flat"}, {**record, "scale": True}]:  # a hand-edited fml.json
         with pytest.raises(ValueError, match=r"preprocessing\.site_statistics .*fml\.json"):
             layout_of(problem, broken)
+
+
+def test_the_recorded_layout_is_described_as_what_it_does():
+    from core.site_statistics import describe
+
+    assert describe(True).startswith("every site's input features are standardized by the site's OWN statistics")
+    assert "centred on the site's OWN statistics, estimated from each unit's first 20 inputs" in describe(
+        {"scale": False, "first_rows": 20})
+    oriented = describe({"scale": False, "first_rows": 0, "centre": False, "orient": True})
+    assert oriented.startswith("each site's images are oriented by the training sites' mean image") and \
+        "standardized" not in oriented and oriented.endswith("labels never read")
