@@ -109,6 +109,10 @@ class SiteStatistics:
         std = flat.var(0, unbiased=False).sqrt()
         return mean.float(), std.float()
 
+    def spread(self, std: Tensor) -> Tensor:
+        """``std`` where it is at least :attr:`min_std`, else 1 (such a feature keeps its scale)."""
+        return torch.where(std >= self.min_std, std, torch.ones_like(std))
+
     def apply(self, x: Tensor, mean: Tensor, std: Tensor, sign: Optional[Tensor] = None) -> Tensor:
         """``x`` with the selected features standardized by ``(mean, std)`` and multiplied by ``sign`` (±1 per
         feature, :meth:`signs`; None = all +1), the mean added back when the layout does not centre (a
@@ -121,7 +125,7 @@ class SiteStatistics:
         picked = torch.arange(x.shape[axis]) if self.features is None else torch.as_tensor(self.features, dtype=torch.long)
         centre[picked] = mean[picked]
         if self.scale:
-            scale[picked] = torch.where(std[picked] >= self.min_std, std[picked], torch.ones_like(std[picked]))
+            scale[picked] = self.spread(std[picked])
         if sign is not None:
             scale = scale * sign.to(scale.dtype)
         out = (x - centre.view(shape).to(x.dtype)) / scale.view(shape).to(x.dtype)
@@ -137,7 +141,7 @@ class SiteStatistics:
         if x.dim() != 4 or self.feature_axis % 4 != 1:
             raise ValueError(f"orienting a site needs images [n, C, H, W] with channels on axis 1, got inputs of "
                              f"shape {tuple(x.shape)}; orient=True is for imaging layouts only")
-        spread = torch.where(std >= self.min_std, std, torch.ones_like(std)).double().view(1, -1, 1, 1)
+        spread = self.spread(std).double().view(1, -1, 1, 1)
         image = (x.detach().double().mean(0, keepdim=True) - mean.double().view(1, -1, 1, 1)) / spread
         side = (min(PROFILE_SIDE, x.shape[2]), min(PROFILE_SIDE, x.shape[3]))
         return F.adaptive_avg_pool2d(image, side)[0].float()
