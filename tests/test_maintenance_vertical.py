@@ -154,6 +154,18 @@ def test_gru_model_runs_in_a_vectorized_round(small_dir: Path) -> None:
     assert res.vectorized and all(torch.isfinite(v).all() for v in res.directions.values())
 
 
+@pytest.mark.parametrize("kernel", [3, 4, 10])
+def test_the_cnn_takes_an_even_kernel_too(small_dir: Path, kernel: int) -> None:
+    """``--data.kernel`` of any size: an even one made the conv maps one step longer than the head expected
+    (a shape error at the first forward pass)."""
+    prob = prepare(small_cfg(small_dir, kernel=kernel), seed=0)
+    model = prob.make_model()
+    meta = {k: v.detach() for k, v in model.named_parameters()}
+    ep = prob.train_episode(prob.train_site_ids()[0], meta, torch.Generator().manual_seed(0))
+    out = model(ep.support[0])
+    assert out.shape == ep.support[1].shape and torch.isfinite(out).all()
+
+
 def test_load_new_site_from_test_and_rul_files(small_dir: Path, problem) -> None:
     cfg = small_cfg(small_dir, path=str(small_dir / "test_FD001.txt"), rul_path=str(small_dir / "RUL_FD001.txt"),
                     short_units="pad")

@@ -220,13 +220,17 @@ def test_the_fleet_onboarding_table_is_generated_from_the_lines_that_onboard_wit
     copy.write_text(page.read_text())
     results = REPO_ROOT / "benchmarks" / "results"
     files = sorted(str(f) for f in results.glob("maintenance_full_official_fleet*.json")) + sorted(
-        str(f) for f in (results / "experiments").glob("fleet_onboarding_*.json"))
+        str(f) for f in (results / "experiments").glob("fleet_onboarding_*.json")) + sorted(
+        str(f) for f in (results / "experiments").glob("fleet_central_reference_*.json"))
     done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "fleet_onboarding.py"), *files,
                            "--page", str(copy)], capture_output=True, text=True, check=True)
     assert copy.read_text() == page.read_text(), "regenerate with the command in verticals/maintenance/README.md"
     rows = [r for r in done.stdout.splitlines() if r.startswith("| ") and "training settings" not in r]
     lines = [json.loads(Path(f).read_text().strip().splitlines()[-1]) for f in files]
-    forced = sum(len(next(iter(line["onboard_by_seed"].values())).get("candidates", {})) for line in lines)
+    forced = sum(len(next(iter(line["onboard_by_seed"].values())).get("candidates", {})) for line in lines
+                 if "onboard_by_seed" in line)
+    central = [r for r in rows if "**central reference**" in r]
+    assert len(central) == sum(line.get("benchmark") == "fleet_central_reference" for line in lines) >= 1
     assert len(rows) == len(files) + forced and len(files) >= 2
     # a line that also forced a start adds its row, with that start's numbers
     with_forced = json.loads(json.dumps(lines[0]))
@@ -248,3 +252,34 @@ def test_the_fleet_onboarding_table_is_generated_from_the_lines_that_onboard_wit
         seeds, mean = line.split(" | ")[-2:]
         values = [float(v) for v in seeds.split(" / ")]
         assert len(values) == 3 and abs(sum(values) / 3 - float(mean.strip(" |"))) < 0.006
+
+
+def test_the_unsplit_fallback_table_reads_the_ensemble_at_the_shots_that_cannot_be_split(tmp_path):
+    """verticals/README.md's hedge table is what its command writes; on a toy line it reads only the shots counts
+    ``fallback_defaults`` records as unsplittable, lists every ensemble cell below the interval, counts a group of
+    one site once, and measures the shortfall against the cell's best single start (fedavg+ft being 0)."""
+    script = REPO_ROOT / "benchmarks" / "unsplit_fallback.py"
+    page = REPO_ROOT / "verticals" / "README.md"
+    copy = tmp_path / "README.md"
+    copy.write_text(page.read_text())
+    results = sorted(str(f) for f in (REPO_ROOT / "benchmarks" / "results").glob("*.json"))
+    subprocess.run([sys.executable, str(script), *results, "--page", str(copy)], capture_output=True, text=True,
+                   check=True)
+    assert copy.read_text() == page.read_text(), "regenerate: python benchmarks/unsplit_fallback.py " \
+        "benchmarks/results/*.json --page verticals/README.md"
+
+    def at(method, site, shots, steps, diff, lo, hi):
+        return {**entry(method, site, steps, diff, lo, hi), "shots": shots}
+
+    paired = [at("ensemble", "A", 1, 5, -0.02, -0.03, -0.01), at("ensemble", "G", 1, 5, -0.02, -0.03, -0.01),
+              at("ensemble", "B", 1, 5, 0.03, 0.01, 0.05), at("ensemble", "ALL", 1, 5, 0.004, -0.01, 0.02),
+              at("fomaml", "B", 1, 5, 0.05, 0.02, 0.08), at("fomaml", "A", 1, 5, -0.04, -0.06, -0.02),
+              at("ensemble", "A", 5, 5, -0.09, -0.1, -0.08)]  # k = 5 splits: not this table's
+    line = {**bench("auc", paired), "fallback_defaults": {"0": {"validation_choice_by_shots": {"1": {}}}}}
+    (tmp_path / "toy.json").write_text(json.dumps(line) + "\n")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "toy.json")], capture_output=True, text=True,
+                         check=True).stdout
+    rows = [r for r in out.splitlines() if r.startswith("| toy")]
+    # A and G (a group of that one site) are one cell; B is above; the pooled row is not a cell; vs fomaml's +0.05 on B
+    assert rows == ["| toy (quick, seeds 0,1) | 1 | 2 | 1 | A = G, 5 steps: -0.020 [-0.030, -0.010]\\* | "
+                    "+0.004 to +0.004 | 0.020 (B, 5 steps, `fomaml`) |"]

@@ -29,9 +29,10 @@ class RulCNN(nn.Module):
                  rul_cap: float = 125.0, context_dim: int = 0) -> None:
         super().__init__()
         self.context = ContextVector(context_dim) if context_dim > 0 else None
+        # "same": the maps keep the window's length for an even kernel too (kernel // 2 made them one longer)
         self.conv = nn.Sequential(
-            nn.Conv1d(sensors + context_dim, channels, kernel, padding=kernel // 2), nn.ReLU(),
-            nn.Conv1d(channels, channels, kernel, padding=kernel // 2), nn.ReLU(),
+            nn.Conv1d(sensors + context_dim, channels, kernel, padding="same"), nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel, padding="same"), nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * window, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.rul_cap = float(rul_cap)
