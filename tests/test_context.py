@@ -121,7 +121,7 @@ def test_the_policys_fast_rollout_path_reads_the_context() -> None:
     assert not torch.allclose(mean_fn(policy, moved)(obs), mean_fn(policy, params)(obs))
 
 
-@pytest.mark.parametrize("kind", ["cnn", "gru"])
+@pytest.mark.parametrize("kind", ["cnn", "dcnn", "gru"])
 def test_maintenance_models_read_the_context_and_cavia_rounds_vectorize(kind: str) -> None:
     """The RUL models append the context to every time step; CAVIA's vmapped round equals its loop there."""
     from core.rounds import client_updates

@@ -144,8 +144,9 @@ def test_short_meta_learner_run_improves_training_loss(problem) -> None:
     assert task.score(after)["rmse_last"] < task.score(before)["rmse_last"]
 
 
-def test_gru_model_runs_in_a_vectorized_round(small_dir: Path) -> None:
-    prob = prepare(small_cfg(small_dir, model="gru"), seed=0)
+@pytest.mark.parametrize("kind", ["gru", "dcnn"])
+def test_other_models_run_in_a_vectorized_round(small_dir: Path, kind: str) -> None:
+    prob = prepare(small_cfg(small_dir, model=kind), seed=0)
     model = prob.make_model()
     meta = {k: v.detach() for k, v in model.named_parameters()}
     gen = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ class MaintenanceData(CmapssConfig, SiteStatisticsOption):
     """Data, episode and model options of the maintenance vertical."""
 
     model: str = "cnn"
-    """Model over windows: cnn (1D-CNN, default) or gru."""
+    """Model over windows: cnn (1D-CNN, default), dcnn (the deeper published C-MAPSS CNN) or gru."""
     channels: int = 16
     """Convolution channels of the 1D-CNN."""
     hidden: int = 32

@@ -76,9 +76,39 @@ class RulGRU(nn.Module):
         return self.out(h).squeeze(-1) * self.rul_cap
 
 
+class RulDCNN(nn.Module):
+    """The deep 1D-CNN published for C-MAPSS (Li, Ding & Sun, Reliab. Eng. Syst. Saf. 2018): four convolutions of
+    10 filters of length 10 over time, one of 1 filter of length 3, tanh throughout, then 100 tanh units on the
+    flattened map. Their configuration as published (their dropout left out: a functional model samples no masks),
+    so ``channels`` / ``hidden`` / ``kernel`` do not apply.
+
+    Args:
+        sensors: input channels. window: window length. rul_cap: output scale (cycles). context_dim: context vector.
+    """
+
+    def __init__(self, sensors: int, window: int, rul_cap: float = 125.0, context_dim: int = 0, **_: int) -> None:
+        super().__init__()
+        self.context = ContextVector(context_dim) if context_dim > 0 else None
+        widths = [sensors + context_dim, 10, 10, 10, 10]
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(widths, widths[1:]):
+            layers += [nn.Conv1d(width_in, width_out, 10, padding="same"), nn.Tanh()]
+        self.conv = nn.Sequential(*layers, nn.Conv1d(10, 1, 3, padding="same"), nn.Tanh())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(window, 100), nn.Tanh(), nn.Linear(100, 1))
+        self.rul_cap = float(rul_cap)
+        with torch.no_grad():
+            self.head[-1].bias.fill_(0.6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [batch, window, sensors]`` -> RUL ``[batch]`` (cycles)."""
+        x = x if self.context is None else self.context(x)
+        return self.head(self.conv(x.transpose(1, 2))).squeeze(-1) * self.rul_cap
+
+
 MODELS: Registry[Callable[..., nn.Module]] = Registry("maintenance model")
 MODELS.register("cnn", RulCNN)
 MODELS.register("gru", RulGRU)
+MODELS.register("dcnn", RulDCNN)
 
 
 def build_model(spec: dict) -> nn.Module:
