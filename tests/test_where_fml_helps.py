@@ -251,7 +251,8 @@ def test_the_fleet_onboarding_table_is_generated_from_the_lines_that_onboard_wit
     for line in rows:  # the mean column is the mean of the three seeds shown
         seeds, mean = line.split(" | ")[-2:]
         values = [float(v) for v in seeds.split(" / ")]
-        assert len(values) == 3 and abs(sum(values) / 3 - float(mean.strip(" |"))) < 0.006
+        # each shown value and the mean are rounded to 0.01 (+-0.005 each): they agree within 0.01
+        assert len(values) == 3 and abs(sum(values) / 3 - float(mean.strip(" |"))) <= 0.0101
 
 
 def test_the_unsplit_fallback_table_reads_the_ensemble_at_the_shots_that_cannot_be_split(tmp_path):
