@@ -139,11 +139,23 @@ def test_the_checkpoint_selection_table_is_generated_from_its_experiment_records
     copy.write_text(page.read_text())
     records = sorted(str(f) for f in (REPO_ROOT / "benchmarks" / "results" / "experiments").glob(
         "maintenance_full*_intel_xeon_2026-12-0[56].json"))
+    cut_points = str(REPO_ROOT / "benchmarks" / "results" / "experiments" / "floor_cut_points_full_2026-12-06.json")
     done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "checkpoint_selection.py"), *records,
-                           "--page", str(copy)], capture_output=True, text=True, check=True)
+                           cut_points, "--page", str(copy)], capture_output=True, text=True, check=True)
     assert copy.read_text() == page.read_text(), "regenerate with the command in verticals/README.md"
     rows = [r for r in done.stdout.splitlines() if r.startswith("| ") and "setting" not in r]
     assert len(rows) == len(records) == 13
+    # a no-simulation line is measured against the oracle at ITS windows (the cut-point record), or says it has none
+    floor = json.loads(Path(cut_points).read_text().strip().splitlines()[-1])["by_seed"]
+    default = next(r for r in rows if r.startswith("| no simulation | `rmse_last`, 2 draws (default) |"))
+    line = next(json.loads(Path(f).read_text().strip().splitlines()[-1]) for f in records
+                if json.loads(Path(f).read_text().strip().splitlines()[-1])["overrides"] == ["data.simulate=false"])
+    auto = {r["seed"]: r["mean"] for r in line["means_by_seed"] if (r["method"], r["shots"], r["steps"]) == ("auto", 1, 5)}
+    assert default.endswith(" | " + " / ".join(f"{auto[s] - floor[str(s)]['no_simulation_cuts']['1']:.1f}"
+                                               for s in sorted(auto)) + " |")
+    without = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "checkpoint_selection.py"), *records],
+                             capture_output=True, text=True, check=True).stdout
+    assert "| no simulation | `rmse_last`, 2 draws (default) |" in without and "no floor at this line's windows" in without
     assert "| site statistics | mean of the last 3 validated rounds |" in done.stdout
     assert "| no simulation | `rmse_all`, 2 draws |" in done.stdout
     assert "| default simulation | `rmse_last`, 8 draws |" in done.stdout
