@@ -35,3 +35,14 @@ def fml_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FML_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def small_cmapss_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GENERATED C-MAPSS FD001 folder (24 train engines, 8 test engines + RUL file) for maintenance tests."""
+    from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
+
+    folder = tmp_path_factory.mktemp("cmapss_small")
+    train, test, rul = generate_cmapss(24, 8, seed=11, min_life=45, max_life=80)
+    write_cmapss_files(folder, "FD001", train, test, rul)
+    return folder

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from fleet_central_reference import Flags, fleet_rmse  # noqa: E402
@@ -19,12 +17,9 @@ SMALL = ["data.include_test_file=false", "data.window=12", "data.stride=2", "dat
          "data.windows_per_unit=8", "data.support_windows=8"]
 
 
-@pytest.fixture(scope="module")
-def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cmapss_fleet")
-    train, test, rul = generate_cmapss(24, 8, seed=11, min_life=45, max_life=80)
-    write_cmapss_files(folder, "FD001", train, test, rul)
-    return folder
+@pytest.fixture
+def fleet_dir(small_cmapss_dir: Path) -> Path:
+    return small_cmapss_dir
 
 
 def test_the_central_fit_scores_the_fleet_without_the_onboarding_support(fleet_dir: Path) -> None:

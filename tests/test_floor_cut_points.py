@@ -8,8 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from floor_cut_points import Flags, floors  # noqa: E402
@@ -19,12 +17,9 @@ SMALL = ["data.window=12", "data.stride=2", "data.units_per_site=4", "data.valid
          "eval.draws=2"]
 
 
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cmapss_floor")
-    train, test, rul = generate_cmapss(24, 8, seed=11, min_life=45, max_life=80)
-    write_cmapss_files(folder, "FD001", train, test, rul)
-    return folder / "train_FD001.txt"
+@pytest.fixture
+def train_file(small_cmapss_dir: Path) -> Path:
+    return small_cmapss_dir / "train_FD001.txt"
 
 
 def test_the_floor_at_the_simulated_cuts_is_the_oracle_row_and_the_other_cuts_differ(train_file: Path) -> None:

@@ -23,11 +23,8 @@ from verticals.maintenance.problem import eval_mask
 
 
 @pytest.fixture(scope="module")
-def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cmapss")
-    train, test, rul = generate_cmapss(24, 8, seed=11, min_life=45, max_life=80)
-    write_cmapss_files(folder, "FD001", train, test, rul)
-    return folder
+def small_dir(small_cmapss_dir: Path) -> Path:
+    return small_cmapss_dir
 
 
 def small_cfg(folder: Path, **kw) -> MaintenanceData:
