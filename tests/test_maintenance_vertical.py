@@ -16,7 +16,6 @@ from core.learner import MetaLearner, fit_meta_learner
 from core.rounds import client_updates
 from core.vertical import VERTICALS
 from data_adapters.cmapss import default_data_dir
-from data_adapters.cmapss_sim import generate_cmapss, write_cmapss_files
 from verticals.maintenance import MaintenanceData, load_new_site, prepare
 from verticals.maintenance.metrics import nasa_score, rul_metrics
 from verticals.maintenance.problem import eval_mask
