@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -215,9 +216,41 @@ def test_oracle_row_scores_the_same_units_without_the_operator_simulation(small_
     rows = reference_baselines(problem, run_cfg, problem.federation.role("test"))
     assert set(rows["method"]) == {METHOD} and set(rows["draw"]) == {0, 1} and set(rows["steps"]) == {0}
     assert "rmse_last" in set(rows["metric"])
-    # real (unsimulated) sites have no oracle
-    assert reference_baselines(problem, SimpleNamespace(data=small_cfg(small_dir, simulate=False), seed=0,
-                                                        eval=run_cfg.eval), []).empty
+    # without the simulation the oracle is scored on the run's OWN rows at its own cuts (other cuts than a
+    # simulated build of the same seed), never on the simulated build's windows
+    no_sim_cfg = small_cfg(small_dir, simulate=False)
+    no_sim = prepare(no_sim_cfg, seed=0)
+    own = unsimulated_sites(no_sim_cfg, 0, no_sim)
+    assert set(own) == set(no_sim.federation.sites)
+    for sid, site in no_sim.federation.sites.items():
+        assert torch.equal(own[sid].x, site.x) and own[sid].metadata["cut_rows"] == site.metadata["cut_rows"]
+    assert any(no_sim.federation.sites[s].metadata["cut_rows"] != problem.federation.sites[s].metadata["cut_rows"]
+               for s in problem.federation.sites)
+    no_sim_rows = reference_baselines(no_sim, SimpleNamespace(data=no_sim_cfg, seed=0, eval=run_cfg.eval),
+                                      no_sim.federation.role("test"))
+    assert set(no_sim_rows["method"]) == {METHOD} and len(no_sim_rows) == len(rows)
+
+
+def test_a_fleets_own_sites_have_no_oracle_row(tmp_path: Path) -> None:
+    """Sites named by the fleet's site column are real operators: there is no unshifted version to pool."""
+    from types import SimpleNamespace
+
+    from core.config import EvalConfig
+    from data_adapters.cmapss import CMAPSS_SENSORS, generate_cmapss
+    from verticals.maintenance.reference import reference_baselines, unsimulated_sites
+
+    train, _, _ = generate_cmapss(12, 1, seed=2, min_life=40, max_life=50)
+    frame = pd.DataFrame(train[:, [0, 1, *range(5, 26)]], columns=["unit", "time", *CMAPSS_SENSORS])
+    frame["plant"] = np.where(frame["unit"] <= 4, "north", np.where(frame["unit"] <= 8, "south", "east"))
+    frame.to_csv(tmp_path / "fleet.csv", index=False)
+    for simulate in (True, False):  # a fleet's own sites are never simulated, whatever data.simulate says
+        cfg = MaintenanceData(path=str(tmp_path / "fleet.csv"), site_column="plant", window=10, validation_sites=1,
+                              test_sites=1, train_units=2, query_units=1, windows_per_unit=8, support_windows=8,
+                              channels=4, hidden=8, simulate=simulate)
+        prob = prepare(cfg, seed=0)
+        assert unsimulated_sites(cfg, 0, prob) == {}
+        run_cfg = SimpleNamespace(data=cfg, seed=0, eval=EvalConfig(shots=[1], steps=[0], draws=1))
+        assert reference_baselines(prob, run_cfg, prob.federation.role("test")).empty
 
 
 def test_the_oracle_keeps_the_learning_rate_and_step_with_the_lowest_validation_loss(small_dir: Path, problem) -> None:

@@ -6,8 +6,8 @@ regime simulation), its learning rate and stopping step chosen on the validation
 rows (it overfits the pooled windows within a few hundred Adam steps), and scored on the test operators' unsimulated rows, on exactly the units and
 evaluation windows the federated methods are scored on (same draws). It sees neither the simulated
 shift nor any adaptation: how close a method gets to it is how much of the operators' shift it undoes.
-Only defined when the sites are simulated operators cut from one fleet (``data.simulate``, not
-``data.operators``); otherwise no rows.
+Defined when the sites are operators cut from a fleet's units (not a fleet's own sites, not ``data.operators``);
+with ``data.simulate=false`` they are the run's own rows, so the row is the central model at that run's windows.
 """
 from __future__ import annotations
 
@@ -30,9 +30,13 @@ METHOD = "oracle no shift (non-federated)"
 
 def unsimulated_sites(data_cfg: Any, seed: int, problem: Problem) -> dict[str, Site]:
     """The run's sites without the operator simulation (same units, windows and evaluation cuts), or {}
-    when the run's sites are not simulated or the windows differ (a regime mix thins rows)."""
-    if not getattr(data_cfg, "simulate", False) or getattr(data_cfg, "operators", 0):
+    when the sites are not operators cut from a fleet or the windows differ (a regime mix thins rows). A run
+    without the simulation gets its own unshifted rows: the oracle is then scored at ITS cuts (a simulated build
+    of the same seed draws other ones, so the two runs' floors are not interchangeable)."""
+    if getattr(data_cfg, "operators", 0):
         return {}  # generated operators (data.operators) are lazy: pooling every one is what they avoid
+    if any("source_units" not in site.metadata for site in problem.federation.sites.values()):
+        return {}  # a fleet's own sites (its site column) are real operators: no unshifted version of them
     federation, _ = build_cmapss_federation(dataclasses.replace(data_cfg, simulate=False), seed)
     out = {}
     for sid, site in problem.federation.sites.items():
@@ -101,7 +105,7 @@ def reference_baselines(problem: Problem, run_cfg: Any, test_sites: Sequence[Sit
     """The pipeline hook (``VerticalSpec.reference_baselines``): the oracle's rows on the run's draws."""
     plain = unsimulated_sites(run_cfg.data, int(run_cfg.seed), problem)
     if not plain:
-        log.info("maintenance: no oracle row (the sites are not simulated operators of one fleet)")
+        log.info("maintenance: no oracle row (the sites are not operators cut from a fleet)")
         return pd.DataFrame(columns=["site", "method", "shots", "steps", "draw", "metric", "value"])
     roles = problem.federation.roles
     if not roles.get("validation"):
