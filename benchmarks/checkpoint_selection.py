@@ -6,10 +6,10 @@
 Each line is one ``maintenance_heldout.py --preset full`` run; its setting (simulation, site statistics) and its
 selection signal (``eval.checkpoint_metric``, ``eval.checkpoint_draws``, ``eval.checkpoint_average``) are read from
 its overrides. Cells: k = 1 engine, mean over the seeds, after 5 adaptation steps (FedAvg unadapted); the last
-column is ``auto``'s distance to the ``oracle no shift`` floor per seed. A line without the simulation has no
-oracle row, and scores the same engines at other windows (its cut points are drawn without the simulation): its
-floor is the oracle scored at ITS windows, from a ``floor_cut_points.py`` record among the files (without one, the
-cell says so instead of comparing other windows).
+column is ``auto``'s distance to the ``oracle no shift`` floor per seed, the line's own oracle row. A line without
+the simulation scores the same engines at other windows (its cut points are drawn without the simulation), and one
+recorded before that row existed for it (2026-12-06) has none: its floor is the oracle scored at ITS windows, from
+a ``floor_cut_points.py`` record among the files (without one, the cell says so instead of comparing other windows).
 """
 from __future__ import annotations
 

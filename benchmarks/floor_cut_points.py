@@ -2,9 +2,11 @@
 
 A run's test engines are scored at one evaluation window each (a seeded random cut for run-to-failure engines), and
 a simulated build draws those cuts after its simulation, so a ``data.simulate=false`` run of the same seed scores
-the same engines at OTHER windows. The oracle row (``verticals.maintenance.reference``) exists only in simulated
-lines, scored at their cuts; comparing a no-simulation line's numbers with it mixes two sets of windows. This script
-fits the oracle exactly as the pipeline does and scores it, with the same draws, at both sets of cuts.
+the same engines at OTHER windows, and comparing it with a simulated line's oracle row mixes two sets of windows.
+This script fits the oracle exactly as the pipeline does and scores it, with the same draws, at both sets of cuts.
+(Since 2026-12-06 a no-simulation line carries its own oracle row, ``verticals.maintenance.reference``, scored at
+its own cuts, which equals this script's ``no_simulation_cuts``; the script remains the floor of the lines recorded
+before that.)
 
     python benchmarks/floor_cut_points.py --seeds 0 1 2
 
