@@ -28,7 +28,8 @@ def one(record: dict) -> list[str]:
                       if all(c["auto"] == c["auto-every"] for c in record["cells"] if c["shots"] == k)})
     facts = record["facts"]
     bundles = sorted({" + ".join(f["bundle"]) for f in facts.values()})
-    lines = [f"**{record['vertical']} ({record['preset']}, seeds {', '.join(map(str, record['seeds']))})**: the bundle "
+    setting = "".join(f", {o}" for o in record.get("overrides", []))  # two records of one vertical must not read alike
+    lines = [f"**{record['vertical']} ({record['preset']}{setting}, seeds {', '.join(map(str, record['seeds']))})**: the bundle "
              f"{' / '.join(f'`{b}`' for b in bundles)}; every start: `{' + '.join(next(iter(facts.values()))['every'])}`. "
              f"`auto` / `auto-every` minus `fedavg+ft` (POSITIVE = better, error metrics negated; a k where the two rows "
              f"agree in every cell, a support that cannot be split getting the default, is left out):", "",

@@ -79,6 +79,10 @@ def test_the_table_stars_intervals_that_exclude_zero_and_leaves_out_one_shot() -
     text = "\n".join(one(record))
     assert "| all (pooled) | 1 | +0.010\\* / +0.100 | fomaml +0.200 |" in text
     assert "| k = 5 | best single" in text and "| k = 1 |" not in text and "`auto-every` 1" in text
+    assert text.startswith("**medical_imaging (full, seeds 0)**")
+    # a record with options names them: two records of one vertical and preset must not read alike
+    assert "\n".join(one({**record, "overrides": ["data.site_statistics=true"]})).startswith(
+        "**medical_imaging (full, data.site_statistics=true, seeds 0)**")
 
 
 def test_a_folder_that_is_not_a_finished_run_is_named(finished, tmp_path) -> None:
