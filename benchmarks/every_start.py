@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,24 @@ def bundle_choice(choices: Any, names: list[str]) -> str:
     return choose(losses, BASELINE, pvalues_against(losses, BASELINE))
 
 
-def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One seed's scored rows with the bundle's `auto` recomputed (checked against the run's) and `auto-every`."""
+@dataclass
+class Finished:
+    """One seed's finished held-out run, reloaded: its trained methods (step sizes searched again on the
+    validation sites, deterministic), the registered bundle and the run's scored rows."""
+
+    problem: Any
+    model: Any
+    methods: list[Any]
+    algorithms: list[str]
+    bundle: list[str]
+    default_by_steps: dict[int, str]
+    rows: pd.DataFrame
+
+
+def load_finished(spec: Any, cfg: Any, folder: Path) -> Finished:
     import torch
 
-    from core.evaluation import AutoChoice, evaluate_auto, select_adaptation, with_recipes
+    from core.evaluation import select_adaptation, with_recipes
     from pipelines.registration_choice import bundle_of, unsplit_defaults
     from pipelines.run import selection_shots, trained_learner, trained_methods
 
@@ -66,25 +80,17 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     val_sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
     select_adaptation(problem, model, methods, val_sites, shots=selection_shots(cfg), steps_grid=cfg.eval.steps,
                       lr_grid=cfg.eval.lr_grid, draws=cfg.eval.select_draws, seed=cfg.seed, inner=cfg.inner)
-    candidates = ["fedavg+ft", *algorithms]
-    bundle, _ = bundle_of(methods, candidates, problem.higher_is_better)
-    names = [m.name for m in bundle]
-    default_by_steps = unsplit_defaults(bundle, cfg.eval.steps, problem.higher_is_better)
-    rows = pd.read_parquet(folder / "evaluation_rows.parquet")
-    scored = rows[rows["method"] != "auto"]
-    grid = dict(shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
-                inner=cfg.inner)
-    every = [names[0], *[n for n in candidates if n != names[0]]]
-    evidence: dict[tuple[str, int, int], Any] = {}
-    wide = evaluate_auto(problem, model, methods, problem.federation.role("test"), scored,
-                         AutoChoice(tuple(every), names[0], cfg.eval.choice_folds, default_by_steps),
-                         on_choice=lambda site, k, d, choices: evidence.__setitem__((site.site_id, k, d), choices), **grid)
-    # the bundle's choice from the same evidence: each candidate's test against the anchor does not depend on the
-    # others, so the subset's choice is what a run with the bundle alone picks (no second cross-validation)
+    bundle, _ = bundle_of(methods, ["fedavg+ft", *algorithms], problem.higher_is_better)
+    return Finished(problem, model, methods, algorithms, [m.name for m in bundle],
+                    unsplit_defaults(bundle, cfg.eval.steps, problem.higher_is_better),
+                    pd.read_parquet(folder / "evaluation_rows.parquet"))
+
+
+def differing_from_the_run(run: Finished, picks: pd.DataFrame, folder: Path) -> int:
+    """How many (site, shots, steps, draw) cells of ``picks`` (column ``choice``) the run's own `auto` rows chose
+    otherwise; exits when they are not the run's draws or differ on more than 5% (another run's models or options)."""
     keys = ["site", "shots", "steps", "draw"]
-    picks = wide.drop_duplicates(keys)[keys].copy()
-    picks["choice"] = [bundle_choice(evidence[(r.site, r.shots, r.draw)][r.steps], names) for r in picks.itertuples()]
-    run_auto = rows[rows["method"] == "auto"].drop_duplicates(keys).set_index(keys)["choice"].sort_index()
+    run_auto = run.rows[run.rows["method"] == "auto"].drop_duplicates(keys).set_index(keys)["choice"].sort_index()
     mine = picks.set_index(keys)["choice"].sort_index()
     if not run_auto.index.equals(mine.index):
         raise SystemExit(f"{folder}: the draws are not the run's auto rows: other code or options than the run's "
@@ -93,6 +99,29 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     if differ > 0.05 * len(mine):  # rounding flips a few close calls; more means another run's models or options
         raise SystemExit(f"{folder}: the bundle's choice differs from the run's auto rows on {differ} of {len(mine)} "
                          "cells: other code or options than the run's (pass its --preset and --set)")
+    return differ
+
+
+def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One seed's scored rows with the bundle's `auto` recomputed (checked against the run's) and `auto-every`."""
+    from core.evaluation import AutoChoice, evaluate_auto
+
+    run = load_finished(spec, cfg, folder)
+    names, rows, problem = run.bundle, run.rows, run.problem
+    scored = rows[rows["method"] != "auto"]
+    grid = dict(shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
+                inner=cfg.inner)
+    every = [names[0], *[n for n in ["fedavg+ft", *run.algorithms] if n != names[0]]]
+    evidence: dict[tuple[str, int, int], Any] = {}
+    wide = evaluate_auto(problem, run.model, run.methods, problem.federation.role("test"), scored,
+                         AutoChoice(tuple(every), names[0], cfg.eval.choice_folds, run.default_by_steps),
+                         on_choice=lambda site, k, d, choices: evidence.__setitem__((site.site_id, k, d), choices), **grid)
+    # the bundle's choice from the same evidence: each candidate's test against the anchor does not depend on the
+    # others, so the subset's choice is what a run with the bundle alone picks (no second cross-validation)
+    keys = ["site", "shots", "steps", "draw"]
+    picks = wide.drop_duplicates(keys)[keys].copy()
+    picks["choice"] = [bundle_choice(evidence[(r.site, r.shots, r.draw)][r.steps], names) for r in picks.itertuples()]
+    differ = differing_from_the_run(run, picks, folder)
     bundled = picks.merge(scored, left_on=[*keys, "choice"], right_on=[*keys, "method"]).assign(method="auto")
     facts = {"bundle": names, "every": every, "every_choices": wide.drop_duplicates(keys)["choice"].value_counts().to_dict(),
              "draws": len(picks), "bundle_choices_differing_from_the_run": differ,

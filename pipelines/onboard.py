@@ -175,23 +175,22 @@ def onboard(
     return result
 
 
-def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torch.Tensor], bool]:
-    """``member`` adapted on ``task``'s support with its recipe, and whether that diverged: non-finite weights, or a
-    support loss that adaptation RAISED (a step size too large for this site: a step size chosen on validation sites
-    can blow up on a new one, e.g. Reptile's 0.1 on a strong-simulation operator, 8e7 RMSE) where adapting is meant
-    to lower it (``task.support_loss_falls``: not a policy-gradient surrogate; the loss compared is the one adapting
-    minimizes, with the recipe's ``weight_decay`` / ``proximal`` terms). Then its start, unadapted: such a
-    model must never be logged or registered as the site's."""
-    lr = member.lr_for(steps)
+def guarded_adaptation(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torch.Tensor], Optional[str]]:
+    """``member`` adapted on ``task``'s support with its recipe, and why it diverged (None when it did not):
+    non-finite weights, or a support loss that adaptation RAISED (a step size too large for this site: a step size
+    chosen on validation sites can blow up on a new one, e.g. Reptile's 0.1 on a strong-simulation operator, 8e7
+    RMSE) where adapting is meant to lower it (``task.support_loss_falls``: not a policy-gradient surrogate; the
+    loss compared is the one adapting minimizes, with the recipe's ``weight_decay`` / ``proximal`` terms). Then its
+    start, unadapted: such a model must never be logged or registered as the site's. Pure: prints nothing."""
     support = task.support(member.params)
     with torch.enable_grad():
         adapted = adapt_with_recipe(member.recipe_for(steps), loss_fn, member.params, support, steps,
-                                    lr, head=member.head, lrs=member.lrs, **dict(member.adapt_kwargs))
+                                    member.lr_for(steps), head=member.head, lrs=member.lrs, **dict(member.adapt_kwargs))
     adapted = {k: v.detach() for k, v in adapted.items()}
     if not all(bool(torch.isfinite(v).all()) for v in adapted.values()):
         why = "diverged (non-finite weights)"
     elif not task.support_loss_falls:
-        return adapted, False
+        return adapted, None
     else:
         def objective(p):  # what adapting minimizes: a recipe's weight decay or proximal pull included
             return float(regularized_loss(loss_fn, p, support, anchor=member.params, **dict(member.adapt_kwargs)))
@@ -199,11 +198,19 @@ def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torc
         with torch.no_grad():
             before, after = objective(member.params), objective(adapted)
         if math.isfinite(after) and not after > before:
-            return adapted, False
+            return adapted, None
         why = f"raised its support loss ({before:.4g} -> {after:.4g}), so it diverged"
-    console.print(f"[bold yellow]warning:[/] adapting {member.name} with lr {lr:g} for {steps} steps {why}: the site "
-                  "keeps its start, unadapted; onboard with a smaller --lr or fewer --steps to adapt it")
-    return {k: v.detach() for k, v in member.params.items()}, True
+    return {k: v.detach() for k, v in member.params.items()}, why
+
+
+def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torch.Tensor], bool]:
+    """:func:`guarded_adaptation`, saying so when the site keeps its start."""
+    adapted, why = guarded_adaptation(member, task, loss_fn, steps)
+    if why is not None:
+        console.print(f"[bold yellow]warning:[/] adapting {member.name} with lr {member.lr_for(steps):g} for {steps} "
+                      f"steps {why}: the site keeps its start, unadapted; onboard with a smaller --lr or fewer "
+                      "--steps to adapt it")
+    return adapted, why is not None
 
 
 def validation_choice(info: dict, shots: int, steps: int) -> Optional[tuple[int, str]]:

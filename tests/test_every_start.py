@@ -91,3 +91,64 @@ def test_a_folder_that_is_not_a_finished_run_is_named(finished, tmp_path) -> Non
     spec, cfg, _ = finished
     with pytest.raises(SystemExit, match="not a finished run of these options: missing .*evaluation_rows.parquet"):
         seed_rows(spec, cfg, tmp_path / "seed0")
+
+
+def test_the_divergence_guard_rows_are_the_runs_rows_or_the_chosen_start_unadapted(finished, monkeypatch) -> None:
+    """benchmarks/divergence_guard.py: `auto` as scored is the run's own row; with the guard, a cell keeps the run's
+    adapted score where onboarding's guard does not fire and the chosen start's UNADAPTED score where it does."""
+    import dataclasses
+
+    import pandas as pd
+
+    import benchmarks.divergence_guard
+    from benchmarks.divergence_guard import seed_rows as guard_rows
+
+    spec, cfg, result = finished
+    keys = ["site", "shots", "steps", "draw", "metric"]
+    run = pd.read_parquet(result.output_dir / "evaluation_rows.parquet")
+    rows, facts = guard_rows(spec, cfg, result.output_dir)
+    assert facts["bundle_choices_differing_from_the_run"] == 0
+    pd.testing.assert_series_equal(run.query("method == 'auto'").set_index(keys)["value"].sort_index(),
+                                   rows.query("method == 'auto'").set_index(keys)["value"].sort_index())
+    if facts["guard_fired"]["auto+guard"] == 0:
+        assert rows.query("method == 'auto+guard'")["value"].tolist() == rows.query("method == 'auto'")["value"].tolist()
+
+    # a step size far too large for every site: the guard fires on every adapted cell, so each guarded row is the
+    # chosen start's own score at 0 steps
+    real = benchmarks.divergence_guard.method_candidate  # the guard's candidates only: the choice stays the run's
+    monkeypatch.setattr(benchmarks.divergence_guard, "method_candidate",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), lr_for=lambda steps: 1e4))
+    rows, facts = guard_rows(spec, cfg, result.output_dir)
+    assert facts["guard_fired"]["auto+guard"] == facts["guard_fired"]["fedavg+ft+guard"] == facts["adapted_cells"] > 0
+    unadapted = run[run["steps"] == 0].set_index(["method", "site", "shots", "draw", "metric"])["value"]
+    choice = run.query("method == 'auto'").drop_duplicates(["site", "shots", "steps", "draw"]).set_index(
+        ["site", "shots", "steps", "draw"])["choice"]
+    for r in rows.query("method == 'auto+guard' and steps > 0").head(100).itertuples():
+        assert r.value == unadapted[(choice[(r.site, r.shots, r.steps, r.draw)], r.site, r.shots, r.draw, r.metric)]
+    for r in rows.query("method == 'fedavg+ft+guard' and steps > 0").head(100).itertuples():
+        assert r.value == unadapted[("fedavg+ft", r.site, r.shots, r.draw, r.metric)]
+
+
+def test_the_divergence_guard_report_pairs_the_guarded_rows(finished, tmp_path, monkeypatch, capsys) -> None:
+    """The script end to end on the run's folder: its JSON names the guard's counts, and where the guard never
+    fires the guarded choice against the guarded baseline IS the run's `auto` against `fedavg+ft`."""
+    import json
+    import sys
+
+    from benchmarks import divergence_guard
+
+    spec, cfg, result = finished
+    out = tmp_path / "guard.json"
+    monkeypatch.setattr(sys, "argv", ["divergence_guard.py", "sine", "--preset", "quick", "--runs",
+                                      str(result.output_dir.parent), "--seeds", "0", "--set",
+                                      "algorithms=[fomaml,reptile,maml]", "--json-out", str(out)])
+    divergence_guard.main()
+    line = json.loads(out.read_text())
+    assert line["benchmark"] == "divergence_guard" and set(line["facts"]["0"]["guard_fired"]) == {
+        "auto+guard", "fedavg+ft+guard"}
+    cells = {(c["site"], c["shots"], c["steps"], c["method"]): c["diff"] for c in line["cells"]}
+    assert any(m == divergence_guard.BOTH_GUARDED for *_, m in cells)
+    if sum(line["facts"]["0"]["guard_fired"].values()) == 0:
+        for (site, k, s, m), diff in cells.items():
+            if m == divergence_guard.BOTH_GUARDED:
+                assert diff == cells[(site, k, s, "auto")]

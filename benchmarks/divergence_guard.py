@@ -1,0 +1,167 @@
+"""Does the held-out `auto` row differ from what `fml onboard` gives? Onboarding's divergence guard, measured on the
+folders a finished held-out benchmark left (no retraining; a diagnostic).
+
+`fml onboard` keeps a start UNADAPTED when adapting it raised the site's own support loss
+(``pipelines.onboard.guarded_adaptation``: a step size chosen on validation sites that is too large for this site).
+The held-out protocol scores every adaptation as it comes, so its `auto` row is the onboarding choice WITHOUT that
+guard. This script reloads each seed's trained models (as ``every_start.py`` does), recomputes the bundle's per-site
+choice on every test draw (checked against the run's `auto` rows), adapts the chosen start as onboarding does and
+counts the (draw, steps) cells the guard would keep unadapted. It prints `auto` as the run scored it, `auto` with
+the guard (that start's unadapted score where the guard fires) and `fedavg+ft` with the guard (onboarding with
+``--candidate fedavg+ft``), each paired against the run's `fedavg+ft`, and the guarded `auto` against the guarded
+`fedavg+ft` (what the choice adds when both onboard as `fml onboard` does), pooled and per test site.
+
+    python benchmarks/maintenance_heldout.py --preset full --seeds 0 1 2 --output-dir fml-output/regenerate/maintenance_full ...
+    python benchmarks/divergence_guard.py maintenance --preset full --runs fml-output/regenerate/maintenance_full --seeds 0 1 2
+
+The LAST line is JSON (``--json-out`` also writes it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.every_start import differing_from_the_run, interval_text, load_finished  # noqa: E402
+from core.evaluation import method_candidate  # noqa: E402  (module level: a test swaps it for the guard alone)
+
+GUARDED = {"auto": "auto+guard", "fedavg+ft": "fedavg+ft+guard"}
+BOTH_GUARDED = "auto+guard vs fedavg+ft+guard"  # paired against the guarded baseline, not the run's
+KEYS = ["site", "shots", "steps", "draw"]
+
+
+def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One seed's `fedavg+ft` and `auto` rows as scored, and both with onboarding's guard; and the guard's counts."""
+    from core.evaluation import AutoChoice, evaluate_auto, task_generator
+    from pipelines.onboard import guarded_adaptation
+
+    run = load_finished(spec, cfg, folder)
+    problem, model = run.problem, run.model
+    scored = run.rows[run.rows["method"] != "auto"]
+    tests = problem.federation.role("test")
+    picks = evaluate_auto(problem, model, run.methods, tests, scored,
+                          AutoChoice(tuple(run.bundle), run.bundle[0], cfg.eval.choice_folds, run.default_by_steps),
+                          shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
+                          inner=cfg.inner).drop_duplicates(KEYS)[[*KEYS, "choice"]]
+    differ = differing_from_the_run(run, picks, folder)
+    loss_fn = problem.loss_fn(model)
+    head = problem.param_groups(model)["head"]
+    by_name = {m.name: method_candidate(m, cfg.inner, head) for m in run.methods if m.name in run.bundle}
+    index = {site.site_id: i for i, site in enumerate(tests)}
+    fired: dict[tuple[str, int, int, int, str], bool] = {}
+
+    def fires(site: str, k: int, s: int, d: int, name: str) -> bool:
+        if s == 0:
+            return False
+        key = (site, k, s, d, name)
+        if key not in fired:
+            i = index[site]
+            task = problem.few_shot_task(model, tests[i], k, task_generator(cfg.seed, i, k, d))
+            fired[key] = guarded_adaptation(by_name[name], task, loss_fn, s)[1] is not None
+        return fired[key]
+
+    table = scored.set_index([*KEYS[:3], "method", KEYS[3]]).sort_index()
+    out = [scored[scored["method"] == "fedavg+ft"]]
+    counts = {}
+    for row_name, choices in (("auto", picks), ("fedavg+ft", picks.assign(choice="fedavg+ft"))):
+        for guard in (False, True):
+            if row_name == "fedavg+ft" and not guard:
+                continue  # the run's own rows, above
+            parts, n = [], 0
+            for r in choices.itertuples():
+                keep = guard and fires(r.site, r.shots, r.steps, r.draw, r.choice)
+                n += keep
+                chosen = table.loc[(r.site, r.shots, 0 if keep else r.steps, r.choice, r.draw)]
+                parts.append(pd.DataFrame({"site": r.site, "shots": r.shots, "steps": r.steps, "draw": r.draw,
+                                           "metric": chosen["metric"].to_numpy(), "value": chosen["value"].to_numpy(),
+                                           "method": GUARDED[row_name] if guard else row_name}))
+            out.append(pd.concat(parts, ignore_index=True))
+            if guard:
+                counts[GUARDED[row_name]] = n
+    facts = {"bundle": run.bundle, "cells": len(picks), "adapted_cells": int((picks["steps"] > 0).sum()),
+             "guard_fired": counts, "bundle_choices_differing_from_the_run": differ,
+             "headline": problem.headline, "higher_is_better": problem.higher_is_better}
+    return pd.concat(out, ignore_index=True), facts
+
+
+def summary(paired: pd.DataFrame, sign: float) -> list[dict[str, Any]]:
+    """Per (site, shots, steps, row): the paired difference against `fedavg+ft` as [mean, low, high], POSITIVE =
+    better."""
+    out = []
+    for r in paired.itertuples():
+        lo, hi = sorted((sign * r.ci95_low, sign * r.ci95_high))
+        out.append({"site": r.site, "shots": int(r.shots), "steps": int(r.steps), "method": r.method,
+                    "diff": [round(sign * r.mean_diff, 4), round(lo, 4), round(hi, 4)]})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("vertical")
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--runs", required=True, type=Path, help="the benchmark's --output-dir (its seed<N> folders)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", nargs="+", action="extend", default=[], help="the run's options over the preset")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    home = tempfile.mkdtemp(prefix="fml-divergence-guard-")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
+    import torch
+
+    import verticals
+    from benchmarks.heldout_common import DRAWS_PER_SEED, with_overrides
+    from core.evaluation import paired_differences
+    from core.vertical import VERTICALS
+    from pipelines.config import load_preset
+    from pipelines.process_setup import configure_process
+
+    configure_process()
+    torch.set_num_threads(args.threads)
+    verticals.load_all()
+    spec = VERTICALS.get(args.vertical)
+    parts, facts = [], {}
+    for seed in args.seeds:
+        cfg = with_overrides(load_preset(spec, args.preset), args.set)
+        cfg.seed = seed
+        rows, facts[seed] = seed_rows(spec, cfg, args.runs / f"seed{seed}")
+        print(f"seed {seed}: bundle {facts[seed]['bundle']}; the guard keeps the start unadapted on "
+              f"{facts[seed]['guard_fired']} of {facts[seed]['adapted_cells']} adapted (draw, steps) cells", flush=True)
+        parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
+    rows = pd.concat(parts, ignore_index=True)
+    last = facts[args.seeds[-1]]
+    sign = 1.0 if last["higher_is_better"] else -1.0
+    # and what the onboarding choice gives against onboarding from FedAvg + fine-tuning, both guarded
+    both = paired_differences(rows, last["headline"], baseline=GUARDED["fedavg+ft"])
+    both = both[both["method"] == GUARDED["auto"]].assign(method=BOTH_GUARDED)
+    cells = summary(pd.concat([paired_differences(rows, last["headline"]), both], ignore_index=True), sign)
+    table = pd.DataFrame(cells)
+    wide = table.assign(diff=table["diff"].map(interval_text)).pivot(index=["site", "shots", "steps"], columns="method",
+                                                                      values="diff")
+    pd.set_option("display.width", 200)
+    print(f"\nPaired against the run's fedavg+ft over seeds x draws ({last['headline']}; POSITIVE = better; "
+          "* interval excludes 0)")
+    print(wide.to_string())
+    below = {m: int(sum(1 for c in cells if c["method"] == m and c["site"] != "ALL" and c["diff"][2] < 0))
+             for m in ("auto", *GUARDED.values(), BOTH_GUARDED)}
+    print(f"test-site cells below their baseline beyond the interval: {below}")
+    line = {"benchmark": "divergence_guard", "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
+            "overrides": args.set, "runs": str(args.runs), "facts": {str(k): v for k, v in facts.items()},
+            "cells": cells, "below": below,
+            "command": " ".join(["python", "benchmarks/divergence_guard.py", *sys.argv[1:]])}
+    text = json.dumps(line)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
