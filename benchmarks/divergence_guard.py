@@ -18,11 +18,7 @@ The LAST line is JSON (``--json-out`` also writes it).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.every_start import differing_from_the_run, interval_text, load_finished  # noqa: E402
+from benchmarks.every_start import (  # noqa: E402
+    differing_from_the_run, emit_line, interval_text, load_finished, rows_by_seed)
 from core.evaluation import method_candidate  # noqa: E402  (module level: a test swaps it for the guard alone)
 
 GUARDED = {"auto": "auto+guard", "fedavg+ft": "fedavg+ft+guard"}
@@ -104,39 +101,11 @@ def summary(paired: pd.DataFrame, sign: float) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("vertical")
-    parser.add_argument("--preset", default="full")
-    parser.add_argument("--runs", required=True, type=Path, help="the benchmark's --output-dir (its seed<N> folders)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", nargs="+", action="extend", default=[], help="the run's options over the preset")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args()
-    home = tempfile.mkdtemp(prefix="fml-divergence-guard-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
-    import torch
-
-    import verticals
-    from benchmarks.heldout_common import DRAWS_PER_SEED, with_overrides
     from core.evaluation import paired_differences
-    from core.vertical import VERTICALS
-    from pipelines.config import load_preset
-    from pipelines.process_setup import configure_process
 
-    configure_process()
-    torch.set_num_threads(args.threads)
-    verticals.load_all()
-    spec = VERTICALS.get(args.vertical)
-    parts, facts = [], {}
-    for seed in args.seeds:
-        cfg = with_overrides(load_preset(spec, args.preset), args.set)
-        cfg.seed = seed
-        rows, facts[seed] = seed_rows(spec, cfg, args.runs / f"seed{seed}")
-        print(f"seed {seed}: bundle {facts[seed]['bundle']}; the guard keeps the start unadapted on "
-              f"{facts[seed]['guard_fired']} of {facts[seed]['adapted_cells']} adapted (draw, steps) cells", flush=True)
-        parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
-    rows = pd.concat(parts, ignore_index=True)
+    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: (
+        f"bundle {f['bundle']}; the guard keeps the start unadapted on {f['guard_fired']} of {f['adapted_cells']} "
+        "adapted (draw, steps) cells"))
     last = facts[args.seeds[-1]]
     sign = 1.0 if last["higher_is_better"] else -1.0
     # and what the onboarding choice gives against onboarding from FedAvg + fine-tuning, both guarded
@@ -153,14 +122,7 @@ def main() -> None:
     below = {m: int(sum(1 for c in cells if c["method"] == m and c["site"] != "ALL" and c["diff"][2] < 0))
              for m in ("auto", *GUARDED.values(), BOTH_GUARDED)}
     print(f"test-site cells below their baseline beyond the interval: {below}")
-    line = {"benchmark": "divergence_guard", "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
-            "overrides": args.set, "runs": str(args.runs), "facts": {str(k): v for k, v in facts.items()},
-            "cells": cells, "below": below,
-            "command": " ".join(["python", "benchmarks/divergence_guard.py", *sys.argv[1:]])}
-    text = json.dumps(line)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    emit_line("divergence_guard", args, facts, cells=cells, below=below)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ beyond its interval.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -156,8 +155,12 @@ def interval_text(value: Any) -> str:
     return f"{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]" + ("*" if value[1] > 0 or value[2] < 0 else "")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def rows_by_seed(doc: str, seed_rows: Callable[[Any, Any, Path], tuple[pd.DataFrame, dict[str, Any]]],
+                 describe: Callable[[dict[str, Any]], str]) -> tuple[argparse.Namespace, pd.DataFrame, dict[int, Any]]:
+    """The command line shared by the scripts that reload a finished held-out benchmark's folders: its options,
+    then each seed's ``seed_rows`` (draws renumbered per seed, as the benchmarks pool them) and facts, one line
+    printed per seed by ``describe``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("vertical")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--runs", required=True, type=Path, help="the benchmark's --output-dir (its seed<N> folders)")
@@ -166,13 +169,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
-    home = tempfile.mkdtemp(prefix="fml-every-start-")
+    home = tempfile.mkdtemp(prefix="fml-reload-")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
     import torch
 
     import verticals
     from benchmarks.heldout_common import DRAWS_PER_SEED, with_overrides
-    from core.evaluation import paired_differences
     from core.vertical import VERTICALS
     from pipelines.config import load_preset
     from pipelines.process_setup import configure_process
@@ -186,12 +188,26 @@ def main() -> None:
         cfg = with_overrides(load_preset(spec, args.preset), args.set)
         cfg.seed = seed
         rows, facts[seed] = seed_rows(spec, cfg, args.runs / f"seed{seed}")
-        print(f"seed {seed}: the bundle {facts[seed]['bundle']} chose otherwise than the run's auto row on "
-              f"{facts[seed]['bundle_choices_differing_from_the_run']} of {facts[seed]['draws']} (draw, steps) "
-              f"cells (other torch threads round otherwise); every start {facts[seed]['every']} chose "
-              f"{facts[seed]['every_choices']}", flush=True)
+        print(f"seed {seed}: {describe(facts[seed])}", flush=True)
         parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
-    rows = pd.concat(parts, ignore_index=True)
+    return args, pd.concat(parts, ignore_index=True), facts
+
+
+def emit_line(benchmark: str, args: argparse.Namespace, facts: dict[int, Any], **fields: Any) -> None:
+    """The closing JSON line (:func:`heldout_common.emit`: with its command and machine), with the options."""
+    from benchmarks.heldout_common import emit
+
+    emit({"benchmark": benchmark, "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
+          "overrides": args.set, "runs": str(args.runs), "facts": {str(k): v for k, v in facts.items()}, **fields}, args)
+
+
+def main() -> None:
+    from core.evaluation import paired_differences
+
+    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: (
+        f"the bundle {f['bundle']} chose otherwise than the run's auto row on "
+        f"{f['bundle_choices_differing_from_the_run']} of {f['draws']} (draw, steps) cells (other torch threads "
+        f"round otherwise); every start {f['every']} chose {f['every_choices']}"))
     problem_headline, higher = facts[args.seeds[-1]]["headline"], facts[args.seeds[-1]]["higher_is_better"]
     out = cells_of(paired_differences(rows, problem_headline), 1.0 if higher else -1.0)
     table = pd.DataFrame(out)
@@ -202,13 +218,7 @@ def main() -> None:
     print(show.to_string(index=False))
     below = {m: int(sum(1 for v in table[m] if isinstance(v, list) and v[2] < 0)) for m in ("auto", EVERY) if m in table}
     print(f"cells below fedavg+ft beyond the interval: {below}")
-    line = {"benchmark": "every_start", "vertical": args.vertical, "preset": args.preset, "seeds": args.seeds,
-            "overrides": args.set, "runs": str(args.runs), "facts": {str(k): v for k, v in facts.items()},
-            "cells": out, "below": below, "command": " ".join(["python", "benchmarks/every_start.py", *sys.argv[1:]])}
-    text = json.dumps(line)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    emit_line("every_start", args, facts, cells=out, below=below)
 
 
 if __name__ == "__main__":

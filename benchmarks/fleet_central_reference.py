@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import emit, parse_flags, with_overrides  # noqa: E402
+from heldout_common import by_seed, emit, parse_flags, with_overrides  # noqa: E402
 from maintenance_heldout import onboarding_files  # noqa: E402
 
 HEADLINE = "rmse_last"
@@ -86,21 +86,12 @@ def fleet_rmse(flags: Flags, seed: int) -> dict:
 
 
 def main(flags: Flags) -> dict:
-    import torch
-
-    import verticals
-
-    verticals.load_all()
-    torch.set_num_threads(flags.threads)
-    by_seed = {}
-    for seed in flags.seeds:
-        by_seed[str(seed)] = result = fleet_rmse(flags, seed)
-        print(f"seed {seed}: central fit (lr {result['lr']:g}, step {result['step']}) on {result['train_operators']} "
-              f"training operators: official fleet {result['rmse_last']:.2f} last-window RMSE on "
-              f"{result['scored_units']} engines (unadapted)", flush=True)
-    values = [v["rmse_last"] for v in by_seed.values()]
+    seeds = by_seed(flags, fleet_rmse, lambda r: (
+        f"central fit (lr {r['lr']:g}, step {r['step']}) on {r['train_operators']} training operators: official "
+        f"fleet {r['rmse_last']:.2f} last-window RMSE on {r['scored_units']} engines (unadapted)"))
+    values = [v["rmse_last"] for v in seeds.values()]
     out = {"benchmark": "fleet_central_reference", "preset": flags.preset, "overrides": list(flags.set),
-           "seeds": list(flags.seeds), "shots": flags.shots, "by_seed": by_seed,
+           "seeds": list(flags.seeds), "shots": flags.shots, "by_seed": seeds,
            "mean_rmse_last": round(sum(values) / len(values), 3)}
     emit(out, flags)
     return out

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_common import emit, parse_flags, with_overrides  # noqa: E402
+from heldout_common import by_seed, emit, parse_flags, with_overrides  # noqa: E402
 
 
 @dataclass
@@ -67,19 +67,10 @@ def floors(flags: Flags, seed: int) -> dict[str, dict[str, float]]:
 
 
 def main(flags: Flags) -> dict:
-    import torch
-
-    import verticals
-
-    verticals.load_all()
-    torch.set_num_threads(flags.threads)
-    by_seed = {}
-    for seed in flags.seeds:
-        by_seed[str(seed)] = result = floors(flags, seed)
-        print(f"seed {seed}: oracle at the simulated run's cuts {result['simulated_cuts']}, at a no-simulation "
-              f"run's cuts {result['no_simulation_cuts']}", flush=True)
+    seeds = by_seed(flags, floors, lambda r: f"oracle at the simulated run's cuts {r['simulated_cuts']}, at a "
+                    f"no-simulation run's cuts {r['no_simulation_cuts']}")
     out = {"benchmark": "floor_cut_points", "preset": flags.preset, "overrides": list(flags.set),
-           "seeds": list(flags.seeds), "by_seed": by_seed}
+           "seeds": list(flags.seeds), "by_seed": seeds}
     emit(out, flags)
     return out
 

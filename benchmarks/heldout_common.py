@@ -14,7 +14,7 @@ import time
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 
 import pandas as pd
 
@@ -237,6 +237,23 @@ def means_by_seed(rows: pd.DataFrame, paired: pd.DataFrame) -> list[dict[str, An
     means = part.groupby(["seed", "method", "shots", "steps"], as_index=False)["value"].mean()
     return [{"seed": int(r.seed), "method": r.method, "shots": int(r.shots), "steps": int(r.steps),
              "mean": round(float(r.value), 4)} for r in means.itertuples()]
+
+
+def by_seed(flags: Any, one_seed: Callable[[Any, int], dict[str, Any]],
+            describe: Callable[[dict[str, Any]], str]) -> dict[str, dict[str, Any]]:
+    """``{seed: one_seed(flags, seed)}`` over ``flags.seeds`` (verticals loaded, ``flags.threads`` torch threads),
+    one line printed per seed by ``describe``: the loop of the scripts that fit a reference per seed."""
+    import torch
+
+    import verticals
+
+    verticals.load_all()
+    torch.set_num_threads(flags.threads)
+    out = {}
+    for seed in flags.seeds:
+        out[str(seed)] = result = one_seed(flags, seed)
+        print(f"seed {seed}: {describe(result)}", flush=True)
+    return out
 
 
 def emit(out: dict[str, Any], flags: HeldoutFlags) -> None:

@@ -30,6 +30,20 @@ def finished(tmp_path_factory):
     patch.undo()
 
 
+def run_script(module, finished, tmp_path, monkeypatch) -> dict:
+    """The script's ``main`` on the finished run's folder, as its command line would run it; its JSON line."""
+    import json
+    import sys
+
+    _, _, result = finished
+    out = tmp_path / "line.json"
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__.rsplit('.', 1)[-1]}.py", "sine", "--preset", "quick",
+                                      "--runs", str(result.output_dir.parent), "--seeds", "0", "--set",
+                                      "algorithms=[fomaml,reptile,maml]", "--json-out", str(out)])
+    module.main()
+    return json.loads(out.read_text())
+
+
 def test_the_bundle_reproduces_the_runs_auto_rows_and_every_start_adds_the_rest(finished) -> None:
     from benchmarks.every_start import EVERY, seed_rows
 
@@ -132,18 +146,9 @@ def test_the_divergence_guard_rows_are_the_runs_rows_or_the_chosen_start_unadapt
 def test_the_divergence_guard_report_pairs_the_guarded_rows(finished, tmp_path, monkeypatch, capsys) -> None:
     """The script end to end on the run's folder: its JSON names the guard's counts, and where the guard never
     fires the guarded choice against the guarded baseline IS the run's `auto` against `fedavg+ft`."""
-    import json
-    import sys
-
     from benchmarks import divergence_guard
 
-    spec, cfg, result = finished
-    out = tmp_path / "guard.json"
-    monkeypatch.setattr(sys, "argv", ["divergence_guard.py", "sine", "--preset", "quick", "--runs",
-                                      str(result.output_dir.parent), "--seeds", "0", "--set",
-                                      "algorithms=[fomaml,reptile,maml]", "--json-out", str(out)])
-    divergence_guard.main()
-    line = json.loads(out.read_text())
+    line = run_script(divergence_guard, finished, tmp_path, monkeypatch)
     assert line["benchmark"] == "divergence_guard" and set(line["facts"]["0"]["guard_fired"]) == {
         "auto+guard", "fedavg+ft+guard"}
     cells = {(c["site"], c["shots"], c["steps"], c["method"]): c["diff"] for c in line["cells"]}
@@ -152,3 +157,12 @@ def test_the_divergence_guard_report_pairs_the_guarded_rows(finished, tmp_path, 
         for (site, k, s, m), diff in cells.items():
             if m == divergence_guard.BOTH_GUARDED:
                 assert diff == cells[(site, k, s, "auto")]
+
+
+def test_the_every_start_report_names_its_options_command_and_machine(finished, tmp_path, monkeypatch) -> None:
+    from benchmarks import every_start
+
+    line = run_script(every_start, finished, tmp_path, monkeypatch)
+    assert line["benchmark"] == "every_start" and line["overrides"] == ["algorithms=[fomaml,reptile,maml]"]
+    assert line["facts"]["0"]["bundle_choices_differing_from_the_run"] == 0 and line["cells"]
+    assert "every_start.py" in line["command"] and line["machine"]["cores"] >= 1
