@@ -164,6 +164,37 @@ def test_the_cnn_takes_an_even_kernel_too(small_dir: Path, kernel: int) -> None:
     assert out.shape == ep.support[1].shape and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("kernel", [3, 4, 5, 10])
+def test_same_conv_is_torchs_same_padding_bit_for_bit(kernel: int) -> None:
+    """The maintenance models' own "same" padding gives torch's ``padding="same"`` outputs and gradients exactly
+    (committed lines with an even kernel, the published DCNN's 10, reproduce), with the same parameters."""
+    from verticals.maintenance.model import SameConv1d
+
+    torch.manual_seed(0)
+    ours, torchs = SameConv1d(3, 4, kernel), torch.nn.Conv1d(3, 4, kernel, padding="same")
+    torchs.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(torchs.state_dict())
+    x = torch.randn(5, 3, 30, requires_grad=True)
+    a, b = ours(x), torchs(x)
+    assert a.shape == (5, 4, 30) and torch.equal(a, b)
+    ga = torch.autograd.grad(a.square().sum(), [x, ours.weight])
+    gb = torch.autograd.grad(b.square().sum(), [x, torchs.weight])
+    assert all(torch.equal(u, v) for u, v in zip(ga, gb))
+
+
+def test_an_even_kernel_prints_no_torch_warning() -> None:
+    """torch warns about a padded copy for ``padding="same"`` with an even kernel (once per process, so checked
+    in a fresh one, with warnings as errors): the models pad that zero themselves."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from verticals.maintenance.model import RulCNN, RulDCNN; x = torch.randn(2, 30, 14); "
+            "RulCNN(14, 30, kernel=4)(x); RulDCNN(14, 30)(x); print('ok')")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_load_new_site_from_test_and_rul_files(small_dir: Path, problem) -> None:
     cfg = small_cfg(small_dir, path=str(small_dir / "test_FD001.txt"), rul_path=str(small_dir / "RUL_FD001.txt"),
                     short_units="pad")

@@ -11,10 +11,27 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.context import ContextVector
 from core.registry import Registry
+
+
+class SameConv1d(nn.Conv1d):
+    """``nn.Conv1d(..., padding="same")`` over time, bit for bit, for an even kernel too: torch pads an even
+    kernel's extra zero on the right and then convolves with the symmetric padding, printing a warning about the
+    padded copy each run; this does the same two steps itself, silently. Same parameters, same state-dict keys."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        left = (kernel_size - 1) // 2
+        super().__init__(in_channels, out_channels, kernel_size, padding=left)
+        self.right_extra = (kernel_size - 1) - 2 * left  # 1 for an even kernel, else 0
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.right_extra:
+            input = F.pad(input, (0, self.right_extra))
+        return super()._conv_forward(input, weight, bias)
 
 
 class RulCNN(nn.Module):
@@ -31,8 +48,8 @@ class RulCNN(nn.Module):
         self.context = ContextVector(context_dim) if context_dim > 0 else None
         # "same": the maps keep the window's length for an even kernel too (kernel // 2 made them one longer)
         self.conv = nn.Sequential(
-            nn.Conv1d(sensors + context_dim, channels, kernel, padding="same"), nn.ReLU(),
-            nn.Conv1d(channels, channels, kernel, padding="same"), nn.ReLU(),
+            SameConv1d(sensors + context_dim, channels, kernel), nn.ReLU(),
+            SameConv1d(channels, channels, kernel), nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * window, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.rul_cap = float(rul_cap)
@@ -92,8 +109,8 @@ class RulDCNN(nn.Module):
         widths = [sensors + context_dim, 10, 10, 10, 10]
         layers: list[nn.Module] = []
         for width_in, width_out in zip(widths, widths[1:]):
-            layers += [nn.Conv1d(width_in, width_out, 10, padding="same"), nn.Tanh()]
-        self.conv = nn.Sequential(*layers, nn.Conv1d(10, 1, 3, padding="same"), nn.Tanh())
+            layers += [SameConv1d(width_in, width_out, 10), nn.Tanh()]
+        self.conv = nn.Sequential(*layers, SameConv1d(10, 1, 3), nn.Tanh())
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(window, 100), nn.Tanh(), nn.Linear(100, 1))
         self.rul_cap = float(rul_cap)
         with torch.no_grad():
