@@ -66,9 +66,36 @@ def test_every_cell_where_auto_is_below_the_baseline_is_listed_not_only_the_tabl
     out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json")], capture_output=True, text=True,
                          check=True).stdout
     row = next(line for line in out.split("| line | `auto` cells")[-1].splitlines() if line.startswith("| toy"))
-    assert row == "| toy (quick, seeds 0,1) | 5 | 3 | 1 | B, k = 5, 1 steps: -0.10 [-0.18, -0.02]\\* |"  # \\*: not emphasis
+    # \\*: not emphasis; \u2020: p ~ 0.007 stays below after false-discovery control over the line's 3 cells
+    assert row == "| toy (quick, seeds 0,1) | 5 | 3 | 1 | B, k = 5, 1 steps: -0.10 [-0.18, -0.02]\\* \u2020 |"
     assert "`auto` differs from `fedavg+ft` in 3 of 5 cells; beyond its 95% interval it is better in 1 and worse in 1" in out
     assert "C = group-of-C" not in row  # the better cell is counted, not listed
+
+
+def test_a_miss_unlikely_to_be_chance_is_marked_after_false_discovery_control(tmp_path):
+    """Beyond its interval is not enough when a line has many cells: after Benjamini-Hochberg over the line's
+    differing cells a far-below cell keeps its mark, a just-below one loses it, and the note counts both families
+    (one line here, so they agree)."""
+    far, near = entry("auto", "A", 1, 0.9, 0.6, 1.2), entry("auto", "B", 1, 0.11, 0.01, 0.21)  # RMSE: both below
+    others = [entry("auto", f"S{i}", 1, -0.05 - i / 1000, -0.3, 0.2) for i in range(20)]  # within their intervals
+    (tmp_path / "toy.json").write_text(json.dumps(bench("rmse_last", [far, near, *others])) + "\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json")], capture_output=True, text=True,
+                         check=True).stdout
+    row = next(line for line in out.split("| line | `auto` cells")[-1].splitlines() if line.startswith("| toy"))
+    assert "A, k = 5, 1 steps: -0.90 [-1.20, -0.60]\\* \u2020;" in row
+    assert row.endswith("B, k = 5, 1 steps: -0.11 [-0.21, -0.01]\\* |")  # p ~ 0.016, but 22 cells: no mark
+    assert "over each line's cells where it differs, 1 stay below" in out and "over all 22 cells at once" in out
+    assert "the target speaks of, 1 do." in out
+
+
+def test_false_discovery_control_and_the_cells_p_value():
+    from where_fml_helps import below_pvalue, benjamini_hochberg
+
+    assert benjamini_hochberg([0.001, 0.03, 0.04, 0.5]) == [True, False, False, False]  # 0.04 > 3/4 * 0.05
+    assert benjamini_hochberg([0.001, 0.02, 0.03, 0.5]) == [True, True, True, False]  # step-up: 0.03 <= 3/4 * 0.05
+    assert benjamini_hochberg([0.01, 0.02, 0.03, 0.04]) == [True, True, True, True]  # 0.04 <= 4/4 * 0.05
+    assert abs(below_pvalue((-1.96, -3.92, 0.0)) - 0.025) < 1e-4  # an interval that just touches 0: p = 0.025
+    assert below_pvalue((0.5, 0.5, 0.5)) == 1.0 and below_pvalue((-0.5, -0.5, -0.5)) == 0.0  # no spread
 
 
 def test_a_listed_miss_says_on_how_many_seeds_the_site_itself_is_below(tmp_path):
@@ -82,8 +109,8 @@ def test_a_listed_miss_says_on_how_many_seeds_the_site_itself_is_below(tmp_path)
     out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "toy.json")], capture_output=True, text=True,
                          check=True).stdout
     row = next(line for line in out.split("| line | `auto` cells")[-1].splitlines() if line.startswith("| toy"))
-    assert row.endswith("; B, k = 5, 1 steps: -0.10 [-0.18, -0.02]\\*, 2 of 3 seeds |")
-    assert "seen, k = 5, 1 steps: -0.20 [-0.30, -0.10]\\*;" in row  # a pooled group: no per-seed count
+    assert row.endswith("; B, k = 5, 1 steps: -0.10 [-0.18, -0.02]\\*, 2 of 3 seeds \u2020 |")
+    assert "seen, k = 5, 1 steps: -0.20 [-0.30, -0.10]\\* \u2020;" in row  # a pooled group: no per-seed count
 
 
 def test_the_table_says_which_machine_measured_each_line(tmp_path):
