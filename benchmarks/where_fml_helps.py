@@ -299,6 +299,7 @@ def below_baseline(files: list[Path]) -> str:
                    "seeds": seeds_below(bench, names, p["shots"], p["steps"], lower)}, signed(p, lower))
                  for p, names in named.values()]
         per_line.append((bench, digits, gains))
+
     def discoveries(gains: list[tuple[float, float, float]]) -> set[int]:
         differing = [g for g in gains if any(v != 0 for v in g)]
         found = benjamini_hochberg([below_pvalue(g) for g in differing]) if differing else []
