@@ -7,9 +7,11 @@ The held-out protocol scores every adaptation as it comes, so its `auto` row is 
 guard. This script reloads each seed's trained models (as ``every_start.py`` does), recomputes the bundle's per-site
 choice on every test draw (checked against the run's `auto` rows), adapts the chosen start as onboarding does and
 counts the (draw, steps) cells the guard would keep unadapted. It prints `auto` as the run scored it, `auto` with
-the guard (that start's unadapted score where the guard fires) and `fedavg+ft` with the guard (onboarding with
-``--candidate fedavg+ft``), each paired against the run's `fedavg+ft`, and the guarded `auto` against the guarded
-`fedavg+ft` (what the choice adds when both onboard as `fml onboard` does), pooled and per test site.
+the guard (that start's unadapted score where the guard fires), `fedavg+ft` with the guard (onboarding with
+``--candidate fedavg+ft``) and, where the run has an `ensemble` row, the ensemble with each member guarded (``--candidate
+ensemble``: the average rescored where a member's guard fires), each paired against the run's `fedavg+ft`, and the
+guarded `auto` and `ensemble` against the guarded `fedavg+ft` (what they add when all onboard as `fml onboard` does),
+pooled and per test site.
 
     python benchmarks/maintenance_heldout.py --preset full --seeds 0 1 2 --output-dir fml-output/regenerate/maintenance_full ...
     python benchmarks/divergence_guard.py maintenance --preset full --runs fml-output/regenerate/maintenance_full --seeds 0 1 2
@@ -30,13 +32,17 @@ from benchmarks.every_start import (  # noqa: E402
     differing_from_the_run, emit_line, interval_text, load_finished, rows_by_seed)
 from core.evaluation import method_candidate  # noqa: E402  (module level: a test swaps it for the guard alone)
 
-GUARDED = {"auto": "auto+guard", "fedavg+ft": "fedavg+ft+guard"}
+GUARDED = {"auto": "auto+guard", "fedavg+ft": "fedavg+ft+guard", "ensemble": "ensemble+guard"}
 BOTH_GUARDED = "auto+guard vs fedavg+ft+guard"  # paired against the guarded baseline, not the run's
+ENSEMBLE_GUARDED = "ensemble+guard vs fedavg+ft+guard"
 KEYS = ["site", "shots", "steps", "draw"]
 
 
 def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One seed's `fedavg+ft` and `auto` rows as scored, and both with onboarding's guard; and the guard's counts."""
+    """One seed's `fedavg+ft`, `auto` and `ensemble` rows as scored, and each with onboarding's guard (the
+    ensemble's: each member guarded, as ``fml onboard --candidate ensemble`` does, and the average rescored where one
+    fires); and the guard's counts."""
+    from core.ensemble import ENSEMBLE, score_ensemble
     from core.evaluation import AutoChoice, evaluate_auto, task_generator
     from pipelines.onboard import guarded_adaptation
 
@@ -55,18 +61,37 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     index = {site.site_id: i for i, site in enumerate(tests)}
     fired: dict[tuple[str, int, int, int, str], bool] = {}
 
+    def task_of(site: str, k: int, d: int) -> Any:
+        i = index[site]
+        return problem.few_shot_task(model, tests[i], k, task_generator(cfg.seed, i, k, d))
+
+    def guarded(task: Any, site: str, k: int, s: int, d: int, name: str) -> Any:
+        """``name`` adapted as onboarding adapts it (its start where the guard fires); the firing is remembered."""
+        params, why = guarded_adaptation(by_name[name], task, loss_fn, s)
+        fired[(site, k, s, d, name)] = why is not None
+        return params
+
     def fires(site: str, k: int, s: int, d: int, name: str) -> bool:
         if s == 0:
             return False
-        key = (site, k, s, d, name)
-        if key not in fired:
-            i = index[site]
-            task = problem.few_shot_task(model, tests[i], k, task_generator(cfg.seed, i, k, d))
-            fired[key] = guarded_adaptation(by_name[name], task, loss_fn, s)[1] is not None
-        return fired[key]
+        if (site, k, s, d, name) not in fired:
+            guarded(task_of(site, k, d), site, k, s, d, name)
+        return fired[(site, k, s, d, name)]
+
+    ensemble_parts, ensemble_fired = [], 0
+    for (site, k, s, d), cell in scored[scored["method"] == ENSEMBLE].groupby(KEYS, sort=False):
+        values = dict(zip(cell["metric"], cell["value"]))
+        if s > 0:
+            task = task_of(site, k, d)
+            members = [guarded(task, site, k, s, d, name) for name in run.bundle]
+            if any(fired[(site, k, s, d, name)] for name in run.bundle):
+                ensemble_fired += 1
+                values = score_ensemble(task, members)
+        ensemble_parts.append(pd.DataFrame({"site": site, "shots": k, "steps": s, "draw": d, "metric": list(values),
+                                            "value": [float(v) for v in values.values()], "method": GUARDED[ENSEMBLE]}))
 
     table = scored.set_index([*KEYS[:3], "method", KEYS[3]]).sort_index()
-    out = [scored[scored["method"] == "fedavg+ft"]]
+    out = [scored[scored["method"].isin(["fedavg+ft", ENSEMBLE])], *ensemble_parts]
     counts = {}
     for row_name, choices in (("auto", picks), ("fedavg+ft", picks.assign(choice="fedavg+ft"))):
         for guard in (False, True):
@@ -83,6 +108,8 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
             out.append(pd.concat(parts, ignore_index=True))
             if guard:
                 counts[GUARDED[row_name]] = n
+    if ensemble_parts:
+        counts[GUARDED[ENSEMBLE]] = ensemble_fired  # (draw, steps) cells where a member's guard fired
     facts = {"bundle": run.bundle, "cells": len(picks), "adapted_cells": int((picks["steps"] > 0).sum()),
              "guard_fired": counts, "bundle_choices_differing_from_the_run": differ,
              "headline": problem.headline, "higher_is_better": problem.higher_is_better}
@@ -110,7 +137,8 @@ def main() -> None:
     sign = 1.0 if last["higher_is_better"] else -1.0
     # and what the onboarding choice gives against onboarding from FedAvg + fine-tuning, both guarded
     both = paired_differences(rows, last["headline"], baseline=GUARDED["fedavg+ft"])
-    both = both[both["method"] == GUARDED["auto"]].assign(method=BOTH_GUARDED)
+    both = both[both["method"].isin([GUARDED["auto"], GUARDED["ensemble"]])]
+    both = both.assign(method=both["method"].map({GUARDED["auto"]: BOTH_GUARDED, GUARDED["ensemble"]: ENSEMBLE_GUARDED}))
     cells = summary(pd.concat([paired_differences(rows, last["headline"]), both], ignore_index=True), sign)
     table = pd.DataFrame(cells)
     wide = table.assign(diff=table["diff"].map(interval_text)).pivot(index=["site", "shots", "steps"], columns="method",
@@ -120,7 +148,8 @@ def main() -> None:
           "* interval excludes 0)")
     print(wide.to_string())
     below = {m: int(sum(1 for c in cells if c["method"] == m and c["site"] != "ALL" and c["diff"][2] < 0))
-             for m in ("auto", *GUARDED.values(), BOTH_GUARDED)}
+             for m in ("auto", "ensemble", *GUARDED.values(), BOTH_GUARDED, ENSEMBLE_GUARDED)
+             if any(c["method"] == m for c in cells)}
     print(f"test-site cells below their baseline beyond the interval: {below}")
     emit_line("divergence_guard", args, facts, cells=cells, below=below)
 

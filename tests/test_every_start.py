@@ -141,6 +141,12 @@ def test_the_divergence_guard_rows_are_the_runs_rows_or_the_chosen_start_unadapt
         assert r.value == unadapted[(choice[(r.site, r.shots, r.steps, r.draw)], r.site, r.shots, r.draw, r.metric)]
     for r in rows.query("method == 'fedavg+ft+guard' and steps > 0").head(100).itertuples():
         assert r.value == unadapted[("fedavg+ft", r.site, r.shots, r.draw, r.metric)]
+    # the ensemble's members are each kept unadapted, so its average is the run's unadapted ensemble
+    assert facts["guard_fired"]["ensemble+guard"] == facts["adapted_cells"]
+    guarded_ensemble = rows.query("method == 'ensemble+guard' and steps > 0")
+    assert len(guarded_ensemble) > 0
+    for r in guarded_ensemble.head(100).itertuples():
+        assert r.value == pytest.approx(unadapted[("ensemble", r.site, r.shots, r.draw, r.metric)], abs=1e-6)
 
 
 def test_the_divergence_guard_report_pairs_the_guarded_rows(finished, tmp_path, monkeypatch, capsys) -> None:
@@ -150,13 +156,16 @@ def test_the_divergence_guard_report_pairs_the_guarded_rows(finished, tmp_path, 
 
     line = run_script(divergence_guard, finished, tmp_path, monkeypatch)
     assert line["benchmark"] == "divergence_guard" and set(line["facts"]["0"]["guard_fired"]) == {
-        "auto+guard", "fedavg+ft+guard"}
+        "auto+guard", "fedavg+ft+guard", "ensemble+guard"}
     cells = {(c["site"], c["shots"], c["steps"], c["method"]): c["diff"] for c in line["cells"]}
     assert any(m == divergence_guard.BOTH_GUARDED for *_, m in cells)
+    assert any(m == divergence_guard.ENSEMBLE_GUARDED for *_, m in cells)
     if sum(line["facts"]["0"]["guard_fired"].values()) == 0:
         for (site, k, s, m), diff in cells.items():
             if m == divergence_guard.BOTH_GUARDED:
                 assert diff == cells[(site, k, s, "auto")]
+            if m == divergence_guard.ENSEMBLE_GUARDED:
+                assert diff == cells[(site, k, s, "ensemble")]
 
 
 def test_the_every_start_report_names_its_options_command_and_machine(finished, tmp_path, monkeypatch) -> None:
