@@ -137,8 +137,8 @@ def main() -> None:
     sign = 1.0 if last["higher_is_better"] else -1.0
     # and what the onboarding choice gives against onboarding from FedAvg + fine-tuning, both guarded
     both = paired_differences(rows, last["headline"], baseline=GUARDED["fedavg+ft"])
-    both = both[both["method"].isin([GUARDED["auto"], GUARDED["ensemble"]])]
-    both = both.assign(method=both["method"].map({GUARDED["auto"]: BOTH_GUARDED, GUARDED["ensemble"]: ENSEMBLE_GUARDED}))
+    against_guarded = {GUARDED["auto"]: BOTH_GUARDED, GUARDED["ensemble"]: ENSEMBLE_GUARDED}
+    both = both[both["method"].isin(against_guarded)].replace({"method": against_guarded})
     cells = summary(pd.concat([paired_differences(rows, last["headline"]), both], ignore_index=True), sign)
     table = pd.DataFrame(cells)
     wide = table.assign(diff=table["diff"].map(interval_text)).pivot(index=["site", "shots", "steps"], columns="method",
