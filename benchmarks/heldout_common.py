@@ -204,9 +204,21 @@ def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
             "pipeline_seconds_by_seed": {str(k): v for k, v in run.seconds_by_seed.items()},
             "auto_choices": {str(k): int(v) for k, v in counts.items()},
             "fallback_defaults": {str(k): v for k, v in run.fallback_by_seed.items()},
+            "guard_kept_start": guard_kept_start(run.rows),
             "paired_by_seed": paired_by_seed(run.rows, run.result.paired),
             "paired_by_seed_site": paired_by_seed(run.rows, run.result.paired, per_site=True),
             "means_by_seed": means_by_seed(run.rows, run.result.paired)}
+
+
+def guard_kept_start(rows: pd.DataFrame) -> dict[str, list[int]]:
+    """Per method, ``[kept, adapted]``: of its adapted (seed, site, shots, steps, draw) cells, how many the
+    protocol's divergence guard scored unadapted (``eval.guard``: what ``fml onboard`` would have kept); the
+    ``ensemble``'s counts a cell where any member was kept. Empty for rows scored without the guard column."""
+    if "kept_start" not in rows:
+        return {}
+    cells = rows[(rows["steps"] > 0) & rows["kept_start"].notna()].drop_duplicates(
+        ["seed", "method", "site", "shots", "steps", "draw"])
+    return {str(m): [int(part["kept_start"].astype(bool).sum()), len(part)] for m, part in cells.groupby("method")}
 
 
 def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame, per_site: bool = False) -> list[dict[str, Any]]:

@@ -99,6 +99,10 @@ class EvalConfig:
     checkpoint_average: int = 0
     """n > 0: keep the mean of the meta-parameters at the last n validation rounds (every ``fed.val_every`` rounds;
     stochastic weight averaging over rounds) instead of the round with the best validation metric."""
+    guard: bool = True
+    """Score a held-out adaptation as ``fml onboard`` gives it: a start whose adaptation raised its support loss
+    (or left non-finite weights) is scored unadapted (core/guard.py). false: every adaptation as it comes (the
+    protocol of the lines measured before 2026-12-07)."""
     choice_folds: int = 5
     """Most cross-validation folds of a site's support set when choosing its starting point (``auto``)."""
     recipes: list[str] = field(default_factory=list)

@@ -22,6 +22,7 @@ from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
 from core.choice import Candidate, SiteChoice, choose_per_steps
 from core.devices import DeviceLike, to_device
 from core.ensemble import ENSEMBLE, score_ensemble
+from core.guard import divergence
 from core.algorithms.base import InnerConfig, split_meta
 from core.metrics import mean_ci95
 from core.problem import FewShotTask, Problem
@@ -153,6 +154,18 @@ def _adapted(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[in
         for (lr, recipe), steps in by_setting(steps_grid, lr_for, method.recipe_for).items():
             out.update(adapt_along(loss_fn, method, support, steps, lr, inner, head, recipe))
     return out
+
+
+def _guarded(loss_fn, method: Method, task: FewShotTask, adapted: dict[int, Params], inner: InnerConfig,
+             ) -> tuple[dict[int, Params], set[int]]:
+    """``adapted`` with the start, unadapted, at every steps count whose adaptation diverged on the support
+    (:func:`core.guard.divergence`, as ``fml onboard`` keeps it), and those steps counts."""
+    # a policy's support is its own rollouts: not drawn again (it would move the task's random stream)
+    support = task.support(method.params) if task.support_loss_falls else ()
+    kwargs = (method.inner or inner).adapt_kwargs()
+    kept = {s for s, p in adapted.items() if s > 0 and divergence(
+        loss_fn, method.params, p, support, loss_should_fall=task.support_loss_falls, adapt_kwargs=kwargs)}
+    return {s: method.params if s in kept else p for s, p in adapted.items()}, kept
 
 
 def _score_method(loss_fn, method: Method, task: FewShotTask, steps_grid: Sequence[int], inner: InnerConfig,
@@ -291,10 +304,13 @@ def evaluate_sites(
     inner: InnerConfig,
     progress: Optional[Callable[[], None]] = None,
     ensemble: Sequence[str] = (),
+    guard: bool = False,
 ) -> pd.DataFrame:
-    """Long table of every score: columns site, method, shots, steps, draw, metric, value. ``ensemble``: the
-    methods (the registered bundle's candidates) whose adapted outputs the row ``ensemble`` averages
-    (:mod:`core.ensemble`), each adapted exactly as its own row; no such row where the task cannot average."""
+    """Long table of every score: columns site, method, shots, steps, draw, metric, value, kept_start. ``ensemble``:
+    the methods (the registered bundle's candidates) whose adapted outputs the row ``ensemble`` averages
+    (:mod:`core.ensemble`), each adapted exactly as its own row; no such row where the task cannot average.
+    ``guard``: score a method's start, unadapted, where its adaptation diverged on the support (``kept_start``
+    True), as ``fml onboard`` does (:mod:`core.guard`; the ensemble averages the guarded members)."""
     loss_fn = problem.loss_fn(model)
     head = problem.param_groups(model)["head"]
     records = []
@@ -302,12 +318,17 @@ def evaluate_sites(
         for k in shots_grid:
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
-                adapted = {}
+                adapted, kept = {}, {}
                 for method in methods:
                     adapted[method.name] = _adapted(loss_fn, method, task, steps_grid, inner, _lr_for(method), head)
+                    kept[method.name] = set()
+                    if guard and method.adapts:
+                        adapted[method.name], kept[method.name] = _guarded(loss_fn, method, task,
+                                                                           adapted[method.name], inner)
                     records += _records(site.site_id, method.name, k, d,
-                                        {s: task.score(p) for s, p in adapted[method.name].items()})
-                records += _records(site.site_id, ENSEMBLE, k, d, _ensemble_scores(task, [adapted[m] for m in ensemble]))
+                                        {s: task.score(p) for s, p in adapted[method.name].items()}, kept[method.name])
+                records += _records(site.site_id, ENSEMBLE, k, d, _ensemble_scores(task, [adapted[m] for m in ensemble]),
+                                    set().union(*(kept[m] for m in ensemble)))
                 if progress is not None:
                     progress()
     return pd.DataFrame.from_records(records)
@@ -363,15 +384,18 @@ def evaluate_auto(
                     on_choice(site, k, d, choices)
                 for s, choice in choices.items():
                     chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
+                    kept = chosen["kept_start"] if "kept_start" in chosen else [None] * len(chosen)
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,
-                                 "metric": m, "value": float(v), "choice": choice.name, "cv_folds": choice.folds}
-                                for m, v in zip(chosen["metric"], chosen["value"])]
+                                 "metric": m, "value": float(v), "kept_start": g, "choice": choice.name,
+                                 "cv_folds": choice.folds}
+                                for m, v, g in zip(chosen["metric"], chosen["value"], kept)]
     return pd.DataFrame.from_records(records)
 
 
-def _records(site: str, method: str, shots: int, draw: int, scores: dict[int, dict[str, float]]) -> list[dict]:
+def _records(site: str, method: str, shots: int, draw: int, scores: dict[int, dict[str, float]],
+             kept: set[int] = frozenset()) -> list[dict]:
     return [{"site": site, "method": method, "shots": shots, "steps": s, "draw": draw, "metric": name,
-             "value": float(v)} for s, metrics in scores.items() for name, v in metrics.items()]
+             "value": float(v), "kept_start": s in kept} for s, metrics in scores.items() for name, v in metrics.items()]
 
 
 def choice_counts(rows: pd.DataFrame) -> pd.DataFrame:

@@ -20,12 +20,12 @@ import mlflow
 import torch
 
 from core import tracking
-from core.adapt import regularized_loss
 from core.recipes import DEFAULT_RECIPE, adapt_with_recipe
 from core.algorithms.base import InnerConfig, split_meta
 from core.choice import Candidate, SiteChoice, choose_candidate
 from core.devices import DeviceLike, describe_device, resolve_device, to_device
 from core.ensemble import ENSEMBLE, average_of, averages_outputs, ensemble_params, score_ensemble
+from core.guard import divergence
 from core.evaluation import BASELINE, task_generator
 from core.site_statistics import PREPROCESSING_KEY as SITE_STATISTICS, describe, layout_of
 from core.tasks import SiteDataError, site_slug
@@ -176,30 +176,18 @@ def onboard(
 
 
 def guarded_adaptation(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torch.Tensor], Optional[str]]:
-    """``member`` adapted on ``task``'s support with its recipe, and why it diverged (None when it did not):
-    non-finite weights, or a support loss that adaptation RAISED (a step size too large for this site: a step size
-    chosen on validation sites can blow up on a new one, e.g. Reptile's 0.1 on a strong-simulation operator, 8e7
-    RMSE) where adapting is meant to lower it (``task.support_loss_falls``: not a policy-gradient surrogate; the
-    loss compared is the one adapting minimizes, with the recipe's ``weight_decay`` / ``proximal`` terms). Then its
-    start, unadapted: such a model must never be logged or registered as the site's. Pure: prints nothing."""
+    """``member`` adapted on ``task``'s support with its recipe, and why it diverged (None when it did not;
+    :func:`core.guard.divergence`: non-finite weights, or a support loss that adaptation RAISED). Then its start,
+    unadapted: such a model must never be logged or registered as the site's. Pure: prints nothing."""
     support = task.support(member.params)
     with torch.enable_grad():
         adapted = adapt_with_recipe(member.recipe_for(steps), loss_fn, member.params, support, steps,
                                     member.lr_for(steps), head=member.head, lrs=member.lrs, **dict(member.adapt_kwargs))
     adapted = {k: v.detach() for k, v in adapted.items()}
-    if not all(bool(torch.isfinite(v).all()) for v in adapted.values()):
-        why = "diverged (non-finite weights)"
-    elif not task.support_loss_falls:
+    why = divergence(loss_fn, member.params, adapted, support, loss_should_fall=task.support_loss_falls,
+                     adapt_kwargs=member.adapt_kwargs)
+    if why is None:
         return adapted, None
-    else:
-        def objective(p):  # what adapting minimizes: a recipe's weight decay or proximal pull included
-            return float(regularized_loss(loss_fn, p, support, anchor=member.params, **dict(member.adapt_kwargs)))
-
-        with torch.no_grad():
-            before, after = objective(member.params), objective(adapted)
-        if math.isfinite(after) and not after > before:
-            return adapted, None
-        why = f"raised its support loss ({before:.4g} -> {after:.4g}), so it diverged"
     return {k: v.detach() for k, v in member.params.items()}, why
 
 

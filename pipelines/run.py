@@ -394,7 +394,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     with progress_bar(progress) as bar:
         task = bar.add_task("held-out evaluation", total=total)
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task),
-                              ensemble=names, **grid)
+                              ensemble=names, guard=cfg.eval.guard, **grid)
     if len(bundle) > 1:
         auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],

@@ -1,0 +1,41 @@
+"""The divergence guard: a site keeps its start, unadapted, when adapting it diverged.
+
+A step size chosen on validation sites can be too large for a new one (Reptile's 0.1 on a strong-simulation
+operator reached 8e7 RMSE). Adapting is meant to LOWER the support loss it minimizes, so an adaptation that raised
+it, or left non-finite weights, is worse than no adaptation on the only data the site has. ``fml onboard`` and the
+held-out protocol (``eval.guard``) apply the same rule, so the table scores what a new site gets.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import torch
+
+from core.adapt import regularized_loss
+from core.types import Batch, LossFn, Params
+
+
+def divergence(
+    loss_fn: LossFn,
+    start: Params,
+    adapted: Params,
+    support: Batch,
+    *,
+    loss_should_fall: bool = True,
+    adapt_kwargs: Mapping[str, float] = {},
+) -> Optional[str]:
+    """Why ``adapted`` diverged from ``start`` on ``support`` (None when it did not): non-finite weights, or, where
+    adapting is meant to lower it (``loss_should_fall``: not a policy-gradient surrogate), a support loss that
+    adapting RAISED. The loss compared is the one adapting minimizes, ``adapt_kwargs``' weight decay or proximal
+    pull towards ``start`` included."""
+    if not all(bool(torch.isfinite(v).all()) for v in adapted.values()):
+        return "diverged (non-finite weights)"
+    if not loss_should_fall:
+        return None
+    with torch.no_grad():
+        before, after = (float(regularized_loss(loss_fn, p, support, anchor=start, **dict(adapt_kwargs)))
+                         for p in (start, adapted))
+    if math.isfinite(after) and not after > before:
+        return None
+    return f"raised its support loss ({before:.4g} -> {after:.4g}), so it diverged"

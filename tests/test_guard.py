@@ -1,0 +1,98 @@
+"""The divergence guard: one rule for `fml onboard` and the held-out protocol (`eval.guard`)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.algorithms.base import InnerConfig
+from core.evaluation import Method, evaluate_sites, method_candidate, task_generator
+from core.guard import divergence
+from data_adapters.digits import DigitsData
+from pipelines.onboard import guarded_adaptation
+from verticals.digits import prepare
+
+GRID = dict(shots_grid=[2], steps_grid=[0, 1, 3], draws=3, seed=7, inner=InnerConfig())
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return prepare(DigitsData(train_sites=4, validation_sites=2, test_sites=2), seed=3)
+
+
+def _params(problem, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.detach() for k, v in problem.make_model().named_parameters()}
+
+
+def _methods(problem) -> list[Method]:
+    start = _params(problem, 0)
+    # a step size far too large for any site (it raises the support loss) next to a sensible one
+    return [Method("fedavg+ft", start, lr_by_steps={1: 0.1, 3: 0.1}),
+            Method("fomaml", _params(problem, 1), lr_by_steps={1: 300.0, 3: 300.0})]
+
+
+def test_divergence_names_non_finite_weights_and_a_raised_support_loss(problem) -> None:
+    model = problem.make_model()
+    loss_fn = problem.loss_fn(model)
+    start = _params(problem, 0)
+    task = problem.few_shot_task(model, problem.federation.role("test")[0], 2, task_generator(0, 0, 2, 0))
+    support = task.support(start)
+    lowered = {k: v - 0.05 * g for (k, v), g in zip(start.items(), torch.autograd.grad(
+        loss_fn({k: v.requires_grad_() for k, v in start.items()}, support), list(start.values())))}
+    start = {k: v.detach() for k, v in start.items()}
+    lowered = {k: v.detach() for k, v in lowered.items()}
+    assert divergence(loss_fn, start, lowered, support) is None
+    assert "raised its support loss" in divergence(loss_fn, lowered, start, support)
+    broken = {**lowered, next(iter(lowered)): torch.full_like(next(iter(lowered.values())), float("nan"))}
+    assert "non-finite" in divergence(loss_fn, start, broken, support)
+    assert "non-finite" in divergence(loss_fn, start, broken, support, loss_should_fall=False)
+    # a policy-gradient surrogate: a raised loss is not divergence
+    assert divergence(loss_fn, lowered, start, support, loss_should_fall=False) is None
+    # the loss compared is the one adapting minimizes: a strong proximal pull makes moving away cost more
+    assert divergence(loss_fn, start, lowered, support, adapt_kwargs={"proximal": 1e6}) is not None
+
+
+def test_the_guarded_protocol_scores_the_start_where_adaptation_diverged(problem) -> None:
+    model = problem.make_model()
+    sites = problem.federation.role("test")
+    methods = _methods(problem)
+    plain = evaluate_sites(problem, model, methods, sites, **GRID)
+    guarded = evaluate_sites(problem, model, methods, sites, guard=True, **GRID)
+    acc = lambda rows, m, s: rows[(rows.method == m) & (rows.steps == s) & (rows.metric == "accuracy")  # noqa: E731
+                                  ].sort_values(["site", "draw"])
+    # the sensible step size never fires: its rows are the unguarded protocol's, bit for bit
+    for s in (0, 1, 3):
+        assert acc(guarded, "fedavg+ft", s).value.tolist() == acc(plain, "fedavg+ft", s).value.tolist()
+    assert not guarded[guarded.method == "fedavg+ft"].kept_start.any()
+    # the huge one fires on every draw: scored as its start, unadapted, where unguarded it is not
+    for s in (1, 3):
+        fired = acc(guarded, "fomaml", s)
+        assert fired.kept_start.all()
+        assert fired.value.tolist() == acc(guarded, "fomaml", 0).value.tolist()
+        assert fired.value.tolist() != acc(plain, "fomaml", s).value.tolist()
+    assert not acc(guarded, "fomaml", 0).kept_start.any()
+
+
+def test_the_protocol_keeps_the_start_exactly_where_onboarding_does(problem) -> None:
+    model = problem.make_model()
+    loss_fn = problem.loss_fn(model)
+    sites = problem.federation.role("test")
+    methods = _methods(problem)
+    # a step size that blows up on some draws only, so both answers occur
+    methods[1] = Method("fomaml", methods[1].params, lr_by_steps={1: 3.0, 3: 3.0})
+    rows = evaluate_sites(problem, model, methods, sites, guard=True, **GRID)
+    head = problem.param_groups(model)["head"]
+    seen = set()
+    for method in methods:
+        candidate = method_candidate(method, GRID["inner"], head)
+        for i, site in enumerate(sites):
+            for d in range(GRID["draws"]):
+                for s in (1, 3):
+                    task = problem.few_shot_task(model, site, 2, task_generator(GRID["seed"], i, 2, d))
+                    params, why = guarded_adaptation(candidate, task, loss_fn, s)
+                    cell = rows[(rows.method == method.name) & (rows.site == site.site_id) & (rows.draw == d)
+                                & (rows.steps == s) & (rows.metric == "accuracy")].iloc[0]
+                    assert bool(cell.kept_start) == (why is not None)
+                    assert cell.value == pytest.approx(task.score(params)["accuracy"], abs=1e-6)
+                    seen.add(why is not None)
+    assert seen == {True, False}
