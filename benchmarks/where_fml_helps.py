@@ -142,8 +142,28 @@ def table(files: list[Path]) -> str:
                                                                              key=lambda kv: -kv[1]))
             defaults = ", ".join(f"seed {s}: {d}" for s, d in bench.get("registered_default", {}).items())
             choices.append(f"- {bench['vertical']} ({bench['preset']}): `auto` chose {picks}; registered default "
-                           f"{defaults}{by_seed(bench)}")
-    return "\n".join(lines + [""] + choices + measured_on(vertical_benches(files)))
+                           f"{defaults}{by_seed(bench)}{guard_note(bench)}")
+    return "\n".join(lines + [""] + choices + measured_on(vertical_benches(files)) + guarded_lines(vertical_benches(files)))
+
+
+def guard_note(bench: dict[str, Any]) -> str:
+    """``; onboarding's guard kept the start in ...``: of `auto`'s and `fedavg+ft`'s adapted cells, how many the
+    protocol scored unadapted (``guard_kept_start``, lines scored with ``eval.guard``)."""
+    kept = bench.get("guard_kept_start") or {}
+    parts = [f"{kept[m][0]} of `{m}`'s {kept[m][1]}" for m in ("auto", "fedavg+ft") if m in kept]
+    return f"; the divergence guard kept the start in {', '.join(parts)} adapted cells" if parts else ""
+
+
+def guarded_lines(benches: list[dict[str, Any]]) -> list[str]:
+    """How many lines were scored as ``fml onboard`` gives them (the divergence guard, ``eval.guard``, since
+    2026-12-07) and which were not (their ``--set`` says ``eval.guard=false``; robotics: the guard only catches
+    non-finite weights there, a policy's support loss is not meant to fall, so its lines are unchanged)."""
+    without = [label(b) for b in benches if "eval.guard=false" in b.get("overrides", [])]
+    if not without:
+        return []
+    return [f"- scored WITHOUT onboarding's divergence guard (measured before 2026-12-07, `eval.guard=false`): "
+            f"{len(without)} of {len(benches)} lines; where the guard fires on a test site they understate what "
+            f"`fml onboard` gives (`benchmarks/divergence_guard.py` measures by how much)"]
 
 
 def measured_on(benches: list[dict[str, Any]]) -> list[str]:

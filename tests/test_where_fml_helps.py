@@ -125,6 +125,21 @@ def test_the_table_says_which_machine_measured_each_line(tmp_path):
     assert "not recorded (measured before the JSON lines named their machine): 1 of 3 lines" in out
 
 
+def test_the_table_says_which_lines_were_scored_with_onboardings_guard_and_how_often_it_fired(tmp_path):
+    paired = [entry("auto", "ALL", 10, 0.1, 0.0, 0.2)]
+    rows = [{"method": "auto", "shots": 5, "steps": 10, "site": "ALL", "mean": 0.8}]
+    guarded = {**bench("auroc", paired), "rows": rows,
+               "guard_kept_start": {"auto": [3, 120], "fedavg+ft": [7, 120], "fomaml": [1, 120]}}
+    old = {**bench("auroc", paired), "overrides": ["eval.guard=false"], "rows": rows}
+    (tmp_path / "a.json").write_text(json.dumps(guarded) + "\n")
+    (tmp_path / "b.json").write_text(json.dumps(old) + "\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "a.json"), str(tmp_path / "b.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "the divergence guard kept the start in 3 of `auto`'s 120, 7 of `fedavg+ft`'s 120 adapted cells" in out
+    assert "scored WITHOUT onboarding's divergence guard (measured before 2026-12-07, `eval.guard=false`): 1 of 2 lines" in out
+    assert out.count("divergence guard kept") == 1
+
+
 def test_ablation_rows_are_init_by_recipe_beside_the_run_without_the_settings(tmp_path):
     def rows(offset: float) -> list[dict]:
         return [{"method": m, "shots": 5, "steps": s, "site": "ALL", "mean": v + offset, "ci95": [0, 0]}
