@@ -2,9 +2,10 @@
 folders a finished held-out benchmark left (no retraining; a diagnostic).
 
 `fml onboard` keeps a start UNADAPTED when adapting it raised the site's own support loss
-(``pipelines.onboard.guarded_adaptation``: a step size chosen on validation sites that is too large for this site).
-The held-out protocol scores every adaptation as it comes, so its `auto` row is the onboarding choice WITHOUT that
-guard. This script reloads each seed's trained models (as ``every_start.py`` does), recomputes the bundle's per-site
+(``core.guard.divergence``: a step size chosen on validation sites that is too large for this site). Since
+2026-12-07 the held-out protocol applies the same guard (``eval.guard``); a line measured before (its command says
+``eval.guard=false``) scored every adaptation as it came, so its `auto` row is the onboarding choice WITHOUT that
+guard: this script says by how much (on a guarded line every guarded row equals the run's). This script reloads each seed's trained models (as ``every_start.py`` does), recomputes the bundle's per-site
 choice on every test draw (checked against the run's `auto` rows), adapts the chosen start as onboarding does and
 counts the (draw, steps) cells the guard would keep unadapted. It prints `auto` as the run scored it, `auto` with
 the guard (that start's unadapted score where the guard fires), `fedavg+ft` with the guard (onboarding with

@@ -23,8 +23,9 @@ from pathlib import Path
 from where_fml_helps import one_table_main
 
 START, END = "<!-- fleet-onboarding:start -->", "<!-- fleet-onboarding:end -->"
-#: The official-fleet split itself (every line has these), not a setting of the row.
-SPLIT = {"data.include_test_file=false", "data.units_per_site=6", "data.test_sites=3"}
+#: The official-fleet split itself (every line has these), not a setting of the row; and the held-out protocol's
+#: guard, which the fleet's numbers never depend on (``fml onboard`` always guards).
+SPLIT = {"data.include_test_file=false", "data.units_per_site=6", "data.test_sites=3", "eval.guard=false"}
 
 
 def rows(path: Path, line: dict) -> list[tuple[float, str]]:
