@@ -23,7 +23,7 @@ def divergence(
     support: Batch,
     *,
     loss_should_fall: bool = True,
-    adapt_kwargs: Mapping[str, float] = {},
+    adapt_kwargs: Optional[Mapping[str, float]] = None,
 ) -> Optional[str]:
     """Why ``adapted`` diverged from ``start`` on ``support`` (None when it did not): non-finite weights, or, where
     adapting is meant to lower it (``loss_should_fall``: not a policy-gradient surrogate), a support loss that
@@ -34,7 +34,7 @@ def divergence(
     if not loss_should_fall:
         return None
     with torch.no_grad():
-        before, after = (float(regularized_loss(loss_fn, p, support, anchor=start, **dict(adapt_kwargs)))
+        before, after = (float(regularized_loss(loss_fn, p, support, anchor=start, **dict(adapt_kwargs or {})))
                          for p in (start, adapted))
     if math.isfinite(after) and not after > before:
         return None
