@@ -96,3 +96,14 @@ def test_the_protocol_keeps_the_start_exactly_where_onboarding_does(problem) -> 
                     assert cell.value == pytest.approx(task.score(params)["accuracy"], abs=1e-6)
                     seen.add(why is not None)
     assert seen == {True, False}
+
+
+def test_runs_score_with_the_guard_unless_told_not_to() -> None:
+    import verticals
+    from core.vertical import VERTICALS
+    from pipelines.config import resolve_run_config
+
+    verticals.load_all()
+    spec = VERTICALS.get("digits")
+    assert resolve_run_config(spec, "quick", [], prog="fml run digits").eval.guard is True
+    assert resolve_run_config(spec, "quick", ["--eval.no-guard"], prog="fml run digits").eval.guard is False
