@@ -23,15 +23,15 @@ from pathlib import Path
 from where_fml_helps import one_table_main
 
 START, END = "<!-- fleet-onboarding:start -->", "<!-- fleet-onboarding:end -->"
-#: The official-fleet split itself (every line has these), not a setting of the row; and the held-out protocol's
-#: guard, which the fleet's numbers never depend on (``fml onboard`` always guards).
-SPLIT = {"data.include_test_file=false", "data.units_per_site=6", "data.test_sites=3", "eval.guard=false"}
+#: Overrides that are not a setting of the row: the official-fleet split itself (every line has these) and the
+#: held-out protocol's guard, which the fleet's numbers never depend on (``fml onboard`` always guards).
+NOT_A_SETTING = {"data.include_test_file=false", "data.units_per_site=6", "data.test_sites=3", "eval.guard=false"}
 
 
 def rows(path: Path, line: dict) -> list[tuple[float, str]]:
     """The line's onboarding (the per-site choice) and one row per start it was also FORCED to take
     (``--onboard-candidates``); for a ``fleet_central_reference.py`` line, its central fit's row."""
-    settings = ", ".join(f"`{o}`" for o in line["overrides"] if o not in SPLIT) or "the full preset (simulated shift, 300 rounds)"
+    settings = ", ".join(f"`{o}`" for o in line["overrides"] if o not in NOT_A_SETTING) or "the full preset (simulated shift, 300 rounds)"
     where = " ".join(line["machine"]["cpu"].replace("(R)", "").split()[:2])  # "Intel Xeon", "AMD EPYC"
     if path.parent.name == "experiments":
         where += f", experiment record `experiments/{path.name}`"
