@@ -198,27 +198,18 @@ def timing_json(run: HeldoutRun, onboarded: OnboardResult, onboard_call_seconds:
 def seeds_json(run: HeldoutRun, flags: HeldoutFlags) -> dict[str, Any]:
     """The multi-seed fields of every vertical JSON: the seeds, each seed's registered default and how often
     the ``auto`` row chose each candidate (all seeds, sites, shots and steps)."""
+    from core.evaluation import kept_start_counts
+
     picks = run.rows[run.rows["method"] == "auto"].drop_duplicates(["site", "shots", "steps", "draw"])
     counts = picks["choice"].value_counts().to_dict() if "choice" in picks else {}
     return {"seeds": list(flags.seeds), "overrides": list(flags.set), "registered_default": {str(k): v for k, v in run.best_by_seed.items()},
             "pipeline_seconds_by_seed": {str(k): v for k, v in run.seconds_by_seed.items()},
             "auto_choices": {str(k): int(v) for k, v in counts.items()},
             "fallback_defaults": {str(k): v for k, v in run.fallback_by_seed.items()},
-            "guard_kept_start": guard_kept_start(run.rows),
+            "guard_kept_start": kept_start_counts(run.rows),
             "paired_by_seed": paired_by_seed(run.rows, run.result.paired),
             "paired_by_seed_site": paired_by_seed(run.rows, run.result.paired, per_site=True),
             "means_by_seed": means_by_seed(run.rows, run.result.paired)}
-
-
-def guard_kept_start(rows: pd.DataFrame) -> dict[str, list[int]]:
-    """Per method, ``[kept, adapted]``: of its adapted (seed, site, shots, steps, draw) cells, how many the
-    protocol's divergence guard scored unadapted (``eval.guard``: what ``fml onboard`` would have kept); the
-    ``ensemble``'s counts a cell where any member was kept. Empty for rows scored without the guard column."""
-    if "kept_start" not in rows:
-        return {}
-    cells = rows[(rows["steps"] > 0) & rows["kept_start"].notna()].drop_duplicates(
-        ["seed", "method", "site", "shots", "steps", "draw"])
-    return {str(m): [int(part["kept_start"].astype(bool).sum()), len(part)] for m, part in cells.groupby("method")}
 
 
 def paired_by_seed(rows: pd.DataFrame, paired: pd.DataFrame, per_site: bool = False) -> list[dict[str, Any]]:

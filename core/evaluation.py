@@ -164,7 +164,8 @@ def _guarded(loss_fn, method: Method, task: FewShotTask, adapted: dict[int, Para
     support = task.support(method.params) if task.support_loss_falls else ()
     kwargs = (method.inner or inner).adapt_kwargs()
     kept = {s for s, p in adapted.items() if s > 0 and divergence(
-        loss_fn, method.params, p, support, loss_should_fall=task.support_loss_falls, adapt_kwargs=kwargs)}
+        loss_fn, method.params, p, support, loss_should_fall=task.support_loss_falls, adapt_kwargs=kwargs,
+        support_error=task.support_error)}
     return {s: method.params if s in kept else p for s, p in adapted.items()}, kept
 
 
@@ -396,6 +397,17 @@ def _records(site: str, method: str, shots: int, draw: int, scores: dict[int, di
              kept: set[int] = frozenset()) -> list[dict]:
     return [{"site": site, "method": method, "shots": shots, "steps": s, "draw": draw, "metric": name,
              "value": float(v), "kept_start": s in kept} for s, metrics in scores.items() for name, v in metrics.items()]
+
+
+def kept_start_counts(rows: pd.DataFrame) -> dict[str, list[int]]:
+    """Per method, ``[kept, adapted]``: of its adapted (seed, site, shots, steps, draw) cells, how many the
+    protocol's divergence guard scored unadapted (``guard=True``: what ``fml onboard`` would have kept); the
+    ``ensemble``'s counts a cell where any member was kept. Empty for rows scored without the guard column."""
+    if "kept_start" not in rows:
+        return {}
+    keys = [k for k in ("seed", "method", "site", "shots", "steps", "draw") if k in rows]
+    cells = rows[(rows["steps"] > 0) & rows["kept_start"].notna()].drop_duplicates(keys)
+    return {str(m): [int(part["kept_start"].astype(bool).sum()), len(part)] for m, part in cells.groupby("method")}
 
 
 def choice_counts(rows: pd.DataFrame) -> pd.DataFrame:

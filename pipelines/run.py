@@ -31,7 +31,7 @@ from core.config import algorithm_settings, check_algorithm_overrides, check_run
 from core.context import HOW_TO_ADD
 from core.devices import describe_device, resolve_device
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
-                             on_device, paired_differences, select_adaptation, summarize, trained_name, validation_fn,
+                             kept_start_counts, on_device, paired_differences, select_adaptation, summarize, trained_name, validation_fn,
                              with_recipes)
 from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
@@ -405,6 +405,8 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     summary = summarize(rows)
     paired = paired_differences(rows, problem.headline)
     choices = choice_counts(rows)
+    kept = kept_start_counts(rows)
+    (out / "guard_kept_start.json").write_text(json.dumps({"guard": cfg.eval.guard, "kept_adapted": kept}, indent=1))
     rows.to_parquet(out / "evaluation_rows.parquet", index=False)
     summary.to_csv(out / "evaluation_summary.csv", index=False)
     summary.to_parquet(out / "evaluation_summary.parquet", index=False)
@@ -415,7 +417,8 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         mlflow.log_table(paired, "paired_differences.json")
     plots = [plot_vs_steps(summary, problem.headline, out / "adaptation_vs_steps.png"),
              plot_vs_shots(summary, problem.headline, max(cfg.eval.steps), out / "adaptation_vs_shots.png")]
-    for f in [out / "evaluation_summary.csv", out / "paired_differences.csv", out / "auto_choices.csv", *plots]:
+    for f in [out / "evaluation_summary.csv", out / "paired_differences.csv", out / "auto_choices.csv",
+              out / "guard_kept_start.json", *plots]:
         mlflow.log_artifact(str(f), "evaluation")
     headline_cells = summary[(summary["site"] == "ALL") & (summary["metric"] == problem.headline)]
     mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
@@ -491,6 +494,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                           f"versions register as {name} with their own @champion (--tracking.model-name to choose)")
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots,
                    split_draws(rows))
+    console.print(guard_sentence(kept, cfg.eval.guard))
     for k, by_steps in choice_at_shots.items():
         disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}
         if disagree:
@@ -511,6 +515,19 @@ def split_draws(rows: pd.DataFrame) -> tuple[int, int]:
         return 0, 0
     picks = rows[rows["method"] == "auto"].drop_duplicates(["site", "shots", "draw"])
     return int((picks["cv_folds"] > 0).sum()), len(picks)
+
+
+def guard_sentence(kept: dict[str, list[int]], guard: bool) -> str:
+    """What the held-out table did where adapting raised a test support's own loss (``kept_start_counts``)."""
+    if not guard:
+        return ("held-out rows scored without the divergence guard (--eval.no-guard): each adaptation as it came, "
+                "where `fml onboard` would keep the start")
+    fired = {m: c for m, c in kept.items() if c[0] and m != "auto"}  # auto copies the row it chose
+    if not fired:
+        return "divergence guard: no adaptation raised its test support's loss (every adapted cell is scored adapted)"
+    return ("divergence guard: adapting raised the test support's own loss, so the cell scores the start unadapted "
+            "as `fml onboard` keeps it, in " + ", ".join(f"{m} {k} of {n}" for m, (k, n) in sorted(fired.items()))
+            + " adapted cells")
 
 
 def onboarding_sentence(split: int, total: int) -> str:
