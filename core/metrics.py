@@ -16,22 +16,6 @@ def accuracy_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
     }
 
 
-def misclassified(logits: Tensor, targets: Tensor) -> float:
-    """The fraction of rows whose highest logit is not their class."""
-    return float((logits.argmax(-1) != targets.reshape(-1)).float().mean())
-
-
-def misordered_pairs(scores: Tensor, labels: Tensor) -> float:
-    """1 - AUROC of ``scores`` for binary ``labels``: the fraction of (positive, negative) pairs ranked the wrong
-    way round, a tie counting half; 0.0 when a class is absent."""
-    s, y = scores.reshape(-1).float(), labels.reshape(-1).bool()
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return 0.0
-    diff = pos[:, None] - neg[None, :]
-    return float(((diff < 0).float() + 0.5 * (diff == 0).float()).mean())
-
-
 def mse_metrics(pred: Tensor, targets: Tensor) -> dict[str, float]:
     mse = float(torch.mean((pred.reshape(targets.shape) - targets) ** 2))
     return {"mse": mse, "rmse": math.sqrt(mse)}

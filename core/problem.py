@@ -16,7 +16,6 @@ from torch.func import functional_call
 
 from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
 from core.devices import device_of, to_device
-from core.metrics import misclassified, misordered_pairs
 from core.context import context_names
 from core.recipes import head_names
 from core.site_statistics import SiteStatistics
@@ -47,14 +46,6 @@ class FewShotTask(ABC):
     @abstractmethod
     def score(self, params: Params) -> dict[str, float]:
         """Metrics of ``params`` on the held-out part of the site."""
-
-    def support_error(self, params: Params) -> Optional[float]:
-        """``params``' error on the support by what the task counts as right (a classifier: the fraction
-        misclassified; a ranking: the fraction of misordered positive-negative pairs), or None where the loss is
-        the only measure (regression, a policy). The divergence guard (:mod:`core.guard`) keeps an adaptation
-        that raised the support loss but lowered this error: a step that overshoots the loss yet sorts the
-        support better has not diverged."""
-        return None
 
     def support_folds(self, max_folds: int) -> Optional[Folds]:
         """Cross-validation folds of the labelled support set (for the per-site choice of a starting
@@ -181,14 +172,6 @@ class SupervisedFewShotTask(FewShotTask):
     def support_folds(self, max_folds: int) -> Optional[Folds]:
         strata = self.support_batch[1] if self.stratified else None
         return split_support(self.support_batch, None, strata, max_folds)
-
-    @torch.no_grad()
-    def support_error(self, params: Params) -> Optional[float]:
-        if not (self.ranked or self.stratified):  # regression: the loss is the error
-            return None
-        x, y = self.support_batch
-        out = functional_call(self.model, params, (x,))
-        return misordered_pairs(out, y) if self.ranked else misclassified(out, y)
 
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
         if not self.ranked:

@@ -31,8 +31,8 @@ from core.config import algorithm_settings, check_algorithm_overrides, check_run
 from core.context import HOW_TO_ADD
 from core.devices import describe_device, resolve_device
 from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
-                             kept_start_counts, on_device, paired_differences, select_adaptation, summarize, trained_name, validation_fn,
-                             with_recipes)
+                             kept_start_counts, on_device, paired_differences, select_adaptation, summarize, trained_name,
+                             validation_fn, with_recipes)
 from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
 from core.plots import plot_vs_shots, plot_vs_steps
@@ -524,7 +524,7 @@ def guard_sentence(kept: dict[str, list[int]], guard: bool) -> str:
                 "where `fml onboard` would keep the start")
     fired = {m: c for m, c in kept.items() if c[0] and m != "auto"}  # auto copies the row it chose
     if not fired:
-        return "divergence guard: no adaptation raised its test support's loss (every adapted cell is scored adapted)"
+        return "divergence guard: no adaptation diverged on its test support (every adapted cell is scored adapted)"
     return ("divergence guard: adapting raised the test support's own loss, so the cell scores the start unadapted "
             "as `fml onboard` keeps it, in " + ", ".join(f"{m} {k} of {n}" for m, (k, n) in sorted(fired.items()))
             + " adapted cells")

@@ -51,42 +51,6 @@ def test_divergence_names_non_finite_weights_and_a_raised_support_loss(problem) 
     assert divergence(loss_fn, lowered, start, support, loss_should_fall=False) is None
     # the loss compared is the one adapting minimizes: a strong proximal pull makes moving away cost more
     assert divergence(loss_fn, start, lowered, support, adapt_kwargs={"proximal": 1e6}) is not None
-    # a raised loss with fewer wrong answers on the support is an overshoot that helped, not divergence
-    # (here ``lowered`` is the start and ``start`` the adaptation that raised the loss)
-    fell = {id(lowered): 0.6, id(start): 0.2}
-    assert divergence(loss_fn, lowered, start, support, support_error=lambda p: fell[id(p)]) is None
-    same = {id(lowered): 0.4, id(start): 0.4}
-    why = divergence(loss_fn, lowered, start, support, support_error=lambda p: same[id(p)])
-    assert "did not lower its support error (0.4 -> 0.4)" in why
-    assert divergence(loss_fn, lowered, start, support, support_error=lambda p: None) is not None  # no error measure
-    assert "non-finite" in divergence(loss_fn, start, broken, support, support_error=lambda p: 0.0)
-
-
-def test_support_error_counts_wrong_answers_on_the_support_only(problem) -> None:
-    from sklearn.metrics import roc_auc_score
-
-    from core.metrics import misclassified, misordered_pairs
-    from core.problem import SupervisedFewShotTask
-
-    gen = torch.Generator().manual_seed(0)
-    scores, labels = torch.randn(40, generator=gen), torch.arange(40) % 2
-    assert misordered_pairs(scores, labels) == pytest.approx(1 - roc_auc_score(labels, scores))
-    assert misordered_pairs(torch.zeros(6), torch.arange(6) % 2) == 0.5  # ties count half
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
-    assert misclassified(logits, torch.tensor([0, 0, 1, 1])) == 0.5
-    model = problem.make_model()
-    params = _params(problem, 0)
-    task = problem.few_shot_task(model, problem.federation.role("test")[0], 3, task_generator(0, 0, 3, 0))
-    x, y = task.support(params)
-    expected = misclassified(torch.func.functional_call(model, params, (x,)), y)
-    assert task.support_error(params) == expected
-    # a task that scores a ranking counts misordered pairs; a regression task has no error but its loss
-    scorer = torch.nn.Linear(x.shape[1], 1)
-    ranked = SupervisedFewShotTask(scorer, "s", 3, (x, (y == y[0]).long()), task.heldout, task.metrics, ranked=True)
-    weights = {k: v.detach() for k, v in scorer.named_parameters()}
-    assert ranked.support_error(weights) == misordered_pairs(scorer(x).detach(), (y == y[0]).long())
-    assert SupervisedFewShotTask(model, "s", 3, (x, y), task.heldout, task.metrics, stratified=False
-                                 ).support_error(params) is None
 
 
 def test_the_guarded_protocol_scores_the_start_where_adaptation_diverged(problem) -> None:
@@ -114,7 +78,7 @@ def test_the_guarded_protocol_scores_the_start_where_adaptation_diverged(problem
     assert kept_start_counts(plain) == {"fedavg+ft": [0, 12], "fomaml": [0, 12]}
     said = guard_sentence(counts, guard=True)
     assert "fomaml 12 of 12" in said and "fedavg+ft" not in said
-    assert "no adaptation raised" in guard_sentence({"fedavg+ft": [0, 12]}, guard=True)
+    assert "no adaptation diverged" in guard_sentence({"fedavg+ft": [0, 12]}, guard=True)
     assert "--eval.no-guard" in guard_sentence({}, guard=False)
 
 
@@ -152,3 +116,24 @@ def test_runs_score_with_the_guard_unless_told_not_to() -> None:
     spec = VERTICALS.get("digits")
     assert resolve_run_config(spec, "quick", [], prog="fml run digits").eval.guard is True
     assert resolve_run_config(spec, "quick", ["--eval.no-guard"], prog="fml run digits").eval.guard is False
+
+
+def test_guard_signals_splits_the_raised_loss_cells_by_the_support_error() -> None:
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks.guard_signals import misordered_pairs, split
+
+    gen = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(40, generator=gen), torch.arange(40) % 2
+    assert misordered_pairs(scores, labels) == pytest.approx(1 - roc_auc_score(labels, scores))
+    assert misordered_pairs(torch.zeros(6), torch.arange(6) % 2) == 0.5  # ties count half
+    cells = pd.DataFrame({"finite": [True, True, True, True, False],
+                          "loss_before": [1.0, 1.0, 1.0, 1.0, 1.0], "loss_after": [0.5, 2.0, 3.0, 2.0, float("nan")],
+                          "error_before": [0.5, 0.5, 0.5, None, 0.5], "error_after": [0.4, 0.2, 0.5, None, None],
+                          "gain": [0.1, 0.3, -0.2, -0.1, float("nan")]})
+    out = split(cells)
+    assert out["adapted_cells"] == 5 and out["non_finite"] == 1
+    assert out["loss_rose"] == {"cells": 3, "mean_gain": 0.0, "helped": 1, "hurt": 2}
+    assert out["loss_rose_error_fell"] == {"cells": 1, "mean_gain": 0.3, "helped": 1, "hurt": 0}
+    assert out["loss_rose_error_did_not_fall"]["cells"] == 2  # the same error, or none measured

@@ -19,7 +19,6 @@ from torch.func import functional_call
 
 from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
 from core.devices import device_of, to_device
-from core.metrics import misclassified, misordered_pairs
 from core.problem import FewShotTask, SupervisedProblem
 from core.site_statistics import SiteStatistics
 from core.tasks import EpisodeSpec, Site, SiteDataError, split_indices
@@ -112,13 +111,6 @@ class ImagingFewShotTask(FewShotTask):
     def support_folds(self, max_folds: int) -> Optional[Folds]:
         # the original images: augmented copies of one image in two folds would leak
         return split_support(self.threshold_batch, None, self.threshold_batch[1], max_folds)
-
-    @torch.no_grad()
-    def support_error(self, params: Params) -> Optional[float]:
-        # the images adaptation saw (the guard compares their loss): binary ranked like AUROC, else the argmax
-        x, y = self.support_batch
-        z = self._logits(params, x)
-        return misordered_pairs(z[:, 1] - z[:, 0], y) if z.shape[1] == 2 else misclassified(z, y)
 
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
         with torch.no_grad():

@@ -1,0 +1,129 @@
+"""Which support-only signal tells a harmful adaptation? The divergence guard's evidence, cell by cell, on the
+folders a finished held-out benchmark left (no retraining; a diagnostic).
+
+`fml onboard` keeps a start unadapted when adapting it diverged on the site's own support (``core.guard``). The
+signal must come from the support alone; whether the adaptation helped is known only on the scored rows. For every
+adapted (test site, shots, draw, steps) cell of each bundled start, this script records the support loss before
+and after adapting (the loss adapting minimizes), the support's error (:func:`support_error`: misclassified rows,
+misordered positive-negative pairs for a binary ranking; none for a regression, whose loss is its error) before and
+after, and the headline on the scored rows of the start and of the adaptation. It prints, for the cells where the
+loss ROSE, the mean change of the headline (adapted - start, POSITIVE = adapting helped) split by whether the
+support's error fell: what the guard's rule (revert on a raised loss) gives up, and what a rule that also asked for
+no fewer errors would keep.
+
+    python benchmarks/fraud_heldout.py --preset full --seeds 0 1 2 --output-dir fml-output/regenerate/fraud_full ...
+    python benchmarks/guard_signals.py fraud --preset full --runs fml-output/regenerate/fraud_full --seeds 0 1 2
+
+The LAST line is JSON (``--json-out`` also writes it).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.every_start import emit_line, load_finished, rows_by_seed  # noqa: E402
+
+
+def misordered_pairs(scores: Any, labels: Any) -> float:
+    """1 - AUROC: the fraction of (positive, negative) pairs ranked the wrong way round, a tie counting half."""
+    s, y = scores.reshape(-1).float(), labels.reshape(-1).bool()
+    diff = s[y][:, None] - s[~y][None, :]
+    return float(((diff < 0).float() + 0.5 * (diff == 0).float()).mean()) if diff.numel() else 0.0
+
+
+def support_error(task: Any, params: Any) -> Optional[float]:
+    """The task's count of wrong answers on its support: misordered pairs where the headline ranks a binary task
+    (AUROC, PR-AUC), misclassified rows for a classifier, None for a regression or a policy."""
+    import torch
+    from torch.func import functional_call
+
+    if hasattr(task, "_logits"):  # imaging: two logits rank by their difference
+        x, y = task.support(params)
+        with torch.no_grad():
+            z = task._logits(params, x)
+        return misordered_pairs(z[:, 1] - z[:, 0], y) if z.shape[1] == 2 else float((z.argmax(-1) != y).float().mean())
+    if not hasattr(task, "ranked") or not (task.ranked or task.stratified):
+        return None
+    x, y = task.support(params)
+    with torch.no_grad():
+        out = functional_call(task.model, params, (x,))
+    return misordered_pairs(out, y) if task.ranked else float((out.argmax(-1) != y.reshape(-1)).float().mean())
+
+
+def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per adapted cell of each bundled start: support loss and error before / after, headline of the start
+    and of the adaptation on the scored rows."""
+    import torch
+
+    from core.adapt import regularized_loss
+    from core.evaluation import method_candidate, task_generator
+    from core.recipes import adapt_with_recipe
+
+    run = load_finished(spec, cfg, folder)
+    problem, model = run.problem, run.model
+    loss_fn = problem.loss_fn(model)
+    head = problem.param_groups(model)["head"]
+    members = [method_candidate(m, cfg.inner, head) for m in run.methods if m.name in run.bundle]
+    sign = 1.0 if problem.higher_is_better else -1.0
+    out = []
+    for i, site in enumerate(problem.federation.role("test")):
+        for k in cfg.eval.shots:
+            for d in range(cfg.eval.draws):
+                task = problem.few_shot_task(model, site, k, task_generator(cfg.seed, i, k, d))
+                for member in members:
+                    support = task.support(member.params)
+                    start_score = task.score(member.params)[problem.headline]
+                    with torch.no_grad():
+                        before = float(regularized_loss(loss_fn, member.params, support, anchor=member.params,
+                                                        **dict(member.adapt_kwargs)))
+                    error_before = support_error(task, member.params)
+                    for s in (s for s in cfg.eval.steps if s > 0):
+                        with torch.enable_grad():
+                            adapted = adapt_with_recipe(member.recipe_for(s), loss_fn, member.params, support, s,
+                                                        member.lr_for(s), head=member.head, lrs=member.lrs,
+                                                        **dict(member.adapt_kwargs))
+                        adapted = {n: v.detach() for n, v in adapted.items()}
+                        with torch.no_grad():
+                            after = float(regularized_loss(loss_fn, adapted, support, anchor=member.params,
+                                                           **dict(member.adapt_kwargs)))
+                        finite = all(bool(torch.isfinite(v).all()) for v in adapted.values())
+                        out.append({"site": site.site_id, "shots": k, "draw": d, "steps": s, "method": member.name,
+                                    "finite": finite, "loss_before": before, "loss_after": after,
+                                    "error_before": error_before,
+                                    "error_after": support_error(task, adapted) if finite else None,
+                                    "gain": sign * (task.score(adapted)[problem.headline] - start_score)
+                                    if finite else float("nan")})
+    return pd.DataFrame(out), {"bundle": run.bundle, "cells": len(out), "headline": problem.headline}
+
+
+def split(cells: pd.DataFrame) -> dict[str, Any]:
+    """The raised-loss cells split by the support's error: count and mean headline change (adapted - start)."""
+    rose = cells[cells["finite"] & (cells["loss_after"] > cells["loss_before"])]
+    has_error = rose["error_before"].notna() & rose["error_after"].notna()
+    fell = rose[has_error & (rose["error_after"] < rose["error_before"])]
+    held = rose.drop(fell.index)
+    part = lambda p: {"cells": len(p), "mean_gain": round(float(p["gain"].mean()), 4) if len(p) else None,  # noqa: E731
+                      "helped": int((p["gain"] > 0).sum()), "hurt": int((p["gain"] < 0).sum())}
+    return {"adapted_cells": len(cells), "non_finite": int((~cells["finite"]).sum()), "loss_rose": part(rose),
+            "loss_rose_error_fell": part(fell), "loss_rose_error_did_not_fall": part(held)}
+
+
+def main() -> None:
+    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: f"bundle {f['bundle']}; {f['cells']} adapted cells")
+    by_method = {m: split(part) for m, part in rows.groupby("method")}
+    by_steps = {f"{m} {s} steps": split(part) for (m, s), part in rows.groupby(["method", "steps"])}
+    overall = split(rows)
+    for name, facts_of in [("all", overall), *by_method.items(), *by_steps.items()]:
+        print(f"{name}: loss rose in {facts_of['loss_rose']['cells']} of {facts_of['adapted_cells']} "
+              f"(mean gain {facts_of['loss_rose']['mean_gain']}); error fell in {facts_of['loss_rose_error_fell']} ; "
+              f"did not fall in {facts_of['loss_rose_error_did_not_fall']}")
+    emit_line("guard_signals", args, facts, overall=overall, by_method=by_method, by_steps=by_steps)
+
+
+if __name__ == "__main__":
+    main()
