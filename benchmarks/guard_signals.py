@@ -13,6 +13,9 @@ no fewer errors would keep.
 
     python benchmarks/fraud_heldout.py --preset full --seeds 0 1 2 --output-dir fml-output/regenerate/fraud_full ...
     python benchmarks/guard_signals.py fraud --preset full --runs fml-output/regenerate/fraud_full --seeds 0 1 2
+    # any vertical's run folders: e.g. the digits demo, one `fml run` per seed
+    for n in 0 1 2; do bash .ci/fml run digits --preset quick --seed $n --output-dir R/seed$n; done
+    python benchmarks/guard_signals.py digits --preset quick --runs R --seeds 0 1 2
 
 The LAST line is JSON (``--json-out`` also writes it).
 """
@@ -98,7 +101,44 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                                     "error_after": support_error(task, adapted) if finite else None,
                                     "gain": sign * (task.score(adapted)[problem.headline] - start_score)
                                     if finite else float("nan")})
-    return pd.DataFrame(out), {"bundle": run.bundle, "cells": len(out), "headline": problem.headline}
+    return pd.DataFrame(out), {"bundle": run.bundle, "cells": len(out), "headline": problem.headline,
+                               "validation_rises": validation_rises(problem, model, members, cfg)}
+
+
+def validation_rises(problem: Any, model: Any, members: list[Any], cfg: Any) -> dict[str, dict[str, list[float]]]:
+    """Per bundled start and steps count: ``[draws whose support loss rose, validation draws, largest after / before
+    ratio]`` at the step size the validation sites chose (the draws that chose it): whether a rise is what that step
+    size does on every site, or this site's."""
+    import torch
+
+    from core.adapt import regularized_loss
+    from core.evaluation import task_generator
+    from core.recipes import adapt_with_recipe
+    from pipelines.run import selection_shots
+
+    loss_fn = problem.loss_fn(model)
+    sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
+    shots = selection_shots(cfg)
+    out: dict[str, dict[str, list[float]]] = {}
+    for member in members:
+        ratios: dict[int, list[float]] = {}
+        for i, site in enumerate(sites):
+            for d in range(cfg.eval.select_draws):
+                task = problem.few_shot_task(model, site, shots, task_generator(cfg.seed + 17, i, shots, d))
+                support = task.support(member.params)
+                kwargs = dict(member.adapt_kwargs)
+                with torch.no_grad():
+                    before = float(regularized_loss(loss_fn, member.params, support, anchor=member.params, **kwargs))
+                for s in (s for s in cfg.eval.steps if s > 0):
+                    with torch.enable_grad():
+                        adapted = adapt_with_recipe(member.recipe_for(s), loss_fn, member.params, support, s,
+                                                    member.lr_for(s), head=member.head, lrs=member.lrs, **kwargs)
+                    with torch.no_grad():
+                        after = float(regularized_loss(loss_fn, {n: v.detach() for n, v in adapted.items()}, support,
+                                                       anchor=member.params, **kwargs))
+                    ratios.setdefault(s, []).append(after / before if before > 0 else float("inf"))
+        out[member.name] = {str(s): [sum(r > 1 for r in v), len(v), round(max(v), 4)] for s, v in ratios.items()}
+    return out
 
 
 def split(cells: pd.DataFrame) -> dict[str, Any]:
@@ -114,7 +154,9 @@ def split(cells: pd.DataFrame) -> dict[str, Any]:
 
 
 def main() -> None:
-    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: f"bundle {f['bundle']}; {f['cells']} adapted cells")
+    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: (
+        f"bundle {f['bundle']}; {f['cells']} adapted cells; validation draws whose support loss rose at the chosen "
+        f"step size [rose, draws, largest ratio]: {f['validation_rises']}"))
     by_method = {m: split(part) for m, part in rows.groupby("method")}
     by_steps = {f"{m} {s} steps": split(part) for (m, s), part in rows.groupby(["method", "steps"])}
     overall = split(rows)

@@ -326,6 +326,9 @@ def test_fedavg_is_registered_and_chosen_when_it_is_the_better_start(fml_home, t
     assert set(loaded.candidates) == {"fedavg+ft", "fomaml"}
     assert torch.equal(loaded.candidates["fomaml"]["weight"], BAD["weight"])
     assert (tmp_path / "auto_choices.csv").stat().st_size > 0
+    guard = json.loads((tmp_path / "guard_kept_start.json").read_text())  # the protocol's guard, on by default
+    assert guard["guard"] is True and guard["kept_adapted"]["fedavg+ft"][1] == 2 * 2 * 2 * 2  # sites x shots x draws x steps
+    assert "guard_kept_start.json" in {a.path.split("/")[-1] for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert loaded.info["validation_choice_by_shots"] == {"1": {"0": "fedavg+ft", "1": "fedavg+ft", "3": "fedavg+ft"}}
 
     one = onboard(spec, data=None, site_id="clinic-new", shots=1)  # one row: the default, checked at 1 shot
