@@ -137,3 +137,16 @@ def test_guard_signals_splits_the_raised_loss_cells_by_the_support_error() -> No
     assert out["loss_rose"] == {"cells": 3, "mean_gain": 0.0, "helped": 1, "hurt": 2}
     assert out["loss_rose_error_fell"] == {"cells": 1, "mean_gain": 0.3, "helped": 1, "hurt": 0}
     assert out["loss_rose_error_did_not_fall"]["cells"] == 2  # the same error, or none measured
+
+
+def test_guard_signals_counts_the_support_errors_the_task_scores(problem) -> None:
+    from benchmarks.guard_signals import support_error
+
+    model = problem.make_model()
+    params = _params(problem, 0)
+    task = problem.few_shot_task(model, problem.federation.role("test")[0], 3, task_generator(0, 0, 3, 0))
+    x, y = task.support(params)
+    wrong = (torch.func.functional_call(model, params, (x,)).argmax(-1) != y).float().mean()
+    assert support_error(task, params) == pytest.approx(float(wrong))  # a classifier: misclassified rows
+    task.stratified = False  # rows that are not classes: a regression's loss is its only error
+    assert support_error(task, params) is None
