@@ -33,10 +33,14 @@ from benchmarks.every_start import emit_line, load_finished, rows_by_seed  # noq
 
 
 def misordered_pairs(scores: Any, labels: Any) -> float:
-    """1 - AUROC: the fraction of (positive, negative) pairs ranked the wrong way round, a tie counting half."""
-    s, y = scores.reshape(-1).float(), labels.reshape(-1).bool()
-    diff = s[y][:, None] - s[~y][None, :]
-    return float(((diff < 0).float() + 0.5 * (diff == 0).float()).mean()) if diff.numel() else 0.0
+    """1 - AUROC (scikit-learn's): the fraction of (positive, negative) pairs ranked the wrong way round, a tie
+    counting half; 0.0 when a class is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    y = labels.reshape(-1).cpu().numpy()
+    if y.min() == y.max():
+        return 0.0
+    return float(1 - roc_auc_score(y, scores.reshape(-1).float().cpu().numpy()))
 
 
 def support_error(task: Any, params: Any) -> Optional[float]:
@@ -58,20 +62,42 @@ def support_error(task: Any, params: Any) -> Optional[float]:
     return misordered_pairs(out, y) if task.ranked else float((out.argmax(-1) != y.reshape(-1)).float().mean())
 
 
+def adapted_losses(loss_fn: Any, member: Any, support: Any, steps: list[int]) -> tuple[float, dict[int, tuple[Any, float]]]:
+    """``member``'s support loss (the one adapting minimizes) at its start, and per steps count its adaptation as
+    onboarding runs it with that loss after."""
+    import torch
+
+    from core.adapt import regularized_loss
+    from core.recipes import adapt_with_recipe
+
+    kwargs = dict(member.adapt_kwargs)
+    loss = lambda p: float(regularized_loss(loss_fn, p, support, anchor=member.params, **kwargs))  # noqa: E731
+    with torch.no_grad():
+        before = loss(member.params)
+    out = {}
+    for s in steps:
+        with torch.enable_grad():
+            adapted = adapt_with_recipe(member.recipe_for(s), loss_fn, member.params, support, s, member.lr_for(s),
+                                        head=member.head, lrs=member.lrs, **kwargs)
+        adapted = {n: v.detach() for n, v in adapted.items()}
+        with torch.no_grad():
+            out[s] = (adapted, loss(adapted))
+    return before, out
+
+
 def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per adapted cell of each bundled start: support loss and error before / after, headline of the start
     and of the adaptation on the scored rows."""
     import torch
 
-    from core.adapt import regularized_loss
     from core.evaluation import method_candidate, task_generator
-    from core.recipes import adapt_with_recipe
 
     run = load_finished(spec, cfg, folder)
     problem, model = run.problem, run.model
     loss_fn = problem.loss_fn(model)
     head = problem.param_groups(model)["head"]
     members = [method_candidate(m, cfg.inner, head) for m in run.methods if m.name in run.bundle]
+    steps = [s for s in cfg.eval.steps if s > 0]
     sign = 1.0 if problem.higher_is_better else -1.0
     out = []
     for i, site in enumerate(problem.federation.role("test")):
@@ -79,21 +105,10 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
             for d in range(cfg.eval.draws):
                 task = problem.few_shot_task(model, site, k, task_generator(cfg.seed, i, k, d))
                 for member in members:
-                    support = task.support(member.params)
                     start_score = task.score(member.params)[problem.headline]
-                    with torch.no_grad():
-                        before = float(regularized_loss(loss_fn, member.params, support, anchor=member.params,
-                                                        **dict(member.adapt_kwargs)))
                     error_before = support_error(task, member.params)
-                    for s in (s for s in cfg.eval.steps if s > 0):
-                        with torch.enable_grad():
-                            adapted = adapt_with_recipe(member.recipe_for(s), loss_fn, member.params, support, s,
-                                                        member.lr_for(s), head=member.head, lrs=member.lrs,
-                                                        **dict(member.adapt_kwargs))
-                        adapted = {n: v.detach() for n, v in adapted.items()}
-                        with torch.no_grad():
-                            after = float(regularized_loss(loss_fn, adapted, support, anchor=member.params,
-                                                           **dict(member.adapt_kwargs)))
+                    before, by_steps = adapted_losses(loss_fn, member, task.support(member.params), steps)
+                    for s, (adapted, after) in by_steps.items():
                         finite = all(bool(torch.isfinite(v).all()) for v in adapted.values())
                         out.append({"site": site.site_id, "shots": k, "draw": d, "steps": s, "method": member.name,
                                     "finite": finite, "loss_before": before, "loss_after": after,
@@ -109,33 +124,21 @@ def validation_rises(problem: Any, model: Any, members: list[Any], cfg: Any) -> 
     """Per bundled start and steps count: ``[draws whose support loss rose, validation draws, largest after / before
     ratio]`` at the step size the validation sites chose (the draws that chose it): whether a rise is what that step
     size does on every site, or this site's."""
-    import torch
-
-    from core.adapt import regularized_loss
     from core.evaluation import task_generator
-    from core.recipes import adapt_with_recipe
     from pipelines.run import selection_shots
 
     loss_fn = problem.loss_fn(model)
     sites = problem.federation.role("validation") or problem.federation.role("train")[:5]
     shots = selection_shots(cfg)
+    steps = [s for s in cfg.eval.steps if s > 0]
     out: dict[str, dict[str, list[float]]] = {}
     for member in members:
         ratios: dict[int, list[float]] = {}
         for i, site in enumerate(sites):
             for d in range(cfg.eval.select_draws):
                 task = problem.few_shot_task(model, site, shots, task_generator(cfg.seed + 17, i, shots, d))
-                support = task.support(member.params)
-                kwargs = dict(member.adapt_kwargs)
-                with torch.no_grad():
-                    before = float(regularized_loss(loss_fn, member.params, support, anchor=member.params, **kwargs))
-                for s in (s for s in cfg.eval.steps if s > 0):
-                    with torch.enable_grad():
-                        adapted = adapt_with_recipe(member.recipe_for(s), loss_fn, member.params, support, s,
-                                                    member.lr_for(s), head=member.head, lrs=member.lrs, **kwargs)
-                    with torch.no_grad():
-                        after = float(regularized_loss(loss_fn, {n: v.detach() for n, v in adapted.items()}, support,
-                                                       anchor=member.params, **kwargs))
+                before, by_steps = adapted_losses(loss_fn, member, task.support(member.params), steps)
+                for s, (_, after) in by_steps.items():
                     ratios.setdefault(s, []).append(after / before if before > 0 else float("inf"))
         out[member.name] = {str(s): [sum(r > 1 for r in v), len(v), round(max(v), 4)] for s, v in ratios.items()}
     return out
