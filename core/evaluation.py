@@ -164,7 +164,8 @@ def _guarded(loss_fn, method: Method, task: FewShotTask, adapted: dict[int, Para
     support = task.support(method.params) if task.support_loss_falls else ()
     kwargs = (method.inner or inner).adapt_kwargs()
     kept = {s for s, p in adapted.items() if s > 0 and divergence(
-        loss_fn, method.params, p, support, loss_should_fall=task.support_loss_falls, adapt_kwargs=kwargs)}
+        loss_fn, method.params, p, support, loss_should_fall=task.support_loss_falls, adapt_kwargs=kwargs,
+        support_errors=task.support_errors)}
     return {s: method.params if s in kept else p for s, p in adapted.items()}, kept
 
 

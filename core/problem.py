@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss
+from core.choice import Criterion, Folds, class_rank, pairwise_ranking, split_support, unit_loss
 from core.devices import device_of, to_device
 from core.context import context_names
 from core.recipes import head_names
@@ -56,6 +56,11 @@ class FewShotTask(ABC):
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
         """How the per-site choice scores a held-out unit of the support (default: its training loss)."""
         return unit_loss(loss_fn)
+
+    def support_errors(self, params: Params) -> Optional[int]:
+        """How many support rows ``params`` answers wrongly, where the headline counts right answers (a classifier
+        scored by accuracy), else None: the divergence guard's second signal (:func:`core.guard.divergence`)."""
+        return None
 
 
 class Problem(ABC):
@@ -174,9 +179,26 @@ class SupervisedFewShotTask(FewShotTask):
         return split_support(self.support_batch, None, strata, max_folds)
 
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
-        if not self.ranked:
-            return unit_loss(loss_fn)
-        return pairwise_ranking(lambda params, x: functional_call(self.model, params, (x,)).reshape(-1))
+        if self.ranked:
+            return pairwise_ranking(lambda params, x: functional_call(self.model, params, (x,)).reshape(-1))
+        if self._classifier():
+            return class_rank(lambda params, x: functional_call(self.model, params, (x,)))
+        return unit_loss(loss_fn)
+
+    def support_errors(self, params: Params) -> Optional[int]:
+        if not self._classifier():
+            return None
+        x, y = self.support_batch
+        with torch.no_grad():
+            return int((functional_call(self.model, params, (x,)).argmax(-1) != y.reshape(-1)).sum())
+
+    def _classifier(self) -> bool:
+        """A classifier scored by accuracy: class-stratified, not ranked, one logit per class."""
+        if self.ranked or not self.stratified or self.support_batch[0].shape[0] == 0:
+            return False
+        with torch.no_grad():
+            out = self.model(self.support_batch[0][:1].to(device_of(dict(self.model.named_parameters()))))
+        return out.ndim == 2 and out.shape[1] >= 2
 
     def score(self, params: Params) -> dict[str, float]:
         return self.metrics(predict_batched(self.model, params, self.heldout[0], self.eval_batch_size), self.heldout[1])

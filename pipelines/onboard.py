@@ -185,7 +185,7 @@ def guarded_adaptation(member: Candidate, task, loss_fn, steps: int) -> tuple[di
                                     member.lr_for(steps), head=member.head, lrs=member.lrs, **dict(member.adapt_kwargs))
     adapted = {k: v.detach() for k, v in adapted.items()}
     why = divergence(loss_fn, member.params, adapted, support, loss_should_fall=task.support_loss_falls,
-                     adapt_kwargs=member.adapt_kwargs)
+                     adapt_kwargs=member.adapt_kwargs, support_errors=task.support_errors)
     if why is None:
         return adapted, None
     return {k: v.detach() for k, v in member.params.items()}, why

@@ -150,3 +150,63 @@ def test_guard_signals_counts_the_support_errors_the_task_scores(problem) -> Non
     assert support_error(task, params) == pytest.approx(float(wrong))  # a classifier: misclassified rows
     task.stratified = False  # rows that are not classes: a regression's loss is its only error
     assert support_error(task, params) is None
+
+
+def _three_row_classifier():
+    """Rows i = one-hot inputs, so a linear classifier's column i holds row i's two logits."""
+    x, y = torch.eye(3), torch.tensor([0, 0, 0])
+    loss_fn = lambda p, batch: torch.nn.functional.cross_entropy(batch[0] @ p["w"].T, batch[1])  # noqa: E731
+    errors = lambda p: int(((x @ p["w"].T).argmax(-1) != y).sum())  # noqa: E731
+    return (x, y), loss_fn, errors
+
+
+def test_a_classifier_keeps_a_step_that_raised_its_loss_but_fixed_support_rows() -> None:
+    support, loss_fn, errors = _three_row_classifier()
+    # start: rows 0 and 1 wrong by a margin of 2, row 2 right by 20 (loss 1.42); adapted: rows 0 and 1 right by 0.5,
+    # row 2 wrong by 6 (loss 2.31): the loss rose, one wrong row fewer
+    start = {"w": torch.tensor([[0.0, 0.0, 20.0], [2.0, 2.0, 0.0]])}
+    fixed = {"w": torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 6.0]])}
+    assert float(loss_fn(fixed, support)) > float(loss_fn(start, support)) and errors(fixed) < errors(start)
+    assert divergence(loss_fn, start, fixed, support, support_errors=errors) is None
+    assert "raised its support loss" in divergence(loss_fn, start, fixed, support)  # no count: the loss alone
+    # a rise with as many wrong rows is divergence, and says so
+    same = {"w": torch.tensor([[0.5, 0.0, 0.0], [0.0, 2.0, 6.0]])}
+    assert errors(same) == errors(start) and float(loss_fn(same, support)) > float(loss_fn(start, support))
+    assert "no fewer support rows right (2 -> 2 wrong)" in divergence(loss_fn, start, same, support,
+                                                                      support_errors=errors)
+    # a task that does not count wrong rows (a regression, a ranked binary task) is judged by the loss alone
+    assert "raised its support loss" in divergence(loss_fn, start, fixed, support, support_errors=lambda p: None)
+
+
+def test_a_classifiers_task_counts_its_wrong_support_rows_and_a_ranked_one_does_not(problem) -> None:
+    model = problem.make_model()
+    params = _params(problem, 0)
+    task = problem.few_shot_task(model, problem.federation.role("test")[0], 3, task_generator(0, 0, 3, 0))
+    x, y = task.support(params)
+    wrong = int((torch.func.functional_call(model, params, (x,)).argmax(-1) != y).sum())
+    assert task.support_errors(params) == wrong and 0 < wrong < len(y)
+    task.ranked = True  # a binary task ranked by AUROC / PR-AUC: judged by its loss (measured on fraud)
+    assert task.support_errors(params) is None
+
+
+def test_the_protocol_and_onboarding_ask_the_task_for_its_wrong_rows(problem, monkeypatch) -> None:
+    from core.problem import SupervisedFewShotTask
+
+    model = problem.make_model()
+    loss_fn = problem.loss_fn(model)
+    sites = problem.federation.role("test")
+    methods = _methods(problem)
+    methods[1] = Method("fomaml", methods[1].params, lr_by_steps={1: 3.0, 3: 3.0})  # raises the loss, finite
+    fired = evaluate_sites(problem, model, methods, sites, guard=True, **GRID)
+    assert fired[fired.method == "fomaml"].kept_start.any()
+    # a task whose adapted rows are always fewer wrong: no finite adaptation is reverted, in either place
+    start = methods[1].params
+    monkeypatch.setattr(SupervisedFewShotTask, "support_errors",
+                        lambda self, p: int(all(torch.equal(p[k], v) for k, v in start.items())))
+    rows = evaluate_sites(problem, model, methods, sites, guard=True, **GRID)
+    assert not rows.kept_start.any()
+    cell = fired[(fired.method == "fomaml") & fired.kept_start].iloc[0]  # a cell the loss alone reverts
+    i = [site.site_id for site in sites].index(cell.site)
+    candidate = method_candidate(methods[1], GRID["inner"], problem.param_groups(model)["head"])
+    task = problem.few_shot_task(model, sites[i], 2, task_generator(GRID["seed"], i, 2, int(cell.draw)))
+    assert guarded_adaptation(candidate, task, loss_fn, int(cell.steps))[1] is None

@@ -16,8 +16,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from core.choice import (Candidate, choose, choose_candidate, clearly_better, fold_units, pairwise_ranking, split_support,
-                         time_blocks)
+from core.choice import (Candidate, choose, choose_candidate, class_rank, clearly_better, fold_units, pairwise_ranking,
+                         split_support, time_blocks)
 from core.config import EvalConfig, RunConfig
 from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites, select_adaptation, validation_at_shots
 from core.metrics import mse_metrics
@@ -147,6 +147,36 @@ def test_the_ranking_criterion_ignores_a_shift_of_the_scores_and_rewards_a_bette
     wrong = ranks_right({"w": torch.tensor(-2.0)}, held)
     assert len(right) == 4 and right == pytest.approx(shifted)
     assert all(r < w for r, w in zip(right, wrong))
+
+
+def test_the_class_rank_criterion_counts_classes_above_the_true_one_however_confident():
+    logits = lambda p, x: x * p["scale"]  # noqa: E731
+    x = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0], [1.0, 1.0, 0.0], [float("nan"), 0.0, 0.0]])
+    held = [(x[i:i + 1], torch.tensor([y])) for i, y in enumerate([2, 1, 0, 0])]
+    ranks = class_rank(logits)({"scale": torch.tensor(1.0)}, held)
+    assert ranks == [1.0, 0.0, 0.5, math.inf]  # one class above; right; tied with one (half); non-finite
+    assert class_rank(logits)({"scale": torch.tensor(50.0)}, held)[:3] == ranks[:3]  # confidence does not count
+    # a unit of several rows: their mean
+    assert class_rank(logits)({"scale": torch.tensor(1.0)}, [(x[:2], torch.tensor([2, 1]))]) == [0.5]
+
+
+def test_a_classifier_is_chosen_by_its_right_answers_not_its_cross_entropy():
+    from core.problem import SupervisedFewShotTask
+    from torch.nn.functional import cross_entropy
+
+    # rows 0-3 one-hot; candidate A right on 3 of 4 rows and confidently wrong on one, B unsure on every row
+    model = nn.Linear(4, 2, bias=False)
+    x, y = torch.eye(4), torch.tensor([0, 0, 1, 1])
+    a = {"weight": torch.tensor([[4.0, 4.0, 0.0, 30.0], [0.0, 0.0, 4.0, 0.0]])}
+    b = {"weight": torch.tensor([[0.2, -0.1, 0.0, 0.0], [0.0, 0.0, 0.1, -0.1]])}
+    held = [(x[i:i + 1], y[i:i + 1]) for i in range(4)]
+    task = SupervisedFewShotTask(model, "s", 2, (x, y), (x, y), metrics=lambda z, t: {})
+    loss_fn = lambda p, batch: cross_entropy(torch.func.functional_call(model, p, (batch[0],)), batch[1])  # noqa: E731
+    assert sum(map(loss_fn.__call__, [a] * 4, held)) > sum(map(loss_fn.__call__, [b] * 4, held))  # CE prefers B
+    criterion = task.choice_criterion(loss_fn)
+    assert criterion(a, held) == [0.0, 0.0, 0.0, 1.0] and sum(criterion(b, held)) == 2.0
+    task.stratified = False  # rows that are not classes (a regression): the loss
+    assert task.choice_criterion(loss_fn)(b, held) == pytest.approx([float(loss_fn(b, u)) for u in held])
 
 
 @pytest.mark.parametrize("good", ["fedavg+ft", "fomaml"])
