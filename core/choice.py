@@ -5,9 +5,9 @@ the adaptation recipe chosen on validation sites). The site splits its k labelle
 (stratified by class; whole units such as engines never straddle folds), adapts each candidate on the
 training folds with its recipe and measures a loss for every held-out unit: the training loss; for a
 binary task ranked by AUROC / PR-AUC a pairwise ranking loss (a smooth 1 - AUROC that ignores a shift
-of the scores, which few balanced examples would otherwise reward or punish); for a classifier scored by accuracy
-the true class's rank among the logits (the cross-entropy rewards a start that is unsure everywhere over one that
-is right on most rows and confidently wrong on a few). When the support splits, the
+of the scores, which few balanced examples would otherwise reward or punish); for a classifier of several classes
+the probability its softmax leaves to the wrong classes (the cross-entropy rewards a start that is unsure everywhere
+over one that is right on most rows and confidently wrong on a few). When the support splits, the
 BASELINE (the tuned FedAvg model) stays the site's start unless another candidate's held-out loss is clearly
 lower: a one-sided Wilcoxon signed-rank test of the paired per-unit differences at p < 0.1, so that neither
 noise on a handful of examples nor validation sites unlike this one hand the site a worse start. The units of one
@@ -175,23 +175,20 @@ def pairwise_ranking(scores: Callable[[Params, Tensor], Tensor]) -> Criterion:
     return criterion
 
 
-def class_rank(logits: Callable[[Params, Tensor], Tensor]) -> Criterion:
-    """For a classifier scored by accuracy (``logits(params, x) -> [n, C]``, labels ``0..C-1``): each held-out
-    row's count of classes scored above its true class (ties count half; a unit of several rows: their mean), 0
-    when it is right. Unlike the
-    cross-entropy it ignores how confidently a row is wrong, which a step that fixes many confidently wrong rows
-    can raise while the accuracy rises (a non-finite row counts as infinitely bad)."""
+def wrong_class_probability(logits: Callable[[Params, Tensor], Tensor]) -> Criterion:
+    """For a classifier (``logits(params, x) -> [n, C]``, labels ``0..C-1``): the probability each held-out row's
+    softmax leaves to the wrong classes (a unit of several rows: their mean). Bounded by 1, so unlike the
+    cross-entropy a confidently wrong row costs no more than an unsure one: a step that fixes many confidently wrong
+    rows can raise the cross-entropy while the accuracy rises (a non-finite row counts as infinitely bad)."""
 
     @torch.no_grad()
     def criterion(params: Params, held: list[Batch]) -> list[float]:
         x = torch.cat([u[0] for u in held])
         y = torch.cat([u[1] for u in held]).reshape(-1).long()
         z = logits(params, x).float()
-        true = z.gather(1, y[:, None])
-        ranks = (z > true).sum(1) + 0.5 * ((z == true).sum(1) - 1)
-        ranks = torch.where(torch.isfinite(z).all(1), ranks.float(), torch.full_like(ranks.float(), math.inf))
-        sizes = [u[0].shape[0] for u in held]
-        return [float(part.mean()) for part in torch.split(ranks, sizes)]
+        wrong = 1 - z.softmax(-1).gather(1, y[:, None]).squeeze(1)
+        wrong = torch.where(torch.isfinite(z).all(1), wrong, torch.full_like(wrong, math.inf))
+        return [float(part.mean()) for part in torch.split(wrong, [u[0].shape[0] for u in held])]
 
     return criterion
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from core.choice import Criterion, Folds, class_rank, pairwise_ranking, split_support, unit_loss
+from core.choice import Criterion, Folds, pairwise_ranking, split_support, unit_loss, wrong_class_probability
 from core.devices import device_of, to_device
 from core.context import context_names
 from core.recipes import head_names
@@ -182,7 +182,7 @@ class SupervisedFewShotTask(FewShotTask):
         if self.ranked:
             return pairwise_ranking(lambda params, x: functional_call(self.model, params, (x,)).reshape(-1))
         if self._classifier():
-            return class_rank(lambda params, x: functional_call(self.model, params, (x,)))
+            return wrong_class_probability(lambda params, x: functional_call(self.model, params, (x,)))
         return unit_loss(loss_fn)
 
     def support_errors(self, params: Params) -> Optional[int]:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from core.choice import Criterion, Folds, class_rank, pairwise_ranking, split_support
+from core.choice import Criterion, Folds, pairwise_ranking, split_support, wrong_class_probability
 from core.devices import device_of, to_device
 from core.problem import FewShotTask, SupervisedProblem
 from core.site_statistics import SiteStatistics
@@ -115,8 +115,8 @@ class ImagingFewShotTask(FewShotTask):
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
         with torch.no_grad():
             classes = self._logits(dict(self.model.named_parameters()), self.threshold_batch[0][:1]).shape[1]
-        if classes != 2:  # multi-class (scored by accuracy): the true class's rank; binary (by AUROC): the ranking
-            return class_rank(self._logits)
+        if classes != 2:  # multi-class: the wrong classes' probability; binary (ranked by AUROC): the ranking
+            return wrong_class_probability(self._logits)
         return pairwise_ranking(lambda params, x: (lambda z: z[:, 1] - z[:, 0])(self._logits(params, x)))
 
     def support_errors(self, params: Params) -> Optional[int]:
