@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 #: The held-out benchmark script of each vertical.
 SCRIPTS = {"fraud": "fraud_heldout.py", "maintenance": "maintenance_heldout.py",
-           "medical_imaging": "imaging_heldout.py", "robotics": "robotics_heldout.py"}
+           "medical_imaging": "imaging_heldout.py", "robotics": "robotics_heldout.py", "digits": "digits_heldout.py"}
 
 
 def closing_line(path: Path) -> Optional[dict]:
@@ -41,7 +41,7 @@ def command_of(path: Path, line: dict) -> Optional[list[str]]:
     wrote it."""
     if line.get("command"):
         argv = shlex.split(line["command"])
-    elif line.get("vertical") in SCRIPTS and line.get("preset"):
+    elif line.get("vertical") in SCRIPTS and line.get("preset") and "benchmark" not in line:  # not another script's
         argv = ["python", f"benchmarks/{SCRIPTS[line['vertical']]}", "--preset", line["preset"],
                 "--seeds", *(str(s) for s in line.get("seeds") or [0])]
         if line.get("overrides"):

@@ -279,3 +279,21 @@ def test_run_records_the_orientation_and_onboarding_reflects_an_inverted_clinic(
     out = onboard(spec, data=str(npz), shots=2, overrides={"onboard_protocol": "inverted"})
     assert "channel(s) [0] were REFLECTED" in " ".join(capsys.readouterr().out.split())
     assert tracking.load_meta_init(out.model_uri).info["site_moments"]["sign"] == [-1.0]
+
+
+def test_a_multi_class_clinic_counts_wrong_rows_and_is_chosen_by_the_wrong_classes_probability() -> None:
+    from verticals.medical_imaging.problem import ImagingFewShotTask
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 0, 1, 1, 2, 2])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    task = ImagingFewShotTask(model, "clinic", 2, (x, y), (x, y), (x, y))
+    logits = torch.func.functional_call(model, params, (x,))
+    assert task.support_errors(params) == int((logits.argmax(-1) != y).sum())
+    held = [(x[i:i + 1], y[i:i + 1]) for i in range(6)]
+    expected = 1 - logits.softmax(-1)[torch.arange(6), y]
+    assert task.choice_criterion(None)(params, held) == pytest.approx(expected.tolist())
+    binary = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))  # ranked by AUROC: the loss alone judges divergence
+    two = ImagingFewShotTask(binary, "clinic", 2, (x, y % 2), (x, y % 2), (x, y % 2))
+    assert two.support_errors({k: v.detach() for k, v in binary.named_parameters()}) is None
