@@ -196,8 +196,8 @@ class SupervisedFewShotTask(FewShotTask):
         """A classifier scored by accuracy: class-stratified, not ranked, one logit per class."""
         if self.ranked or not self.stratified or self.support_batch[0].shape[0] == 0:
             return False
-        with torch.no_grad():
-            out = self.model(self.support_batch[0][:1].to(device_of(dict(self.model.named_parameters()))))
+        with torch.no_grad():  # the whole support (on the model's device): one row would trip a batch norm
+            out = self.model(self.support_batch[0])
         return out.ndim == 2 and out.shape[1] >= 2
 
     def score(self, params: Params) -> dict[str, float]:
