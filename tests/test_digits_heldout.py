@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 
-def test_the_digits_benchmark_prints_the_vertical_line_with_auto_and_its_paired_rows(tmp_path, monkeypatch, capsys):
+def test_the_digits_benchmark_prints_the_vertical_line_with_auto_and_its_paired_rows(tmp_path, monkeypatch) -> None:
     from benchmarks.digits_heldout import BenchConfig, main
     from benchmarks.heldout_common import emit
 
