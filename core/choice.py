@@ -151,6 +151,7 @@ def unit_loss(loss_fn: LossFn) -> Criterion:
         values = [float(loss_fn(params, unit)) for unit in held]
         return [v if math.isfinite(v) else math.inf for v in values]
 
+    criterion.label = "training loss"  # type: ignore[attr-defined]
     return criterion
 
 
@@ -172,6 +173,7 @@ def pairwise_ranking(scores: Callable[[Params, Tensor], Tensor]) -> Criterion:
         out = pair.sum(1) / other.sum(1).clamp(min=1)
         return out.tolist()
 
+    criterion.label = "pairwise ranking loss"  # type: ignore[attr-defined]
     return criterion
 
 
@@ -190,6 +192,7 @@ def wrong_class_probability(logits: Callable[[Params, Tensor], Tensor]) -> Crite
         wrong = torch.where(torch.isfinite(z).all(1), wrong, torch.full_like(wrong, math.inf))
         return [float(part.mean()) for part in torch.split(wrong, [u[0].shape[0] for u in held])]
 
+    criterion.label = "probability of the wrong classes"  # type: ignore[attr-defined]
     return criterion
 
 
@@ -277,7 +280,9 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         reason = ("one candidate" if len(candidates) < 2 else
                   "support cannot be split (a class with 1 example, 1 unit, or rollouts): validation-chosen default")
         return {s: SiteChoice(defaults[s], {}, 0, reason) for s in steps_grid}
-    losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion or unit_loss(loss_fn))
+    criterion = criterion or unit_loss(loss_fn)
+    losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion)
+    measure = getattr(criterion, "label", "loss")
     out = {}
     for s in steps_grid:
         anchor = baseline if baseline in names else defaults[s]
@@ -285,7 +290,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         pvalues = pvalues_against(by_name, anchor)
         name = choose(by_name, anchor, pvalues)
         test = f"one-sided Wilcoxon signed-rank test, p < {1 - CONFIDENCE:.2g}"
-        reason = (f"{len(folds)}-fold cross-validation on the site's support: " +
+        reason = (f"{len(folds)}-fold cross-validation on the site's support ({measure} of each held-out unit): " +
                   (f"no candidate clearly beat {anchor} ({test})" if name == anchor else f"clearly beats {anchor} ({test})"))
         out[s] = SiteChoice(name, {n: _mean(v) for n, v in by_name.items()}, len(folds), reason, by_name,
                             tuple(len(held) for _, held in folds), pvalues)

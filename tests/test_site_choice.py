@@ -122,6 +122,7 @@ def test_a_split_support_keeps_the_baseline_unless_the_site_shows_a_clear_gain()
     tie = [Candidate("fedavg+ft", GOOD, lambda s: 0.05), Candidate("fomaml", GOOD, lambda s: 0.05)]
     choice = choose_candidate(loss, tie, folds, 2, default="fomaml", baseline="fedavg+ft")
     assert choice.name == "fedavg+ft" and "no candidate clearly beat fedavg+ft" in choice.reason
+    assert "(training loss of each held-out unit)" in choice.reason  # what the folds measured, said where printed
     assert choose_candidate(loss, tie, None, 2, default="fomaml", baseline="fedavg+ft").name == "fomaml"  # no folds
     better = [Candidate("fedavg+ft", BAD, lambda s: 0.05), Candidate("fomaml", GOOD, lambda s: 0.05)]
     assert choose_candidate(loss, better, folds, 2, default="fedavg+ft", baseline="fedavg+ft").name == "fomaml"
@@ -178,6 +179,7 @@ def test_a_classifier_is_chosen_by_its_right_answers_not_its_cross_entropy():
     assert sum(map(loss_fn.__call__, [a] * 4, held)) > sum(map(loss_fn.__call__, [b] * 4, held))  # CE prefers B
     criterion = task.choice_criterion(loss_fn)
     assert sum(criterion(a, held)) < 1.1 < 1.9 < sum(criterion(b, held))  # A: one row wrong; B: all nearly half
+    assert criterion.label == "probability of the wrong classes"
     task.stratified = False  # rows that are not classes (a regression): the loss
     assert task.choice_criterion(loss_fn)(b, held) == pytest.approx([float(loss_fn(b, u)) for u in held])
 
