@@ -44,22 +44,23 @@ def misordered_pairs(scores: Any, labels: Any) -> float:
 
 
 def support_error(task: Any, params: Any) -> Optional[float]:
-    """The task's count of wrong answers on its support: misordered pairs where the headline ranks a binary task
-    (AUROC, PR-AUC), misclassified rows for a classifier, None for a regression or a policy."""
+    """The task's share of wrong answers on its support: misordered pairs where the headline ranks a binary task
+    (AUROC, PR-AUC), misclassified rows for a classifier (the task's own count, as the guard reads it), None for a
+    regression or a policy."""
     import torch
     from torch.func import functional_call
 
-    if hasattr(task, "_logits"):  # imaging: two logits rank by their difference
-        x, y = task.support(params)
-        with torch.no_grad():
-            z = task._logits(params, x)
-        return misordered_pairs(z[:, 1] - z[:, 0], y) if z.shape[1] == 2 else float((z.argmax(-1) != y).float().mean())
-    if not hasattr(task, "ranked") or not (task.ranked or task.stratified):
-        return None
+    wrong = task.support_errors(params)
+    if wrong is not None:
+        return wrong / task.support(params)[0].shape[0]
     x, y = task.support(params)
     with torch.no_grad():
-        out = functional_call(task.model, params, (x,))
-    return misordered_pairs(out, y) if task.ranked else float((out.argmax(-1) != y.reshape(-1)).float().mean())
+        if hasattr(task, "_logits"):  # a binary clinic: two logits rank by their difference
+            z = task._logits(params, x)
+            return misordered_pairs(z[:, 1] - z[:, 0], y)
+        if getattr(task, "ranked", False):
+            return misordered_pairs(functional_call(task.model, params, (x,)), y)
+    return None
 
 
 def adapted_losses(loss_fn: Any, member: Any, support: Any, steps: list[int]) -> tuple[float, dict[int, tuple[Any, float]]]:

@@ -113,17 +113,20 @@ class ImagingFewShotTask(FewShotTask):
         return split_support(self.threshold_batch, None, self.threshold_batch[1], max_folds)
 
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
-        with torch.no_grad():
-            classes = self._logits(dict(self.model.named_parameters()), self.threshold_batch[0][:1]).shape[1]
-        if classes != 2:  # multi-class: the wrong classes' probability; binary (ranked by AUROC): the ranking
+        if self._classes() != 2:  # multi-class: the wrong classes' probability; binary (ranked by AUROC): the ranking
             return wrong_class_probability(self._logits)
         return pairwise_ranking(lambda params, x: (lambda z: z[:, 1] - z[:, 0])(self._logits(params, x)))
 
     def support_errors(self, params: Params) -> Optional[int]:
+        if self._classes() == 2:  # ranked by AUROC: the guard judges by the loss alone
+            return None
         x, y = self.support_batch
         with torch.no_grad():
-            z = self._logits(params, x)
-        return None if z.shape[1] == 2 else int((z.argmax(-1) != y.reshape(-1)).sum())
+            return int((self._logits(params, x).argmax(-1) != y.reshape(-1)).sum())
+
+    def _classes(self) -> int:
+        with torch.no_grad():
+            return self._logits(dict(self.model.named_parameters()), self.threshold_batch[0][:1]).shape[1]
 
     def _logits(self, params: Params, x: Tensor) -> Tensor:
         # chunks move to the parameters' device; the logits come back to x's (held-out images stay on the CPU)
