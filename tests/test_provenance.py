@@ -70,6 +70,20 @@ def test_every_committed_vertical_line_has_a_command() -> None:
     assert command_of(tune, {"benchmark": "tune_report", "vertical": "digits", "preset": "quick"}) is None
 
 
+def test_every_committed_held_out_line_is_scored_as_onboarding_gives_it() -> None:
+    """The tables read as what `fml onboard` gives only if no committed line turned the divergence guard off
+    (experiment records under experiments/ keep the protocol of their day and are not checked)."""
+    from benchmarks.regenerate import RESULTS, SCRIPTS, closing_line
+
+    lines = {p.name: closing_line(p) for p in RESULTS.glob("*.json")}
+    held_out = {name: line for name, line in lines.items()
+                if line and line.get("vertical") in SCRIPTS and "benchmark" not in line}
+    unguarded = sorted(name for name, line in held_out.items()
+                       if "eval.guard=false" in (line.get("command") or "")
+                       or "eval.guard=false" in (line.get("overrides") or []))
+    assert unguarded == [], f"committed lines scored without the guard: {unguarded}"
+
+
 def test_the_machine_names_a_visible_gpu(monkeypatch) -> None:
     assert "gpu" not in machine() or torch.cuda.is_available()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
