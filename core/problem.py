@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -196,9 +197,15 @@ class SupervisedFewShotTask(FewShotTask):
         """A classifier scored by accuracy: class-stratified, not ranked, one logit per class."""
         if self.ranked or not self.stratified or self.support_batch[0].shape[0] == 0:
             return False
-        with torch.no_grad():  # the whole support (on the model's device): one row would trip a batch norm
+        return self._output_columns >= 2
+
+    @cached_property
+    def _output_columns(self) -> int:
+        """Columns of the model's output (0 when it is not a matrix), probed once per task: the guard asks on
+        every adapted cell. The whole support (on the model's device): one row would trip a batch norm."""
+        with torch.no_grad():
             out = self.model(self.support_batch[0])
-        return out.ndim == 2 and out.shape[1] >= 2
+        return out.shape[1] if out.ndim == 2 else 0
 
     def score(self, params: Params) -> dict[str, float]:
         return self.metrics(predict_batched(self.model, params, self.heldout[0], self.eval_batch_size), self.heldout[1])

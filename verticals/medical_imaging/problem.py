@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -113,18 +114,20 @@ class ImagingFewShotTask(FewShotTask):
         return split_support(self.threshold_batch, None, self.threshold_batch[1], max_folds)
 
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
-        if self._classes() != 2:  # multi-class: the wrong classes' probability; binary (ranked by AUROC): the ranking
+        if self._classes != 2:  # multi-class: the wrong classes' probability; binary (ranked by AUROC): the ranking
             return wrong_class_probability(self._logits)
         return pairwise_ranking(lambda params, x: (lambda z: z[:, 1] - z[:, 0])(self._logits(params, x)))
 
     def support_errors(self, params: Params) -> Optional[int]:
-        if self._classes() == 2:  # ranked by AUROC: the guard judges by the loss alone
+        if self._classes == 2:  # ranked by AUROC: the guard judges by the loss alone
             return None
         x, y = self.support_batch
         with torch.no_grad():
             return int((self._logits(params, x).argmax(-1) != y.reshape(-1)).sum())
 
+    @cached_property
     def _classes(self) -> int:
+        """The model's logit count, probed once per task on one image (the guard asks on every adapted cell)."""
         with torch.no_grad():
             return self._logits(dict(self.model.named_parameters()), self.threshold_batch[0][:1]).shape[1]
 
