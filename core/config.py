@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from core.algorithms.base import InnerConfig
+from core.algorithms.base import META_DROPOUT_SITES, InnerConfig
 from core.federation.settings import FlowerSettings
 from core.server import SERVER_OPTIMIZERS
 
@@ -286,6 +286,8 @@ def check_run_config(cfg: Any) -> None:
         ("inner.steps", cfg.inner.steps, cfg.inner.steps >= 0, ">= 0"),
         ("inner.lr", cfg.inner.lr, cfg.inner.lr > 0, "> 0"),
         ("inner.meta_dropout", cfg.inner.meta_dropout, 0 <= cfg.inner.meta_dropout < 1, "in [0, 1)"),
+        ("inner.meta_dropout_at", cfg.inner.meta_dropout_at, cfg.inner.meta_dropout_at in META_DROPOUT_SITES,
+         ", ".join(META_DROPOUT_SITES)),
         ("inner.group", cfg.inner.group, cfg.inner.group in INNER_GROUPS, ", ".join(INNER_GROUPS)),
         ("eval.shots", ev.shots, bool(ev.shots) and min(ev.shots) >= 1, "non-empty, each >= 1"),
         ("eval.steps", ev.steps, bool(ev.steps) and min(ev.steps) >= 0, "non-empty, each >= 0"),

@@ -29,7 +29,7 @@ from core.replay import GraphReplay
 from core.round_averaging import AVERAGED_CHECKPOINT, LastRoundsAverage
 from core.rounds import RoundResult, client_updates
 from core.sampling import NEEDS_STRATA, SiteSizes, sample_clients
-from core.meta_dropout import dropout_for, meta_training_episode
+from core.meta_dropout import meta_dropout_for
 from core.seeds import round_generator
 from core.site_descriptors import site_strata
 from core.server import make_server_optimizer, set_direction_as_grad
@@ -89,6 +89,9 @@ class MetaLearner(pl.LightningModule):
         self.model = initial_model(problem, self.algorithm, seed, start)
         self.inner = with_group(inner, problem, self.model, self.algorithm.inner_group)
         self.loss_fn = problem.loss_fn(self.model)
+        self.meta_dropout = meta_dropout_for(problem, self.model, self.algorithm, self.inner)
+        self.train_loss_fn = self.meta_dropout.loss(self.loss_fn)
+        """The loss of meta-training episodes (:meth:`core.meta_dropout.MetaDropout.loss`); :attr:`loss_fn` elsewhere."""
         self.replay = GraphReplay()
         """This learner's traced rounds (``fed.trace_after``): they go with it, as its loss function does."""
         base = {k: v.detach() for k, v in self.model.named_parameters()}
@@ -136,10 +139,9 @@ class MetaLearner(pl.LightningModule):
         ids = sample_clients(self._train_ids, self._sizes, self.fed.clients_per_round, gen,
                              self.fed.sampler, self.fed.dropout, self._strata)
         meta = self.meta_params()
-        dropout = dropout_for(self.algorithm, self.inner)
-        episodes = [to_device(meta_training_episode(self.problem, sid, meta, self.seed, round_index, dropout),
+        episodes = [to_device(self.meta_dropout.episode(self.problem, sid, meta, self.seed, round_index),
                               self.device) for sid in ids]
-        result = client_updates(self.algorithm, self.loss_fn, meta, episodes, self.inner, self.fed.vectorize,
+        result = client_updates(self.algorithm, self.train_loss_fn, meta, episodes, self.inner, self.fed.vectorize,
                                 self.fed.trace_after, self.replay)
         directions = poison(result.directions, ids, self.seed, self.fed.attack, self.fed.attack_fraction,
                             self.fed.attack_scale)

@@ -267,7 +267,7 @@ def run_pipeline(spec: VerticalSpec, cfg: Any, *, progress: bool = True) -> RunR
     check_groups_and_recipes(problem, cfg, algorithms)
     checkpoint_monitor(problem, cfg)  # refuse an unknown --eval.checkpoint-metric before any training
     if not spec.rows_based and any(algorithm_settings(cfg, a).inner.meta_dropout > 0 for a in algorithms):
-        raise ValueError(f"inner.meta_dropout drops input features of row data; a {spec.name} site's support is collected "
+        raise ValueError(f"inner.meta_dropout drops features of row data; a {spec.name} site's support is collected "
                          "by the policy itself: use inner.meta_dropout=0")
     tracking.setup_tracking()
     experiment = cfg.tracking.experiment or f"fml-{spec.name}"

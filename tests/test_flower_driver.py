@@ -98,8 +98,11 @@ def in_process(run, rounds: int):
     return learner.meta_params()
 
 
-def test_driver_rounds_equal_in_process_rounds():
-    run = make_run()
+@pytest.mark.parametrize("overrides", [{}, {"inner.meta_dropout": 0.3, "inner.meta_dropout_at": "features"}],
+                         ids=["plain", "meta-dropout-on-features"])
+def test_driver_rounds_equal_in_process_rounds(overrides):
+    run = make_run(**overrides)
+    assert run.inner.meta_dropout == overrides.get("inner.meta_dropout", 0.0)
     result = drive(run, MemoryGrid(make_client_app(load_site), sites()))
     reference = in_process(run, 2)
     for k in reference:

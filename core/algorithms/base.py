@@ -11,6 +11,8 @@ from core.types import Episode, LossFn, Params
 
 #: Prefix of extra meta-parameters that are per-parameter inner step sizes (Meta-SGD).
 LR_PREFIX = "inner_lr/"
+#: What ``inner.meta_dropout_at`` may name (:mod:`core.meta_dropout`).
+META_DROPOUT_SITES = ("input", "features")
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,10 @@ class InnerConfig:
         trainable: the names of that group (resolved by the learner; empty = every parameter).
         rate_groups: the names of each of the problem's parameter groups (resolved by the learner), whose
             step sizes ``metasgd-group`` / ``fomaml-group`` learn one per group.
-        meta_dropout: drop probability of the support inputs' entries in meta-training episodes
+        meta_dropout: drop probability of the support's entries in meta-training episodes
             (:mod:`core.meta_dropout`) of the meta-learners (not FedAvg); never at evaluation or onboarding.
+        meta_dropout_at: where those masks apply: ``input`` (the support's inputs) or ``features`` (the input of
+            the model's head module, the body's features).
     """
 
     steps: int = 5
@@ -40,6 +44,7 @@ class InnerConfig:
     trainable: tuple[str, ...] = ()
     rate_groups: tuple[tuple[str, ...], ...] = ()
     meta_dropout: float = 0.0
+    meta_dropout_at: str = "input"
 
     def adapt_kwargs(self) -> dict:
         """The regularization of adaptation (what evaluation and onboarding reuse)."""

@@ -72,7 +72,7 @@ def client_update(node: NodeData, meta, config: Any) -> tuple[dict, int, dict[st
     from core.algorithms.base import get_algorithm
     from core.learner import with_group
     from core.rounds import client_updates
-    from core.meta_dropout import dropout_for, meta_training_episode
+    from core.meta_dropout import meta_dropout_for
 
     if node.loaded.role != "train":
         raise NodeConfigError(f"site {node.site_id!r} has role {node.loaded.role!r} and was asked to train: only "
@@ -81,9 +81,10 @@ def client_update(node: NodeData, meta, config: Any) -> tuple[dict, int, dict[st
     seed, round_index = int(config[R.SEED]), int(config[R.ROUND])
     algorithm = get_algorithm(str(config[R.ALGORITHM]))
     inner = with_group(R.inner_from_config(config), node.problem, node.model, algorithm.inner_group)
-    episode = meta_training_episode(node.problem, node.site_id, meta, seed, round_index, dropout_for(algorithm, inner))
+    dropout = meta_dropout_for(node.problem, node.model, algorithm, inner)
+    episode = dropout.episode(node.problem, node.site_id, meta, seed, round_index)
     # one episode: nothing to vectorize (the direct call gives the in-process vmap's numbers, and is faster)
-    result = client_updates(algorithm, node.loss_fn, meta, [episode], inner, vectorize=False)
+    result = client_updates(algorithm, dropout.loss(node.loss_fn), meta, [episode], inner, vectorize=False)
     direction = {k: v[0].detach() for k, v in result.directions.items()}
     if not all(torch.isfinite(v).all() for v in direction.values()):
         raise FloatingPointError(f"site {node.site_id!r}: the update is not finite at round {round_index}; "
