@@ -55,8 +55,8 @@ def support_error(task: Any, params: Any) -> Optional[float]:
         return wrong / task.support(params)[0].shape[0]
     x, y = task.support(params)
     with torch.no_grad():
-        if hasattr(task, "_logits"):  # a binary clinic: two logits rank by their difference
-            z = task._logits(params, x)
+        if hasattr(task, "logits"):  # a binary clinic: two logits rank by their difference
+            z = task.logits(params, x)
             return misordered_pairs(z[:, 1] - z[:, 0], y)
         if getattr(task, "ranked", False):
             return misordered_pairs(functional_call(task.model, params, (x,)), y)

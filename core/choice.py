@@ -37,8 +37,18 @@ from core.types import Batch, LossFn, Params
 
 #: (training-fold batch, [one batch per held-out unit]) of each fold of one support set.
 Folds = list[tuple[Batch, list[Batch]]]
-#: ``criterion(params, held_units) -> one loss per held-out unit`` (lower is better).
-Criterion = Callable[[Params, list[Batch]], list[float]]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """How the choice scores a fold's held-out units: ``criterion(params, held_units) -> one loss per held-out
+    unit`` (lower is better), with the ``label`` the choice's reason names it by."""
+
+    label: str
+    per_unit: Callable[[Params, list[Batch]], list[float]]
+
+    def __call__(self, params: Params, held: list[Batch]) -> list[float]:
+        return self.per_unit(params, held)
 
 
 @dataclass(frozen=True)
@@ -151,8 +161,7 @@ def unit_loss(loss_fn: LossFn) -> Criterion:
         values = [float(loss_fn(params, unit)) for unit in held]
         return [v if math.isfinite(v) else math.inf for v in values]
 
-    criterion.label = "training loss"  # type: ignore[attr-defined]
-    return criterion
+    return Criterion("training loss", criterion)
 
 
 def pairwise_ranking(scores: Callable[[Params, Tensor], Tensor]) -> Criterion:
@@ -173,8 +182,7 @@ def pairwise_ranking(scores: Callable[[Params, Tensor], Tensor]) -> Criterion:
         out = pair.sum(1) / other.sum(1).clamp(min=1)
         return out.tolist()
 
-    criterion.label = "pairwise ranking loss"  # type: ignore[attr-defined]
-    return criterion
+    return Criterion("pairwise ranking loss", criterion)
 
 
 def wrong_class_probability(logits: Callable[[Params, Tensor], Tensor]) -> Criterion:
@@ -192,8 +200,7 @@ def wrong_class_probability(logits: Callable[[Params, Tensor], Tensor]) -> Crite
         wrong = torch.where(torch.isfinite(z).all(1), wrong, torch.full_like(wrong, math.inf))
         return [float(part.mean()) for part in torch.split(wrong, [u[0].shape[0] for u in held])]
 
-    criterion.label = "probability of the wrong classes"  # type: ignore[attr-defined]
-    return criterion
+    return Criterion("probability of the wrong classes", criterion)
 
 
 def adapted_on(loss_fn: LossFn, candidate: Candidate, train: Batch, steps_grid: Sequence[int]) -> dict[int, Params]:
@@ -282,7 +289,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         return {s: SiteChoice(defaults[s], {}, 0, reason) for s in steps_grid}
     criterion = criterion or unit_loss(loss_fn)
     losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion)
-    measure = getattr(criterion, "label", "loss")
+    measure = criterion.label
     out = {}
     for s in steps_grid:
         anchor = baseline if baseline in names else defaults[s]

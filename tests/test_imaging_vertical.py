@@ -296,4 +296,9 @@ def test_a_multi_class_clinic_counts_wrong_rows_and_is_chosen_by_the_wrong_class
     assert task.choice_criterion(None)(params, held) == pytest.approx(expected.tolist())
     binary = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))  # ranked by AUROC: the loss alone judges divergence
     two = ImagingFewShotTask(binary, "clinic", 2, (x, y % 2), (x, y % 2), (x, y % 2))
-    assert two.support_errors({k: v.detach() for k, v in binary.named_parameters()}) is None
+    binary_params = {k: v.detach() for k, v in binary.named_parameters()}
+    assert two.support_errors(binary_params) is None
+    from benchmarks.guard_signals import misordered_pairs, support_error
+
+    z = torch.func.functional_call(binary, binary_params, (x,))
+    assert support_error(two, binary_params) == pytest.approx(misordered_pairs(z[:, 1] - z[:, 0], y % 2))

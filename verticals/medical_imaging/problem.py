@@ -115,24 +115,25 @@ class ImagingFewShotTask(FewShotTask):
 
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
         if self._classes != 2:  # multi-class: the wrong classes' probability; binary (ranked by AUROC): the ranking
-            return wrong_class_probability(self._logits)
-        return pairwise_ranking(lambda params, x: (lambda z: z[:, 1] - z[:, 0])(self._logits(params, x)))
+            return wrong_class_probability(self.logits)
+        return pairwise_ranking(lambda params, x: (lambda z: z[:, 1] - z[:, 0])(self.logits(params, x)))
 
     def support_errors(self, params: Params) -> Optional[int]:
         if self._classes == 2:  # ranked by AUROC: the guard judges by the loss alone
             return None
         x, y = self.support_batch
         with torch.no_grad():
-            return int((self._logits(params, x).argmax(-1) != y.reshape(-1)).sum())
+            return int((self.logits(params, x).argmax(-1) != y.reshape(-1)).sum())
 
     @cached_property
     def _classes(self) -> int:
         """The model's logit count, probed once per task on one image (the guard asks on every adapted cell)."""
         with torch.no_grad():
-            return self._logits(dict(self.model.named_parameters()), self.threshold_batch[0][:1]).shape[1]
+            return self.logits(dict(self.model.named_parameters()), self.threshold_batch[0][:1]).shape[1]
 
-    def _logits(self, params: Params, x: Tensor) -> Tensor:
-        # chunks move to the parameters' device; the logits come back to x's (held-out images stay on the CPU)
+    def logits(self, params: Params, x: Tensor) -> Tensor:
+        """The model's logits on images ``x`` (``[n, classes]``), in chunks that move to the parameters' device and
+        come back to ``x``'s (held-out images stay on the CPU)."""
         device = device_of(params)
         outs = [functional_call(self.model, params, (x[i:i + self.eval_batch_size].to(device),)).to(x.device)
                 for i in range(0, x.shape[0], self.eval_batch_size)]
@@ -140,10 +141,10 @@ class ImagingFewShotTask(FewShotTask):
 
     @torch.no_grad()
     def score(self, params: Params) -> dict[str, float]:
-        logits = self._logits(params, self.heldout[0])
+        logits = self.logits(params, self.heldout[0])
         cut = None
         if logits.shape[1] == 2 and self.threshold_batch[0].shape[0] > 0:
-            cut = THRESHOLDS.get(self.threshold)(self._logits(params, self.threshold_batch[0]), self.threshold_batch[1])
+            cut = THRESHOLDS.get(self.threshold)(self.logits(params, self.threshold_batch[0]), self.threshold_batch[1])
         return imaging_metrics(logits, self.heldout[1], cut)
 
 
