@@ -221,12 +221,33 @@ def algorithm_settings(cfg: Any, algorithm: str) -> AlgorithmSettings:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
+def inner_problems(inner: InnerConfig, option: str = "--inner.") -> list[str]:
+    """The impossible values of ``inner``, each named as ``option`` + its key (``--inner.lr``, ``reptile:inner.lr``)."""
+    problems = []
+    for key, value, ok, need in [
+        ("steps", inner.steps, inner.steps >= 0, ">= 0"),
+        ("lr", inner.lr, inner.lr > 0, "> 0"),
+        ("meta_dropout", inner.meta_dropout, 0 <= inner.meta_dropout < 1, "in [0, 1)"),
+        ("meta_dropout_at", inner.meta_dropout_at, inner.meta_dropout_at in META_DROPOUT_SITES,
+         ", ".join(META_DROPOUT_SITES)),
+        ("group", inner.group, inner.group in INNER_GROUPS, ", ".join(INNER_GROUPS)),
+    ]:
+        if not ok:
+            name = option + (key.replace("_", "-") if option.startswith("--") else key)
+            problems.append(f"{name} {value} (must be {need})")
+    return problems
+
+
 def check_algorithm_overrides(cfg: Any, trained: list[str]) -> None:
-    """Fail before training when an override names an algorithm the run does not train, or a bad key."""
+    """Fail before training when an override names an algorithm the run does not train, a bad key or a bad value."""
     for name in parse_algorithm_overrides(cfg.algorithm_overrides):
         if name not in trained:
             raise ValueError(f"algorithm override for {name!r}, but this run trains {', '.join(trained)}")
-        SERVER_OPTIMIZERS.get(algorithm_settings(cfg, name).server.optimizer)
+        settings = algorithm_settings(cfg, name)
+        SERVER_OPTIMIZERS.get(settings.server.optimizer)
+        problems = inner_problems(settings.inner, f"{name}:inner.")
+        if problems:
+            raise ValueError("invalid algorithm override(s): " + "; ".join(problems))
 
 
 def to_plain(cfg: Any) -> dict:
@@ -283,12 +304,6 @@ def check_run_config(cfg: Any) -> None:
         ("fed.val_every", fed.val_every, fed.val_every >= 1, ">= 1"),
         ("fed.dropout", fed.dropout, 0 <= fed.dropout < 1, "in [0, 1)"),
         ("fed.attack_fraction", fed.attack_fraction, 0 <= fed.attack_fraction < 1, "in [0, 1)"),
-        ("inner.steps", cfg.inner.steps, cfg.inner.steps >= 0, ">= 0"),
-        ("inner.lr", cfg.inner.lr, cfg.inner.lr > 0, "> 0"),
-        ("inner.meta_dropout", cfg.inner.meta_dropout, 0 <= cfg.inner.meta_dropout < 1, "in [0, 1)"),
-        ("inner.meta_dropout_at", cfg.inner.meta_dropout_at, cfg.inner.meta_dropout_at in META_DROPOUT_SITES,
-         ", ".join(META_DROPOUT_SITES)),
-        ("inner.group", cfg.inner.group, cfg.inner.group in INNER_GROUPS, ", ".join(INNER_GROUPS)),
         ("eval.shots", ev.shots, bool(ev.shots) and min(ev.shots) >= 1, "non-empty, each >= 1"),
         ("eval.steps", ev.steps, bool(ev.steps) and min(ev.steps) >= 0, "non-empty, each >= 0"),
         ("eval.lr_grid", ev.lr_grid, bool(ev.lr_grid) and min(ev.lr_grid) > 0, "non-empty, each > 0"),
@@ -301,6 +316,7 @@ def check_run_config(cfg: Any) -> None:
     ]:
         if not ok:
             problems.append(f"--{option.replace('_', '-')} {value} (must be {need})")
+    problems += inner_problems(cfg.inner)
     from core.recipes import RECIPES
     from core.attacks import ATTACKS
 

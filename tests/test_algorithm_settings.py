@@ -29,6 +29,10 @@ def test_overrides_apply_to_their_algorithm_only() -> None:
     (["reptile:fed.rounds=1"], r"KEY under inner. or server."),
     (["maml:server.lr=1"], r"override for 'maml', but this run trains fedavg, reptile"),
     (["reptile:server.optimizer=sgdd"], r"sgdd"),
+    (["reptile:inner.meta_dropout_at=hidden", "reptile:inner.lr=-1"],
+     r"invalid algorithm override\(s\): reptile:inner.lr -1.0 \(must be > 0\); "
+     r"reptile:inner.meta_dropout_at hidden \(must be input, features\)"),
+    (["reptile:inner.meta_dropout=1.5"], r"reptile:inner.meta_dropout 1.5 \(must be in \[0, 1\)\)"),
 ])
 def test_bad_overrides_are_clear_errors(overrides: list[str], message: str) -> None:
     with pytest.raises((ValueError, KeyError), match=message):
