@@ -50,8 +50,8 @@ def drop_support_inputs(episode: Episode, p: float, gen: torch.Generator) -> Epi
     x, *rest = episode.support
     if not x.is_floating_point():
         raise ValueError(f"inner.meta_dropout needs floating-point inputs, got {x.dtype}")
-    keep = _inverted_mask(x.shape, p, gen).to(device=x.device, dtype=x.dtype)
-    return replace(episode, support=(x * keep, *rest))
+    keep = (torch.rand(x.shape, generator=gen) >= p).to(device=x.device, dtype=x.dtype)
+    return replace(episode, support=(x * keep / (1 - p), *rest))  # this order: committed lines reproduce bit for bit
 
 
 def mask_support_features(episode: Episode, p: float, gen: torch.Generator, feature_shape: tuple[int, ...]) -> Episode:
