@@ -144,3 +144,28 @@ def test_feature_dropout_is_refused_with_a_clear_error(fml_home, capsys) -> None
     with pytest.raises(ValueError, match="no parameters"):
         meta_dropout_for(None, torch.nn.ReLU(), get_algorithm("fomaml"),  # type: ignore[arg-type]
                          InnerConfig(meta_dropout=0.2, meta_dropout_at="features"))
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml", "maml"])
+def test_a_traced_round_with_feature_dropout_replays_the_masks_it_is_given(problem, algorithm: str) -> None:
+    """The replayed graph (``fed.trace_after``) holds the head's pre-hook as an op whose mask is an input: a later
+    round's other masks give the eager round's numbers bit for bit."""
+    from core.replay import GraphReplay
+    from core.rounds import client_updates
+
+    learner = MetaLearner(problem, algorithm, InnerConfig(steps=2, lr=0.1, meta_dropout=0.4, meta_dropout_at="features"),
+                          FederatedConfig(rounds=1, clients_per_round=4), ServerConfig(), seed=0)
+    meta = learner.meta_params()
+
+    def episodes(round_index: int):
+        return [learner.meta_dropout.episode(problem, sid, meta, 0, round_index) for sid in learner._train_ids[:4]]
+
+    replay = GraphReplay()
+    client_updates(learner.algorithm, learner.train_loss_fn, meta, episodes(0), learner.inner, trace_after=1,
+                   replay=replay)
+    assert replay.traced() == 1
+    replayed = client_updates(learner.algorithm, learner.train_loss_fn, meta, episodes(1), learner.inner,
+                              trace_after=1, replay=replay)
+    eager = client_updates(learner.algorithm, learner.train_loss_fn, meta, episodes(1), learner.inner)
+    for k in eager.directions:
+        assert torch.equal(replayed.directions[k], eager.directions[k]), k
