@@ -91,7 +91,7 @@ class MetaLearner(pl.LightningModule):
         self.loss_fn = problem.loss_fn(self.model)
         self.meta_dropout = meta_dropout_for(problem, self.model, self.algorithm, self.inner)
         self.train_loss_fn = self.meta_dropout.loss(self.loss_fn)
-        """The loss of meta-training episodes (:meth:`core.meta_dropout.MetaDropout.loss`); :attr:`loss_fn` elsewhere."""
+        """The loss of meta-training episodes (:meth:`core.meta_dropout.MetaDropout.loss`); ``loss_fn`` elsewhere."""
         self.replay = GraphReplay()
         """This learner's traced rounds (``fed.trace_after``): they go with it, as its loss function does."""
         base = {k: v.detach() for k, v in self.model.named_parameters()}

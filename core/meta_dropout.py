@@ -29,6 +29,7 @@ from core.recipes import head_names
 from core.seeds import site_generator, site_seed
 from core.types import Batch, Episode, LossFn, Params
 
+
 def _inverted_mask(shape: torch.Size, p: float, gen: torch.Generator) -> torch.Tensor:
     """``1 / (1 - p)`` where kept, 0 where dropped (probability ``p``), drawn on the CPU from ``gen``."""
     return (torch.rand(shape, generator=gen) >= p).float() / (1 - p)
@@ -66,8 +67,8 @@ def mask_support_features(episode: Episode, p: float, gen: torch.Generator, feat
 
 @dataclass(frozen=True)
 class MetaDropout:
-    """One learner's meta-dropout: probability ``p`` at ``at`` (:data:`core.algorithms.base.META_DROPOUT_SITES`); for ``features`` the head
-    module whose input is masked and the shape of one row of that input."""
+    """One learner's meta-dropout: probability ``p`` at ``at`` (:data:`core.algorithms.base.META_DROPOUT_SITES`); for
+    ``features`` the head module whose input is masked and the shape of one row of that input."""
 
     p: float = 0.0
     at: str = "input"
@@ -141,7 +142,8 @@ def meta_dropout_for(problem: Problem, model: nn.Module, algorithm: Algorithm, i
     """The meta-dropout an algorithm's episodes get: ``inner.meta_dropout`` at ``inner.meta_dropout_at`` for a
     meta-learner, none for FedAvg (the baseline trains on clean rows), in both engines."""
     if inner.meta_dropout_at not in META_DROPOUT_SITES:
-        raise ValueError(f"inner.meta_dropout_at {inner.meta_dropout_at!r}: choose one of {', '.join(META_DROPOUT_SITES)}")
+        raise ValueError(f"inner.meta_dropout_at {inner.meta_dropout_at!r}: choose one of "
+                         f"{', '.join(META_DROPOUT_SITES)}")
     if not algorithm.is_meta or inner.meta_dropout <= 0:
         return MetaDropout()
     if inner.meta_dropout_at == "input":
