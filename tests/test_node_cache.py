@@ -67,3 +67,26 @@ def test_the_cache_is_bounded_and_drops_the_least_recently_used_site(tmp_path, l
     assert [r.seed for r in loader.calls] == [0, 1, 2, 1]
     with pytest.raises(ValueError, match="max_entries"):
         N.NodeCache(max_entries=0)
+
+
+def test_disk_cache_serves_a_new_process_and_not_other_code(tmp_path, loader, monkeypatch):
+    """The deployment engine starts a process per message: the prepared site comes back from ``cache-dir``
+    (no second load), but a node upgraded to other source prepares it again instead of unpickling the old."""
+    data = tmp_path / "site.csv"
+    data.write_text("a,b\n1,2\n")
+    req = N.make_request({"site-id": "clinic-1", "data-path": str(data), "cache-dir": str(tmp_path / "cache")},
+                         "tabular", "{}", 0)
+    N.load_node(req, loader, N.NodeCache())
+    assert len(loader.calls) == 1 and len(list((tmp_path / "cache").glob("site-*.pkl"))) == 1
+    again = N.load_node(req, loader, N.NodeCache())  # a fresh process: empty memory, same disk
+    assert len(loader.calls) == 1 and again.loaded.site.site_id == "clinic-1"
+    monkeypatch.setattr(N, "code_fingerprint", lambda: "other-code")
+    N.load_node(req, loader, N.NodeCache())
+    assert len(loader.calls) == 2 and len(list((tmp_path / "cache").glob("site-*.pkl"))) == 2
+
+
+def test_code_fingerprint_reads_the_toolkit_source():
+    fingerprint = N.code_fingerprint()
+    assert len(fingerprint) == 16 and fingerprint == N.code_fingerprint()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(N.__file__))))
+    assert all(os.path.isdir(os.path.join(root, p)) for p in N.SOURCE_PACKAGES)

@@ -15,7 +15,8 @@ Node config keys:
     preprocessing: path of a JSON file with the saved preprocessing (``site`` mode).
     vertical: pins the vertical; a run of another vertical is refused.
     cache-dir: folder where the prepared site is kept between messages (the deployment engine starts a
-        fresh ClientApp process for every message); delete it after changing the vertical's code.
+        fresh ClientApp process for every message); an entry is keyed by the toolkit's source as well
+        (:func:`code_fingerprint`), so a node upgraded to other code prepares its site again.
 
 A process that serves many messages (a simulation actor, the long-running ClientApp of
 ``pipelines.federate_clientapp``) keeps the prepared site in memory, keyed by the request AND the size and
@@ -23,6 +24,7 @@ mtime of its data and preprocessing files, so a site that replaces its data file
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Optional
@@ -181,12 +183,34 @@ def simulation_site_order(federation) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ disk cache
+#: The toolkit's packages (pyproject's), whose source prepares a site: read as files, never imported here.
+SOURCE_PACKAGES = ("core", "data_adapters", "verticals", "pipelines")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A digest of the toolkit's Python source (every ``.py`` of :data:`SOURCE_PACKAGES` beside ``core``), part
+    of the disk cache's key: a pickled site holds objects of the code that prepared it, which other code may
+    read differently or not at all. Once per process (about 10 ms)."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for package in SOURCE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _cache_file(request: NodeRequest):
     import hashlib
     import json
     from pathlib import Path
 
     fields = {k: v for k, v in request.__dict__.items() if k != "cache_dir"}
+    fields["code"] = code_fingerprint()  # other code: a new entry, never an old pickle
     for key in ("data_path", "preprocessing_path"):  # a changed file is a new cache entry
         stamp = file_stamp(fields.get(key))
         if stamp is not None:
