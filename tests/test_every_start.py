@@ -175,3 +175,30 @@ def test_the_every_start_report_names_its_options_command_and_machine(finished, 
     assert line["benchmark"] == "every_start" and line["overrides"] == ["algorithms=[fomaml,reptile,maml]"]
     assert line["facts"]["0"]["bundle_choices_differing_from_the_run"] == 0 and line["cells"]
     assert "every_start.py" in line["command"] and line["machine"]["cores"] >= 1
+
+
+def test_the_validation_evidence_rederives_the_runs_defaults(finished, tmp_path, monkeypatch) -> None:
+    """benchmarks/validation_default_evidence.py: each validation site's gain per steps count, and the default
+    the rule gives from it, which must be the run's own (else the script refuses)."""
+    import json
+
+    import benchmarks.validation_default_evidence as script
+    import pipelines.registration_choice as rc
+    from core.choice import gain_pvalue
+
+    _, _, result = finished
+    line = run_script(script, finished, tmp_path, monkeypatch)
+    run_defaults = json.loads((result.output_dir / "fallback_defaults.json").read_text())["default_by_steps"]
+    facts = line["by_seed"]["0"]
+    assert {s: f["default"] for s, f in facts.items()} == run_defaults
+    sites = {len(start["site_gains"]) for f in facts.values() for start in f["starts"].values()}
+    assert len(sites) == 1 and sites.pop() >= 2  # one gain per validation site, the same sites everywhere
+    for f in facts.values():
+        for start in f["starts"].values():
+            assert start["pvalue"] == round(gain_pvalue(start["site_gains"]), 4)
+    # evidence that gives another default than the run's is refused, not printed as the run's
+    forced = "fomaml" if "fedavg+ft" in run_defaults.values() else "fedavg+ft"
+    monkeypatch.setattr(rc, "validation_default",
+                        lambda methods, steps, higher: (next(m for m in methods if m.name == forced), "forced"))
+    with pytest.raises(SystemExit, match="the reloaded evidence gives"):
+        run_script(script, finished, tmp_path, monkeypatch)
