@@ -17,7 +17,9 @@ above 0.1 -- at k = 2 a candidate better on both folds passes, 1 time in 4 when 
 Testing one unit per pair instead was measured (``benchmarks/choice_rules.py``, R6) and not adopted: see
 verticals/README.md. Only a
 support too small to split (fewer than two units of some class) falls back to the DEFAULT, the start the
-validation sites support (the baseline unless an FML algorithm beat it clearly there). Units whose rows are
+validation sites support (the baseline unless an FML algorithm beat it clearly there); a robot's support, its own
+rollouts, cannot be split either, but a robot that will not adapt spends it on running each start instead
+(:func:`choose_by_trials`). Units whose rows are
 ordered in time (an engine's windows) are cut into contiguous blocks (:func:`time_blocks`) when there are too
 few of them for the test: one engine still tells which start predicts the rest of ITS life better. Only
 the support set is read: the rows a held-out protocol scores never reach these functions.
@@ -91,6 +93,9 @@ class SiteChoice:
     pvalues: Mapping[str, float] = field(default_factory=dict)
     """Candidate -> the one-sided p-value that it beats the anchor (:func:`gain_pvalue`; the anchor itself has
     none): how strong the site's evidence was, shown at onboarding and kept in the lineage."""
+    trials: int = 0
+    """Episodes each start was run for on the site, unadapted, when the choice came from trials
+    (:func:`choose_by_trials`; ``folds`` is 0 then); 0 otherwise."""
 
 
 def fold_units(units: Tensor, strata: Optional[Tensor], max_folds: int) -> Optional[list[tuple[Tensor, list[Tensor]]]]:
@@ -270,14 +275,64 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.inf
 
 
+#: ``trial_scores(params, episodes, trial) -> the headline of each of ``episodes`` fresh episodes`` of a start run
+#: unadapted on the site (a policy's returns), with the ``trial``-th start's own seeds; None when the task has no
+#: episodes of its own to run (a labelled support: its folds already score every start unadapted).
+TrialScores = Callable[[Params, int, int], Optional[Sequence[float]]]
+
+#: The fewest episodes per start with which a one-sided rank-sum test can pass at p < 0.1 (3 against 3: p = 1/20;
+#: 2 against 2 cannot go below 1/6).
+MIN_TRIALS = 3
+
+
+def rank_sum_pvalue(losses: Sequence[float], anchor_losses: Sequence[float]) -> float:
+    """One-sided Mann-Whitney p-value that ``losses`` are lower than ``anchor_losses`` (unpaired: each start runs
+    its own episodes; exact for small samples without ties); 1 unless their mean is lower."""
+    from scipy.stats import mannwhitneyu
+
+    if not losses or not anchor_losses or not _mean(losses) < _mean(anchor_losses):
+        return 1.0
+    return float(mannwhitneyu(anchor_losses, losses, alternative="greater").pvalue)
+
+
+def choose_by_trials(trial_scores: TrialScores, candidates: Sequence[Candidate], budget: int, anchor: str,
+                     higher_is_better: bool) -> Optional[SiteChoice]:
+    """The start a site that will NOT adapt keeps, from episodes of its own: its support budget (``budget``
+    episodes) split evenly over the candidates, each start run unadapted on its share, and ``anchor`` kept unless
+    another start is clearly better -- a one-sided Mann-Whitney rank-sum test at p < 0.1 (:func:`rank_sum_pvalue`)
+    -- taking the best mean among those that are. A policy's support is its own rollouts, so it cannot be split
+    into folds; without adapting, those rollouts are free to try the starts instead. None when a share is under
+    :data:`MIN_TRIALS` (the test could never pass) or the task has no episodes to run."""
+    share = budget // max(len(candidates), 1)
+    if len(candidates) < 2 or share < MIN_TRIALS:
+        return None
+    sign = -1.0 if higher_is_better else 1.0
+    losses: dict[str, list[float]] = {}
+    for trial, c in enumerate(candidates):
+        scores = trial_scores(c.params, share, trial)
+        if scores is None:
+            return None
+        losses[c.name] = [sign * float(v) if math.isfinite(v) else math.inf for v in scores]
+    pvalues = {name: rank_sum_pvalue(v, losses[anchor]) for name, v in losses.items() if name != anchor}
+    name = choose(losses, anchor, pvalues)
+    test = f"one-sided Mann-Whitney rank-sum test, p < {1 - CONFIDENCE:.2g}"
+    reason = (f"{share} episodes of each of the {len(candidates)} starts, unadapted, on the site "
+              f"(its support budget of {budget}): " + (f"no start clearly beat {anchor} ({test})" if name == anchor else
+                                f"clearly beats {anchor} ({test})"))
+    return SiteChoice(name, {n: _mean(v) for n, v in losses.items()}, 0, reason, losses, (), pvalues, share)
+
+
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
                      defaults: Mapping[int, str], criterion: Optional[Criterion] = None,
-                     baseline: Optional[str] = None) -> dict[int, SiteChoice]:
+                     baseline: Optional[str] = None, trials: Optional[TrialScores] = None, budget: int = 0,
+                     higher_is_better: bool = True) -> dict[int, SiteChoice]:
     """The choice at each steps count of ``defaults`` (every candidate adapts that many steps).
 
     On the site's own folds, ``baseline`` (when it is a candidate; else ``defaults[s]``) is kept unless another
     candidate is clearly better by ``criterion`` (default: the held-out units' loss); ``defaults[s]`` -- the
-    start validation sites support at ``s`` steps -- only when the support cannot be split."""
+    start validation sites support at ``s`` steps -- only when the support cannot be split. At 0 steps a task
+    whose support the policy produces (``trials``, ``budget`` episodes, scores in the direction
+    ``higher_is_better``) tries the starts instead (:func:`choose_by_trials`), against the same anchor."""
     names = [c.name for c in candidates]
     for name in defaults.values():
         if name not in names:
@@ -286,7 +341,12 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
     if folds is None or len(candidates) < 2:
         reason = ("one candidate" if len(candidates) < 2 else
                   "support cannot be split (a class with 1 example, 1 unit, or rollouts): validation-chosen default")
-        return {s: SiteChoice(defaults[s], {}, 0, reason) for s in steps_grid}
+        out = {s: SiteChoice(defaults[s], {}, 0, reason) for s in steps_grid}
+        if 0 in out and trials is not None:
+            tried = choose_by_trials(trials, candidates, budget, baseline if baseline in names else defaults[0],
+                                     higher_is_better)
+            out[0] = tried or out[0]
+        return out
     criterion = criterion or unit_loss(loss_fn)
     losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion)
     measure = criterion.label
@@ -305,7 +365,11 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
 
 
 def choose_candidate(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds], steps: int,
-                     default: str, criterion: Optional[Criterion] = None, baseline: Optional[str] = None) -> SiteChoice:
+                     default: str, criterion: Optional[Criterion] = None, baseline: Optional[str] = None,
+                     trials: Optional[TrialScores] = None, budget: int = 0,
+                     higher_is_better: bool = True) -> SiteChoice:
     """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; ``baseline`` is
-    kept unless another candidate is clearly better on the folds, ``default`` when there are no folds."""
-    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion, baseline)[steps]
+    kept unless another candidate is clearly better on the folds (at 0 steps without folds: in the site's own
+    trial episodes, ``trials``), ``default`` when there are neither."""
+    return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion, baseline, trials, budget,
+                            higher_is_better)[steps]

@@ -366,7 +366,8 @@ def evaluate_auto(
     """The ``auto`` rows of the draws of :func:`evaluate_sites` (same seed and grids): on each draw the
     choice sees ONLY that draw's support folds; ``rows`` (the scores) are read afterwards, to copy the
     chosen candidate's metrics. Column ``choice`` names the candidate, ``cv_folds`` the folds its support split
-    into (0: it could not be split and got the default). ``on_choice(site, shots, draw,
+    into (0: it could not be split and got the default, unless ``trials`` > 0: the episodes each start ran on
+    the site, unadapted, at 0 steps of a task whose support the policy produces). ``on_choice(site, shots, draw,
     choices by steps)`` sees every draw's choices with their evidence (``benchmarks/choice_rules.py``)."""
     loss_fn = problem.loss_fn(model)
     by_name = {m.name: m for m in methods}
@@ -380,7 +381,8 @@ def evaluate_auto(
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
-                                           task.choice_criterion(loss_fn), BASELINE)
+                                           task.choice_criterion(loss_fn), BASELINE, task.trial_scores, k,
+                                           problem.higher_is_better)
                 if on_choice is not None:
                     on_choice(site, k, d, choices)
                 for s, choice in choices.items():
@@ -388,7 +390,7 @@ def evaluate_auto(
                     kept = chosen["kept_start"] if "kept_start" in chosen else [None] * len(chosen)
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,
                                  "metric": m, "value": float(v), "kept_start": g, "choice": choice.name,
-                                 "cv_folds": choice.folds}
+                                 "cv_folds": choice.folds, "trials": choice.trials}
                                 for m, v, g in zip(chosen["metric"], chosen["value"], kept)]
     return pd.DataFrame.from_records(records)
 

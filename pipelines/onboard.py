@@ -114,8 +114,9 @@ def onboard(
     else:
         loss_fn = problem.loss_fn(model)
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
-                                  steps, default, task.choice_criterion(loss_fn), BASELINE)
-        if choice.folds == 0 and len(candidates) > 1:
+                                  steps, default, task.choice_criterion(loss_fn), BASELINE, task.trial_scores, shots,
+                                  problem.higher_is_better)
+        if choice.folds == 0 and not choice.trials and len(candidates) > 1:
             checked = validation_choice(info, shots, steps)
     if checked is not None and checked[1] != default:
         console.print(f"[yellow]note:[/] this support cannot be cross-validated, so the site starts from the default "
@@ -146,6 +147,7 @@ def onboard(
                "recipe": ",".join(m.recipe_for(steps) for m in members), "members": ",".join(m.name for m in members),
                "data_sha256": _hash_file(data), "vertical": spec.name, "algorithm": choice.name,
                "candidate": choice.name, "choice_reason": choice.reason, "choice_folds": choice.folds,
+               "choice_trials": choice.trials,
                "cv_losses": json.dumps({name: round(v, 5) for name, v in choice.estimates.items()}),
                "cv_pvalues": json.dumps({name: round(p, 4) for name, p in choice.pvalues.items()}),
                "device": describe_device(target), "adaptation_diverged": str(diverged).lower(), "adaptation_helped": {True: "true", False: "false", None: "unknown"}[helped],
@@ -287,13 +289,14 @@ def _print(result: OnboardResult, lineage: dict) -> None:
 
     choice = result.choice
     if choice.estimates:
-        est = pd.DataFrame({"candidate": list(choice.estimates),
-                            "cross-validated loss (lower is better)": list(choice.estimates.values())})
+        label = ("mean over its trial episodes (the headline, negated where higher is better; lower is better)"
+                 if choice.trials else "cross-validated loss (lower is better)")
+        est = pd.DataFrame({"candidate": list(choice.estimates), label: list(choice.estimates.values())})
         # how strong the evidence was: with 2 folds of one example per class even 4 agreeing units give p = 0.0625
         est["p (beats the anchor)"] = [f"{choice.pvalues[c]:.3g}" if c in choice.pvalues else "anchor"
                                        for c in est["candidate"]]
         est["chosen"] = est["candidate"].eq(choice.name).map({True: "<-", False: ""})
-        print_frame(est, "Starting point chosen on the site's own support")
+        print_frame(est, "Starting point chosen on the site's own " + ("episodes" if choice.trials else "support"))
         console.print(f"chose {choice.name}: {choice.reason}")
     else:
         console.print(f"starting point: {choice.name} ({choice.reason})")

@@ -95,6 +95,11 @@ class PolicyLoss:
         return replace(self, surrogate=surrogate)
 
 
+#: Seed offset between the starts' trial episodes (:meth:`RobotFewShotTask.trial_scores`): a vector env seeds its
+#: i-th episode with ``seed + i``, so starts further apart than any batch never share an episode.
+TRIAL_SEED_STRIDE = 7919
+
+
 def draw_seed(gen: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
@@ -118,6 +123,19 @@ class RobotFewShotTask(FewShotTask):
 
     def support(self, params: Params) -> Batch:
         return self.problem.rollout_batch(self.site, self.shots, self.support_seed, params)
+
+    def trial_scores(self, params: Params, episodes: int, trial: int) -> list[float]:
+        """The return of each of ``episodes`` rollouts of ``params``, from seeds of the draw's support set apart per
+        start (``trial``) by :data:`TRIAL_SEED_STRIDE`: each start runs its own episodes, as on a real robot. A
+        policy that cannot run (non-finite parameters or actions) returns ``-inf`` for each."""
+        try:
+            if not all(torch.isfinite(v).all() for v in params.values()):
+                raise FloatingPointError("non-finite policy parameters")
+            seed = self.support_seed + TRIAL_SEED_STRIDE * (trial + 1)
+            rollouts = self.problem.rollouts(self.site, params, episodes, seed)
+        except FloatingPointError:
+            return [float("-inf")] * episodes
+        return [float(r) for r in rollouts.returns]
 
     def score(self, params: Params) -> dict[str, float]:
         """Mean return (and success rate) of ``eval_rollouts`` episodes. A policy whose adaptation diverged
