@@ -1,0 +1,166 @@
+"""A robot that will not adapt tries the starts (core.choice.choose_by_trials): its support budget split over the
+bundle's starts, each run unadapted on its own episodes; the baseline kept unless another start is clearly better."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.algorithms import InnerConfig
+from core.choice import MIN_TRIALS, Candidate, choose_by_trials, choose_per_steps, rank_sum_pvalue
+from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites
+from verticals.robotics import prepare
+from verticals.robotics.config import RoboticsData
+from verticals.robotics.problem import RoboticsProblem
+
+STARTS = {"fedavg+ft": {"w": torch.zeros(1)}, "fomaml": {"w": torch.ones(1)}, "reptile": {"w": 2 * torch.ones(1)}}
+
+
+def candidates(*names: str) -> list[Candidate]:
+    return [Candidate(n, STARTS[n], lambda s: 0.1) for n in names]
+
+
+def scripted(returns: dict[float, list[float]]):
+    """``trial_scores`` of a site where a start (told apart by its weight) returns the given episodes; it records
+    every call (params' weight, episodes, trial index)."""
+    calls = []
+
+    def trial_scores(params, episodes, trial):
+        calls.append((float(params["w"]), episodes, trial))
+        return returns[float(params["w"])][:episodes]
+
+    trial_scores.calls = calls
+    return trial_scores
+
+
+def test_a_clearly_better_start_is_taken_and_an_equal_one_is_not() -> None:
+    better = scripted({0.0: [-30, -32, -31, -29], 1.0: [-10, -12, -11, -9], 2.0: [-31, -28, -30, -33]})
+    choice = choose_by_trials(better, candidates("fedavg+ft", "fomaml", "reptile"), 12, "fedavg+ft", True)
+    assert choice.name == "fomaml" and choice.trials == 4 and choice.folds == 0
+    # the budget is split evenly, each start with its own trial index (its own seeds)
+    assert better.calls == [(0.0, 4, 0), (1.0, 4, 1), (2.0, 4, 2)]
+    assert choice.pvalues["fomaml"] < 0.1 <= choice.pvalues["reptile"]
+    assert choice.estimates["fomaml"] == pytest.approx(10.5)  # losses: the return negated
+    assert "4 episodes of each of the 3 starts" in choice.reason and "clearly beats fedavg+ft" in choice.reason
+    level = scripted({0.0: [-30, -10, -31, -12], 1.0: [-11, -29, -12, -30]})
+    choice = choose_by_trials(level, candidates("fedavg+ft", "fomaml"), 8, "fedavg+ft", True)
+    assert choice.name == "fedavg+ft" and "no start clearly beat fedavg+ft" in choice.reason
+
+
+def test_too_small_a_budget_gives_no_trials() -> None:
+    """Under MIN_TRIALS episodes per start a rank-sum test can never pass at p < 0.1: the default stays."""
+    assert MIN_TRIALS == 3 and rank_sum_pvalue([1, 2], [5, 6]) > 0.1 and rank_sum_pvalue([1, 2, 3], [5, 6, 7]) < 0.1
+    never = scripted({0.0: [0.0] * 9, 1.0: [9.0] * 9, 2.0: [9.0] * 9})
+    assert choose_by_trials(never, candidates("fedavg+ft", "fomaml", "reptile"), 8, "fedavg+ft", True) is None
+    assert never.calls == []  # not a single episode spent
+    assert choose_by_trials(never, candidates("fedavg+ft"), 9, "fedavg+ft", True) is None  # nothing to choose
+
+
+def test_direction_and_diverged_starts() -> None:
+    """Lower-is-better scores pick the lowest; a start that cannot run (-inf return) is never better."""
+    errors = scripted({0.0: [5, 6, 7], 1.0: [1, 2, 3]})
+    assert choose_by_trials(errors, candidates("fedavg+ft", "fomaml"), 6, "fedavg+ft", False).name == "fomaml"
+    assert choose_by_trials(errors, candidates("fedavg+ft", "fomaml"), 6, "fedavg+ft", True).name == "fedavg+ft"
+    broken = scripted({0.0: [-30, -31, -32], 1.0: [-math.inf] * 3})
+    choice = choose_by_trials(broken, candidates("fedavg+ft", "fomaml"), 6, "fedavg+ft", True)
+    assert choice.name == "fedavg+ft" and choice.estimates["fomaml"] == math.inf
+
+
+def test_only_the_unadapted_choice_of_an_unsplittable_support_uses_trials() -> None:
+    better = scripted({0.0: [-30, -32, -31], 1.0: [-10, -12, -11]})
+    defaults = {0: "fedavg+ft", 1: "fedavg+ft"}
+    out = choose_per_steps(lambda p, b: torch.tensor(0.0), candidates("fedavg+ft", "fomaml"), None, defaults,
+                           baseline="fedavg+ft", trials=better, budget=6, higher_is_better=True)
+    assert out[0].name == "fomaml" and out[0].trials == 3
+    assert out[1].name == "fedavg+ft" and out[1].trials == 0 and "cannot be split" in out[1].reason
+    # no trial function (a labelled support): the default, as before
+    out = choose_per_steps(lambda p, b: torch.tensor(0.0), candidates("fedavg+ft", "fomaml"), None, defaults,
+                           baseline="fedavg+ft")
+    assert out[0].name == "fedavg+ft" and out[0].trials == 0
+
+
+@pytest.fixture(scope="module")
+def robots() -> RoboticsProblem:
+    return prepare(RoboticsData(train_robots=6, validation_robots=2, test_robots=2, extrapolation_robots=1,
+                                horizon=30, train_rollouts=4, eval_rollouts=6), seed=0)
+
+
+def test_a_robots_trials_run_their_own_seeded_episodes(robots: RoboticsProblem) -> None:
+    torch.manual_seed(0)
+    model = robots.make_model()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    site = robots.federation.sites["test-000"]
+    task = robots.few_shot_task(model, site, 6, torch.Generator().manual_seed(3))
+    first, second = task.trial_scores(params, 3, 0), task.trial_scores(params, 3, 1)
+    assert len(first) == 3 and first == task.trial_scores(params, 3, 0)  # seeded: the same episodes again
+    assert first != second  # another start's trials are other episodes
+    support = robots.rollouts(site, params, 3, task.support_seed).returns.tolist()
+    assert first != support and second != support  # never the support's own episodes
+    nan = {k: torch.full_like(v, float("nan")) for k, v in params.items()}
+    assert task.trial_scores(nan, 3, 0) == [float("-inf")] * 3
+
+
+def test_the_auto_row_at_zero_steps_is_the_trials_choice_and_reads_no_score(robots: RoboticsProblem,
+                                                                           monkeypatch) -> None:
+    """The held-out protocol's ``auto`` at 0 steps runs exactly the trials (the rows are read only afterwards, to
+    copy the chosen start's score); adapted steps keep the default of a support that cannot be split."""
+    torch.manual_seed(0)
+    model = robots.make_model()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    good = {k: v + 0.01 for k, v in params.items()}
+    methods = [Method("fedavg+ft", params, lr_by_steps={1: 0.05}), Method("fomaml", good, lr_by_steps={1: 0.05})]
+    sites = robots.federation.role("test")
+    grid = dict(shots_grid=[3, 6], steps_grid=[0, 1], draws=2, seed=0, inner=InnerConfig(steps=1, lr=0.05))
+    rows = evaluate_sites(robots, model, methods, sites, **grid)
+    calls = []
+    task_class = type(robots.few_shot_task(model, sites[0], 3, torch.Generator()))
+
+    def favour_fomaml(self, p, episodes, trial):
+        calls.append((self.shots, episodes, trial))
+        is_good = all(torch.equal(p[k], good[k]) for k in good)
+        return [-1.0] * episodes if is_good else [-50.0 - i for i in range(episodes)]
+
+    monkeypatch.setattr(task_class, "trial_scores", favour_fomaml)
+    auto = evaluate_auto(robots, model, methods, sites, rows, AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft"), **grid)
+    picks = auto.drop_duplicates(["site", "shots", "steps", "draw"]).set_index(["shots", "steps"])
+    assert set(picks.loc[(6, 0), "choice"]) == {"fomaml"} and set(picks.loc[(6, 0), "trials"]) == {3}
+    assert set(picks.loc[(3, 0), "choice"]) == {"fedavg+ft"} and set(picks.loc[(3, 0), "trials"]) == {0}  # 1 each
+    assert set(picks.loc[(6, 1), "choice"]) == {"fedavg+ft"}  # adapting: the default
+    assert calls and {c[0] for c in calls} == {6} and {c[2] for c in calls} == {0, 1}
+    scored = rows.set_index(["site", "method", "shots", "steps", "draw", "metric"])["value"]
+    for r in auto[(auto["shots"] == 6) & (auto["steps"] == 0)].itertuples():
+        assert r.value == scored[(r.site, "fomaml", 6, 0, r.draw, r.metric)]
+
+
+@pytest.mark.slow  # a small robotics run, then two onboardings
+def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path) -> None:
+    """``fml onboard robotics --steps 0``: the robot's support budget runs each registered start (the lineage
+    records how many episodes each); adapting, it starts from the validated default as before."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    import verticals
+    from core.vertical import VERTICALS
+    from pipelines.config import load_preset
+    from pipelines.onboard import onboard
+    from pipelines.run import run_pipeline
+
+    verticals.load_all()
+    spec = VERTICALS.get("robotics")
+    cfg = load_preset(spec, "quick")
+    cfg.data = RoboticsData(train_robots=8, validation_robots=2, test_robots=1, extrapolation_robots=1, horizon=20,
+                            train_rollouts=4, eval_rollouts=4)
+    cfg.fed.rounds, cfg.fed.val_every, cfg.fed.clients_per_round = 4, 2, 4
+    cfg.eval.shots, cfg.eval.steps, cfg.eval.draws, cfg.eval.select_draws = [6], [0, 1], 1, 1
+    cfg.eval.lr_grid, cfg.eval.checkpoint_average = [0.1], 1
+    cfg.output_dir = str(tmp_path / "run")
+    run_pipeline(spec, cfg, progress=False)
+    robot = {"robot": "goal=0.3,-0.2;gain=1.2;rotation=5"}
+    still = onboard(spec, data=None, site_id="dock-7", shots=6, steps=0, overrides=robot)
+    assert still.choice.trials == 3 and still.choice.folds == 0 and "episodes of each of the 2 starts" in still.choice.reason
+    adapted = onboard(spec, data=None, site_id="dock-7", shots=6, steps=1, overrides=robot)
+    assert adapted.choice.trials == 0 and "cannot be split" in adapted.choice.reason
+    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("fml-robotics-onboarding").experiment_id],
+                                      order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["choice_trials"] for r in runs] == ["3", "0"]
