@@ -36,6 +36,8 @@ def bundle_choice(choices: Any, names: list[str]) -> str:
     from core.choice import choose, pvalues_against
     from core.evaluation import BASELINE
 
+    if choices.trials:  # the budget was split over every start: the bundle's split would run other episodes
+        raise SystemExit("a choice from trial episodes (a robot at 0 steps) cannot be re-derived for the bundle")
     if not choices.folds:
         return choices.name  # the default: the same for both
     losses = {n: choices.unit_losses[n] for n in names}
