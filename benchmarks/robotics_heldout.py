@@ -2,7 +2,7 @@
 
 Prints the held-out table of the evaluation protocol (mean return and 95% interval by method, shots and
 adaptation steps) for all test robots, for the in-range robots (``test-*``) and the extrapolation robots
-(``extrap-*``, one dynamics parameter outside the training range) separately, the paired differences
+(``extrap-*``, one dynamics parameter outside the training range) separately and for each robot, the paired differences
 against the tuned ``fedavg+ft`` baseline, and the wall times of meta-training and of onboarding one robot.
 The LAST line is the JSON of BENCHMARKS.md's vertical format (each row also says which robots it pools).
 
@@ -29,8 +29,9 @@ def group_of(site: str) -> str:
     return "extrapolation" if site.startswith("extrap-") else "in-range"
 
 
-# the tables pool all test robots and each group (in-range, extrapolation), not single robots
-POOLS = {"pool_column": "robots", "everything": "all", "group_of": group_of, "per_site": False}
+# the tables pool all test robots and each group (in-range, extrapolation); since 2026-12-07 they also hold each
+# robot's own rows, so that a robot the per-site choice serves worse than fedavg+ft shows (issue 13: any site)
+POOLS = {"pool_column": "robots", "everything": "all", "group_of": group_of, "per_site": True}
 TABLE_INDEX = ("robots", "method", "shots")
 
 
