@@ -509,12 +509,15 @@ def _metric_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. " else "-" for c in name.replace("+", "-"))
 
 
-def split_draws(rows: pd.DataFrame) -> tuple[int, int]:
-    """``(draws whose support split for cross-validation, auto draws)`` over the test sites and shots."""
+def split_draws(rows: pd.DataFrame) -> tuple[int, int, int]:
+    """``(draws whose support split for cross-validation, auto draws, draws whose unadapted choice came from trial
+    episodes)`` over the test sites and shots."""
     if "cv_folds" not in rows:
-        return 0, 0
-    picks = rows[rows["method"] == "auto"].drop_duplicates(["site", "shots", "draw"])
-    return int((picks["cv_folds"] > 0).sum()), len(picks)
+        return 0, 0, 0
+    auto = rows[rows["method"] == "auto"]
+    picks = auto.drop_duplicates(["site", "shots", "draw"])
+    tried = auto[(auto["steps"] == 0) & (auto["trials"] > 0)] if "trials" in auto else auto.iloc[:0]
+    return int((picks["cv_folds"] > 0).sum()), len(picks), len(tried.drop_duplicates(["site", "shots", "draw"]))
 
 
 def guard_sentence(kept: dict[str, list[int]], guard: bool) -> str:
@@ -530,13 +533,15 @@ def guard_sentence(kept: dict[str, list[int]], guard: bool) -> str:
             + " adapted cells")
 
 
-def onboarding_sentence(split: int, total: int) -> str:
+def onboarding_sentence(split: int, total: int, tried: int = 0) -> str:
     """What ``fml onboard`` does with the bundle, in the words this run's test draws support."""
     if total == 0:
         return "`fml onboard` adapts the default"
     if split == 0:
+        trials = (f"; a robot that will not adapt (`--steps 0`) runs each start on its own rollouts instead, when they "
+                  f"give each start at least 3 ({tried} of {total} test draws here)" if tried else "")
         return (f"no test support here could be split for cross-validation (0 of {total} draws: rollouts, or one "
-                "example of a class), so `fml onboard` starts such a site from the default")
+                "example of a class), so `fml onboard` starts such a site from the default" + trials)
     return (f"`fml onboard` chooses among them per site by cross-validation on its support set where it splits "
             f"({split} of {total} test draws here; the others got the default)")
 

@@ -245,11 +245,13 @@ def test_the_auto_choice_never_reads_the_scored_rows():
     # each auto row says whether its support split; the run's closing line is worded from that, not assumed
     assert set(picked[picked["shots"] == 1]["cv_folds"]) == {0} and (picked[picked["shots"] == 6]["cv_folds"] > 1).all()
     from pipelines.run import onboarding_sentence, split_draws
-    assert split_draws(picked) == (len(sites) * 3, len(sites) * 2 * 3)
+    assert split_draws(picked) == (len(sites) * 3, len(sites) * 2 * 3, 0)
     assert "cross-validation on its support set where it splits (6 of 12" in onboarding_sentence(*split_draws(picked))
     unsplit = split_draws(picked[picked["shots"] == 1])
-    assert unsplit == (0, 6) and "no test support here could be split" in onboarding_sentence(*unsplit)
-    assert "chooses" not in onboarding_sentence(*unsplit)
+    assert unsplit == (0, 6, 0) and "no test support here could be split" in onboarding_sentence(*unsplit)
+    assert "chooses" not in onboarding_sentence(*unsplit) and "`--steps 0`" not in onboarding_sentence(*unsplit)
+    assert "runs each start on its own rollouts instead, when they give each start at least 3 (4 of 6 test draws" \
+        in onboarding_sentence(0, 6, 4)
     # scores made to favour the bad init change no choice: the choice saw only the support
     swapped = rows.assign(value=rows["value"].where(rows["method"] != "fedavg+ft", 1e9))
     again = evaluate_auto(problem, model, methods, sites, swapped, auto, **grid)

@@ -128,6 +128,9 @@ def test_the_auto_row_at_zero_steps_is_the_trials_choice_and_reads_no_score(robo
     assert set(picks.loc[(3, 0), "choice"]) == {"fedavg+ft"} and set(picks.loc[(3, 0), "trials"]) == {0}  # 1 each
     assert set(picks.loc[(6, 1), "choice"]) == {"fedavg+ft"}  # adapting: the default
     assert calls and {c[0] for c in calls} == {6} and {c[2] for c in calls} == {0, 1}
+    from pipelines.run import split_draws
+
+    assert split_draws(auto) == (0, len(sites) * 2 * 2, len(sites) * 2)  # the run's closing line counts them
     scored = rows.set_index(["site", "method", "shots", "steps", "draw", "metric"])["value"]
     for r in auto[(auto["shots"] == 6) & (auto["steps"] == 0)].itertuples():
         assert r.value == scored[(r.site, "fomaml", 6, 0, r.draw, r.metric)]
