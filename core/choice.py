@@ -303,9 +303,9 @@ def choose_by_trials(trial_scores: TrialScores, candidates: Sequence[Candidate],
     -- taking the best mean among those that are. A policy's support is its own rollouts, so it cannot be split
     into folds; without adapting, those rollouts are free to try the starts instead. None when a share is under
     :data:`MIN_TRIALS` (the test could never pass) or the task has no episodes to run."""
-    share = budget // max(len(candidates), 1)
-    if len(candidates) < 2 or share < MIN_TRIALS:
+    if len(candidates) < 2 or budget // len(candidates) < MIN_TRIALS:
         return None
+    share = budget // len(candidates)
     sign = -1.0 if higher_is_better else 1.0
     losses: dict[str, list[float]] = {}
     for trial, c in enumerate(candidates):
@@ -316,9 +316,9 @@ def choose_by_trials(trial_scores: TrialScores, candidates: Sequence[Candidate],
     pvalues = {name: rank_sum_pvalue(v, losses[anchor]) for name, v in losses.items() if name != anchor}
     name = choose(losses, anchor, pvalues)
     test = f"one-sided Mann-Whitney rank-sum test, p < {1 - CONFIDENCE:.2g}"
-    reason = (f"{share} episodes of each of the {len(candidates)} starts, unadapted, on the site "
-              f"(its support budget of {budget}): " + (f"no start clearly beat {anchor} ({test})" if name == anchor else
-                                f"clearly beats {anchor} ({test})"))
+    verdict = f"no start clearly beat {anchor}" if name == anchor else f"clearly beats {anchor}"
+    reason = (f"{share} episodes of each of the {len(candidates)} starts, unadapted, on the site (its support budget "
+              f"of {budget}): {verdict} ({test})")
     return SiteChoice(name, {n: _mean(v) for n, v in losses.items()}, 0, reason, losses, (), pvalues, share)
 
 
