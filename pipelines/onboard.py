@@ -169,7 +169,7 @@ def onboard(
                                                        bool(info.get("higher_is_better", True)))
             registered = {"name": name, "version": version, "alias": alias}
     result = OnboardResult(site.site_id, before, after, uri, run.info.run_id, registered, seconds, choice)
-    _print(result, lineage)
+    _print(result, lineage, headline, bool(info.get("higher_is_better", True)))
     if helped is False:
         console.print(f"[yellow]warning:[/] adaptation made {headline} on this site's other labelled rows worse "
                       f"({before.get(headline, float('nan')):.4g} -> {after.get(headline, float('nan')):.4g}); the "
@@ -284,14 +284,17 @@ def _rate(lr: Any) -> str:
     return f"{lr:.3g}" if isinstance(lr, float) else str(lr)
 
 
-def _print(result: OnboardResult, lineage: dict) -> None:
+def _print(result: OnboardResult, lineage: dict, headline: str, higher: bool) -> None:
     import pandas as pd
 
     choice = result.choice
     if choice.estimates:
-        label = ("mean over its trial episodes (the headline, negated where higher is better; lower is better)"
-                 if choice.trials else "cross-validated loss (lower is better)")
-        est = pd.DataFrame({"candidate": list(choice.estimates), label: list(choice.estimates.values())})
+        if choice.trials:  # the trials' losses are the headline, negated where higher is better: show the headline
+            label = f"mean {headline} of its {choice.trials} episodes ({'higher' if higher else 'lower'} is better)"
+            values = [-v if higher else v for v in choice.estimates.values()]
+        else:
+            label, values = "cross-validated loss (lower is better)", list(choice.estimates.values())
+        est = pd.DataFrame({"candidate": list(choice.estimates), label: values})
         # how strong the evidence was: with 2 folds of one example per class even 4 agreeing units give p = 0.0625
         est["p (beats the anchor)"] = [f"{choice.pvalues[c]:.3g}" if c in choice.pvalues else "anchor"
                                        for c in est["candidate"]]

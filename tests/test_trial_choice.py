@@ -137,7 +137,7 @@ def test_the_auto_row_at_zero_steps_is_the_trials_choice_and_reads_no_score(robo
 
 
 @pytest.mark.slow  # a small robotics run, then two onboardings
-def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path) -> None:
+def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path, capsys) -> None:
     """``fml onboard robotics --steps 0``: the robot's support budget runs each registered start (the lineage
     records how many episodes each); adapting, it starts from the validated default as before."""
     import mlflow
@@ -162,6 +162,8 @@ def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path
     robot = {"robot": "goal=0.3,-0.2;gain=1.2;rotation=5"}
     still = onboard(spec, data=None, site_id="dock-7", shots=6, steps=0, overrides=robot)
     assert still.choice.trials == 3 and still.choice.folds == 0 and "episodes of each of the 2 starts" in still.choice.reason
+    shown = " ".join(capsys.readouterr().out.split())  # each start's trial mean, as the robot's return
+    assert "chosen on the site's own episodes" in shown and "mean return of its 3 episodes (higher is better)" in shown
     adapted = onboard(spec, data=None, site_id="dock-7", shots=6, steps=1, overrides=robot)
     assert adapted.choice.trials == 0 and "cannot be split" in adapted.choice.reason
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("fml-robotics-onboarding").experiment_id],
