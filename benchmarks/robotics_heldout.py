@@ -2,8 +2,9 @@
 
 Prints the held-out table of the evaluation protocol (mean return and 95% interval by method, shots and
 adaptation steps) for all test robots, for the in-range robots (``test-*``) and the extrapolation robots
-(``extrap-*``, one dynamics parameter outside the training range) separately and for each robot, the paired differences
-against the tuned ``fedavg+ft`` baseline, and the wall times of meta-training and of onboarding one robot.
+(``extrap-*``, one dynamics parameter outside the training range) separately, the paired differences
+against the tuned ``fedavg+ft`` baseline (also for each robot), and the wall times of meta-training and of
+onboarding one robot.
 The LAST line is the JSON of BENCHMARKS.md's vertical format (each row also says which robots it pools).
 
 MLflow goes to a temporary store unless ``--store`` names one, so the benchmark never moves the
@@ -29,9 +30,11 @@ def group_of(site: str) -> str:
     return "extrapolation" if site.startswith("extrap-") else "in-range"
 
 
-# the tables pool all test robots and each group (in-range, extrapolation); since 2026-12-07 they also hold each
-# robot's own rows, so that a robot the per-site choice serves worse than fedavg+ft shows (issue 13: any site)
-POOLS = {"pool_column": "robots", "everything": "all", "group_of": group_of, "per_site": True}
+# the means pool all test robots and each group (in-range, extrapolation); since 2026-12-07 the paired differences
+# also hold each robot, so that a robot the per-site choice serves worse than fedavg+ft shows (issue 13: any
+# site). Each robot's means stay in the run's evaluation_summary.csv (they would double the JSON line).
+POOLS = {"pool_column": "robots", "everything": "all", "group_of": group_of, "per_site": False}
+PAIRED_POOLS = {**POOLS, "per_site": True}
 TABLE_INDEX = ("robots", "method", "shots")
 
 
@@ -58,7 +61,7 @@ def main(cfg: BenchConfig) -> dict:
     pd.set_option("display.max_columns", 20)
     print(f"\nHeld-out mean return [95% CI] by adaptation steps (preset {cfg.preset}, seeds {cfg.seeds})")
     print(cell_table(summary, digits=2, index=TABLE_INDEX).to_string(index=False))
-    diffs = paired_by_pool(rows, "return", **POOLS)
+    diffs = paired_by_pool(rows, "return", **PAIRED_POOLS)
     if not diffs.empty:
         diffs["diff"] = diff_cells(diffs, digits=2)
         print("\nPaired difference vs tuned fedavg+ft (same draws)")
