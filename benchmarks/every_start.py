@@ -157,11 +157,10 @@ def interval_text(value: Any) -> str:
     return f"{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]" + ("*" if value[1] > 0 or value[2] < 0 else "")
 
 
-def rows_by_seed(doc: str, seed_rows: Callable[[Any, Any, Path], tuple[pd.DataFrame, dict[str, Any]]],
-                 describe: Callable[[dict[str, Any]], str]) -> tuple[argparse.Namespace, pd.DataFrame, dict[int, Any]]:
-    """The command line shared by the scripts that reload a finished held-out benchmark's folders: its options,
-    then each seed's ``seed_rows`` (draws renumbered per seed, as the benchmarks pool them) and facts, one line
-    printed per seed by ``describe``."""
+def reload_options(doc: str) -> tuple[argparse.Namespace, Any]:
+    """The command line shared by the scripts that reload a finished held-out benchmark's folders (the vertical,
+    the run's preset, seeds and ``--set``, its ``--runs`` folder), parsed, with the process set up as a run's
+    (a throw-away MLflow store, torch threads, the verticals registered); returns it and the vertical's spec."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("vertical")
     parser.add_argument("--preset", default="full")
@@ -176,20 +175,35 @@ def rows_by_seed(doc: str, seed_rows: Callable[[Any, Any, Path], tuple[pd.DataFr
     import torch
 
     import verticals
-    from benchmarks.heldout_common import DRAWS_PER_SEED, with_overrides
     from core.vertical import VERTICALS
-    from pipelines.config import load_preset
     from pipelines.process_setup import configure_process
 
     configure_process()
     torch.set_num_threads(args.threads)
     verticals.load_all()
-    spec = VERTICALS.get(args.vertical)
+    return args, VERTICALS.get(args.vertical)
+
+
+def seed_config(spec: Any, args: argparse.Namespace, seed: int) -> Any:
+    """The run's options for ``seed``: its preset with its ``--set`` overrides."""
+    from benchmarks.heldout_common import with_overrides
+    from pipelines.config import load_preset
+
+    cfg = with_overrides(load_preset(spec, args.preset), args.set)
+    cfg.seed = seed
+    return cfg
+
+
+def rows_by_seed(doc: str, seed_rows: Callable[[Any, Any, Path], tuple[pd.DataFrame, dict[str, Any]]],
+                 describe: Callable[[dict[str, Any]], str]) -> tuple[argparse.Namespace, pd.DataFrame, dict[int, Any]]:
+    """:func:`reload_options`, then each seed's ``seed_rows`` (draws renumbered per seed, as the benchmarks pool
+    them) and facts, one line printed per seed by ``describe``."""
+    from benchmarks.heldout_common import DRAWS_PER_SEED
+
+    args, spec = reload_options(doc)
     parts, facts = [], {}
     for seed in args.seeds:
-        cfg = with_overrides(load_preset(spec, args.preset), args.set)
-        cfg.seed = seed
-        rows, facts[seed] = seed_rows(spec, cfg, args.runs / f"seed{seed}")
+        rows, facts[seed] = seed_rows(spec, seed_config(spec, args, seed), args.runs / f"seed{seed}")
         print(f"seed {seed}: {describe(facts[seed])}", flush=True)
         parts.append(rows.assign(seed=seed, draw=rows["draw"] + seed * DRAWS_PER_SEED))
     return args, pd.concat(parts, ignore_index=True), facts

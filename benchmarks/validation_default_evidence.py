@@ -11,11 +11,8 @@ table shows to be the worse start can be traced to what the validation sites sai
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,33 +50,13 @@ def evidence(run: Any, higher_is_better: bool, recorded: dict[str, str]) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("vertical")
-    parser.add_argument("--preset", default="full")
-    parser.add_argument("--runs", required=True, type=Path, help="the benchmark's --output-dir (its seed<N> folders)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", nargs="+", action="extend", default=[], help="the run's options over the preset")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='fml-reload-')}/mlflow.db"
-    import torch
+    from benchmarks.every_start import load_finished, reload_options, seed_config
+    from benchmarks.heldout_common import emit
 
-    import verticals
-    from benchmarks.every_start import load_finished
-    from benchmarks.heldout_common import emit, with_overrides
-    from core.vertical import VERTICALS
-    from pipelines.config import load_preset
-    from pipelines.process_setup import configure_process
-
-    configure_process()
-    torch.set_num_threads(args.threads)
-    verticals.load_all()
-    spec = VERTICALS.get(args.vertical)
+    args, spec = reload_options(__doc__)
     by_seed = {}
     for seed in args.seeds:
-        cfg = with_overrides(load_preset(spec, args.preset), args.set)
-        cfg.seed = seed
+        cfg = seed_config(spec, args, seed)
         folder = args.runs / f"seed{seed}"
         run = load_finished(spec, cfg, folder)
         recorded = json.loads((folder / "fallback_defaults.json").read_text())["default_by_steps"]
