@@ -345,7 +345,10 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
         if 0 in out and trials is not None:
             tried = choose_by_trials(trials, candidates, budget, baseline if baseline in names else defaults[0],
                                      higher_is_better)
-            out[0] = tried or out[0]
+            out[0] = tried or SiteChoice(
+                defaults[0], {}, 0,
+                f"support cannot be split (rollouts), and its {budget} episodes are too few to try "
+                f"{len(candidates)} starts ({MIN_TRIALS} each at least): validation-chosen default")
         return out
     criterion = criterion or unit_loss(loss_fn)
     losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion)
