@@ -348,7 +348,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
             out[0] = tried or SiteChoice(
                 defaults[0], {}, 0,
                 f"support cannot be split (rollouts), and its {budget} episodes are too few to try "
-                f"{len(candidates)} starts ({MIN_TRIALS} each at least): validation-chosen default")
+                f"{len(candidates)} starts ({MIN_TRIALS} each, {MIN_TRIALS * len(candidates)} in all): validation-chosen default")
         return out
     criterion = criterion or unit_loss(loss_fn)
     losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion)

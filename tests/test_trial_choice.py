@@ -81,7 +81,7 @@ def test_only_the_unadapted_choice_of_an_unsplittable_support_uses_trials() -> N
     # too few episodes to try both starts: the default, and the reason says so (not only "cannot be split")
     out = choose_per_steps(lambda p, b: torch.tensor(0.0), candidates("fedavg+ft", "fomaml"), None, defaults,
                            baseline="fedavg+ft", trials=better, budget=5, higher_is_better=True)
-    assert out[0].name == "fedavg+ft" and out[0].trials == 0 and "5 episodes are too few" in out[0].reason
+    assert out[0].name == "fedavg+ft" and out[0].trials == 0 and "5 episodes are too few" in out[0].reason and "6 in all" in out[0].reason
 
 
 @pytest.fixture(scope="module")
