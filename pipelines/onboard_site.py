@@ -54,7 +54,9 @@ def site_for_model(spec: VerticalSpec, model_uri: str, data: Optional[str], over
     extra = unlabeled_inputs(spec, data_cfg, preprocessing, site_id, unlabeled)
     problem, site = spec.new_site(data_cfg, preprocessing, site_id, extra)
     if len(site) == 0:
-        raise SiteDataError(f"{data_cfg.path}: site {site.site_id!r} has no labelled row (no label column, or every "
+        column = next((getattr(data_cfg, f) for f in ("label_column", "label") if isinstance(getattr(data_cfg, f, None), str)), None)
+        named = f"label column {column!r}" if column else "label column"
+        raise SiteDataError(f"{data_cfg.path}: site {site.site_id!r} has no labelled row (no {named}, or every "
                             "label empty); onboarding adapts on labelled examples. Pass a file of inputs without "
                             "labels as --unlabeled")
     return SiteData(loaded, data_cfg, problem, site, extra)

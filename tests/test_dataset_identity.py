@@ -131,6 +131,11 @@ def test_a_run_on_another_table_gets_its_own_name_and_champion(tmp_path, fml_hom
     message = str(err.value)
     assert "\n" not in message and "fits none of the registered fraud models" in message
     assert f"{name}: " in message and "missing feature column(s) ['amount']" in message and "--model" in message
+    # a file without the label column: the error names the column the model reads labels from
+    unlabelled = tmp_path / "unlabelled.csv"
+    make_transactions(5, {"bank_new": (120, 0.2)}).drop(columns=["is_fraud"]).to_csv(unlabelled, index=False)
+    with pytest.raises(SiteDataError, match="no label column 'is_fraud'"):
+        onboard(spec, data=str(unlabelled), shots=2, model_uri=f"models:/{name}@champion")
 
 
 def test_the_verticals_own_presets_read_their_default_dataset():
