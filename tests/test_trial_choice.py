@@ -173,3 +173,65 @@ def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("fml-robotics-onboarding").experiment_id],
                                       order_by=["attributes.start_time ASC"])
     assert [r.data.tags["choice_trials"] for r in runs] == ["3", "0"]
+
+
+def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollouts(robots: RoboticsProblem,
+                                                                                    monkeypatch, tmp_path) -> None:
+    """``benchmarks/robot_trials_then_adapt.py``: unadapted it is the run's ``auto``; where the rollouts are too few
+    to try the starts it is the run's ``auto`` at every steps count; otherwise the pick adapted on exactly the
+    rollouts its trial ran (shots = the share, the trial's seed), scored on the draw's own episodes."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import benchmarks.every_start as every_start
+    from benchmarks import robot_trials_then_adapt as experiment
+    from core.evaluation import _adapted, _lr_for, task_generator
+    from verticals.robotics.problem import TRIAL_SEED_STRIDE
+
+    torch.manual_seed(0)
+    model = robots.make_model()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    other = {k: v + 0.05 for k, v in params.items()}
+    methods = [Method("fedavg+ft", params, lr_by_steps={1: 0.05}), Method("fomaml", other, lr_by_steps={1: 0.05})]
+    sites = robots.federation.role("test")
+    inner = InnerConfig(steps=1, lr=0.05)
+    grid = dict(shots_grid=[3, 6], steps_grid=[0, 1], draws=2, seed=0, inner=inner)
+    rows = evaluate_sites(robots, model, methods, sites, **grid)
+    auto = evaluate_auto(robots, model, methods, sites, rows, AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft"), **grid)
+    run_rows = pd.concat([rows, auto], ignore_index=True)
+    finished = every_start.Finished(robots, model, methods, ["fomaml"], ["fedavg+ft", "fomaml"],
+                                    {0: "fedavg+ft", 1: "fedavg+ft"}, run_rows)
+    monkeypatch.setattr(every_start, "load_finished", lambda spec, cfg, folder: finished)
+    cfg = SimpleNamespace(seed=0, inner=inner, eval=SimpleNamespace(shots=[3, 6], steps=[0, 1], draws=2, guard=True))
+    out, facts = experiment.seed_rows(None, cfg, tmp_path)
+    assert facts["zero_step_rows_differing_from_the_run"] == 0
+    keys = ["site", "shots", "steps", "draw", "metric"]
+    mine = out[out["method"] == experiment.METHOD].set_index(keys)["value"].sort_index()
+    every = out[out["method"] == experiment.POOLED].set_index(keys)["value"].sort_index()
+    theirs = auto.set_index(keys)["value"].sort_index()
+    assert every.xs(3, level="shots").equals(theirs.xs(3, level="shots"))
+    assert mine.xs(0, level="steps").equals(theirs.xs(0, level="steps"))  # unadapted: the run's auto
+    assert mine.xs(3, level="shots").equals(theirs.xs(3, level="shots"))  # 1 rollout each: the default, as auto
+    assert facts["kept"]["default"] == len(sites) * 2 and sum(facts["kept"].values()) == len(sites) * 2 * 2
+    picks = auto[(auto["shots"] == 6) & (auto["steps"] == 0)].drop_duplicates(["site", "draw"])
+    by_name = {m.name: m for m in methods}
+    for r in picks.itertuples():  # after one step: the pick adapted on its own 3 trial rollouts
+        i = [s.site_id for s in sites].index(r.site)
+        task = robots.few_shot_task(model, sites[i], 6, task_generator(0, i, 6, r.draw))
+        own = dataclasses.replace(task, shots=3, support_seed=task.support_seed + TRIAL_SEED_STRIDE * (
+            ["fedavg+ft", "fomaml"].index(r.choice) + 1))
+        method = by_name[r.choice]
+        adapted = _adapted(robots.loss_fn(model), method, own, [0, 1], inner, _lr_for(method),
+                           robots.param_groups(model)["head"])[1]
+        assert mine[(r.site, 6, 1, r.draw, "return")] == task.score(adapted)["return"]
+        # trials-adapt-all: the same pick adapted on every start's trial rollouts (6 in all)
+        batches = [robots.rollout_batch(sites[i], 3, task.support_seed + TRIAL_SEED_STRIDE * (j + 1), m.params)
+                   for j, m in enumerate(methods)]
+        assert batches[0][0].shape[0] * 2 == sum(b[0].shape[0] for b in batches)
+        pooled = experiment.FixedSupport(tuple(torch.cat(parts) for parts in zip(*batches)))
+        on_all = _adapted(robots.loss_fn(model), method, pooled, [0, 1], inner, _lr_for(method),
+                          robots.param_groups(model)["head"])[1]
+        assert every[(r.site, 6, 1, r.draw, "return")] == task.score(on_all)["return"]
+        assert any(not torch.equal(on_all[n], adapted[n]) for n in adapted)  # the other start's episodes moved it

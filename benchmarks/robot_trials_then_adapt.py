@@ -1,0 +1,135 @@
+"""Would a robot that ADAPTS do better trying the starts first? An experiment on a finished robotics benchmark.
+
+A robot's support is rollouts of the policy being adapted, so it cannot be cross-validated, and a robot that
+adapts starts from the validated default (`auto` after 1+ steps). A robot that does not adapt splits its k
+rollouts over the bundle's starts and keeps the one its own episodes show clearly better
+(``core.choice.choose_by_trials``). This script asks whether the same trial should also pick the start of a robot
+that adapts: `trials-adapt` spends the draw's k rollouts exactly as the 0-step choice does, then adapts the chosen
+start on ITS OWN trial rollouts (k / n of them: no more interaction than k), with its validated step size, and
+scores it on the draw's scored episodes (the same as every row's). Where k / n is under ``MIN_TRIALS`` it is the
+run's `auto` (the default adapted on all k). The price: the chosen start adapts on k / n rollouts instead of k.
+`trials-adapt-all` adapts the pick on EVERY start's trial rollouts instead (all k; the other starts' episodes
+enter the surrogate with the log-probabilities of the policy that ran them, as PPO treats older data: its clipped
+ratio limits how far they move the pick).
+
+Reloads each seed's trained models (``benchmarks/every_start.load_finished``: the step sizes searched again on the
+validation robots, deterministic), draws each test task as the run did and pairs `trials-adapt` with the run's
+`fedavg+ft` rows, per group of robots and per robot.
+
+    python benchmarks/robotics_heldout.py --preset full --seeds 0 1 2 --output-dir fml-output/regenerate/robotics_full ...
+    python benchmarks/robot_trials_then_adapt.py robotics --preset full --runs fml-output/regenerate/robotics_full
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+METHOD = "trials-adapt"
+POOLED = "trials-adapt-all"
+
+
+class FixedSupport:
+    """A task stand-in whose support is a given batch (``core.evaluation._adapted`` asks only for it)."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+
+    def support(self, params: Any) -> Any:
+        return self.batch
+
+
+def trial_batches(problem: Any, task: Any, candidates: list[Any], share: int) -> list[Any]:
+    """The policy-gradient batch of each start's trial rollouts (the episodes its trial ran, seeded as there)."""
+    from verticals.robotics.problem import TRIAL_SEED_STRIDE
+
+    return [problem.rollout_batch(task.site, share, task.support_seed + TRIAL_SEED_STRIDE * (j + 1), c.params)
+            for j, c in enumerate(candidates)]
+
+
+def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One seed's scored rows (the run's, `auto` included) and `trials-adapt`'s, with how often each start was kept."""
+    from benchmarks.every_start import load_finished
+    from core.choice import choose_by_trials
+    from core.evaluation import BASELINE, _adapted, _guarded, _lr_for, method_candidate, task_generator
+    from verticals.robotics.problem import TRIAL_SEED_STRIDE
+
+    run = load_finished(spec, cfg, folder)
+    problem, model, rows = run.problem, run.model, run.rows
+    by_name = {m.name: m for m in run.methods}
+    loss_fn, head = problem.loss_fn(model), problem.param_groups(model)["head"]
+    candidates = [method_candidate(by_name[n], cfg.inner, head) for n in run.bundle]
+    auto = rows[rows["method"] == "auto"].set_index(["site", "shots", "steps", "draw"]).sort_index()
+    records, kept = [], {}
+    for i, site in enumerate(problem.federation.role("test")):
+        for k in cfg.eval.shots:
+            for d in range(cfg.eval.draws):
+                task = problem.few_shot_task(model, site, k, task_generator(cfg.seed, i, k, d))
+                choice = choose_by_trials(task.trial_scores, candidates, k, BASELINE, problem.higher_is_better)
+                if choice is None:  # too few rollouts to try the starts: the run's auto (the default on all k)
+                    same = auto.loc[(site.site_id, k, slice(None), d)].reset_index()
+                    for name in (METHOD, POOLED):
+                        records += same.assign(method=name, site=site.site_id, shots=k, draw=d)[
+                            ["site", "method", "shots", "steps", "draw", "metric", "value"]].to_dict("records")
+                    kept["default"] = kept.get("default", 0) + 1
+                    continue
+                kept[choice.name] = kept.get(choice.name, 0) + 1
+                trial = run.bundle.index(choice.name)
+                own = dataclasses.replace(task, shots=choice.trials,
+                                          support_seed=task.support_seed + TRIAL_SEED_STRIDE * (trial + 1))
+                method = by_name[choice.name]
+                pooled = tuple(torch.cat(parts) for parts in zip(*trial_batches(problem, task, candidates, choice.trials)))
+                for name, support in ((METHOD, own), (POOLED, FixedSupport(pooled))):
+                    adapted = _adapted(loss_fn, method, support, cfg.eval.steps, cfg.inner, _lr_for(method), head)
+                    if cfg.eval.guard and method.adapts:
+                        adapted, _ = _guarded(loss_fn, method, own, adapted, cfg.inner)
+                    for s, params in adapted.items():
+                        for metric, value in task.score(params).items():
+                            records.append({"site": site.site_id, "method": name, "shots": k, "steps": s, "draw": d,
+                                            "metric": metric, "value": float(value)})
+    new = pd.DataFrame.from_records(records)
+    # unadapted, the trial's pick IS the run's 0-step auto: a check that these are the run's draws and choices
+    keys = ["site", "shots", "steps", "draw", "metric"]
+    zero = new[new["steps"] == 0].merge(rows[rows["method"] == "auto"], on=keys, suffixes=("", "_run"))
+    mismatch = int((zero["value"] - zero["value_run"]).abs().gt(1e-6).sum())
+    if len(zero) == 0 or mismatch > 0.05 * len(zero):
+        raise SystemExit(f"{folder}: the 0-step trial choices differ from the run's auto rows on {mismatch} of "
+                         f"{len(zero)}: other code or options than the run's (pass its --preset and --set)")
+    return (pd.concat([rows[new.columns], new], ignore_index=True),
+            {"bundle": run.bundle, "kept": kept, "zero_step_rows_differing_from_the_run": mismatch})
+
+
+def main() -> None:
+    from benchmarks.every_start import emit_line, interval_text, rows_by_seed
+    from benchmarks.heldout_tables import paired_by_pool
+    from benchmarks.robotics_heldout import PAIRED_POOLS
+
+    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: f"bundle {f['bundle']}; trials kept {f['kept']}")
+    paired = paired_by_pool(rows, "return", **PAIRED_POOLS)
+    cells = []
+    for (pool, k, s), grp in paired.groupby(["robots", "shots", "steps"]):
+        by = {r["method"]: [round(r["mean_diff"], 3), round(r["ci95_low"], 3), round(r["ci95_high"], 3)]
+              for _, r in grp.iterrows()}
+        singles = {m: v[0] for m, v in by.items() if m not in ("auto", METHOD, POOLED, "ensemble")}
+        best = max(singles, key=singles.get)
+        cells.append({"robots": pool, "shots": int(k), "steps": int(s), "auto": by.get("auto"),
+                      METHOD: by.get(METHOD), POOLED: by.get(POOLED), "best_single": [best, singles[best]]})
+    table = pd.DataFrame(cells)
+    groups = table[table["robots"].isin(["all", "in-range", "extrapolation"])]
+    pd.set_option("display.width", 220)
+    print("\nPaired against fedavg+ft over seeds x draws (return; POSITIVE = better; * interval excludes 0)")
+    print(groups.assign(**{m: groups[m].map(interval_text) for m in ("auto", METHOD, POOLED)},
+                        best_single=groups["best_single"].map(lambda v: f"{v[0]} {v[1]:+.1f}")).to_string(index=False))
+    below = {m: int(sum(1 for v in table[m] if isinstance(v, list) and v[2] < 0)) for m in ("auto", METHOD, POOLED)}
+    print(f"cells (groups and robots) below fedavg+ft beyond the interval: {below}")
+    emit_line("robot_trials_then_adapt", args, facts, cells=cells, below=below)
+
+
+if __name__ == "__main__":
+    main()
