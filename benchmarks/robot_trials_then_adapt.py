@@ -10,7 +10,11 @@ scores it on the draw's scored episodes (the same as every row's). Where k / n i
 run's `auto` (the default adapted on all k). The price: the chosen start adapts on k / n rollouts instead of k.
 `trials-adapt-all` adapts the pick on EVERY start's trial rollouts instead (all k; the other starts' episodes
 enter the surrogate with the log-probabilities of the policy that ran them, as PPO treats older data: its clipped
-ratio limits how far they move the pick).
+ratio limits how far they move the pick). `trials-veto` changes the anchor, not the budget: after s steps the
+validated default of s steps is kept unless another start's trial returns are clearly higher (the same test), and
+the pick adapts on its own trial rollouts (unadapted it is `auto`). `trials-veto-min` spends only what the test
+needs on trials (``MIN_TRIALS`` episodes per start; unadapted, the same anchor as `auto`) and adapts the pick on
+its trial episodes plus the rest of the budget as fresh rollouts of the pick.
 
 Reloads each seed's trained models (``benchmarks/every_start.load_finished``: the step sizes searched again on the
 validation robots, deterministic), draws each test task as the run did and pairs `trials-adapt` with the run's
@@ -33,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METHOD = "trials-adapt"
 POOLED = "trials-adapt-all"
+VETO = "trials-veto"
+VETO_MIN = "trials-veto-min"
+VARIANTS = (METHOD, POOLED, VETO, VETO_MIN)
 
 
 class FixedSupport:
@@ -53,10 +60,22 @@ def trial_batches(problem: Any, task: Any, candidates: list[Any], share: int) ->
             for j, c in enumerate(candidates)]
 
 
+def cached_trials(task: Any) -> Any:
+    """``task.trial_scores``, each start's episodes run once however many anchors are tried against them."""
+    cache: dict[tuple[int, int], Any] = {}
+
+    def trials(params: Any, episodes: int, trial: int) -> Any:
+        if (trial, episodes) not in cache:
+            cache[trial, episodes] = task.trial_scores(params, episodes, trial)
+        return cache[trial, episodes]
+
+    return trials
+
+
 def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One seed's scored rows (the run's, `auto` included) and `trials-adapt`'s, with how often each start was kept."""
+    """One seed's scored rows (the run's, `auto` included) and each variant's, with how often each start was kept."""
     from benchmarks.every_start import load_finished
-    from core.choice import choose_by_trials
+    from core.choice import MIN_TRIALS, choose_by_trials
     from core.evaluation import BASELINE, _adapted, _guarded, _lr_for, method_candidate, task_generator
     from verticals.robotics.problem import TRIAL_SEED_STRIDE
 
@@ -66,33 +85,69 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     loss_fn, head = problem.loss_fn(model), problem.param_groups(model)["head"]
     candidates = [method_candidate(by_name[n], cfg.inner, head) for n in run.bundle]
     auto = rows[rows["method"] == "auto"].set_index(["site", "shots", "steps", "draw"]).sort_index()
-    records, kept = [], {}
+    records, kept, vetoes = [], {}, {}
+
+    def add(name: str, site_id: str, k: int, d: int, scores: dict[int, dict[str, float]]) -> None:
+        records.extend({"site": site_id, "method": name, "shots": k, "steps": s, "draw": d, "metric": m,
+                        "value": float(v)} for s, by_metric in scores.items() for m, v in by_metric.items())
+
+    def adapted_scores(task: Any, name: str, support: Any, own: Any) -> dict[int, dict[str, float]]:
+        method = by_name[name]
+        adapted = _adapted(loss_fn, method, support, cfg.eval.steps, cfg.inner, _lr_for(method), head)
+        if cfg.eval.guard and method.adapts:
+            adapted, _ = _guarded(loss_fn, method, own, adapted, cfg.inner)
+        return {s: task.score(p) for s, p in adapted.items()}
+
     for i, site in enumerate(problem.federation.role("test")):
         for k in cfg.eval.shots:
             for d in range(cfg.eval.draws):
                 task = problem.few_shot_task(model, site, k, task_generator(cfg.seed, i, k, d))
-                choice = choose_by_trials(task.trial_scores, candidates, k, BASELINE, problem.higher_is_better)
+                trials = cached_trials(task)
+                choice = choose_by_trials(trials, candidates, k, BASELINE, problem.higher_is_better)
                 if choice is None:  # too few rollouts to try the starts: the run's auto (the default on all k)
                     same = auto.loc[(site.site_id, k, slice(None), d)].reset_index()
-                    for name in (METHOD, POOLED):
-                        records += same.assign(method=name, site=site.site_id, shots=k, draw=d)[
-                            ["site", "method", "shots", "steps", "draw", "metric", "value"]].to_dict("records")
+                    for name in VARIANTS:
+                        records.extend(same.assign(method=name, site=site.site_id, shots=k, draw=d)[
+                            ["site", "method", "shots", "steps", "draw", "metric", "value"]].to_dict("records"))
                     kept["default"] = kept.get("default", 0) + 1
                     continue
                 kept[choice.name] = kept.get(choice.name, 0) + 1
-                trial = run.bundle.index(choice.name)
-                own = dataclasses.replace(task, shots=choice.trials,
-                                          support_seed=task.support_seed + TRIAL_SEED_STRIDE * (trial + 1))
-                method = by_name[choice.name]
-                pooled = tuple(torch.cat(parts) for parts in zip(*trial_batches(problem, task, candidates, choice.trials)))
-                for name, support in ((METHOD, own), (POOLED, FixedSupport(pooled))):
-                    adapted = _adapted(loss_fn, method, support, cfg.eval.steps, cfg.inner, _lr_for(method), head)
-                    if cfg.eval.guard and method.adapts:
-                        adapted, _ = _guarded(loss_fn, method, own, adapted, cfg.inner)
-                    for s, params in adapted.items():
-                        for metric, value in task.score(params).items():
-                            records.append({"site": site.site_id, "method": name, "shots": k, "steps": s, "draw": d,
-                                            "metric": metric, "value": float(value)})
+                share = choice.trials
+                own = {c.name: dataclasses.replace(task, shots=share, support_seed=task.support_seed +
+                                                   TRIAL_SEED_STRIDE * (j + 1)) for j, c in enumerate(candidates)}
+                by_pick = {choice.name: adapted_scores(task, choice.name, own[choice.name], own[choice.name])}
+                add(METHOD, site.site_id, k, d, by_pick[choice.name])
+                pooled = FixedSupport(tuple(torch.cat(parts) for parts in zip(*trial_batches(problem, task, candidates, share))))
+                add(POOLED, site.site_id, k, d, adapted_scores(task, choice.name, pooled, own[choice.name]))
+                # the veto: each steps count's validated default is kept unless the trials show another clearly better
+                veto = {}
+                for s in cfg.eval.steps:
+                    pick = choice.name if s == 0 else choose_by_trials(trials, candidates, k, run.default_by_steps[s],
+                                                                       problem.higher_is_better).name
+                    vetoes[f"{s}:{pick}"] = vetoes.get(f"{s}:{pick}", 0) + 1
+                    if pick not in by_pick:
+                        by_pick[pick] = adapted_scores(task, pick, own[pick], own[pick])
+                    veto[s] = by_pick[pick][s]
+                add(VETO, site.site_id, k, d, veto)
+                # the veto on the fewest trials the test can pass (MIN_TRIALS each); the pick adapts on its own trial
+                # episodes and the rest of the budget, fresh rollouts of the pick
+                lean, spare = {}, k - MIN_TRIALS * len(candidates)
+                for s in cfg.eval.steps:
+                    anchor = BASELINE if s == 0 else run.default_by_steps[s]
+                    pick = choose_by_trials(trials, candidates, MIN_TRIALS * len(candidates), anchor,
+                                            problem.higher_is_better).name
+                    vetoes[f"min {s}:{pick}"] = vetoes.get(f"min {s}:{pick}", 0) + 1
+                    if pick not in lean:
+                        j = run.bundle.index(pick)
+                        parts = [problem.rollout_batch(site, MIN_TRIALS, task.support_seed + TRIAL_SEED_STRIDE * (j + 1),
+                                                       by_name[pick].params)]
+                        if spare:
+                            parts.append(problem.rollout_batch(site, spare, task.support_seed + TRIAL_SEED_STRIDE * (
+                                len(candidates) + 1), by_name[pick].params))
+                        support = FixedSupport(tuple(torch.cat(t) for t in zip(*parts)))
+                        lean[pick] = adapted_scores(task, pick, support, own[pick])
+                    veto_min = lean[pick][s]
+                    add(VETO_MIN, site.site_id, k, d, {s: veto_min})
     new = pd.DataFrame.from_records(records)
     # unadapted, the trial's pick IS the run's 0-step auto: a check that these are the run's draws and choices
     keys = ["site", "shots", "steps", "draw", "metric"]
@@ -102,7 +157,8 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
         raise SystemExit(f"{folder}: the 0-step trial choices differ from the run's auto rows on {mismatch} of "
                          f"{len(zero)}: other code or options than the run's (pass its --preset and --set)")
     return (pd.concat([rows[new.columns], new], ignore_index=True),
-            {"bundle": run.bundle, "kept": kept, "zero_step_rows_differing_from_the_run": mismatch})
+            {"bundle": run.bundle, "default_by_steps": {str(s): n for s, n in run.default_by_steps.items()},
+             "kept": kept, "veto_picks": vetoes, "zero_step_rows_differing_from_the_run": mismatch})
 
 
 def main() -> None:
@@ -110,23 +166,24 @@ def main() -> None:
     from benchmarks.heldout_tables import paired_by_pool
     from benchmarks.robotics_heldout import PAIRED_POOLS
 
-    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: f"bundle {f['bundle']}; trials kept {f['kept']}")
+    args, rows, facts = rows_by_seed(__doc__, seed_rows, lambda f: f"bundle {f['bundle']}; trials kept {f['kept']}; "
+                                  f"the veto's picks (steps:start) {f['veto_picks']}")
     paired = paired_by_pool(rows, "return", **PAIRED_POOLS)
     cells = []
     for (pool, k, s), grp in paired.groupby(["robots", "shots", "steps"]):
         by = {r["method"]: [round(r["mean_diff"], 3), round(r["ci95_low"], 3), round(r["ci95_high"], 3)]
               for _, r in grp.iterrows()}
-        singles = {m: v[0] for m, v in by.items() if m not in ("auto", METHOD, POOLED, "ensemble")}
+        singles = {m: v[0] for m, v in by.items() if m not in ("auto", *VARIANTS, "ensemble")}
         best = max(singles, key=singles.get)
         cells.append({"robots": pool, "shots": int(k), "steps": int(s), "auto": by.get("auto"),
-                      METHOD: by.get(METHOD), POOLED: by.get(POOLED), "best_single": [best, singles[best]]})
+                      **{m: by.get(m) for m in VARIANTS}, "best_single": [best, singles[best]]})
     table = pd.DataFrame(cells)
     groups = table[table["robots"].isin(["all", "in-range", "extrapolation"])]
     pd.set_option("display.width", 220)
     print("\nPaired against fedavg+ft over seeds x draws (return; POSITIVE = better; * interval excludes 0)")
-    print(groups.assign(**{m: groups[m].map(interval_text) for m in ("auto", METHOD, POOLED)},
+    print(groups.assign(**{m: groups[m].map(interval_text) for m in ("auto", *VARIANTS)},
                         best_single=groups["best_single"].map(lambda v: f"{v[0]} {v[1]:+.1f}")).to_string(index=False))
-    below = {m: int(sum(1 for v in table[m] if isinstance(v, list) and v[2] < 0)) for m in ("auto", METHOD, POOLED)}
+    below = {m: int(sum(1 for v in table[m] if isinstance(v, list) and v[2] < 0)) for m in ("auto", *VARIANTS)}
     print(f"cells (groups and robots) below fedavg+ft beyond the interval: {below}")
     emit_line("robot_trials_then_adapt", args, facts, cells=cells, below=below)
 
