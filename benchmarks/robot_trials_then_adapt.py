@@ -14,7 +14,9 @@ ratio limits how far they move the pick). `trials-veto` changes the anchor, not 
 validated default of s steps is kept unless another start's trial returns are clearly higher (the same test), and
 the pick adapts on its own trial rollouts (unadapted it is `auto`). `trials-veto-min` spends only what the test
 needs on trials (``MIN_TRIALS`` episodes per start; unadapted, the same anchor as `auto`) and adapts the pick on
-its trial episodes plus the rest of the budget as fresh rollouts of the pick.
+its trial episodes plus the rest of the budget as fresh rollouts of the pick. `trials-veto-min-lr` is that with
+the step size validated (on the validation robots, as the run validates its own) for the number of rollouts the
+pick adapts on, not for the run's selection shots.
 
 Reloads each seed's trained models (``benchmarks/every_start.load_finished``: the step sizes searched again on the
 validation robots, deterministic), draws each test task as the run did and pairs `trials-adapt` with the run's
@@ -39,7 +41,8 @@ METHOD = "trials-adapt"
 POOLED = "trials-adapt-all"
 VETO = "trials-veto"
 VETO_MIN = "trials-veto-min"
-VARIANTS = (METHOD, POOLED, VETO, VETO_MIN)
+VETO_MIN_LR = "trials-veto-min-lr"
+VARIANTS = (METHOD, POOLED, VETO, VETO_MIN, VETO_MIN_LR)
 
 
 class FixedSupport:
@@ -72,6 +75,20 @@ def cached_trials(task: Any) -> Any:
     return trials
 
 
+def step_sizes_for(run: Any, cfg: Any, shots: int) -> dict[str, Any]:
+    """The bundle's methods with each steps count's step size validated for supports of ``shots`` rollouts (the
+    run's search, ``core.evaluation.select_adaptation``, on copies: the run's own methods are untouched)."""
+    from core.evaluation import select_adaptation
+
+    copies = [dataclasses.replace(m, lr_by_steps={}, recipe_by_steps={}, validation_draws={})
+              for m in run.methods if m.name in run.bundle]
+    federation = run.problem.federation
+    select_adaptation(run.problem, run.model, copies, federation.role("validation") or federation.role("train")[:5],
+                      shots=shots, steps_grid=cfg.eval.steps, lr_grid=cfg.eval.lr_grid, draws=cfg.eval.select_draws,
+                      seed=cfg.seed, inner=cfg.inner)
+    return {m.name: m for m in copies}
+
+
 def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One seed's scored rows (the run's, `auto` included) and each variant's, with how often each start was kept."""
     from benchmarks.every_start import load_finished
@@ -91,13 +108,16 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
         records.extend({"site": site_id, "method": name, "shots": k, "steps": s, "draw": d, "metric": m,
                         "value": float(v)} for s, by_metric in scores.items() for m, v in by_metric.items())
 
-    def adapted_scores(task: Any, name: str, support: Any, own: Any) -> dict[int, dict[str, float]]:
-        method = by_name[name]
+    def adapted_scores(task: Any, name: str, support: Any, own: Any, methods: Any = None) -> dict[int, dict[str, float]]:
+        method = (methods or by_name)[name]
         adapted = _adapted(loss_fn, method, support, cfg.eval.steps, cfg.inner, _lr_for(method), head)
         if cfg.eval.guard and method.adapts:
             adapted, _ = _guarded(loss_fn, method, own, adapted, cfg.inner)
         return {s: task.score(p) for s, p in adapted.items()}
 
+    n = len(candidates)
+    revalidated = {k: step_sizes_for(run, cfg, MIN_TRIALS + k - MIN_TRIALS * n)
+                   for k in cfg.eval.shots if k >= MIN_TRIALS * n}
     for i, site in enumerate(problem.federation.role("test")):
         for k in cfg.eval.shots:
             for d in range(cfg.eval.draws):
@@ -131,7 +151,7 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                 add(VETO, site.site_id, k, d, veto)
                 # the veto on the fewest trials the test can pass (MIN_TRIALS each); the pick adapts on its own trial
                 # episodes and the rest of the budget, fresh rollouts of the pick
-                lean, spare = {}, k - MIN_TRIALS * len(candidates)
+                lean, lean_lr, spare = {}, {}, k - MIN_TRIALS * len(candidates)
                 for s in cfg.eval.steps:
                     anchor = BASELINE if s == 0 else run.default_by_steps[s]
                     pick = choose_by_trials(trials, candidates, MIN_TRIALS * len(candidates), anchor,
@@ -146,8 +166,10 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                                 len(candidates) + 1), by_name[pick].params))
                         support = FixedSupport(tuple(torch.cat(t) for t in zip(*parts)))
                         lean[pick] = adapted_scores(task, pick, support, own[pick])
-                    veto_min = lean[pick][s]
-                    add(VETO_MIN, site.site_id, k, d, {s: veto_min})
+                        lean_lr[pick] = (adapted_scores(task, pick, support, own[pick], revalidated[k])
+                                         if k in revalidated else lean[pick])
+                    add(VETO_MIN, site.site_id, k, d, {s: lean[pick][s]})
+                    add(VETO_MIN_LR, site.site_id, k, d, {s: lean_lr[pick][s]})
     new = pd.DataFrame.from_records(records)
     # unadapted, the trial's pick IS the run's 0-step auto: a check that these are the run's draws and choices
     keys = ["site", "shots", "steps", "draw", "metric"]
@@ -158,7 +180,11 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                          f"{len(zero)}: other code or options than the run's (pass its --preset and --set)")
     return (pd.concat([rows[new.columns], new], ignore_index=True),
             {"bundle": run.bundle, "default_by_steps": {str(s): n for s, n in run.default_by_steps.items()},
-             "kept": kept, "veto_picks": vetoes, "zero_step_rows_differing_from_the_run": mismatch})
+             "kept": kept, "veto_picks": vetoes, "zero_step_rows_differing_from_the_run": mismatch,
+             "step_sizes_by_shots": {str(k): {m.name: {str(s): lr for s, lr in m.lr_by_steps.items()} for m in ms.values()}
+                                     for k, ms in revalidated.items()},
+             "run_step_sizes": {m.name: {str(s): lr for s, lr in m.lr_by_steps.items()} for m in run.methods
+                                if m.name in run.bundle}})
 
 
 def main() -> None:

@@ -204,7 +204,8 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
     finished = every_start.Finished(robots, model, methods, ["fomaml"], ["fedavg+ft", "fomaml"],
                                     {0: "fedavg+ft", 1: "fedavg+ft"}, run_rows)
     monkeypatch.setattr(every_start, "load_finished", lambda spec, cfg, folder: finished)
-    cfg = SimpleNamespace(seed=0, inner=inner, eval=SimpleNamespace(shots=[3, 6], steps=[0, 1], draws=2, guard=True))
+    cfg = SimpleNamespace(seed=0, inner=inner, eval=SimpleNamespace(shots=[3, 6], steps=[0, 1], draws=2, guard=True,
+                                                                    lr_grid=[0.05, 0.5], select_draws=1))
     out, facts = experiment.seed_rows(None, cfg, tmp_path)
     assert facts["zero_step_rows_differing_from_the_run"] == 0
     keys = ["site", "shots", "steps", "draw", "metric"]
@@ -214,6 +215,9 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
     assert every.xs(3, level="shots").equals(theirs.xs(3, level="shots"))
     assert mine.xs(0, level="steps").equals(theirs.xs(0, level="steps"))  # unadapted: the run's auto
     assert mine.xs(3, level="shots").equals(theirs.xs(3, level="shots"))  # 1 rollout each: the default, as auto
+    # the step size revalidated for the 3 + 0 rollouts the lean pick adapts on, on copies (the run's untouched)
+    assert set(facts["step_sizes_by_shots"]) == {"6"} and methods[0].lr_by_steps == {1: 0.05}
+    assert facts["step_sizes_by_shots"]["6"]["fomaml"]["1"] in {0.05, 0.5}
     assert facts["kept"]["default"] == len(sites) * 2 and sum(facts["kept"].values()) == len(sites) * 2 * 2
     picks = auto[(auto["shots"] == 6) & (auto["steps"] == 0)].drop_duplicates(["site", "draw"])
     by_name = {m.name: m for m in methods}
