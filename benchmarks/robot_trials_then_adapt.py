@@ -19,7 +19,7 @@ the step size validated (on the validation robots, as the run validates its own)
 pick adapts on, not for the run's selection shots.
 
 Reloads each seed's trained models (``benchmarks/every_start.load_finished``: the step sizes searched again on the
-validation robots, deterministic), draws each test task as the run did and pairs `trials-adapt` with the run's
+validation robots, deterministic), draws each test task as the run did and pairs each variant with the run's
 `fedavg+ft` rows, per group of robots and per robot.
 
     python benchmarks/robotics_heldout.py --preset full --seeds 0 1 2 --output-dir fml-output/regenerate/robotics_full ...
@@ -171,9 +171,11 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                     add(VETO_MIN, site.site_id, k, d, {s: lean[pick][s]})
                     add(VETO_MIN_LR, site.site_id, k, d, {s: lean_lr[pick][s]})
     new = pd.DataFrame.from_records(records)
-    # unadapted, the trial's pick IS the run's 0-step auto: a check that these are the run's draws and choices
+    # unadapted, the trial's pick on the whole budget IS the run's 0-step auto: a check that these are the run's
+    # draws and choices (the lean variants try the starts on fewer episodes, so they may differ there)
     keys = ["site", "shots", "steps", "draw", "metric"]
-    zero = new[new["steps"] == 0].merge(rows[rows["method"] == "auto"], on=keys, suffixes=("", "_run"))
+    zero = new[(new["steps"] == 0) & (new["method"] == METHOD)].merge(rows[rows["method"] == "auto"], on=keys,
+                                                                      suffixes=("", "_run"))
     mismatch = int((zero["value"] - zero["value_run"]).abs().gt(1e-6).sum())
     if len(zero) == 0 or mismatch > 0.05 * len(zero):
         raise SystemExit(f"{folder}: the 0-step trial choices differ from the run's auto rows on {mismatch} of "
