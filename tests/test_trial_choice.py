@@ -90,6 +90,19 @@ def robots() -> RoboticsProblem:
                                 horizon=30, train_rollouts=4, eval_rollouts=6), seed=0)
 
 
+def two_starts(robots: RoboticsProblem, shift: float):
+    """A policy as ``fedavg+ft`` and the same shifted by ``shift`` as ``fomaml`` (one step size each), the test
+    robots, and a grid of 3 and 6 rollouts at 0 and 1 steps, 2 draws."""
+    torch.manual_seed(0)
+    model = robots.make_model()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    other = {k: v + shift for k, v in params.items()}
+    methods = [Method("fedavg+ft", params, lr_by_steps={1: 0.05}), Method("fomaml", other, lr_by_steps={1: 0.05})]
+    inner = InnerConfig(steps=1, lr=0.05)
+    return model, methods, robots.federation.role("test"), dict(shots_grid=[3, 6], steps_grid=[0, 1], draws=2, seed=0,
+                                                                inner=inner)
+
+
 def test_a_robots_trials_run_their_own_seeded_episodes(robots: RoboticsProblem) -> None:
     torch.manual_seed(0)
     model = robots.make_model()
@@ -109,13 +122,8 @@ def test_the_auto_row_at_zero_steps_is_the_trials_choice_and_reads_no_score(robo
                                                                            monkeypatch) -> None:
     """The held-out protocol's ``auto`` at 0 steps runs exactly the trials (the rows are read only afterwards, to
     copy the chosen start's score); adapted steps keep the default of a support that cannot be split."""
-    torch.manual_seed(0)
-    model = robots.make_model()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    good = {k: v + 0.01 for k, v in params.items()}
-    methods = [Method("fedavg+ft", params, lr_by_steps={1: 0.05}), Method("fomaml", good, lr_by_steps={1: 0.05})]
-    sites = robots.federation.role("test")
-    grid = dict(shots_grid=[3, 6], steps_grid=[0, 1], draws=2, seed=0, inner=InnerConfig(steps=1, lr=0.05))
+    model, methods, sites, grid = two_starts(robots, 0.01)
+    good = methods[1].params
     rows = evaluate_sites(robots, model, methods, sites, **grid)
     calls = []
     task_class = type(robots.few_shot_task(model, sites[0], 3, torch.Generator()))
@@ -190,14 +198,8 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
     from core.evaluation import _adapted, _lr_for, task_generator
     from verticals.robotics.problem import TRIAL_SEED_STRIDE
 
-    torch.manual_seed(0)
-    model = robots.make_model()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    other = {k: v + 0.05 for k, v in params.items()}
-    methods = [Method("fedavg+ft", params, lr_by_steps={1: 0.05}), Method("fomaml", other, lr_by_steps={1: 0.05})]
-    sites = robots.federation.role("test")
-    inner = InnerConfig(steps=1, lr=0.05)
-    grid = dict(shots_grid=[3, 6], steps_grid=[0, 1], draws=2, seed=0, inner=inner)
+    model, methods, sites, grid = two_starts(robots, 0.05)
+    inner = grid["inner"]
     rows = evaluate_sites(robots, model, methods, sites, **grid)
     auto = evaluate_auto(robots, model, methods, sites, rows, AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft"), **grid)
     run_rows = pd.concat([rows, auto], ignore_index=True)
