@@ -16,7 +16,10 @@ the pick adapts on its own trial rollouts (unadapted it is `auto`). `trials-veto
 needs on trials (``MIN_TRIALS`` episodes per start; unadapted, the same anchor as `auto`) and adapts the pick on
 its trial episodes plus the rest of the budget as fresh rollouts of the pick. `trials-veto-min-lr` is that with
 the step size validated (on the validation robots, as the run validates its own) for the number of rollouts the
-pick adapts on, not for the run's selection shots.
+pick adapts on, not for the run's selection shots. `adapted-trials` tries the ADAPTED starts instead: each start
+adapts on its share of the budget less ``MIN_TRIALS`` rollouts, then runs ``MIN_TRIALS`` episodes adapted, and
+`fedavg+ft` is kept unless another adapted start's returns are clearly higher (needs k >= n * (MIN_TRIALS + 1);
+unadapted it is `auto`).
 
 Reloads each seed's trained models (``benchmarks/every_start.load_finished``: the step sizes searched again on the
 validation robots, deterministic), draws each test task as the run did and pairs each variant with the run's
@@ -28,9 +31,10 @@ validation robots, deterministic), draws each test task as the run did and pairs
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 import torch
@@ -42,7 +46,8 @@ POOLED = "trials-adapt-all"
 VETO = "trials-veto"
 VETO_MIN = "trials-veto-min"
 VETO_MIN_LR = "trials-veto-min-lr"
-VARIANTS = (METHOD, POOLED, VETO, VETO_MIN, VETO_MIN_LR)
+ADAPTED = "adapted-trials"
+VARIANTS = (METHOD, POOLED, VETO, VETO_MIN, VETO_MIN_LR, ADAPTED)
 
 
 class FixedSupport:
@@ -92,7 +97,7 @@ def step_sizes_for(run: Any, cfg: Any, shots: int) -> dict[str, Any]:
 def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One seed's scored rows (the run's, `auto` included) and each variant's, with how often each start was kept."""
     from benchmarks.every_start import load_finished
-    from core.choice import MIN_TRIALS, choose_by_trials
+    from core.choice import MIN_TRIALS, choose, choose_by_trials, rank_sum_pvalue
     from core.evaluation import BASELINE, _adapted, _guarded, _lr_for, method_candidate, task_generator
     from verticals.robotics.problem import TRIAL_SEED_STRIDE
 
@@ -115,6 +120,38 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
             adapted, _ = _guarded(loss_fn, method, own, adapted, cfg.inner)
         return {s: task.score(p) for s, p in adapted.items()}
 
+    def adapted_trials(task: Any, k: int, unadapted: dict[int, dict[str, float]]) -> Optional[dict[int, dict[str, float]]]:
+        """Each start adapted on its share less MIN_TRIALS rollouts, then MIN_TRIALS episodes of it adapted; the
+        adapted start whose returns are clearly higher than `fedavg+ft`'s (else `fedavg+ft`) is scored. None when a
+        share leaves no rollout to adapt on."""
+        share = k // len(candidates) - MIN_TRIALS
+        if share < 1:
+            return None
+        out = dict(unadapted)
+        for s in (s for s in cfg.eval.steps if s > 0):
+            adapted, losses = {}, {}
+            for j, c in enumerate(candidates):
+                seed = task.support_seed + TRIAL_SEED_STRIDE * (len(candidates) + 2 + j)
+                support = FixedSupport(problem.rollout_batch(task.site, share, seed, c.params))
+                method = by_name[c.name]
+                steps = _adapted(loss_fn, method, support, [s], cfg.inner, _lr_for(method), head)
+                adapted[c.name] = steps[s]
+                returns = task.trial_scores(adapted[c.name], MIN_TRIALS, j)
+                sign = -1.0 if problem.higher_is_better else 1.0
+                losses[c.name] = [sign * float(v) if math.isfinite(v) else math.inf for v in returns]
+            pvalues = {name: rank_sum_pvalue(v, losses[BASELINE]) for name, v in losses.items() if name != BASELINE}
+            pick = choose(losses, BASELINE, pvalues)
+            vetoes[f"adapted {s}:{pick}"] = vetoes.get(f"adapted {s}:{pick}", 0) + 1
+            out[s] = task.score(adapted[pick])
+        return out
+
+    def copy_auto(names: Any, site_id: str, k: int, d: int) -> None:
+        """The run's `auto` rows of the draw, as these variants' (too few rollouts for their trials)."""
+        same = auto.loc[(site_id, k, slice(None), d)].reset_index()
+        for name in names:
+            records.extend(same.assign(method=name, site=site_id, shots=k, draw=d)[
+                ["site", "method", "shots", "steps", "draw", "metric", "value"]].to_dict("records"))
+
     n = len(candidates)
     revalidated = {k: step_sizes_for(run, cfg, MIN_TRIALS + k - MIN_TRIALS * n)
                    for k in cfg.eval.shots if k >= MIN_TRIALS * n}
@@ -125,10 +162,7 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                 trials = cached_trials(task)
                 choice = choose_by_trials(trials, candidates, k, BASELINE, problem.higher_is_better)
                 if choice is None:  # too few rollouts to try the starts: the run's auto (the default on all k)
-                    same = auto.loc[(site.site_id, k, slice(None), d)].reset_index()
-                    for name in VARIANTS:
-                        records.extend(same.assign(method=name, site=site.site_id, shots=k, draw=d)[
-                            ["site", "method", "shots", "steps", "draw", "metric", "value"]].to_dict("records"))
+                    copy_auto(VARIANTS, site.site_id, k, d)
                     kept["default"] = kept.get("default", 0) + 1
                     continue
                 kept[choice.name] = kept.get(choice.name, 0) + 1
@@ -170,6 +204,11 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
                                          if k in revalidated else lean[pick])
                     add(VETO_MIN, site.site_id, k, d, {s: lean[pick][s]})
                     add(VETO_MIN_LR, site.site_id, k, d, {s: lean_lr[pick][s]})
+                tried = adapted_trials(task, k, {0: by_pick[choice.name][0]})
+                if tried is None:
+                    copy_auto([ADAPTED], site.site_id, k, d)
+                else:
+                    add(ADAPTED, site.site_id, k, d, tried)
     new = pd.DataFrame.from_records(records)
     # unadapted, the trial's pick on the whole budget IS the run's 0-step auto: a check that these are the run's
     # draws and choices (the lean variants try the starts on fewer episodes, so they may differ there)

@@ -199,14 +199,14 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
     from verticals.robotics.problem import TRIAL_SEED_STRIDE
 
     model, methods, sites, grid = two_starts(robots, 0.05)
-    inner = grid["inner"]
+    inner, grid["shots_grid"] = grid["inner"], [3, 6, 8]
     rows = evaluate_sites(robots, model, methods, sites, **grid)
     auto = evaluate_auto(robots, model, methods, sites, rows, AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft"), **grid)
     run_rows = pd.concat([rows, auto], ignore_index=True)
     finished = every_start.Finished(robots, model, methods, ["fomaml"], ["fedavg+ft", "fomaml"],
                                     {0: "fedavg+ft", 1: "fedavg+ft"}, run_rows)
     monkeypatch.setattr(every_start, "load_finished", lambda spec, cfg, folder: finished)
-    cfg = SimpleNamespace(seed=0, inner=inner, eval=SimpleNamespace(shots=[3, 6], steps=[0, 1], draws=2, guard=True,
+    cfg = SimpleNamespace(seed=0, inner=inner, eval=SimpleNamespace(shots=[3, 6, 8], steps=[0, 1], draws=2, guard=True,
                                                                     lr_grid=[0.05, 0.5], select_draws=1))
     out, facts = experiment.seed_rows(None, cfg, tmp_path)
     assert facts["zero_step_rows_differing_from_the_run"] == 0
@@ -218,9 +218,23 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
     assert mine.xs(0, level="steps").equals(theirs.xs(0, level="steps"))  # unadapted: the run's auto
     assert mine.xs(3, level="shots").equals(theirs.xs(3, level="shots"))  # 1 rollout each: the default, as auto
     # the step size revalidated for the 3 + 0 rollouts the lean pick adapts on, on copies (the run's untouched)
-    assert set(facts["step_sizes_by_shots"]) == {"6"} and methods[0].lr_by_steps == {1: 0.05}
+    assert set(facts["step_sizes_by_shots"]) == {"6", "8"} and methods[0].lr_by_steps == {1: 0.05}
     assert facts["step_sizes_by_shots"]["6"]["fomaml"]["1"] in {0.05, 0.5}
-    assert facts["kept"]["default"] == len(sites) * 2 and sum(facts["kept"].values()) == len(sites) * 2 * 2
+    assert facts["kept"]["default"] == len(sites) * 2 and sum(facts["kept"].values()) == len(sites) * 2 * 3
+    # adapted trials: 6 rollouts leave none to adapt on after 3 trial episodes each (the run's auto); with 8 each
+    # start adapts on 1 rollout and the score is one of the two adapted starts'
+    adapted_rows = out[out["method"] == experiment.ADAPTED].set_index(keys)["value"].sort_index()
+    assert adapted_rows.xs(6, level="shots").equals(theirs.xs(6, level="shots"))
+    for i, site in enumerate(sites):
+        for d in range(2):
+            task = robots.few_shot_task(model, site, 8, task_generator(0, i, 8, d))
+            scores = []
+            for j, m in enumerate(methods):
+                one = experiment.FixedSupport(robots.rollout_batch(site, 1, task.support_seed + TRIAL_SEED_STRIDE * (4 + j),
+                                                                   m.params))
+                scores.append(task.score(_adapted(robots.loss_fn(model), m, one, [1], inner, _lr_for(m),
+                                                  robots.param_groups(model)["head"])[1])["return"])
+            assert adapted_rows[(site.site_id, 8, 1, d, "return")] in scores
     picks = auto[(auto["shots"] == 6) & (auto["steps"] == 0)].drop_duplicates(["site", "draw"])
     by_name = {m.name: m for m in methods}
     for r in picks.itertuples():  # after one step: the pick adapted on its own 3 trial rollouts
