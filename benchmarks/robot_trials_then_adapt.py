@@ -31,7 +31,6 @@ validation robots, deterministic), draws each test task as the run did and pairs
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -97,7 +96,7 @@ def step_sizes_for(run: Any, cfg: Any, shots: int) -> dict[str, Any]:
 def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One seed's scored rows (the run's, `auto` included) and each variant's, with how often each start was kept."""
     from benchmarks.every_start import load_finished
-    from core.choice import MIN_TRIALS, choose, choose_by_trials, rank_sum_pvalue
+    from core.choice import MIN_TRIALS, choose_by_trials
     from core.evaluation import BASELINE, _adapted, _guarded, _lr_for, method_candidate, task_generator
     from verticals.robotics.problem import TRIAL_SEED_STRIDE
 
@@ -129,20 +128,21 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
             return None
         out = dict(unadapted)
         for s in (s for s in cfg.eval.steps if s > 0):
-            adapted, losses = {}, {}
-            for j, c in enumerate(candidates):
+            adapted: dict[int, Any] = {}
+
+            def adapted_episodes(params: Any, episodes: int, j: int) -> list[float]:
+                """Start ``j`` adapted ``s`` steps on ``share`` rollouts of its own, then run ``episodes`` episodes."""
                 seed = task.support_seed + TRIAL_SEED_STRIDE * (len(candidates) + 2 + j)
-                support = FixedSupport(problem.rollout_batch(task.site, share, seed, c.params))
-                method = by_name[c.name]
-                steps = _adapted(loss_fn, method, support, [s], cfg.inner, _lr_for(method), head)
-                adapted[c.name] = steps[s]
-                returns = task.trial_scores(adapted[c.name], MIN_TRIALS, j)
-                sign = -1.0 if problem.higher_is_better else 1.0
-                losses[c.name] = [sign * float(v) if math.isfinite(v) else math.inf for v in returns]
-            pvalues = {name: rank_sum_pvalue(v, losses[BASELINE]) for name, v in losses.items() if name != BASELINE}
-            pick = choose(losses, BASELINE, pvalues)
+                method = by_name[candidates[j].name]
+                support = FixedSupport(problem.rollout_batch(task.site, share, seed, params))
+                adapted[j] = _adapted(loss_fn, method, support, [s], cfg.inner, _lr_for(method), head)[s]
+                return task.trial_scores(adapted[j], episodes, j)
+
+            # the 0-step rule's test, on the adapted starts' episodes
+            pick = choose_by_trials(adapted_episodes, candidates, MIN_TRIALS * len(candidates), BASELINE,
+                                    problem.higher_is_better).name
             vetoes[f"adapted {s}:{pick}"] = vetoes.get(f"adapted {s}:{pick}", 0) + 1
-            out[s] = task.score(adapted[pick])
+            out[s] = task.score(adapted[run.bundle.index(pick)])
         return out
 
     def copy_auto(names: Any, site_id: str, k: int, d: int) -> None:

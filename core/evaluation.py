@@ -381,7 +381,7 @@ def evaluate_auto(
             for d in range(draws):
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
-                                           task.choice_criterion(loss_fn), BASELINE, task.trial_scores, k,
+                                           task.choice_criterion(loss_fn), BASELINE, task.episode_trials(), k,
                                            problem.higher_is_better)
                 if on_choice is not None:
                     on_choice(site, k, d, choices)

@@ -54,11 +54,12 @@ class FewShotTask(ABC):
         or a support the policy produces itself, as in RL). Never touches the scored rows."""
         return None
 
-    def trial_scores(self, params: Params, episodes: int, trial: int) -> Optional[list[float]]:
-        """The headline of each of ``episodes`` fresh episodes of ``params`` run unadapted on the site, with the
-        ``trial``-th start's own seeds (never the scored episodes'), for a task whose support the policy produces:
-        what a site that will not adapt spends its support budget on (:func:`core.choice.choose_by_trials`).
-        None (the default) for a labelled support, whose folds already score every start unadapted."""
+    def episode_trials(self) -> Optional[Callable[[Params, int, int], list[float]]]:
+        """For a task whose support the policy produces: ``trial_scores(params, episodes, trial)``, the headline of
+        each of ``episodes`` fresh episodes of ``params`` run unadapted on the site with the ``trial``-th start's
+        own seeds (never the scored episodes'), what a site that will not adapt spends its support budget on
+        (:func:`core.choice.choose_by_trials`). None (the default) for a labelled support, whose folds already
+        score every start unadapted."""
         return None
 
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:

@@ -114,7 +114,7 @@ def onboard(
     else:
         loss_fn = problem.loss_fn(model)
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
-                                  steps, default, task.choice_criterion(loss_fn), BASELINE, task.trial_scores, shots,
+                                  steps, default, task.choice_criterion(loss_fn), BASELINE, task.episode_trials(), shots,
                                   problem.higher_is_better)
         if choice.folds == 0 and not choice.trials and len(candidates) > 1:
             checked = validation_choice(info, shots, steps)

@@ -255,3 +255,18 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
                           robots.param_groups(model)["head"])[1]
         assert every[(r.site, 6, 1, r.draw, "return")] == task.score(on_all)["return"]
         assert any(not torch.equal(on_all[n], adapted[n]) for n in adapted)  # the other start's episodes moved it
+
+
+def test_only_a_task_with_episodes_offers_trials(robots: RoboticsProblem) -> None:
+    """A labelled support has no episodes to run: its ``episode_trials`` is None, so an unsplittable one keeps the
+    reason of a support that cannot be split, never the robots' "too few episodes" one."""
+    from core.problem import SupervisedFewShotTask
+
+    x, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    labelled = SupervisedFewShotTask(torch.nn.Linear(3, 2), "bank", 1, (x, y), (x, y), lambda p, b: {})
+    assert labelled.episode_trials() is None
+    robot = robots.few_shot_task(robots.make_model(), robots.federation.role("test")[0], 3, torch.Generator())
+    assert robot.episode_trials() == robot.trial_scores
+    out = choose_per_steps(lambda p, b: torch.tensor(0.0), candidates("fedavg+ft", "fomaml"), labelled.support_folds(5),
+                           {0: "fedavg+ft"}, baseline="fedavg+ft", trials=labelled.episode_trials(), budget=1)
+    assert out[0].name == "fedavg+ft" and "episodes" not in out[0].reason and "cannot be split" in out[0].reason

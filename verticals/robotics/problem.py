@@ -124,6 +124,9 @@ class RobotFewShotTask(FewShotTask):
     def support(self, params: Params) -> Batch:
         return self.problem.rollout_batch(self.site, self.shots, self.support_seed, params)
 
+    def episode_trials(self) -> Callable[[Params, int, int], list[float]]:
+        return self.trial_scores
+
     def trial_scores(self, params: Params, episodes: int, trial: int) -> list[float]:
         """The return of each of ``episodes`` rollouts of ``params``, from seeds of the draw's support set apart per
         start (``trial``) by :data:`TRIAL_SEED_STRIDE`: each start runs its own episodes, as on a real robot. A
