@@ -52,7 +52,8 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     scored = run.rows[run.rows["method"] != "auto"]
     tests = problem.federation.role("test")
     picks = evaluate_auto(problem, model, run.methods, tests, scored,
-                          AutoChoice(tuple(run.bundle), run.bundle[0], cfg.eval.choice_folds, run.default_by_steps),
+                          AutoChoice(tuple(run.bundle), run.bundle[0], cfg.eval.choice_folds, run.default_by_steps,
+                                     run.adapted_trials),
                           shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
                           inner=cfg.inner).drop_duplicates(KEYS)[[*KEYS, "choice"]]
     differ = differing_from_the_run(run, picks, folder)

@@ -56,6 +56,8 @@ class Finished:
     bundle: list[str]
     default_by_steps: dict[int, str]
     rows: pd.DataFrame
+    adapted_trials: dict[int, tuple[int, ...]]
+    """Shots -> steps at which the run's robots tried the starts adapted (its ``fallback_defaults.json``)."""
 
 
 def load_finished(spec: Any, cfg: Any, folder: Path) -> Finished:
@@ -84,7 +86,16 @@ def load_finished(spec: Any, cfg: Any, folder: Path) -> Finished:
     bundle, _ = bundle_of(methods, ["fedavg+ft", *algorithms], problem.higher_is_better)
     return Finished(problem, model, methods, algorithms, [m.name for m in bundle],
                     unsplit_defaults(bundle, cfg.eval.steps, problem.higher_is_better),
-                    pd.read_parquet(folder / "evaluation_rows.parquet"))
+                    pd.read_parquet(folder / "evaluation_rows.parquet"), recorded_adapted_trials(folder))
+
+
+def recorded_adapted_trials(folder: Path) -> dict[int, tuple[int, ...]]:
+    """What the run's validation chose (``adapted_trials_by_shots``); none in a run older than that choice."""
+    import json
+
+    fallback = folder / "fallback_defaults.json"
+    recorded = json.loads(fallback.read_text()).get("adapted_trials_by_shots", {}) if fallback.exists() else {}
+    return {int(k): tuple(v) for k, v in recorded.items()}
 
 
 def differing_from_the_run(run: Finished, picks: pd.DataFrame, folder: Path) -> int:
@@ -115,7 +126,8 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     every = [names[0], *[n for n in ["fedavg+ft", *run.algorithms] if n != names[0]]]
     evidence: dict[tuple[str, int, int], Any] = {}
     wide = evaluate_auto(problem, run.model, run.methods, problem.federation.role("test"), scored,
-                         AutoChoice(tuple(every), names[0], cfg.eval.choice_folds, run.default_by_steps),
+                         AutoChoice(tuple(every), names[0], cfg.eval.choice_folds, run.default_by_steps,
+                                    run.adapted_trials),
                          on_choice=lambda site, k, d, choices: evidence.__setitem__((site.site_id, k, d), choices), **grid)
     # the bundle's choice from the same evidence: each candidate's test against the anchor does not depend on the
     # others, so the subset's choice is what a run with the bundle alone picks (no second cross-validation)

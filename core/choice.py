@@ -19,7 +19,9 @@ verticals/README.md. Only a
 support too small to split (fewer than two units of some class) falls back to the DEFAULT, the start the
 validation sites support (the baseline unless an FML algorithm beat it clearly there); a robot's support, its own
 rollouts, cannot be split either, but a robot that will not adapt spends it on running each start instead
-(:func:`choose_by_trials`). Units whose rows are
+(:func:`choose_by_trials`), and one that adapts may spend it on adapting each start on rollouts of its own and
+running it adapted (:func:`choose_by_adapted_trials`, where the run's validation robots found that better than the
+default adapted on every rollout). Units whose rows are
 ordered in time (an engine's windows) are cut into contiguous blocks (:func:`time_blocks`) when there are too
 few of them for the test: one engine still tells which start predicts the rest of ITS life better. Only
 the support set is read: the rows a held-out protocol scores never reach these functions.
@@ -28,11 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from dataclasses import replace
+from typing import Callable, Collection, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from core.guard import divergence
 from core.recipes import DEFAULT_RECIPE, by_setting, recipe_trajectory
 from core.signed_rank import signed_rank_greater
 from core.types import Batch, LossFn, Params
@@ -94,8 +98,13 @@ class SiteChoice:
     """Candidate -> the one-sided p-value that it beats the anchor (:func:`gain_pvalue`; the anchor itself has
     none): how strong the site's evidence was, shown at onboarding and kept in the lineage."""
     trials: int = 0
-    """Episodes each start was run for on the site, unadapted, when the choice came from trials
-    (:func:`choose_by_trials`; ``folds`` is 0 then); 0 otherwise."""
+    """Episodes each start was run for on the site, when the choice came from trials (:func:`choose_by_trials`,
+    unadapted; :func:`choose_by_adapted_trials`, adapted; ``folds`` is 0 then); 0 otherwise."""
+    adapted: Optional[Params] = None
+    """The site's model when the choice itself adapted it (:func:`choose_by_adapted_trials`: the chosen start adapted
+    on its own rollouts; its start where that adaptation diverged), not to be adapted again; None otherwise."""
+    kept_start: bool = False
+    """Whether ``adapted`` is the chosen start, unadapted, because its adaptation diverged."""
 
 
 def fold_units(units: Tensor, strata: Optional[Tensor], max_folds: int) -> Optional[list[tuple[Tensor, list[Tensor]]]]:
@@ -322,17 +331,60 @@ def choose_by_trials(trial_scores: TrialScores, candidates: Sequence[Candidate],
     return SiteChoice(name, {n: _mean(v) for n, v in losses.items()}, 0, reason, losses, (), pvalues, share)
 
 
+#: ``trial_support(params, episodes, trial) -> batch``: ``episodes`` fresh rollouts of ``params`` on the site as a
+#: support batch, with the ``trial``-th start's own seeds, apart from its trial episodes' (a robot's adaptation data).
+TrialSupport = Callable[[Params, int, int], Batch]
+
+
+def choose_by_adapted_trials(loss_fn: LossFn, trial_scores: TrialScores, trial_support: TrialSupport,
+                             candidates: Sequence[Candidate], budget: int, steps: int, anchor: str,
+                             higher_is_better: bool) -> Optional[SiteChoice]:
+    """The start a site that WILL adapt ``steps`` steps keeps, from episodes of its own: its ``budget`` episodes split
+    evenly over the candidates; each start adapts with its recipe on its share less :data:`MIN_TRIALS` rollouts of its
+    own (``trial_support``), then runs :data:`MIN_TRIALS` episodes adapted; ``anchor`` kept unless another ADAPTED
+    start is clearly better (:func:`choose_by_trials`' test). The choice's ``adapted`` is the chosen start as it
+    adapted there (the site spends no more than ``budget`` episodes in all). Unadapted returns understate a
+    meta-learned start, which is why the starts are tried adapted (``benchmarks/robot_trials_then_adapt.py``). None
+    when a share leaves no rollout to adapt on."""
+    share = budget // len(candidates) - MIN_TRIALS if candidates else 0
+    if len(candidates) < 2 or share < 1 or steps < 1:
+        return None
+    adapted: dict[int, tuple[Params, bool]] = {}
+
+    def adapted_episodes(params: Params, episodes: int, trial: int) -> Optional[Sequence[float]]:
+        c = candidates[trial]
+        support = trial_support(params, share, trial)
+        p = {k: v.detach() for k, v in adapted_on(loss_fn, c, support, [steps])[steps].items()}
+        diverged = divergence(loss_fn, params, p, support, loss_should_fall=False) is not None
+        adapted[trial] = (params, True) if diverged else (p, False)
+        return trial_scores(adapted[trial][0], episodes, trial)
+
+    choice = choose_by_trials(adapted_episodes, candidates, MIN_TRIALS * len(candidates), anchor, higher_is_better)
+    if choice is None:
+        return None
+    params, kept = adapted[[c.name for c in candidates].index(choice.name)]
+    test = f"one-sided Mann-Whitney rank-sum test, p < {1 - CONFIDENCE:.2g}"
+    verdict = f"no adapted start clearly beat {anchor}" if choice.name == anchor else f"clearly beats {anchor}"
+    reason = (f"each of the {len(candidates)} starts adapted {steps} step{'' if steps == 1 else 's'} on {share} "
+              f"rollouts of its own, then ran {MIN_TRIALS} episodes adapted (its support budget of {budget}): "
+              f"{verdict} ({test})")
+    return replace(choice, reason=reason, adapted=params, kept_start=kept)
+
+
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
                      defaults: Mapping[int, str], criterion: Optional[Criterion] = None,
                      baseline: Optional[str] = None, trials: Optional[TrialScores] = None, budget: int = 0,
-                     higher_is_better: bool = True) -> dict[int, SiteChoice]:
+                     higher_is_better: bool = True, trial_support: Optional[TrialSupport] = None,
+                     adapted_trial_steps: Collection[int] = ()) -> dict[int, SiteChoice]:
     """The choice at each steps count of ``defaults`` (every candidate adapts that many steps).
 
     On the site's own folds, ``baseline`` (when it is a candidate; else ``defaults[s]``) is kept unless another
     candidate is clearly better by ``criterion`` (default: the held-out units' loss); ``defaults[s]`` -- the
     start validation sites support at ``s`` steps -- only when the support cannot be split. At 0 steps a task
     whose support the policy produces (``trials``, ``budget`` episodes, scores in the direction
-    ``higher_is_better``) tries the starts instead (:func:`choose_by_trials`), against the same anchor."""
+    ``higher_is_better``) tries the starts instead (:func:`choose_by_trials`), against the same anchor; at the steps
+    counts of ``adapted_trial_steps`` it tries them adapted on rollouts of their own (``trial_support``,
+    :func:`choose_by_adapted_trials`), keeping the default where the budget is too small for that."""
     names = [c.name for c in candidates]
     for name in defaults.values():
         if name not in names:
@@ -349,6 +401,14 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
                 defaults[0], {}, 0,
                 f"support cannot be split (rollouts), and its {budget} episodes are too few to try "
                 f"{len(candidates)} starts ({MIN_TRIALS} each, {MIN_TRIALS * len(candidates)} in all): validation-chosen default")
+        for s in (s for s in adapted_trial_steps if s in out and s > 0 and trials is not None and trial_support):
+            anchor = baseline if baseline in names else defaults[s]
+            out[s] = choose_by_adapted_trials(loss_fn, trials, trial_support, candidates, budget, s, anchor,
+                                              higher_is_better) or SiteChoice(
+                defaults[s], {}, 0,
+                f"support cannot be split (rollouts), and its {budget} episodes are too few to adapt {len(candidates)} "
+                f"starts and try each ({MIN_TRIALS + 1} each, {(MIN_TRIALS + 1) * len(candidates)} in all): "
+                "validation-chosen default, adapted on every rollout")
         return out
     criterion = criterion or unit_loss(loss_fn)
     losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion)
@@ -370,9 +430,11 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
 def choose_candidate(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds], steps: int,
                      default: str, criterion: Optional[Criterion] = None, baseline: Optional[str] = None,
                      trials: Optional[TrialScores] = None, budget: int = 0,
-                     higher_is_better: bool = True) -> SiteChoice:
+                     higher_is_better: bool = True, trial_support: Optional[TrialSupport] = None,
+                     adapted_trials: bool = False) -> SiteChoice:
     """The onboarding choice: every candidate adapts ``steps`` steps with its own step size; ``baseline`` is
-    kept unless another candidate is clearly better on the folds (at 0 steps without folds: in the site's own
-    trial episodes, ``trials``), ``default`` when there are neither."""
+    kept unless another candidate is clearly better on the folds (without folds: in the site's own trial episodes,
+    ``trials`` -- unadapted at 0 steps, adapted on rollouts of their own when ``adapted_trials``), ``default`` when
+    there are neither."""
     return choose_per_steps(loss_fn, candidates, folds, {steps: default}, criterion, baseline, trials, budget,
-                            higher_is_better)[steps]
+                            higher_is_better, trial_support, [steps] if adapted_trials else [])[steps]

@@ -12,7 +12,7 @@ baselines and FML); test sites are only scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -280,6 +280,10 @@ class AutoChoice:
     max_folds: int = 5
     default_by_steps: Mapping[int, str] = field(default_factory=dict)
     """The default at a steps count, when it differs from ``default`` (see ``pipelines.registration_choice.validation_default``)."""
+    adapted_trials: Mapping[int, Collection[int]] = field(default_factory=dict)
+    """Shots -> the steps counts at which a site whose support the policy produces tries the starts ADAPTED on
+    rollouts of their own (:func:`core.choice.choose_by_adapted_trials`) instead of adapting the default on every
+    rollout (:func:`adapted_trial_steps` decides where, on validation sites)."""
 
 
 def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:
@@ -382,17 +386,61 @@ def evaluate_auto(
                 task = problem.few_shot_task(model, site, k, task_generator(seed, i, k, d))
                 choices = choose_per_steps(loss_fn, candidates, task.support_folds(auto.max_folds), defaults,
                                            task.choice_criterion(loss_fn), BASELINE, task.episode_trials(), k,
-                                           problem.higher_is_better)
+                                           problem.higher_is_better, task.episode_support(),
+                                           auto.adapted_trials.get(k, ()))
                 if on_choice is not None:
                     on_choice(site, k, d, choices)
                 for s, choice in choices.items():
-                    chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
+                    if choice.adapted is not None:  # the choice adapted the site's model itself: scored as it is
+                        metrics = task.score(choice.adapted)
+                        chosen = {"metric": list(metrics), "value": list(metrics.values()),
+                                  "kept_start": [choice.kept_start] * len(metrics)}
+                    else:
+                        chosen = scored.loc[(site.site_id, choice.name, k, s, d)]
                     kept = chosen["kept_start"] if "kept_start" in chosen else [None] * len(chosen)
                     records += [{"site": site.site_id, "method": "auto", "shots": k, "steps": s, "draw": d,
                                  "metric": m, "value": float(v), "kept_start": g, "choice": choice.name,
                                  "cv_folds": choice.folds, "trials": choice.trials}
                                 for m, v, g in zip(chosen["metric"], chosen["value"], kept)]
     return pd.DataFrame.from_records(records)
+
+
+def adapted_trial_steps(
+    problem: Problem,
+    model: nn.Module,
+    methods: Sequence[Method],
+    sites: Sequence[Site],
+    auto: AutoChoice,
+    *,
+    shots_grid: Sequence[int],
+    steps_grid: Sequence[int],
+    draws: int,
+    seed: int,
+    inner: InnerConfig,
+    guard: bool = False,
+) -> tuple[dict[int, tuple[int, ...]], pd.DataFrame]:
+    """Where a site whose support the policy produces should try the starts adapted (shots -> steps counts), decided
+    on validation ``sites`` as the step sizes are (the better mean headline): the ``auto`` row as it is (the default
+    adapted on every rollout) against the same with :func:`core.choice.choose_by_adapted_trials`, on the selection's
+    draws (``seed + 17``); and the table of both means. Nothing to decide (``{}``, no rows) for labelled supports."""
+    probe = problem.few_shot_task(model, sites[0], shots_grid[0], task_generator(seed + 17, 0, shots_grid[0], 0))
+    positive = [s for s in steps_grid if s > 0]
+    if probe.episode_support() is None or not positive or len(auto.candidates) < 2:
+        return {}, pd.DataFrame()
+    grid = dict(shots_grid=shots_grid, steps_grid=positive, draws=draws, seed=seed + 17, inner=inner)
+    bundle = [m for m in methods if m.name in auto.candidates]
+    rows = evaluate_sites(problem, model, bundle, sites, guard=guard, **grid)
+    everywhere = replace(auto, adapted_trials={k: tuple(positive) for k in shots_grid})
+    means = {}
+    for label, rule in (("default", auto), ("adapted trials", everywhere)):
+        got = evaluate_auto(problem, model, bundle, sites, rows, rule, **grid)
+        got = got[got["metric"] == problem.headline]
+        means[label] = got.groupby(["shots", "steps"])["value"].mean()
+    table = pd.DataFrame(means).reset_index()
+    sign = 1.0 if problem.higher_is_better else -1.0
+    table["adapted_trials"] = sign * table["adapted trials"] > sign * table["default"]
+    chosen = {int(k): tuple(int(s) for s in grp.loc[grp["adapted_trials"], "steps"]) for k, grp in table.groupby("shots")}
+    return {k: v for k, v in chosen.items() if v}, table
 
 
 def _records(site: str, method: str, shots: int, draw: int, scores: dict[int, dict[str, float]],

@@ -62,6 +62,13 @@ class FewShotTask(ABC):
         score every start unadapted."""
         return None
 
+    def episode_support(self) -> Optional[Callable[[Params, int, int], Batch]]:
+        """Beside :meth:`episode_trials`: ``trial_support(params, episodes, trial)``, ``episodes`` fresh rollouts of
+        ``params`` as a support batch, with seeds of the ``trial``-th start apart from its trial episodes' -- what a
+        start adapts on before it is tried adapted (:func:`core.choice.choose_by_adapted_trials`). None (the default)
+        for a labelled support."""
+        return None
+
     def choice_criterion(self, loss_fn: LossFn) -> Criterion:
         """How the per-site choice scores a held-out unit of the support (default: its training loss)."""
         return unit_loss(loss_fn)

@@ -115,7 +115,7 @@ def onboard(
         loss_fn = problem.loss_fn(model)
         choice = choose_candidate(loss_fn, list(candidates.values()), task.support_folds(int(info.get("choice_folds", 5))),
                                   steps, default, task.choice_criterion(loss_fn), BASELINE, task.episode_trials(), shots,
-                                  problem.higher_is_better)
+                                  problem.higher_is_better, task.episode_support(), tries_adapted(info, shots, steps))
         if choice.folds == 0 and not choice.trials and len(candidates) > 1:
             checked = validation_choice(info, shots, steps)
     if checked is not None and checked[1] != default:
@@ -124,7 +124,9 @@ def onboard(
                       f"(`--candidate {checked[1]}` starts from it)")
     members = list(candidates.values()) if choice.name == ENSEMBLE else [candidates[choice.name]]
     adapted_members, diverged = [], False
-    for member in members:
+    if choice.adapted is not None:  # the choice adapted the pick on its own rollouts: the site's model as it is
+        adapted_members, diverged = [choice.adapted], choice.kept_start
+    for member in members if choice.adapted is None else []:
         adapted, member_diverged = _adapt(member, task, problem.loss_fn(model), steps)
         adapted_members.append(adapted)
         diverged |= member_diverged
@@ -201,6 +203,16 @@ def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torc
                       f"steps {why}: the site keeps its start, unadapted; onboard with a smaller --lr or fewer "
                       "--steps to adapt it")
     return adapted, why is not None
+
+
+def tries_adapted(info: dict, shots: int, steps: int) -> bool:
+    """Whether a site whose support the policy produces tries the starts adapted at ``steps`` steps: what the run's
+    validation sites chose at the shots count of its grid nearest ``shots`` (``adapted_trials_by_shots`` in
+    ``fml.json``; :func:`core.evaluation.adapted_trial_steps`)."""
+    by_shots = {int(k): v for k, v in info.get("adapted_trials_by_shots", {}).items()}
+    grid = sorted({int(info.get("shots", shots)), *by_shots, *map(int, info.get("validation_choice_by_shots", {}))})
+    k = min(grid, key=lambda n: (abs(n - shots), n))
+    return steps in by_shots.get(k, ())
 
 
 def validation_choice(info: dict, shots: int, steps: int) -> Optional[tuple[int, str]]:
@@ -306,7 +318,8 @@ def _print(result: OnboardResult, lineage: dict, headline: str, higher: bool) ->
     keys = sorted(set(result.before) | set(result.after))
     df = pd.DataFrame({"metric": keys, "before (start)": [result.before.get(k) for k in keys],
                        "after adaptation": [result.after.get(k) for k in keys]})
-    print_frame(df, f"Site {result.site_id}: {choice.name} adapted on {lineage['shots']} shots, "
+    on = (f"its own rollouts (of {lineage['shots']})" if choice.adapted is not None else f"{lineage['shots']} shots")
+    print_frame(df, f"Site {result.site_id}: {choice.name} adapted on {on}, "
                     f"{lineage['adapt_steps']} steps at lr {_rate(lineage['adapt_lr'])} "
                     f"(from {lineage['source_model']} v{lineage['source_version']})")
     console.print(f"personalized model: {result.model_uri} (run {result.run_id}), {result.seconds:.2f} s")

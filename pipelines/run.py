@@ -15,7 +15,7 @@ import platform
 import subprocess
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -30,8 +30,8 @@ from core.algorithms.base import get_algorithm
 from core.config import algorithm_settings, check_algorithm_overrides, check_run_config, flatten, to_plain
 from core.context import HOW_TO_ADD
 from core.devices import describe_device, resolve_device
-from core.evaluation import (BASELINE, AutoChoice, Method, choice_counts, evaluate_auto, evaluate_sites,
-                             kept_start_counts, on_device, paired_differences, select_adaptation, summarize, trained_name,
+from core.evaluation import (BASELINE, AutoChoice, Method, adapted_trial_steps, choice_counts, evaluate_auto,
+                             evaluate_sites, kept_start_counts, on_device, paired_differences, select_adaptation, summarize, trained_name,
                              validation_fn, with_recipes)
 from core.initialization import mismatch
 from core.learner import MetaLearner, fit_meta_learner
@@ -397,6 +397,13 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
                               ensemble=names, guard=cfg.eval.guard, **grid)
     if len(bundle) > 1:
         auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
+        # a robot's support is rollouts: where validation robots did better trying the starts adapted, so does auto
+        trial_shots, trial_table = adapted_trial_steps(problem, model, methods, val_sites, auto, guard=cfg.eval.guard,
+                                                       **{**grid, "draws": cfg.eval.select_draws})
+        auto = replace(auto, adapted_trials=trial_shots)
+        if not trial_table.empty:
+            trial_table.to_csv(out / "adapted_trials_validation.csv", index=False)
+            mlflow.log_artifact(str(out / "adapted_trials_validation.csv"), "evaluation")
         rows = pd.concat([rows, evaluate_auto(problem, model, methods, test_sites, rows, auto, **grid)],
                          ignore_index=True)
     if spec.reference_baselines is not None:
@@ -449,12 +456,14 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
             "candidates": candidate_recipes(bundle, cfg.inner), "choice_folds": cfg.eval.choice_folds,
             "default_by_steps": {str(k): v for k, v in default_by_steps.items()},
             "validation_choice_by_shots": {str(k): {str(s): v for s, v in d.items()} for k, d in choice_at_shots.items()},
+            "adapted_trials_by_shots": {str(k): list(v) for k, v in auto.adapted_trials.items()} if len(bundle) > 1 else {},
             "default_reason": veto or default_reason, "baseline_won": baseline_won,
             "inner": to_plain(cfg.inner), "preprocessing": problem.preprocessing, "run_id": run_id,
             "data": to_plain(cfg.data), "dataset": dataset.as_dict(), **extra_tags}
     fallback = out / "fallback_defaults.json"  # the start of a site whose support cannot be split
     fallback.write_text(json.dumps({"shots": select_shots, "default_by_steps": {str(s): v for s, v in used_by_steps.items()},
-                                    "validation_choice_by_shots": info["validation_choice_by_shots"]}, indent=1))
+                                    "validation_choice_by_shots": info["validation_choice_by_shots"],
+                                    "adapted_trials_by_shots": info["adapted_trials_by_shots"]}, indent=1))
     mlflow.log_artifact(str(fallback), "evaluation")
     if privacy:
         mlflow.log_metrics({f"privacy/epsilon_{k}": v for k, v in privacy.items()})
@@ -495,6 +504,10 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots,
                    split_draws(rows))
     console.print(guard_sentence(kept, cfg.eval.guard))
+    for k, steps in info["adapted_trials_by_shots"].items():
+        console.print(f"a site with {k} rollouts tries the starts adapted (each on rollouts of its own) after "
+                      f"{', '.join(map(str, steps))} step(s): validation sites did better so than adapting the default "
+                      "on every rollout (evaluation/adapted_trials_validation.csv)")
     for k, by_steps in choice_at_shots.items():
         disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}
         if disagree:

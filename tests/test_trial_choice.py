@@ -1,14 +1,18 @@
-"""A robot that will not adapt tries the starts (core.choice.choose_by_trials): its support budget split over the
-bundle's starts, each run unadapted on its own episodes; the baseline kept unless another start is clearly better."""
+"""A robot tries the starts: its support budget split over the bundle's starts, each run on its own episodes --
+unadapted when it will not adapt (core.choice.choose_by_trials), adapted on rollouts of its own first when it will
+and validation robots did better so (core.choice.choose_by_adapted_trials); the baseline kept unless another start
+is clearly better."""
 from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from core.algorithms import InnerConfig
-from core.choice import MIN_TRIALS, Candidate, choose_by_trials, choose_per_steps, rank_sum_pvalue
+from core.choice import (MIN_TRIALS, Candidate, choose_by_adapted_trials, choose_by_trials, choose_per_steps,
+                         rank_sum_pvalue)
 from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites
 from verticals.robotics import prepare
 from verticals.robotics.config import RoboticsData
@@ -84,6 +88,66 @@ def test_only_the_unadapted_choice_of_an_unsplittable_support_uses_trials() -> N
     assert out[0].name == "fedavg+ft" and out[0].trials == 0 and "5 episodes are too few" in out[0].reason and "6 in all" in out[0].reason
 
 
+def pulled_to(target: float):
+    """A site where a start's return is minus its distance to ``target`` (distinct per episode, so the rank test can
+    pass), its rollouts a batch whose loss pulls the weight towards ``target``; both record their calls."""
+    support_calls, score_calls = [], []
+
+    def trial_support(params, episodes, trial):
+        support_calls.append((float(params["w"]), episodes, trial))
+        return (torch.full((episodes, 1), target),)
+
+    def trial_scores(params, episodes, trial):
+        score_calls.append((round(float(params["w"]), 4), episodes, trial))
+        return [-abs(float(params["w"]) - target) - 0.01 * i for i in range(episodes)]
+
+    def loss(params, batch):
+        return ((params["w"] - batch[0].mean()) ** 2).sum()
+
+    return trial_support, trial_scores, loss, support_calls, score_calls
+
+
+def test_a_robot_that_adapts_tries_the_adapted_starts() -> None:
+    """Unadapted, fedavg+ft (w 4.5) is nearer the target 5 than fomaml (w 4); adapted one step with their own step
+    sizes, fomaml lands on it: the ADAPTED trial picks fomaml, and the site's model is fomaml as it adapted there.
+    Each start adapts on its share less MIN_TRIALS rollouts of its own, then runs MIN_TRIALS episodes adapted."""
+    support, scores, loss, support_calls, score_calls = pulled_to(5.0)
+    starts = [Candidate("fedavg+ft", {"w": torch.tensor([4.5])}, lambda s: 0.1),
+              Candidate("fomaml", {"w": torch.tensor([4.0])}, lambda s: 0.5)]
+    unadapted = choose_by_trials(scores, starts, 8, "fedavg+ft", True)
+    assert unadapted.name == "fedavg+ft"
+    score_calls.clear()
+    choice = choose_by_adapted_trials(loss, scores, support, starts, 8, 1, "fedavg+ft", True)
+    assert choice.name == "fomaml" and choice.trials == MIN_TRIALS and not choice.kept_start
+    assert support_calls == [(4.5, 1, 0), (4.0, 1, 1)]  # 8 // 2 - 3 = 1 rollout each, its own trial index
+    assert score_calls == [(4.6, 3, 0), (5.0, 3, 1)]  # then 3 episodes of each ADAPTED start
+    assert float(choice.adapted["w"]) == pytest.approx(5.0)
+    assert "adapted 1 step on 1 rollouts of its own" in choice.reason and "clearly beats fedavg+ft" in choice.reason
+    # no rollout left to adapt on (8 // 2 < 4 would be 3 each): no adapted trial, and nothing spent
+    support_calls.clear()
+    assert choose_by_adapted_trials(loss, scores, support, starts, 7, 1, "fedavg+ft", True) is None and not support_calls
+    # a start whose adaptation diverges runs (and is kept) unadapted
+    blow_up = [starts[0], Candidate("fomaml", {"w": torch.tensor([4.0])}, lambda s: float("inf"))]
+    choice = choose_by_adapted_trials(loss, scores, support, blow_up, 8, 1, "fedavg+ft", True)
+    assert choice.name == "fedavg+ft"
+    assert score_calls[-1] == (4.0, 3, 1)  # fomaml ran as its start
+
+
+def test_choose_per_steps_tries_adapted_starts_only_where_told() -> None:
+    support, scores, loss, _, _ = pulled_to(5.0)
+    starts = [Candidate("fedavg+ft", {"w": torch.tensor([4.5])}, lambda s: 0.1),
+              Candidate("fomaml", {"w": torch.tensor([4.0])}, lambda s: 0.5)]
+    defaults = {0: "fedavg+ft", 1: "fedavg+ft", 3: "fedavg+ft"}
+    out = choose_per_steps(loss, starts, None, defaults, baseline="fedavg+ft", trials=scores, budget=8,
+                           higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
+    assert out[1].name == "fomaml" and out[1].adapted is not None and out[1].trials == MIN_TRIALS
+    assert out[3].adapted is None and "cannot be split" in out[3].reason  # not told: the default, adapted later
+    assert out[0].adapted is None and out[0].name == "fedavg+ft"  # unadapted trials, as before
+    short = choose_per_steps(loss, starts, None, defaults, baseline="fedavg+ft", trials=scores, budget=7,
+                             higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
+    assert short[1].adapted is None and "too few to adapt 2 starts and try each (4 each, 8 in all)" in short[1].reason
+
+
 @pytest.fixture(scope="module")
 def robots() -> RoboticsProblem:
     return prepare(RoboticsData(train_robots=6, validation_robots=2, test_robots=2, extrapolation_robots=1,
@@ -148,10 +212,59 @@ def test_the_auto_row_at_zero_steps_is_the_trials_choice_and_reads_no_score(robo
         assert r.value == scored[(r.site, "fomaml", 6, 0, r.draw, r.metric)]
 
 
+def test_the_auto_row_of_a_robot_that_tries_adapted_starts_scores_the_pick_as_it_adapted(robots: RoboticsProblem) -> None:
+    """Where ``AutoChoice.adapted_trials`` says so, the ``auto`` row after s steps is the pick adapted on ITS OWN
+    rollouts (the task's ``trial_support``: share less MIN_TRIALS of them), scored on the draw's episodes -- not the
+    chosen method's row, which adapted on the whole support; elsewhere it is the default's row as before."""
+    from core.evaluation import _lr_for, task_generator
+    from core.choice import adapted_on
+
+    model, methods, sites, grid = two_starts(robots, 0.01)
+    grid = {**grid, "shots_grid": [8], "draws": 1}
+    rows = evaluate_sites(robots, model, methods, sites, **grid)
+    rule = AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft", adapted_trials={8: (1,)})
+    auto = evaluate_auto(robots, model, methods, sites, rows, rule, **grid)
+    plain = evaluate_auto(robots, model, methods, sites, rows, AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft"), **grid)
+    scored = rows.set_index(["site", "method", "shots", "steps", "draw", "metric"])["value"]
+    for (i, site), r in zip(enumerate(sites), auto[(auto["steps"] == 1) & (auto["metric"] == "return")].itertuples()):
+        assert r.site == site.site_id and r.trials == MIN_TRIALS and r.cv_folds == 0
+        task = robots.few_shot_task(model, site, 8, task_generator(0, i, 8, 0))
+        j = ["fedavg+ft", "fomaml"].index(r.choice)
+        own = task.trial_support(methods[j].params, 8 // 2 - MIN_TRIALS, j)
+        assert own[0].shape[0] == robots.settings.horizon * 1  # one rollout of its own
+        candidate = Candidate(r.choice, methods[j].params, _lr_for(methods[j]))
+        adapted = adapted_on(robots.loss_fn(model), candidate, own, [1])[1]
+        assert r.value == pytest.approx(task.score(adapted)["return"])
+        assert r.value != scored[(site.site_id, r.choice, 8, 1, 0, "return")]  # not the row adapted on all 8
+    same = ["site", "shots", "steps", "draw", "metric"]
+    zero = auto[auto["steps"] == 0].merge(plain[plain["steps"] == 0], on=same)
+    assert (zero["value_x"] == zero["value_y"]).all() and len(zero) > 0  # unadapted: the trials, as before
+    assert set(plain.loc[plain["steps"] == 1, "trials"]) == {0}
+
+
+def test_validation_decides_where_robots_try_adapted_starts(robots: RoboticsProblem) -> None:
+    """``adapted_trial_steps``: per shots and steps, the better of the two ``auto`` rules on the validation robots
+    (their means in the table); only shots with room for the adapted trials can switch; nothing for labelled data."""
+    from core.evaluation import adapted_trial_steps
+
+    model, methods, sites, grid = two_starts(robots, 0.01)
+    val = robots.federation.role("validation")
+    rule = AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft")
+    chosen, table = adapted_trial_steps(robots, model, methods, val, rule, **{**grid, "shots_grid": [6, 8], "draws": 1})
+    assert set(zip(table["shots"], table["steps"])) == {(6, 1), (8, 1)}
+    at6 = table[table["shots"] == 6].iloc[0]
+    assert at6["default"] == at6["adapted trials"] and not at6["adapted_trials"]  # 6 // 2 - 3 = 0: cannot run
+    at8 = table[table["shots"] == 8].iloc[0]
+    assert at8["adapted trials"] != at8["default"]  # the rule did run: another model
+    assert at8["adapted_trials"] == (at8["adapted trials"] > at8["default"])
+    assert chosen == ({8: (1,)} if at8["adapted_trials"] else {})
+
+
 @pytest.mark.slow  # a small robotics run, then two onboardings
-def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path, capsys) -> None:
+def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path, capsys, monkeypatch) -> None:
     """``fml onboard robotics --steps 0``: the robot's support budget runs each registered start (the lineage
-    records how many episodes each); adapting, it starts from the validated default as before."""
+    records how many episodes each); adapting, it starts from the validated default as before -- unless the run
+    recorded (``adapted_trials_by_shots``, forced here at 8 rollouts) that its robots try the starts adapted."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -167,10 +280,17 @@ def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path
     cfg.data = RoboticsData(train_robots=8, validation_robots=2, test_robots=1, extrapolation_robots=1, horizon=20,
                             train_rollouts=4, eval_rollouts=4)
     cfg.fed.rounds, cfg.fed.val_every, cfg.fed.clients_per_round = 4, 2, 4
-    cfg.eval.shots, cfg.eval.steps, cfg.eval.draws, cfg.eval.select_draws = [6], [0, 1], 1, 1
+    cfg.eval.shots, cfg.eval.steps, cfg.eval.draws, cfg.eval.select_draws = [6, 8], [0, 1], 1, 1
     cfg.eval.lr_grid, cfg.eval.checkpoint_average = [0.1], 1
     cfg.output_dir = str(tmp_path / "run")
+    import pipelines.run as run_module
+
+    validated = run_module.adapted_trial_steps
+    monkeypatch.setattr(run_module, "adapted_trial_steps", lambda *a, **kw: ({8: (1,)}, validated(*a, **kw)[1]))
     run_pipeline(spec, cfg, progress=False)
+    auto = pd.read_parquet(tmp_path / "run" / "evaluation_rows.parquet").query("method == 'auto'")
+    assert set(auto.loc[(auto["shots"] == 8) & (auto["steps"] == 1), "trials"]) == {MIN_TRIALS}
+    assert set(auto.loc[(auto["shots"] == 6) & (auto["steps"] == 1), "trials"]) == {0}
     robot = {"robot": "goal=0.3,-0.2;gain=1.2;rotation=5"}
     still = onboard(spec, data=None, site_id="dock-7", shots=6, steps=0, overrides=robot)
     assert still.choice.trials == 3 and still.choice.folds == 0 and "episodes of each of the 2 starts" in still.choice.reason
@@ -178,9 +298,17 @@ def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path
     assert "chosen on the site's own episodes" in shown and "mean return of its 3 episodes (higher is better)" in shown
     adapted = onboard(spec, data=None, site_id="dock-7", shots=6, steps=1, overrides=robot)
     assert adapted.choice.trials == 0 and "cannot be split" in adapted.choice.reason
+    tried = onboard(spec, data=None, site_id="dock-7", shots=8, steps=1, overrides=robot)
+    assert tried.choice.trials == MIN_TRIALS and "adapted 1 step on 1 rollouts of its own" in tried.choice.reason
+    from core import tracking
+
+    logged = tracking.load_meta_init(tried.model_uri).meta  # the site's model: the pick as it adapted on its own rollouts
+    assert all(torch.allclose(logged[k], tried.choice.adapted[k].cpu()) for k in logged)
+    assert any(not torch.equal(logged[k], tracking.load_meta_init("models:/fml-robotics@champion").candidates[
+        tried.choice.name][k]) for k in logged)
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("fml-robotics-onboarding").experiment_id],
                                       order_by=["attributes.start_time ASC"])
-    assert [r.data.tags["choice_trials"] for r in runs] == ["3", "0"]
+    assert [r.data.tags["choice_trials"] for r in runs] == ["3", "0", "3"]
 
 
 def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollouts(robots: RoboticsProblem,
@@ -204,7 +332,7 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
     auto = evaluate_auto(robots, model, methods, sites, rows, AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft"), **grid)
     run_rows = pd.concat([rows, auto], ignore_index=True)
     finished = every_start.Finished(robots, model, methods, ["fomaml"], ["fedavg+ft", "fomaml"],
-                                    {0: "fedavg+ft", 1: "fedavg+ft"}, run_rows)
+                                    {0: "fedavg+ft", 1: "fedavg+ft"}, run_rows, {})
     monkeypatch.setattr(every_start, "load_finished", lambda spec, cfg, folder: finished)
     cfg = SimpleNamespace(seed=0, inner=inner, eval=SimpleNamespace(shots=[3, 6, 8], steps=[0, 1], draws=2, guard=True,
                                                                     lr_grid=[0.05, 0.5], select_draws=1))

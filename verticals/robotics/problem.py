@@ -127,6 +127,18 @@ class RobotFewShotTask(FewShotTask):
     def episode_trials(self) -> Callable[[Params, int, int], list[float]]:
         return self.trial_scores
 
+    def episode_support(self) -> Callable[[Params, int, int], Batch]:
+        return self.trial_support
+
+    def trial_support(self, params: Params, episodes: int, trial: int) -> Batch:
+        """``episodes`` rollouts of ``params`` as a support batch, seeded half a stride after the ``trial``-th start's
+        trial episodes (:meth:`trial_scores`): the rollouts that start adapts on before its adapted episodes."""
+        if episodes > TRIAL_SEED_STRIDE // 2:
+            raise ValueError(f"{episodes} rollouts per start would reuse another batch's seeds (at most "
+                             f"{TRIAL_SEED_STRIDE // 2})")
+        seed = self.support_seed + TRIAL_SEED_STRIDE * (trial + 1) + TRIAL_SEED_STRIDE // 2
+        return self.problem.rollout_batch(self.site, episodes, seed, params)
+
     def trial_scores(self, params: Params, episodes: int, trial: int) -> list[float]:
         """The return of each of ``episodes`` rollouts of ``params``, from seeds of the draw's support set apart per
         start (``trial``) by :data:`TRIAL_SEED_STRIDE`: each start runs its own episodes, as on a real robot. A
