@@ -11,6 +11,7 @@ later regeneration) is left out.
 """
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,10 @@ POOL_COLUMNS = ("site", "clinics", "robots")
 
 
 def means(path: Path, pool: str = "all") -> dict[tuple[str, int, int], float]:
-    """Mean headline per (method, shots, steps) of the rows of ``pool`` (every test site: ``all``)."""
-    rows = json.loads(path.read_text().strip().splitlines()[-1])["rows"]
+    """Mean headline per (method, shots, steps) of the rows of ``pool`` (every test site: ``all``); ``path`` may be
+    gzipped (an archived line, ``.json.gz``)."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    rows = json.loads(text.strip().splitlines()[-1])["rows"]
     def pool_of(row: dict) -> str:
         value = next((row[c] for c in POOL_COLUMNS if c in row), "all")
         return "all" if value in ("ALL", "all") else value

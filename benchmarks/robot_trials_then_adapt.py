@@ -1,7 +1,9 @@
 """Would a robot that ADAPTS do better trying the starts first? An experiment on a finished robotics benchmark.
 
 A robot's support is rollouts of the policy being adapted, so it cannot be cross-validated, and a robot that
-adapts starts from the validated default (`auto` after 1+ steps). A robot that does not adapt splits its k
+adapts started from the validated default (`auto` after 1+ steps) until 2026-12-07, when `adapted-trials` below
+became the rule where a run's validation robots choose it (``core.choice.choose_by_adapted_trials``; on a run made
+since, the `auto` column is that rule's). A robot that does not adapt splits its k
 rollouts over the bundle's starts and keeps the one its own episodes show clearly better
 (``core.choice.choose_by_trials``). This script asks whether the same trial should also pick the start of a robot
 that adapts: `trials-adapt` spends the draw's k rollouts exactly as the 0-step choice does, then adapts the chosen

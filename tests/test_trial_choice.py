@@ -260,7 +260,17 @@ def test_validation_decides_where_robots_try_adapted_starts(robots: RoboticsProb
     assert chosen == ({8: (1,)} if at8["adapted_trials"] else {})
 
 
-@pytest.mark.slow  # a small robotics run, then two onboardings
+def test_onboarding_follows_the_runs_adapted_trials_at_the_nearest_shots_of_its_grid() -> None:
+    from pipelines.onboard import tries_adapted
+
+    info = {"shots": 10, "adapted_trials_by_shots": {"20": [1, 3]}, "validation_choice_by_shots": {"5": {}, "20": {}}}
+    assert tries_adapted(info, 18, 1) and tries_adapted(info, 20, 3) and tries_adapted(info, 40, 1)
+    assert not tries_adapted(info, 18, 5)  # not at that steps count
+    assert not tries_adapted(info, 12, 1)  # nearest the registration shots (10): the default there
+    assert not tries_adapted({"shots": 10}, 20, 1)  # a model from before the choice: never
+
+
+@pytest.mark.slow  # a small robotics run, then three onboardings
 def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path, capsys, monkeypatch) -> None:
     """``fml onboard robotics --steps 0``: the robot's support budget runs each registered start (the lineage
     records how many episodes each); adapting, it starts from the validated default as before -- unless the run
