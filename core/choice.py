@@ -29,8 +29,7 @@ the support set is read: the rows a held-out protocol scores never reach these f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Collection, Mapping, Optional, Sequence
 
 import torch

@@ -126,10 +126,14 @@ def onboard(
     adapted_members, diverged = [], False
     if choice.adapted is not None:  # the choice adapted the pick on its own rollouts: the site's model as it is
         adapted_members, diverged = [choice.adapted], choice.kept_start
-    for member in members if choice.adapted is None else []:
-        adapted, member_diverged = _adapt(member, task, problem.loss_fn(model), steps)
-        adapted_members.append(adapted)
-        diverged |= member_diverged
+        if diverged:
+            console.print(f"[bold yellow]warning:[/] adapting {choice.name} on its own rollouts diverged (non-finite "
+                          "weights): the site keeps its start, unadapted; onboard with a smaller --lr to adapt it")
+    else:
+        for member in members:
+            adapted, member_diverged = _adapt(member, task, problem.loss_fn(model), steps)
+            adapted_members.append(adapted)
+            diverged |= member_diverged
     if len(members) == 1:
         serving, adapted = model, adapted_members[0]
         before, after = task.score(members[0].params), task.score(adapted)
