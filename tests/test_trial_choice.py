@@ -142,6 +142,7 @@ def test_choose_per_steps_tries_adapted_starts_only_where_told() -> None:
                            higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
     assert out[1].name == "fomaml" and out[1].adapted is not None and out[1].trials == MIN_TRIALS
     assert out[3].adapted is None and "cannot be split" in out[3].reason  # not told: the default, adapted later
+    assert "chose not to try the starts adapted" in out[3].reason
     assert out[0].adapted is None and out[0].name == "fedavg+ft"  # unadapted trials, as before
     short = choose_per_steps(loss, starts, None, defaults, baseline="fedavg+ft", trials=scores, budget=7,
                              higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
