@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import mlflow
 import torch
@@ -209,14 +209,18 @@ def _adapt(member: Candidate, task, loss_fn, steps: int) -> tuple[dict[str, torc
     return adapted, why is not None
 
 
+def nearest_shots(grid: Iterable[int], shots: int) -> int:
+    """The shots count of a run's ``grid`` nearest a site's ``shots`` (the smaller on a tie)."""
+    return min(grid, key=lambda n: (abs(n - shots), n))
+
+
 def tries_adapted(info: dict, shots: int, steps: int) -> bool:
     """Whether a site whose support the policy produces tries the starts adapted at ``steps`` steps: what the run's
     validation sites chose at the shots count of its grid nearest ``shots`` (``adapted_trials_by_shots`` in
     ``fml.json``; :func:`core.evaluation.adapted_trial_steps`)."""
     by_shots = {int(k): v for k, v in info.get("adapted_trials_by_shots", {}).items()}
-    grid = sorted({int(info.get("shots", shots)), *by_shots, *map(int, info.get("validation_choice_by_shots", {}))})
-    k = min(grid, key=lambda n: (abs(n - shots), n))
-    return steps in by_shots.get(k, ())
+    grid = {int(info.get("shots", shots)), *by_shots, *map(int, info.get("validation_choice_by_shots", {}))}
+    return steps in by_shots.get(nearest_shots(grid, shots), ())
 
 
 def validation_choice(info: dict, shots: int, steps: int) -> Optional[tuple[int, str]]:
@@ -227,7 +231,7 @@ def validation_choice(info: dict, shots: int, steps: int) -> Optional[tuple[int,
     if not by_shots:
         return None
     by_shots.setdefault(int(info.get("shots", shots)), info.get("default_by_steps", {}))
-    k = min(by_shots, key=lambda n: (abs(n - shots), n))
+    k = nearest_shots(by_shots, shots)
     name = by_shots[k].get(str(steps))
     return (k, str(name)) if name is not None else None
 
