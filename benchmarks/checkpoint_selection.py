@@ -1,7 +1,7 @@
 """Which round the validation operators keep: maintenance's table of checkpoint-selection signals, from JSON lines.
 
     python benchmarks/checkpoint_selection.py benchmarks/results/experiments/maintenance_full*_intel_xeon_2026-12-0[56].json \
-        benchmarks/results/experiments/floor_cut_points_full_2026-12-06.json --page verticals/README.md
+        benchmarks/results/experiments/floor_cut_points_full_2026-12-06.json --page verticals/*.md
 
 Each line is one ``maintenance_heldout.py --preset full`` run; its setting (simulation, site statistics) and its
 selection signal (``eval.checkpoint_metric``, ``eval.checkpoint_draws``, ``eval.checkpoint_average``) are read from

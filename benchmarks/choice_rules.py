@@ -14,7 +14,7 @@ applies several rules to the same losses:
   models adapted on the same training fold, so their differences are not independent, which the per-unit
   test assumes;
 - ``R5``: R1 at p < 0.05: half the false-positive rate per comparison (added 2026-12-05, before the imaging
-  records were read, with the acceptance criterion of verticals/README.md);
+  records were read, with the acceptance criterion of verticals/new_sites.md);
 - ``R6``: R1 with the held-out POSITIVES as the test's units, for the pairwise ranking criterion (fraud,
   binary imaging): a positive's loss is its mean pair loss against the fold's negatives, and a negative's is
   the mean over the same pairs seen from the other side, so in a fold of one positive and one negative the

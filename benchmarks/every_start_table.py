@@ -1,7 +1,7 @@
 """The markdown table of ``benchmarks/every_start.py`` records: per test site and adaptation steps, `auto` (the
 registered bundle's choice) and `auto-every` (the choice among every trained start), paired against `fedavg+ft`.
 
-    python benchmarks/every_start_table.py benchmarks/results/experiments/every_start_*.json --page verticals/README.md
+    python benchmarks/every_start_table.py benchmarks/results/experiments/every_start_*.json --page verticals/*.md
 """
 from __future__ import annotations
 

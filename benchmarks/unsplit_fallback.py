@@ -1,6 +1,6 @@
 """What the `ensemble` would give a site whose support cannot be split, read from the committed lines' own rows.
 
-    python benchmarks/unsplit_fallback.py benchmarks/results/*.json --page verticals/README.md
+    python benchmarks/unsplit_fallback.py benchmarks/results/*.json --page verticals/*.md
 
 A support with one example of a class cannot be cross-validated, so ``auto`` gives it the validated default: with
 fewer than 4 validation sites (every fraud and imaging preset) that is ``fedavg+ft``, and ``auto`` equals it in

@@ -1,4 +1,4 @@
-"""The "What a new site gets" table of verticals/README.md, generated from the vertical benchmarks' closing JSON lines.
+"""The "What a new site gets" table of verticals/new_sites.md, generated from the vertical benchmarks' closing JSON lines.
 
 Each file holds the last line a held-out benchmark printed (``--json-out``). For every vertical and shots
 k, at the largest adaptation-steps count of the run, the table gives the paired difference of ``auto``
@@ -8,12 +8,12 @@ Differences are signed so that POSITIVE = better than ``fedavg+ft`` (RMSE and MS
 marks a 95% interval (over seeds x draws) that excludes 0.
 
     python benchmarks/where_fml_helps.py benchmarks/results/*.json              # print the Markdown table
-    python benchmarks/where_fml_helps.py benchmarks/results/*.json --page verticals/README.md   # rewrite it in place
+    python benchmarks/where_fml_helps.py benchmarks/results/*.json --page verticals/*.md   # rewrite them in place
 
 ``--page`` rewrites that table, the recipe-ablation table, the reference-gap table (each seed's distance
 to a non-federated reference row, e.g. the maintenance oracle's floor) and the list of every cell where
 ``auto`` is below ``fedavg+ft`` beyond its interval (any test site or group, k and steps count) between their
-markers in the page that holds them (``--readme`` is the same option's former name).
+markers, each in the one of the given pages that holds them (``--readme`` is the same option's former name).
 """
 from __future__ import annotations
 
@@ -361,33 +361,46 @@ def replace_between(page: str, start: str, end: str, text: str) -> str:
     return head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
 
 
+def write_tables(pages: list[Path], tables: dict[tuple[str, str], str]) -> None:
+    """Each table (``(start, end)`` markers -> text) written into the ONE of ``pages`` that holds its markers; every
+    page is checked before any is written, so a missing or doubled marker leaves all of them as they were."""
+    texts = {page: page.read_text() for page in pages}
+    for (start, end), text in tables.items():
+        holders = [page for page, body in texts.items() if start in body and end in body]
+        if len(holders) != 1:
+            where = "none" if not holders else ", ".join(map(str, holders))
+            raise SystemExit(f"{start} ... {end}: expected in exactly one of {', '.join(map(str, pages))}, found in {where}")
+        texts[holders[0]] = replace_between(texts[holders[0]], start, end, text)
+    for page, body in texts.items():
+        if body != page.read_text():
+            page.write_text(body)
+
+
 def one_table_main(doc: str, start: str, end: str, make: Callable[[list[Path]], str]) -> None:
     """The command line of a script that generates ONE table: ``make(files)`` printed, and with ``--page`` written
-    between the ``start`` and ``end`` markers of that page."""
+    between the ``start`` and ``end`` markers of the page (of those given) that holds them."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="files holding a benchmark's closing JSON line")
-    parser.add_argument("--page", type=Path, help=f"replace the text between {start} and {end} in this page")
+    parser.add_argument("--page", type=Path, nargs="+", default=[],
+                        help=f"replace the text between {start} and {end} in the one of these pages that holds them")
     args = parser.parse_args()
     text = make(args.files)
     if args.page:
-        args.page.write_text(replace_between(args.page.read_text(), start, end, text))
+        write_tables(args.page, {(start, end): text})
     print(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="files holding a benchmark's closing JSON line")
-    parser.add_argument("--page", "--readme", type=Path, metavar="PAGE",
+    parser.add_argument("--page", "--readme", type=Path, nargs="+", default=[], metavar="PAGE",
                         help=f"replace the text between {START} and {END} (and the recipe-ablation, reference-gap and "
-                             "auto-below-baseline markers) in "
-                             "this page: verticals/README.md")
+                             "auto-below-baseline markers) in the one of these pages that holds each: verticals/*.md")
     args = parser.parse_args()
     text, recipes, gaps, below = table(args.files), ablation(args.files), reference_gaps(args.files), below_baseline(args.files)
     if args.page:
-        page = replace_between(args.page.read_text(), START, END, text)
-        page = replace_between(page, ABLATION_START, ABLATION_END, recipes)
-        page = replace_between(page, GAP_START, GAP_END, gaps)
-        args.page.write_text(replace_between(page, BELOW_START, BELOW_END, below))
+        write_tables(args.page, {(START, END): text, (ABLATION_START, ABLATION_END): recipes,
+                                 (GAP_START, GAP_END): gaps, (BELOW_START, BELOW_END): below})
     print(text + "\n\n" + recipes + "\n\n" + gaps + "\n\n" + below)
 
 

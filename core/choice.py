@@ -15,7 +15,7 @@ fold are not independent, and under the ranking loss a fold holding one example 
 units one loss (their single pair's): with one pair per fold (k = 2 or 5 per class) the test's real level is
 above 0.1 -- at k = 2 a candidate better on both folds passes, 1 time in 4 when two starts are equally good.
 Testing one unit per pair instead was measured (``benchmarks/choice_rules.py``, R6) and not adopted: see
-verticals/README.md. Only a
+verticals/new_sites.md. Only a
 support too small to split (fewer than two units of some class) falls back to the DEFAULT, the start the
 validation sites support (the baseline unless an FML algorithm beat it clearly there); a robot's support, its own
 rollouts, cannot be split either, but a robot that will not adapt spends it on running each start instead

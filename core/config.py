@@ -143,7 +143,7 @@ class RunConfig:
     """FedAvg's local SGD step size (default: inner.lr); tune the baseline as carefully as FML."""
     baseline_rounds: Optional[int] = None
     """FedAvg's federated rounds (default: fed.rounds), so the baseline can be trained longer than the meta-learners.
-    On maintenance a longer-trained FedAvg model was a worse warm start for them (verticals/README)."""
+    On maintenance a longer-trained FedAvg model was a worse warm start for them (verticals/recipes.md)."""
     algorithm_overrides: list[str] = field(default_factory=list)
     """Settings of one algorithm that differ from inner/server (FedAvg: baseline_server), as
     ALGORITHM:KEY=VALUE with KEY under inner. or server., e.g. reptile:server.optimizer=sgd

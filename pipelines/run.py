@@ -431,7 +431,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     mlflow.log_metrics({f"test/{problem.headline}/{_metric_safe(r['method'])}/shots{r['shots']}_steps{r['steps']}":
                         float(r["mean"]) for _, r in headline_cells.iterrows()})
     # where a support cannot be split (one image per class, rollouts) the site gets the default; what validation
-    # supports of THAT size would choose is recorded and said, not used (tried as a rule: a wash, verticals/README)
+    # supports of THAT size would choose is recorded and said, not used (tried as a rule: a wash, verticals/new_sites.md)
     choice_at_shots = choices_at_unsplittable_shots(problem, model, bundle, val_sites, cfg, select_shots)
     # 7. log and register the bundle; its default is the validation winner unless the held-out sites veto it
     veto = heldout_veto(paired, bundle[0], names, select_shots, problem.higher_is_better)

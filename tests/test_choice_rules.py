@@ -181,11 +181,11 @@ def test_r7_lets_a_site_keep_a_start_unadapted_when_its_folds_show_adapting_clea
 
 
 def test_the_r7_table_of_verticals_readme_is_what_the_records_give() -> None:
-    """verticals/README.md's R7 table is the summary `choice_rules.py --from-json` wrote into each committed record
+    """verticals/new_sites.md's R7 table is the summary `choice_rules.py --from-json` wrote into each committed record
     (`summary` itself is checked above; re-applying the rules to a record is checked in test_signed_rank)."""
     from benchmarks.choice_rules import read_text
 
-    page = (REPO_ROOT / "verticals" / "README.md").read_text()
+    page = (REPO_ROOT / "verticals" / "new_sites.md").read_text()
     for name in ("maintenance_full", "fraud_full", "fraud_full_boil", "fraud_full_learned", "imaging_full"):
         out = json.loads(read_text(str(REPO_ROOT / "benchmarks" / "results" / "experiments" /
                                        f"choice_rules_{name}.json.gz")).strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-"""benchmarks/where_fml_helps.py: the tables of verticals/README.md are generated from the benchmarks' JSON lines."""
+"""benchmarks/where_fml_helps.py: the tables of verticals/*.md are generated from the benchmarks' JSON lines."""
 from __future__ import annotations
 
 import json
@@ -163,28 +163,54 @@ def test_ablation_rows_are_init_by_recipe_beside_the_run_without_the_settings(tm
 def test_the_verticals_page_holds_the_tables_of_the_committed_results(tmp_path):
     """The page is what the documented command writes from ``benchmarks/results/*.json`` (non-vertical
     reports in that folder, e.g. R1's pretty-printed JSON, are skipped), so its tables cannot drift."""
-    page = REPO_ROOT / "verticals" / "README.md"
-    copy = tmp_path / "README.md"
-    copy.write_text(page.read_text())
     results = sorted(str(f) for f in (REPO_ROOT / "benchmarks" / "results").glob("*.json"))
-    subprocess.run([sys.executable, str(SCRIPT), *results, "--page", str(copy)], capture_output=True, text=True,
-                   check=True)
-    assert copy.read_text() == page.read_text(), "regenerate: python benchmarks/where_fml_helps.py " \
-        "benchmarks/results/*.json --page verticals/README.md"
+    assert_pages_regenerated(tmp_path, [str(SCRIPT), *results], "regenerate: python benchmarks/where_fml_helps.py "
+                             "benchmarks/results/*.json --page verticals/*.md")
+
+
+def assert_pages_regenerated(tmp_path: Path, argv: list[str], advice: str) -> subprocess.CompletedProcess:
+    """Run a table generator with ``--page`` on copies of verticals/*.md: every page must come back unchanged."""
+    pages = sorted((REPO_ROOT / "verticals").glob("*.md"))
+    copies = [tmp_path / page.name for page in pages]
+    for page, copy in zip(pages, copies):
+        copy.write_text(page.read_text())
+    done = subprocess.run([sys.executable, *argv, "--page", *map(str, copies)], capture_output=True, text=True,
+                          check=True)
+    for page, copy in zip(pages, copies):
+        assert copy.read_text() == page.read_text(), f"{page.name}: {advice}"
+    return done
+
+
+def test_a_table_goes_to_the_page_holding_its_markers_and_a_missing_marker_writes_nothing(tmp_path):
+    """With several pages, each table lands in the one holding its markers; a marker in no page (or in two) stops
+    the command before any page is written."""
+    (tmp_path / "toy.json").write_text(json.dumps(bench("rmse_last", [entry("auto", "ALL", 10, -1.0, -2.0, -0.5)])))
+    first, second = tmp_path / "a.md", tmp_path / "b.md"
+    first.write_text("<!-- where-fml-helps:start -->\nold\n<!-- where-fml-helps:end -->\n"
+                     "<!-- auto-below-baseline:start -->\nold\n<!-- auto-below-baseline:end -->\n")
+    second.write_text("<!-- recipe-ablation:start -->\nold\n<!-- recipe-ablation:end -->\n")
+    argv = [sys.executable, str(SCRIPT), str(tmp_path / "toy.json"), "--page", str(first), str(second)]
+    refused = subprocess.run(argv, capture_output=True, text=True)
+    assert refused.returncode != 0 and "reference-gap:start" in refused.stderr and "found in none" in refused.stderr
+    assert "old" in first.read_text() and "old" in second.read_text()  # nothing half-written
+    second.write_text(second.read_text() + "<!-- reference-gap:start -->\nold\n<!-- reference-gap:end -->\n")
+    subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert "old" not in first.read_text() and "old" not in second.read_text()
+    assert "| toy" in first.read_text() and "| toy" not in second.read_text()
+    doubled = tmp_path / "c.md"
+    doubled.write_text(second.read_text())
+    again = subprocess.run(argv + [str(doubled)], capture_output=True, text=True)
+    assert again.returncode != 0 and "expected in exactly one" in again.stderr
 
 
 def test_the_checkpoint_selection_table_is_generated_from_its_experiment_records(tmp_path):
-    """verticals/README.md's "Which round the validation operators keep" is what its documented command writes;
+    """verticals/recipes.md's "Which round the validation operators keep" is what its documented command writes;
     each row's setting and selection signal come from the record's own overrides."""
-    page = REPO_ROOT / "verticals" / "README.md"
-    copy = tmp_path / "README.md"
-    copy.write_text(page.read_text())
     records = sorted(str(f) for f in (REPO_ROOT / "benchmarks" / "results" / "experiments").glob(
         "maintenance_full*_intel_xeon_2026-12-0[56].json"))
     cut_points = str(REPO_ROOT / "benchmarks" / "results" / "experiments" / "floor_cut_points_full_2026-12-06.json")
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "checkpoint_selection.py"), *records,
-                           cut_points, "--page", str(copy)], capture_output=True, text=True, check=True)
-    assert copy.read_text() == page.read_text(), "regenerate with the command in verticals/README.md"
+    done = assert_pages_regenerated(tmp_path, [str(REPO_ROOT / "benchmarks" / "checkpoint_selection.py"), *records,
+                                               cut_points], "regenerate with the command in verticals/recipes.md")
     rows = [r for r in done.stdout.splitlines() if r.startswith("| ") and "setting" not in r]
     assert len(rows) == len(records) == 13
     # a no-simulation line is measured against the oracle at ITS windows (the cut-point record), or says it has none
@@ -311,18 +337,13 @@ def test_the_fleet_onboarding_table_is_generated_from_the_lines_that_onboard_wit
 
 
 def test_the_unsplit_fallback_table_reads_the_ensemble_at_the_shots_that_cannot_be_split(tmp_path):
-    """verticals/README.md's hedge table is what its command writes; on a toy line it reads only the shots counts
+    """verticals/new_sites.md's hedge table is what its command writes; on a toy line it reads only the shots counts
     ``fallback_defaults`` records as unsplittable, lists every ensemble cell below the interval, counts a group of
     one site once, and measures the shortfall against the cell's best single start (fedavg+ft being 0)."""
     script = REPO_ROOT / "benchmarks" / "unsplit_fallback.py"
-    page = REPO_ROOT / "verticals" / "README.md"
-    copy = tmp_path / "README.md"
-    copy.write_text(page.read_text())
     results = sorted(str(f) for f in (REPO_ROOT / "benchmarks" / "results").glob("*.json"))
-    subprocess.run([sys.executable, str(script), *results, "--page", str(copy)], capture_output=True, text=True,
-                   check=True)
-    assert copy.read_text() == page.read_text(), "regenerate: python benchmarks/unsplit_fallback.py " \
-        "benchmarks/results/*.json --page verticals/README.md"
+    assert_pages_regenerated(tmp_path, [str(script), *results], "regenerate: python benchmarks/unsplit_fallback.py "
+                             "benchmarks/results/*.json --page verticals/*.md")
 
     def at(method, site, shots, steps, diff, lo, hi):
         return {**entry(method, site, steps, diff, lo, hi), "shots": shots}

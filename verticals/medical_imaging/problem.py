@@ -162,7 +162,7 @@ class ImagingProblem(SupervisedProblem):
     site_statistics: Optional[SiteStatistics] = SiteStatistics(feature_axis=1, scale=False, centre=False, orient=True)
     """A clinic's images oriented by the training clinics' mean image (an inverted export is reflected back
     about its mean), otherwise kept as they are: per-clinic standardization cost the seen-protocol clinics
-    AUROC (verticals/README): :class:`core.site_statistics.SiteStatistics`."""
+    AUROC (verticals/recipes.md): :class:`core.site_statistics.SiteStatistics`."""
 
     def _augment(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         if self.augment_copies <= 0:
