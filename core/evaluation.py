@@ -405,6 +405,9 @@ def evaluate_auto(
     return pd.DataFrame.from_records(records)
 
 
+DEFAULT_MEAN, TRIED_MEAN = "mean_adapting_the_default", "mean_trying_the_starts_adapted"  # its table's two rules
+
+
 def adapted_trial_steps(
     problem: Problem,
     model: nn.Module,
@@ -422,7 +425,8 @@ def adapted_trial_steps(
     """Where a site whose support the policy produces should try the starts adapted (shots -> steps counts), decided
     on validation ``sites`` as the step sizes are (the better mean headline): the ``auto`` row as it is (the default
     adapted on every rollout) against the same with :func:`core.choice.choose_by_adapted_trials`, on the selection's
-    draws (``seed + 17``); and the table of both means. Nothing to decide (``{}``, no rows) for labelled supports."""
+    draws (``seed + 17``); and the table of both means per (shots, steps), with ``chosen`` where the second wins.
+    Nothing to decide (``{}``, no rows) for labelled supports."""
     probe = problem.few_shot_task(model, sites[0], shots_grid[0], task_generator(seed + 17, 0, shots_grid[0], 0))
     positive = [s for s in steps_grid if s > 0]
     if probe.episode_support() is None or not positive or len(auto.candidates) < 2:
@@ -432,14 +436,15 @@ def adapted_trial_steps(
     rows = evaluate_sites(problem, model, bundle, sites, guard=guard, **grid)
     everywhere = replace(auto, adapted_trials={k: tuple(positive) for k in shots_grid})
     means = {}
-    for label, rule in (("default", auto), ("adapted trials", everywhere)):
+    for label, rule in ((DEFAULT_MEAN, auto), (TRIED_MEAN, everywhere)):
         got = evaluate_auto(problem, model, bundle, sites, rows, rule, **grid)
         got = got[got["metric"] == problem.headline]
         means[label] = got.groupby(["shots", "steps"])["value"].mean()
     table = pd.DataFrame(means).reset_index()
+    table.insert(2, "metric", problem.headline)
     sign = 1.0 if problem.higher_is_better else -1.0
-    table["adapted_trials"] = sign * table["adapted trials"] > sign * table["default"]
-    chosen = {int(k): tuple(int(s) for s in grp.loc[grp["adapted_trials"], "steps"]) for k, grp in table.groupby("shots")}
+    table["chosen"] = sign * table[TRIED_MEAN] > sign * table[DEFAULT_MEAN]
+    chosen = {int(k): tuple(int(s) for s in grp.loc[grp["chosen"], "steps"]) for k, grp in table.groupby("shots")}
     return {k: v for k, v in chosen.items() if v}, table
 
 

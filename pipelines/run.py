@@ -395,6 +395,7 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
         task = bar.add_task("held-out evaluation", total=total)
         rows = evaluate_sites(problem, model, methods, test_sites, progress=lambda: bar.advance(task),
                               ensemble=names, guard=cfg.eval.guard, **grid)
+    trial_table = pd.DataFrame()  # where a site of rollouts tries the starts adapted (validation sites decide)
     if len(bundle) > 1:
         auto = AutoChoice(tuple(names), names[0], cfg.eval.choice_folds, default_by_steps)
         # a robot's support is rollouts: where validation robots did better trying the starts adapted, so does auto
@@ -504,10 +505,8 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     _print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots,
                    split_draws(rows))
     console.print(guard_sentence(kept, cfg.eval.guard))
-    for k, steps in info["adapted_trials_by_shots"].items():
-        console.print(f"a site with {k} rollouts tries the starts adapted (each on rollouts of its own) after "
-                      f"{', '.join(map(str, steps))} step(s): validation sites did better so than adapting the default "
-                      "on every rollout (evaluation/adapted_trials_validation.csv)")
+    for line in adapted_trials_sentences(info["adapted_trials_by_shots"], validated=not trial_table.empty):
+        console.print(line)
     for k, by_steps in choice_at_shots.items():
         disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}
         if disagree:
@@ -531,6 +530,18 @@ def split_draws(rows: pd.DataFrame) -> tuple[int, int, int]:
     picks = auto.drop_duplicates(["site", "shots", "draw"])
     tried = auto[(auto["steps"] == 0) & (auto["trials"] > 0)] if "trials" in auto else auto.iloc[:0]
     return int((picks["cv_folds"] > 0).sum()), len(picks), len(tried.drop_duplicates(["site", "shots", "draw"]))
+
+
+def adapted_trials_sentences(by_shots: dict[str, list[int]], validated: bool) -> list[str]:
+    """The closing lines on where a site whose support is rollouts tries the starts adapted (``by_shots``: rollouts ->
+    steps counts, as ``fml.json`` records it); ``validated``: the run compared both ways on its validation sites."""
+    where = "(evaluation/adapted_trials_validation.csv)"
+    if validated and not by_shots:
+        return ["a site of rollouts adapts the default on every rollout: validation sites did no better trying the "
+                f"starts adapted, each on rollouts of its own {where}"]
+    return [f"a site with {k} rollouts tries the starts adapted (each on rollouts of its own) after "
+            f"{', '.join(map(str, steps))} step(s): validation sites did better so than adapting the default on every "
+            f"rollout {where}" for k, steps in by_shots.items()]
 
 
 def guard_sentence(kept: dict[str, list[int]], guard: bool) -> str:

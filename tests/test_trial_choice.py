@@ -13,7 +13,7 @@ import torch
 from core.algorithms import InnerConfig
 from core.choice import (MIN_TRIALS, Candidate, choose_by_adapted_trials, choose_by_trials, choose_per_steps,
                          rank_sum_pvalue)
-from core.evaluation import AutoChoice, Method, evaluate_auto, evaluate_sites
+from core.evaluation import DEFAULT_MEAN, TRIED_MEAN, AutoChoice, Method, evaluate_auto, evaluate_sites
 from verticals.robotics import prepare
 from verticals.robotics.config import RoboticsData
 from verticals.robotics.problem import RoboticsProblem
@@ -254,11 +254,21 @@ def test_validation_decides_where_robots_try_adapted_starts(robots: RoboticsProb
     chosen, table = adapted_trial_steps(robots, model, methods, val, rule, **{**grid, "shots_grid": [6, 8], "draws": 1})
     assert set(zip(table["shots"], table["steps"])) == {(6, 1), (8, 1)}
     at6 = table[table["shots"] == 6].iloc[0]
-    assert at6["default"] == at6["adapted trials"] and not at6["adapted_trials"]  # 6 // 2 - 3 = 0: cannot run
+    assert at6[DEFAULT_MEAN] == at6[TRIED_MEAN] and not at6["chosen"]  # 6 // 2 - 3 = 0: cannot run
     at8 = table[table["shots"] == 8].iloc[0]
-    assert at8["adapted trials"] != at8["default"]  # the rule did run: another model
-    assert at8["adapted_trials"] == (at8["adapted trials"] > at8["default"])
-    assert chosen == ({8: (1,)} if at8["adapted_trials"] else {})
+    assert at8[TRIED_MEAN] != at8[DEFAULT_MEAN]  # the rule did run: another model
+    assert at8["chosen"] == (at8[TRIED_MEAN] > at8[DEFAULT_MEAN]) and at8["metric"] == "return"
+    assert chosen == ({8: (1,)} if at8["chosen"] else {})
+
+
+def test_the_run_says_where_robots_try_the_starts_adapted_and_where_validation_said_no() -> None:
+    from pipelines.run import adapted_trials_sentences
+
+    (told,) = adapted_trials_sentences({"20": [1, 3]}, validated=True)
+    assert told.startswith("a site with 20 rollouts tries the starts adapted") and "after 1, 3 step(s)" in told
+    (declined,) = adapted_trials_sentences({}, validated=True)
+    assert "adapts the default on every rollout" in declined and "did no better" in declined
+    assert adapted_trials_sentences({}, validated=False) == []  # labelled supports: nothing was compared
 
 
 def test_onboarding_follows_the_runs_adapted_trials_at_the_nearest_shots_of_its_grid() -> None:
@@ -299,6 +309,7 @@ def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path
     validated = run_module.adapted_trial_steps
     monkeypatch.setattr(run_module, "adapted_trial_steps", lambda *a, **kw: ({8: (1,)}, validated(*a, **kw)[1]))
     run_pipeline(spec, cfg, progress=False)
+    assert "a site with 8 rollouts tries the starts adapted" in " ".join(capsys.readouterr().out.split())
     auto = pd.read_parquet(tmp_path / "run" / "evaluation_rows.parquet").query("method == 'auto'")
     assert set(auto.loc[(auto["shots"] == 8) & (auto["steps"] == 1), "trials"]) == {MIN_TRIALS}
     assert set(auto.loc[(auto["shots"] == 6) & (auto["steps"] == 1), "trials"]) == {0}
