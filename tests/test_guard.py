@@ -9,7 +9,7 @@ from core.evaluation import Method, evaluate_sites, kept_start_counts, method_ca
 from core.guard import divergence
 from data_adapters.digits import DigitsData
 from pipelines.onboard import guarded_adaptation
-from pipelines.run import guard_sentence
+from pipelines.closing import guard_sentence
 from verticals.digits import prepare
 
 GRID = dict(shots_grid=[2], steps_grid=[0, 1, 3], draws=3, seed=7, inner=InnerConfig())

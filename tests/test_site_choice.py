@@ -244,7 +244,7 @@ def test_the_auto_choice_never_reads_the_scored_rows():
     assert set(picked[picked["shots"] == 1]["choice"]) == {"fomaml"}  # 1 row: cannot split -> default
     # each auto row says whether its support split; the run's closing line is worded from that, not assumed
     assert set(picked[picked["shots"] == 1]["cv_folds"]) == {0} and (picked[picked["shots"] == 6]["cv_folds"] > 1).all()
-    from pipelines.run import onboarding_sentence, split_draws
+    from pipelines.closing import onboarding_sentence, split_draws
     assert split_draws(picked) == (len(sites) * 3, len(sites) * 2 * 3, 0)
     assert "cross-validation on its support set where it splits (6 of 12" in onboarding_sentence(*split_draws(picked))
     unsplit = split_draws(picked[picked["shots"] == 1])

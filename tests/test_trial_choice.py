@@ -205,7 +205,7 @@ def test_the_auto_row_at_zero_steps_is_the_trials_choice_and_reads_no_score(robo
     assert set(picks.loc[(3, 0), "choice"]) == {"fedavg+ft"} and set(picks.loc[(3, 0), "trials"]) == {0}  # 1 each
     assert set(picks.loc[(6, 1), "choice"]) == {"fedavg+ft"}  # adapting: the default
     assert calls and {c[0] for c in calls} == {6} and {c[2] for c in calls} == {0, 1}
-    from pipelines.run import split_draws
+    from pipelines.closing import split_draws
 
     assert split_draws(auto) == (0, len(sites) * 2 * 2, len(sites) * 2)  # the run's closing line counts them
     scored = rows.set_index(["site", "method", "shots", "steps", "draw", "metric"])["value"]
@@ -262,7 +262,7 @@ def test_validation_decides_where_robots_try_adapted_starts(robots: RoboticsProb
 
 
 def test_the_run_says_where_robots_try_the_starts_adapted_and_where_validation_said_no() -> None:
-    from pipelines.run import adapted_trials_sentences
+    from pipelines.closing import adapted_trials_sentences
 
     (told,) = adapted_trials_sentences({"20": [1, 3]}, validated=True)
     assert told.startswith("a site with 20 rollouts tries the starts adapted") and "after 1, 3 step(s)" in told
