@@ -364,6 +364,9 @@ def replace_between(page: str, start: str, end: str, text: str) -> str:
 def write_tables(pages: list[Path], tables: dict[tuple[str, str], str]) -> None:
     """Each table (``(start, end)`` markers -> text) written into the ONE of ``pages`` that holds its markers; every
     page is checked before any is written, so a missing or doubled marker leaves all of them as they were."""
+    missing = [str(page) for page in pages if not page.is_file()]
+    if missing:
+        raise SystemExit(f"--page: no such page {', '.join(missing)} (give the pages that hold the tables: verticals/*.md)")
     texts = {page: page.read_text() for page in pages}
     for (start, end), text in tables.items():
         holders = [page for page, body in texts.items() if start in body and end in body]

@@ -201,6 +201,8 @@ def test_a_table_goes_to_the_page_holding_its_markers_and_a_missing_marker_write
     doubled.write_text(second.read_text())
     again = subprocess.run(argv + [str(doubled)], capture_output=True, text=True)
     assert again.returncode != 0 and "expected in exactly one" in again.stderr
+    absent = subprocess.run(argv + [str(tmp_path / "nowhere.md")], capture_output=True, text=True)
+    assert absent.returncode != 0 and "no such page" in absent.stderr and "nowhere.md" in absent.stderr
 
 
 def test_the_checkpoint_selection_table_is_generated_from_its_experiment_records(tmp_path):
