@@ -354,9 +354,8 @@ def below_baseline(files: list[Path]) -> str:
 
 
 def replace_between(page: str, start: str, end: str, text: str) -> str:
-    """``page`` with the text between the ``start`` and ``end`` markers replaced by ``text`` (a generated table)."""
-    if start not in page or end not in page:
-        raise SystemExit(f"no {start} ... {end} markers to replace")
+    """``page`` with the text between the ``start`` and ``end`` markers (both in it: :func:`write_tables` checks)
+    replaced by ``text`` (a generated table)."""
     head, rest = page.split(start, 1)
     return head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
 

@@ -400,11 +400,12 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
                 defaults[0], {}, 0,
                 f"support cannot be split (rollouts), and its {budget} episodes are too few to try "
                 f"{len(candidates)} starts ({MIN_TRIALS} each, {MIN_TRIALS * len(candidates)} in all): validation-chosen default")
-        for s in (s for s in out if s > 0 and trials is not None and trial_support and s not in adapted_trial_steps):
-            out[s] = SiteChoice(defaults[s], {}, 0, "support cannot be split (rollouts), and the run chose not to try the "
-                                "starts adapted at about this many rollouts (its validation robots did better adapting the "
-                                "default on every rollout): validation-chosen default")
-        for s in (s for s in adapted_trial_steps if s in out and s > 0 and trials is not None and trial_support):
+        for s in (s for s in out if s > 0 and trials is not None and trial_support):
+            if s not in adapted_trial_steps:
+                out[s] = SiteChoice(defaults[s], {}, 0, "support cannot be split (rollouts), and the run chose not to "
+                                    "try the starts adapted at about this many rollouts (its validation robots did better "
+                                    "adapting the default on every rollout): validation-chosen default")
+                continue
             anchor = baseline if baseline in names else defaults[s]
             out[s] = choose_by_adapted_trials(loss_fn, trials, trial_support, candidates, budget, s, anchor,
                                               higher_is_better) or SiteChoice(
