@@ -370,6 +370,18 @@ def choose_by_adapted_trials(loss_fn: LossFn, trial_scores: TrialScores, trial_s
     return replace(choice, reason=reason, adapted=params, kept_start=kept)
 
 
+def starts_to_try(candidates: Sequence[Candidate], budget: int, anchor: str, default: str) -> list[Candidate]:
+    """The starts a site tries adapted with ``budget`` episodes: every one when each can adapt on a rollout and run
+    :data:`MIN_TRIALS` episodes; else ``anchor`` and the validated ``default`` alone, when they differ and two fit.
+    With 10 rollouts three starts cannot be tried adapted (12 needed), but the baseline and the validation robots'
+    choice can (5 each): trying the default against the baseline on the site itself beats trusting the validation
+    robots' default blind, where validation robots say so (:func:`core.evaluation.adapted_trial_steps`)."""
+    if budget // max(len(candidates), 1) > MIN_TRIALS or default == anchor:
+        return list(candidates)
+    pair = [c for c in candidates if c.name in (anchor, default)]
+    return pair if len(pair) == 2 and budget // 2 > MIN_TRIALS else list(candidates)
+
+
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
                      defaults: Mapping[int, str], criterion: Optional[Criterion] = None,
                      baseline: Optional[str] = None, trials: Optional[TrialScores] = None, budget: int = 0,
@@ -407,8 +419,13 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
                                     "adapting the default on every rollout): validation-chosen default")
                 continue
             anchor = baseline if baseline in names else defaults[s]
-            out[s] = choose_by_adapted_trials(loss_fn, trials, trial_support, candidates, budget, s, anchor,
-                                              higher_is_better) or SiteChoice(
+            tried = starts_to_try(candidates, budget, anchor, defaults[s])
+            choice = choose_by_adapted_trials(loss_fn, trials, trial_support, tried, budget, s, anchor, higher_is_better)
+            if choice is not None and len(tried) < len(candidates):
+                choice = replace(choice, reason=f"{choice.reason}; only {anchor} and the validated default "
+                                 f"{defaults[s]} were tried ({budget} episodes are too few to adapt and try all "
+                                 f"{len(candidates)} starts, {MIN_TRIALS + 1} each)")
+            out[s] = choice or SiteChoice(
                 defaults[s], {}, 0,
                 f"support cannot be split (rollouts), and its {budget} episodes are too few to adapt {len(candidates)} "
                 f"starts and try each ({MIN_TRIALS + 1} each, {(MIN_TRIALS + 1) * len(candidates)} in all): "

@@ -12,7 +12,7 @@ import torch
 
 from core.algorithms import InnerConfig
 from core.choice import (MIN_TRIALS, Candidate, choose_by_adapted_trials, choose_by_trials, choose_per_steps,
-                         rank_sum_pvalue)
+                         rank_sum_pvalue, starts_to_try)
 from core.evaluation import DEFAULT_MEAN, TRIED_MEAN, AutoChoice, Method, evaluate_auto, evaluate_sites
 from verticals.robotics import prepare
 from verticals.robotics.config import RoboticsData
@@ -147,6 +147,31 @@ def test_choose_per_steps_tries_adapted_starts_only_where_told() -> None:
     short = choose_per_steps(loss, starts, None, defaults, baseline="fedavg+ft", trials=scores, budget=7,
                              higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
     assert short[1].adapted is None and "too few to adapt 2 starts and try each (4 each, 8 in all)" in short[1].reason
+
+
+def test_too_few_rollouts_for_every_start_tries_the_baseline_and_the_validated_default() -> None:
+    """Three starts need 12 rollouts to be tried adapted; with 10 the site tries fedavg+ft and the validated default
+    (5 each: 2 to adapt on, 3 to run), never the third start; with 7 not even two fit, and with the default the
+    baseline itself there is nothing to try against it."""
+    support, scores, loss, support_calls, score_calls = pulled_to(5.0)
+    starts = [Candidate("fedavg+ft", {"w": torch.tensor([4.5])}, lambda s: 0.1),
+              Candidate("reptile", {"w": torch.tensor([5.0])}, lambda s: 0.0),
+              Candidate("fomaml", {"w": torch.tensor([4.0])}, lambda s: 0.5)]
+    assert [c.name for c in starts_to_try(starts, 12, "fedavg+ft", "fomaml")] == ["fedavg+ft", "reptile", "fomaml"]
+    assert [c.name for c in starts_to_try(starts, 10, "fedavg+ft", "fomaml")] == ["fedavg+ft", "fomaml"]
+    assert len(starts_to_try(starts, 7, "fedavg+ft", "fomaml")) == 3  # two do not fit: nothing narrowed
+    assert len(starts_to_try(starts, 10, "fedavg+ft", "fedavg+ft")) == 3  # no challenger to try
+    defaults = {1: "fomaml"}
+    out = choose_per_steps(loss, starts, None, defaults, baseline="fedavg+ft", trials=scores, budget=10,
+                           higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
+    assert out[1].name == "fomaml" and out[1].adapted is not None
+    assert [t for *_, t in support_calls] == [0, 1] and all(e == 2 for _, e, _ in support_calls)
+    assert {w for w, *_ in support_calls} == {4.5, 4.0}  # reptile (w 5.0), the best unadapted, never ran
+    assert "only fedavg+ft and the validated default fomaml were tried" in out[1].reason
+    support_calls.clear()
+    same = choose_per_steps(loss, starts, None, {1: "fedavg+ft"}, baseline="fedavg+ft", trials=scores, budget=10,
+                            higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
+    assert same[1].adapted is None and same[1].name == "fedavg+ft" and not support_calls
 
 
 @pytest.fixture(scope="module")
