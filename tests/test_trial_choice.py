@@ -432,6 +432,44 @@ def test_the_trials_then_adapt_experiment_adapts_the_pick_on_its_own_trial_rollo
         assert any(not torch.equal(on_all[n], adapted[n]) for n in adapted)  # the other start's episodes moved it
 
 
+def test_the_tried_everywhere_experiment_scores_the_adapted_trials_the_run_did_not_choose(robots: RoboticsProblem,
+                                                                                        monkeypatch, tmp_path) -> None:
+    """``benchmarks/robot_tried_everywhere.py``: the run's rule re-derives its own ``auto`` rows (else it stops);
+    ``auto-tried`` tries the starts adapted wherever the budget allows (8 rollouts, two starts: 4 each), and is the
+    run's ``auto`` where it cannot (6 rollouts) and unadapted."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import benchmarks.every_start as every_start
+    from benchmarks import robot_tried_everywhere as experiment
+
+    model, methods, sites, grid = two_starts(robots, 0.05)
+    inner, grid["shots_grid"] = grid["inner"], [6, 8]
+    rows = evaluate_sites(robots, model, methods, sites, **grid)
+    auto = evaluate_auto(robots, model, methods, sites, rows, AutoChoice(("fedavg+ft", "fomaml"), "fedavg+ft"), **grid)
+    finished = every_start.Finished(robots, model, methods, ["fomaml"], ["fedavg+ft", "fomaml"],
+                                    {0: "fedavg+ft", 1: "fedavg+ft"}, pd.concat([rows, auto], ignore_index=True), {})
+    monkeypatch.setattr(every_start, "load_finished", lambda spec, cfg, folder: finished)
+    cfg = SimpleNamespace(seed=0, inner=inner, eval=SimpleNamespace(shots=[6, 8], steps=[0, 1], draws=2, choice_folds=5))
+    out, facts = experiment.seed_rows(None, cfg, tmp_path)
+    assert facts["auto_rows_differing_from_the_run"] == 0 and facts["run_adapted_trials"] == {}
+    keys = ["site", "shots", "steps", "draw", "metric"]
+    tried = out[out["method"] == experiment.TRIED]
+    theirs = auto.set_index(keys)["value"].sort_index()
+    mine = tried.set_index(keys)["value"].sort_index()
+    assert mine.xs(6, level="shots").equals(theirs.xs(6, level="shots"))  # 2 starts x 3 rollouts: nothing to adapt on
+    assert mine.xs(0, level="steps").equals(theirs.xs(0, level="steps"))
+    assert set(tried.loc[(tried["shots"] == 8) & (tried["steps"] == 1), "trials"]) == {MIN_TRIALS}
+    assert sum(facts["tried_choices"]["8:1"].values()) == len(sites) * 2
+    # another run's auto rows: the experiment refuses rather than pair other draws
+    other = every_start.Finished(robots, model, methods, ["fomaml"], ["fedavg+ft", "fomaml"], {0: "fedavg+ft", 1: "fedavg+ft"},
+                                 pd.concat([rows, auto.assign(value=auto["value"] + 1.0)], ignore_index=True), {})
+    monkeypatch.setattr(every_start, "load_finished", lambda spec, cfg, folder: other)
+    with pytest.raises(SystemExit, match="differs from its auto rows"):
+        experiment.seed_rows(None, cfg, tmp_path)
+
+
 def test_only_a_task_with_episodes_offers_trials(robots: RoboticsProblem) -> None:
     """A labelled support has no episodes to run: its ``episode_trials`` is None, so an unsplittable one keeps the
     reason of a support that cannot be split, never the robots' "too few episodes" one."""
