@@ -21,14 +21,22 @@ def split_draws(rows: pd.DataFrame) -> tuple[int, int, int]:
     return int((picks["cv_folds"] > 0).sum()), len(picks), len(tried.drop_duplicates(["site", "shots", "draw"]))
 
 
-def adapted_trials_sentences(by_shots: dict[str, list[int]], validated: bool) -> list[str]:
+def adapted_trials_sentences(by_shots: dict[str, list[int]], validated: bool, starts: int) -> list[str]:
     """The closing lines on where a site whose support is rollouts tries the starts adapted (``by_shots``: rollouts ->
-    steps counts, as ``fml.json`` records it); ``validated``: the run compared both ways on its validation sites."""
+    steps counts, as ``fml.json`` records it; ``starts``: the bundle's); ``validated``: the run compared both ways on
+    its validation sites."""
+    from core.choice import MIN_TRIALS
+
     where = "(evaluation/adapted_trials_validation.csv)"
     if validated and not by_shots:
         return ["a site of rollouts adapts the default on every rollout: validation sites did no better trying the "
                 f"starts adapted, each on rollouts of its own {where}"]
-    return [f"a site with {k} rollouts tries the starts adapted (each on rollouts of its own) after "
+
+    def which(k: int) -> str:  # core.choice.starts_to_try: two starts where the budget cannot try them all
+        return (f"the {starts} starts" if k // max(starts, 1) > MIN_TRIALS else
+                f"fedavg+ft and the validated default (too few rollouts to try all {starts} starts)")
+
+    return [f"a site with {k} rollouts tries {which(int(k))} adapted (each on rollouts of its own) after "
             f"{', '.join(map(str, steps))} step(s): validation sites did better so than adapting the default on every "
             f"rollout {where}" for k, steps in by_shots.items()]
 

@@ -506,7 +506,8 @@ def evaluate_and_register(spec: VerticalSpec, problem: Problem, cfg: Any, model:
     print_closing(summary, paired, choices, problem, bundle, veto or default_reason, registered, select_shots,
                   split_draws(rows))
     console.print(guard_sentence(kept, cfg.eval.guard))
-    for line in adapted_trials_sentences(info["adapted_trials_by_shots"], validated=not trial_table.empty):
+    for line in adapted_trials_sentences(info["adapted_trials_by_shots"], validated=not trial_table.empty,
+                                         starts=len(bundle)):
         console.print(line)
     for k, by_steps in choice_at_shots.items():
         disagree = {s: c for s, c in by_steps.items() if c != used_by_steps[s]}

@@ -289,11 +289,13 @@ def test_validation_decides_where_robots_try_adapted_starts(robots: RoboticsProb
 def test_the_run_says_where_robots_try_the_starts_adapted_and_where_validation_said_no() -> None:
     from pipelines.closing import adapted_trials_sentences
 
-    (told,) = adapted_trials_sentences({"20": [1, 3]}, validated=True)
-    assert told.startswith("a site with 20 rollouts tries the starts adapted") and "after 1, 3 step(s)" in told
-    (declined,) = adapted_trials_sentences({}, validated=True)
+    (told,) = adapted_trials_sentences({"20": [1, 3]}, validated=True, starts=3)
+    assert told.startswith("a site with 20 rollouts tries the 3 starts adapted") and "after 1, 3 step(s)" in told
+    (pair,) = adapted_trials_sentences({"10": [1]}, validated=True, starts=3)  # 12 needed for three
+    assert pair.startswith("a site with 10 rollouts tries fedavg+ft and the validated default (too few rollouts")
+    (declined,) = adapted_trials_sentences({}, validated=True, starts=3)
     assert "adapts the default on every rollout" in declined and "did no better" in declined
-    assert adapted_trials_sentences({}, validated=False) == []  # labelled supports: nothing was compared
+    assert adapted_trials_sentences({}, validated=False, starts=2) == []  # labelled supports: nothing was compared
 
 
 def test_onboarding_follows_the_runs_adapted_trials_at_the_nearest_shots_of_its_grid() -> None:
@@ -334,7 +336,7 @@ def test_onboarding_a_robot_without_adapting_tries_the_starts(fml_home, tmp_path
     validated = run_module.adapted_trial_steps
     monkeypatch.setattr(run_module, "adapted_trial_steps", lambda *a, **kw: ({8: (1,)}, validated(*a, **kw)[1]))
     run_pipeline(spec, cfg, progress=False)
-    assert "a site with 8 rollouts tries the starts adapted" in " ".join(capsys.readouterr().out.split())
+    assert "a site with 8 rollouts tries the 2 starts adapted" in " ".join(capsys.readouterr().out.split())
     auto = pd.read_parquet(tmp_path / "run" / "evaluation_rows.parquet").query("method == 'auto'")
     assert set(auto.loc[(auto["shots"] == 8) & (auto["steps"] == 1), "trials"]) == {MIN_TRIALS}
     assert set(auto.loc[(auto["shots"] == 6) & (auto["steps"] == 1), "trials"]) == {0}
