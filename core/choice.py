@@ -374,8 +374,8 @@ def starts_to_try(candidates: Sequence[Candidate], budget: int, anchor: str, def
     """The starts a site tries adapted with ``budget`` episodes: every one when each can adapt on a rollout and run
     :data:`MIN_TRIALS` episodes; else ``anchor`` and the validated ``default`` alone, when they differ and two fit.
     With 10 rollouts three starts cannot be tried adapted (12 needed), but the baseline and the validation robots'
-    choice can (5 each): trying the default against the baseline on the site itself beats trusting the validation
-    robots' default blind, where validation robots say so (:func:`core.evaluation.adapted_trial_steps`)."""
+    choice can (5 each), each adapting on 2 rollouts instead of 10: whether that pays is the validation robots' call
+    (:func:`core.evaluation.adapted_trial_steps`), as for every start."""
     if budget // max(len(candidates), 1) > MIN_TRIALS or default == anchor:
         return list(candidates)
     pair = [c for c in candidates if c.name in (anchor, default)]
