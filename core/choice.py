@@ -425,11 +425,13 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
                 choice = replace(choice, reason=f"{choice.reason}; only {anchor} and the validated default "
                                  f"{defaults[s]} were tried ({budget} episodes are too few to adapt and try all "
                                  f"{len(candidates)} starts, {MIN_TRIALS + 1} each)")
+            pair_fits = len(candidates) > 2 and budget // 2 > MIN_TRIALS
             out[s] = choice or SiteChoice(
                 defaults[s], {}, 0,
                 f"support cannot be split (rollouts), and its {budget} episodes are too few to adapt {len(candidates)} "
-                f"starts and try each ({MIN_TRIALS + 1} each, {(MIN_TRIALS + 1) * len(candidates)} in all): "
-                "validation-chosen default, adapted on every rollout")
+                f"starts and try each ({MIN_TRIALS + 1} each, {(MIN_TRIALS + 1) * len(candidates)} in all)" +
+                (f", and the validated default is {anchor} itself (no second start to try against it)"
+                 if pair_fits and defaults[s] == anchor else "") + ": validation-chosen default, adapted on every rollout")
         return out
     criterion = criterion or unit_loss(loss_fn)
     losses = fold_losses(loss_fn, candidates, folds, steps_grid, criterion)

@@ -172,6 +172,7 @@ def test_too_few_rollouts_for_every_start_tries_the_baseline_and_the_validated_d
     same = choose_per_steps(loss, starts, None, {1: "fedavg+ft"}, baseline="fedavg+ft", trials=scores, budget=10,
                             higher_is_better=True, trial_support=support, adapted_trial_steps=[1])
     assert same[1].adapted is None and same[1].name == "fedavg+ft" and not support_calls
+    assert "the validated default is fedavg+ft itself (no second start to try against it)" in same[1].reason
 
 
 @pytest.fixture(scope="module")
