@@ -15,7 +15,6 @@ robots' verdict cost or saved on the test robots; it chooses nothing.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,7 @@ def seed_rows(spec: Any, cfg: Any, folder: Path) -> tuple[pd.DataFrame, dict[str
     grid = dict(shots_grid=cfg.eval.shots, steps_grid=cfg.eval.steps, draws=cfg.eval.draws, seed=cfg.seed,
                 inner=cfg.inner)
     rule = AutoChoice(tuple(run.bundle), run.bundle[0], cfg.eval.choice_folds, run.default_by_steps, run.adapted_trials)
-    everywhere = dataclasses.replace(rule, adapted_trials={k: tuple(s for s in cfg.eval.steps if s > 0)
-                                                           for k in cfg.eval.shots})
+    everywhere = rule.trying_everywhere(cfg.eval.shots, cfg.eval.steps)
     test = problem.federation.role("test")
     keys = ["site", "shots", "steps", "draw", "metric"]
     again = evaluate_auto(problem, run.model, run.methods, test, scored, rule, **grid)

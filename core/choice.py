@@ -345,9 +345,9 @@ def choose_by_adapted_trials(loss_fn: LossFn, trial_scores: TrialScores, trial_s
     adapted there (the site spends no more than ``budget`` episodes in all). Unadapted returns understate a
     meta-learned start, which is why the starts are tried adapted (``benchmarks/robot_trials_then_adapt.py``). None
     when a share leaves no rollout to adapt on."""
-    share = budget // len(candidates) - MIN_TRIALS if candidates else 0
-    if len(candidates) < 2 or share < 1 or steps < 1:
+    if len(candidates) < 2 or not adapted_trials_fit(len(candidates), budget) or steps < 1:
         return None
+    share = budget // len(candidates) - MIN_TRIALS
     adapted: dict[int, tuple[Params, bool]] = {}
 
     def adapted_episodes(params: Params, episodes: int, trial: int) -> Optional[Sequence[float]]:
@@ -370,16 +370,22 @@ def choose_by_adapted_trials(loss_fn: LossFn, trial_scores: TrialScores, trial_s
     return replace(choice, reason=reason, adapted=params, kept_start=kept)
 
 
+def adapted_trials_fit(starts: int, budget: int) -> bool:
+    """Whether ``budget`` episodes let each of ``starts`` starts adapt on at least one rollout of its own and then run
+    :data:`MIN_TRIALS` episodes adapted (:func:`choose_by_adapted_trials`)."""
+    return starts > 0 and budget // starts > MIN_TRIALS
+
+
 def starts_to_try(candidates: Sequence[Candidate], budget: int, anchor: str, default: str) -> list[Candidate]:
     """The starts a site tries adapted with ``budget`` episodes: every one when each can adapt on a rollout and run
     :data:`MIN_TRIALS` episodes; else ``anchor`` and the validated ``default`` alone, when they differ and two fit.
     With 10 rollouts three starts cannot be tried adapted (12 needed), but the baseline and the validation robots'
     choice can (5 each), each adapting on 2 rollouts instead of 10: whether that pays is the validation robots' call
     (:func:`core.evaluation.adapted_trial_steps`), as for every start."""
-    if budget // max(len(candidates), 1) > MIN_TRIALS or default == anchor:
+    if adapted_trials_fit(len(candidates), budget) or default == anchor:
         return list(candidates)
     pair = [c for c in candidates if c.name in (anchor, default)]
-    return pair if len(pair) == 2 and budget // 2 > MIN_TRIALS else list(candidates)
+    return pair if len(pair) == 2 and adapted_trials_fit(2, budget) else list(candidates)
 
 
 def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Optional[Folds],
@@ -425,7 +431,7 @@ def choose_per_steps(loss_fn: LossFn, candidates: Sequence[Candidate], folds: Op
                 choice = replace(choice, reason=f"{choice.reason}; only {anchor} and the validated default "
                                  f"{defaults[s]} were tried ({budget} episodes are too few to adapt and try all "
                                  f"{len(candidates)} starts, {MIN_TRIALS + 1} each)")
-            pair_fits = len(candidates) > 2 and budget // 2 > MIN_TRIALS
+            pair_fits = len(candidates) > 2 and adapted_trials_fit(2, budget)
             out[s] = choice or SiteChoice(
                 defaults[s], {}, 0,
                 f"support cannot be split (rollouts), and its {budget} episodes are too few to adapt {len(candidates)} "

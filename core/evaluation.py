@@ -285,6 +285,10 @@ class AutoChoice:
     rollouts of their own (:func:`core.choice.choose_by_adapted_trials`) instead of adapting the default on every
     rollout (:func:`adapted_trial_steps` decides where, on validation sites)."""
 
+    def trying_everywhere(self, shots_grid: Sequence[int], steps_grid: Sequence[int]) -> "AutoChoice":
+        """This choice with the starts tried adapted at every shots count and every adapting steps count."""
+        return replace(self, adapted_trials={k: tuple(s for s in steps_grid if s > 0) for k in shots_grid})
+
 
 def method_candidate(method: Method, inner: InnerConfig, head: Sequence[str] = ()) -> Candidate:
     """``method`` as a starting point of the per-site choice, with its recipe and validation-chosen step sizes."""
@@ -434,7 +438,7 @@ def adapted_trial_steps(
     grid = dict(shots_grid=shots_grid, steps_grid=positive, draws=draws, seed=seed + 17, inner=inner)
     bundle = [m for m in methods if m.name in auto.candidates]
     rows = evaluate_sites(problem, model, bundle, sites, guard=guard, **grid)
-    everywhere = replace(auto, adapted_trials={k: tuple(positive) for k in shots_grid})
+    everywhere = auto.trying_everywhere(shots_grid, positive)
     means = {}
     for label, rule in ((DEFAULT_MEAN, auto), (TRIED_MEAN, everywhere)):
         got = evaluate_auto(problem, model, bundle, sites, rows, rule, **grid)

@@ -25,15 +25,15 @@ def adapted_trials_sentences(by_shots: dict[str, list[int]], validated: bool, st
     """The closing lines on where a site whose support is rollouts tries the starts adapted (``by_shots``: rollouts ->
     steps counts, as ``fml.json`` records it; ``starts``: the bundle's); ``validated``: the run compared both ways on
     its validation sites."""
-    from core.choice import MIN_TRIALS
+    from core.choice import adapted_trials_fit
 
     where = "(evaluation/adapted_trials_validation.csv)"
     if validated and not by_shots:
         return ["a site of rollouts adapts the default on every rollout: validation sites did no better trying the "
                 f"starts adapted, each on rollouts of its own {where}"]
 
-    def which(k: int) -> str:  # core.choice.starts_to_try: two starts where the budget cannot try them all
-        return (f"the {starts} starts" if k // max(starts, 1) > MIN_TRIALS else
+    def which(k: int) -> str:  # as core.choice.starts_to_try: two starts where the budget cannot try them all
+        return (f"the {starts} starts" if adapted_trials_fit(starts, k) else
                 f"fedavg+ft and the validated default (too few rollouts to try all {starts} starts)")
 
     return [f"a site with {k} rollouts tries {which(int(k))} adapted (each on rollouts of its own) after "
