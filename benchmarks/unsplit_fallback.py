@@ -9,7 +9,8 @@ each adapted, their outputs averaged), whose rows every line that has them alrea
 no rerun is needed to see what that fallback would give. Per line and shots count whose validation supports cannot
 be split (``fallback_defaults``), over its (test site or group, steps) cells: how many are beyond `fedavg+ft`'s
 95% interval either way (those below listed), the pooled difference's range over steps counts, and the largest
-shortfall against the best single start of the same cell (issue 13's imaging target allows 0.01 AUROC).
+shortfall against the best single start of the same cell (issue 13's imaging target allows 0.01 AUROC). A closing
+line counts the cells below, unadapted and after adapting, and names the lines that hold them, so prose need not.
 POSITIVE = better, intervals over seeds x draws, as in the other generated tables.
 """
 from __future__ import annotations
@@ -30,7 +31,9 @@ def unsplittable_shots(bench: dict[str, Any]) -> list[int]:
                    for k in v.get("validation_choice_by_shots", {})})
 
 
-def line_row(bench: dict[str, Any], shots: int) -> str:
+def line_row(bench: dict[str, Any], shots: int) -> tuple[str, int, list[int]]:
+    """The table's row of ``bench`` at ``shots``, its number of cells, and the steps count of each one below
+    `fedavg+ft`."""
     lower, digits = direction_and_digits(bench)
     paired = [p for p in bench["paired_vs_fedavg_ft"] if p["shots"] == shots]
     # the best single start of each cell: every method's paired mean (fedavg+ft itself is 0), not auto or ensemble
@@ -57,7 +60,7 @@ def line_row(bench: dict[str, Any], shots: int) -> str:
     shortfall = (f"{gap:.{digits}f} ({' = '.join(names)}, {steps} steps, `{method}`)" if gap > 0 else "none")
     span = f"{min(pooled):+.{digits}f} to {max(pooled):+.{digits}f}" if pooled else "-"
     return (f"| {label(bench)} | {shots} | {len(gains)} | {len(better)} | {listed or 'none'} | {span} | "
-            f"{shortfall} |")
+            f"{shortfall} |"), len(gains), [p["steps"] for p, _, _ in worse]
 
 
 def table(files: list[Path]) -> str:
@@ -65,11 +68,27 @@ def table(files: list[Path]) -> str:
              "better | beyond it: worse (site or group, steps: difference [interval]) | pooled, over steps counts | "
              "largest shortfall against the cell's best single start |",
              "|---|---|---|---|---|---|---|"]
+    cells, below = 0, {}  # below: line label -> steps counts of its cells below fedavg+ft
     for bench in vertical_benches(files):
         if not any(p["method"] == ENSEMBLE for p in bench["paired_vs_fedavg_ft"]):
             continue
-        lines += [line_row(bench, k) for k in unsplittable_shots(bench)]
-    return "\n".join(lines)
+        for k in unsplittable_shots(bench):
+            row, n, steps = line_row(bench, k)
+            lines.append(row)
+            cells += n
+            if steps:
+                below.setdefault(label(bench), []).extend(steps)
+    return "\n".join(lines) + "\n\n" + closing_line(cells, below)
+
+
+def closing_line(cells: int, below: dict[str, list[int]]) -> str:
+    """How many of the table's cells are below `fedavg+ft`, unadapted and after adapting, and in which lines."""
+    unadapted = sum(s == 0 for steps in below.values() for s in steps)
+    adapted = {name: sum(s > 0 for s in steps) for name, steps in below.items() if any(s > 0 for s in steps)}
+    where = "; ".join(f"{name}: {n}" for name, n in adapted.items())
+    return (f"All lines: the `ensemble` as that fallback is below `fedavg+ft` beyond its interval in "
+            f"{unadapted + sum(adapted.values())} of {cells} cells, {unadapted} of them unadapted (0 steps) and "
+            f"{sum(adapted.values())} after adapting" + (f" ({where})" if where else "") + ".")
 
 
 if __name__ == "__main__":

@@ -362,3 +362,6 @@ def test_the_unsplit_fallback_table_reads_the_ensemble_at_the_shots_that_cannot_
     # A and G (a group of that one site) are one cell; B is above; the pooled row is not a cell; vs fomaml's +0.05 on B
     assert rows == ["| toy (quick, seeds 0,1) | 1 | 2 | 1 | A = G, 5 steps: -0.020 [-0.030, -0.010]\\* | "
                     "+0.004 to +0.004 | 0.020 (B, 5 steps, `fomaml`) |"]
+    assert out.rstrip().splitlines()[-1] == ("All lines: the `ensemble` as that fallback is below `fedavg+ft` beyond its "
+                                             "interval in 1 of 2 cells, 0 of them unadapted (0 steps) and 1 after "
+                                             "adapting (toy (quick, seeds 0,1): 1).")
