@@ -153,6 +153,14 @@ def test_federation_roles_and_extrapolation_robots() -> None:
             assert fam.spec(outside[0]).dynamics and site.metadata["kind"] == "extrapolation"  # dynamics first
         else:
             assert outside == [] and site.metadata["kind"] == "in-range"
+    # validation robots outside the range join the validation role and leave every other robot as it was
+    wider = build_robot_federation("point", train=6, validation=2, test=3, extrapolation=4, vary=ALL_POINT, seed=5,
+                                   validation_extrapolation=3)
+    assert wider.roles["validation"] == [*fed.roles["validation"], *(f"val-extrap-{i:03d}" for i in range(3))]
+    assert all(torch.equal(fed.sites[s].x, wider.sites[s].x) for s in fed.sites)
+    for i in range(3):
+        extra = wider.sites[f"val-extrap-{i:03d}"].metadata
+        assert extra["kind"] == "extrapolation" and len(extra["extrapolated"]) == 1
     goal_only = build_robot_federation("point", train=3, validation=0, test=0, extrapolation=0, vary=["goal"], seed=0)
     assert all(s.metadata["robot"]["gain"] == [1.0] for s in goal_only.sites.values())
     far = build_robot_federation("point", train=3, validation=0, test=0, extrapolation=2, vary=["goal"], seed=0)

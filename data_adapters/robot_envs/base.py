@@ -184,7 +184,8 @@ def sample_robot(family: RobotFamily, rng: np.random.Generator, vary: Sequence[s
         candidates = [p for p in candidates if p.dynamics] or candidates  # dynamics first, else e.g. far goals
         if not candidates:
             raise RobotParamError(f"family {family.name!r}: none of the varied parameters {list(vary)} has an "
-                                  "extrapolation range; vary another parameter or set extrapolation_robots=0")
+                                  "extrapolation range; vary another parameter or set extrapolation_robots=0 (and "
+                                  "validation_extrapolation=0)")
         p = candidates[int(rng.integers(len(candidates)))]
         robot[p.name] = outer_band(rng, p.train, p.extrapolation, p.dim)  # type: ignore[arg-type]
         outside.append(p.name)

@@ -104,9 +104,11 @@ def build_robot_federation(
     extrapolation: int,
     vary: Sequence[str],
     seed: int,
+    validation_extrapolation: int = 0,
 ) -> Federation:
     """Draw the fleet with ``seed``: train/validation/test robots in the training range, extrapolation
-    robots (test role) with one dynamics parameter outside it.
+    robots (test role) with one dynamics parameter outside it, and ``validation_extrapolation`` validation robots
+    outside it too, drawn last so that every other robot is the same with or without them.
 
     Raises:
         UnknownNameError: unknown family. RobotParamError: unknown parameter in ``vary``.
@@ -121,7 +123,8 @@ def build_robot_federation(
     sites: list[Site] = []
     roles: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for prefix, role, count, extrap in [("train", "train", train, False), ("val", "validation", validation, False),
-                                        ("test", "test", test, False), ("extrap", "test", extrapolation, True)]:
+                                        ("test", "test", test, False), ("extrap", "test", extrapolation, True),
+                                        ("val-extrap", "validation", validation_extrapolation, True)]:
         for i in range(count):
             robot, outside = sample_robot(fam, rng, vary, extrap)
             site = robot_site(f"{prefix}-{i:03d}", fam, robot, outside)

@@ -52,7 +52,7 @@ def prepare(cfg: RoboticsData, seed: int) -> RoboticsProblem:
     pre = preprocessing_for(cfg)
     fed = build_robot_federation(cfg.family, train=cfg.train_robots, validation=cfg.validation_robots,
                                  test=cfg.test_robots, extrapolation=cfg.extrapolation_robots, vary=pre["vary"],
-                                 seed=seed)
+                                 seed=seed, validation_extrapolation=cfg.validation_extrapolation)
     return problem_for(fed, pre)
 
 

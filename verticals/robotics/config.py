@@ -21,6 +21,10 @@ class RoboticsData:
     """Held-out robots with parameters in the training range (ids test-NNN)."""
     extrapolation_robots: int = 8
     """Held-out robots with one dynamics parameter outside the training range (ids extrap-NNN)."""
+    validation_extrapolation: int = 0
+    """More validation robots, each with one dynamics parameter outside the training range (ids val-extrap-NNN),
+    for a fleet that expects new robots outside it: they join every choice the validation robots make. Drawn after
+    every other robot, so the rest of the fleet is the same with or without them."""
     horizon: int = 0
     """Steps per episode (0 = the family's default: point 100, pendulum 200, cheetah 200)."""
     train_rollouts: int = 20
