@@ -10,6 +10,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from core.registry import UnknownNameError
+from core.tasks import SiteDataError
 from data_adapters.robot_envs import (FAMILIES, RobotParamError, SimulationError, SingleRobotEnv,
                                       build_robot_federation, collect_rollouts, get_family, make_vector_env,
                                       parse_robot)
@@ -161,6 +162,9 @@ def test_federation_roles_and_extrapolation_robots() -> None:
     for i in range(3):
         extra = wider.sites[f"val-extrap-{i:03d}"].metadata
         assert extra["kind"] == "extrapolation" and len(extra["extrapolated"]) == 1
+    with pytest.raises(SiteDataError, match=r"family 'point': validation_extrapolation must be >= 0, got -2"):
+        build_robot_federation("point", train=6, validation=2, test=3, extrapolation=4, vary=ALL_POINT, seed=5,
+                               validation_extrapolation=-2)
     goal_only = build_robot_federation("point", train=3, validation=0, test=0, extrapolation=0, vary=["goal"], seed=0)
     assert all(s.metadata["robot"]["gain"] == [1.0] for s in goal_only.sites.values())
     far = build_robot_federation("point", train=3, validation=0, test=0, extrapolation=2, vary=["goal"], seed=0)

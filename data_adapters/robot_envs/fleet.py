@@ -112,13 +112,17 @@ def build_robot_federation(
 
     Raises:
         UnknownNameError: unknown family. RobotParamError: unknown parameter in ``vary``.
-        SiteDataError: no training robots.
+        SiteDataError: no training robots, or a negative count of robots.
     """
     fam = get_family(family)
     for name in vary:
         fam.spec(name)
     if train < 1:
         raise SiteDataError(f"family {family!r}: train_robots must be >= 1, got {train}")
+    for name, count in (("validation_robots", validation), ("test_robots", test),
+                        ("extrapolation_robots", extrapolation), ("validation_extrapolation", validation_extrapolation)):
+        if count < 0:
+            raise SiteDataError(f"family {family!r}: {name} must be >= 0, got {count}")
     rng = np.random.default_rng(seed)
     sites: list[Site] = []
     roles: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
